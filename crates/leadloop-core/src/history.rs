@@ -1,0 +1,161 @@
+//! The append-only history of a lead: every change, with its cause. Funnel reports (how many
+//! leads moved between stages, how fast, where they stall) are computed from it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+use crate::effect::IdempotencyKey;
+use crate::person::PersonId;
+use crate::stage::Stage;
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Actor {
+    /// leadloop itself (sync, timers).
+    System,
+    /// A named leadloop rule (scoring, routing, nurture).
+    Rule { name: String },
+    /// A sales action, in the CRM or through a signed link.
+    Sales { person: Option<PersonId> },
+    /// An operator correcting state by hand.
+    Admin { who: String },
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::System => f.write_str("leadloop"),
+            Actor::Rule { name } => write!(f, "rule {name}"),
+            Actor::Sales { person: Some(p) } => write!(f, "sales ({p})"),
+            Actor::Sales { person: None } => f.write_str("sales"),
+            Actor::Admin { who } => write!(f, "admin {who}"),
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The lead was first seen.
+    Created,
+    /// Fields changed in the CRM; the names of the changed fields.
+    Updated {
+        fields: Vec<String>,
+    },
+    /// The lead was deleted in the CRM.
+    Deleted,
+    StageChanged {
+        from: Stage,
+        to: Stage,
+        reason: String,
+    },
+    OwnerChanged {
+        from: Option<PersonId>,
+        to: Option<PersonId>,
+        reason: String,
+    },
+    StatusChanged {
+        from: Option<String>,
+        to: Option<String>,
+    },
+    /// An activity (web visit, email click, completed task, …).
+    Activity {
+        activity: String,
+        detail: BTreeMap<String, serde_json::Value>,
+    },
+    ScoreChanged {
+        fit: f64,
+        engagement: f64,
+        reason: String,
+    },
+    HandoffStarted {
+        handoff: u32,
+        owner: PersonId,
+    },
+    HandoffEnded {
+        handoff: u32,
+        outcome: String,
+    },
+    /// An effect was queued in the outbox.
+    EffectQueued {
+        key: IdempotencyKey,
+        effect: String,
+    },
+    /// An effect was performed (an email accepted by the server, a CRM write acknowledged).
+    EffectDone {
+        key: IdempotencyKey,
+    },
+    /// An effect failed for good; the reason is the peer's reply.
+    EffectFailed {
+        key: IdempotencyKey,
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The stable name of the variant, for logs and metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Updated { .. } => "updated",
+            EventKind::Deleted => "deleted",
+            EventKind::StageChanged { .. } => "stage_changed",
+            EventKind::OwnerChanged { .. } => "owner_changed",
+            EventKind::StatusChanged { .. } => "status_changed",
+            EventKind::Activity { .. } => "activity",
+            EventKind::ScoreChanged { .. } => "score_changed",
+            EventKind::HandoffStarted { .. } => "handoff_started",
+            EventKind::HandoffEnded { .. } => "handoff_ended",
+            EventKind::EffectQueued { .. } => "effect_queued",
+            EventKind::EffectDone { .. } => "effect_done",
+            EventKind::EffectFailed { .. } => "effect_failed",
+        }
+    }
+}
+
+/// One entry in a lead's history. The store assigns `seq`, increasing per lead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub at: Timestamp,
+    pub actor: Actor,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl HistoryEvent {
+    pub fn new(at: Timestamp, actor: Actor, kind: EventKind) -> Self {
+        Self { at, actor, kind }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_with_stable_tags() {
+        let event = HistoryEvent::new(
+            "2026-03-02T14:00:00Z".parse().expect("valid instant"),
+            Actor::Rule {
+                name: "score".into(),
+            },
+            EventKind::StageChanged {
+                from: Stage::Prospect,
+                to: Stage::MarketingQualified,
+                reason: "score 70 ≥ 65".into(),
+            },
+        );
+        let json = serde_json::to_value(&event).expect("serializes");
+        assert_eq!(json["kind"], "stage_changed");
+        assert_eq!(json["from"], "prospect");
+        assert_eq!(json["actor"]["type"], "rule");
+        let back: HistoryEvent = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, event);
+        assert_eq!(back.kind.name(), "stage_changed");
+    }
+}

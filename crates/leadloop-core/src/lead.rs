@@ -1,0 +1,147 @@
+//! A lead as leadloop knows it: the CRM's fields plus leadloop's own state (stage, scores).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+use crate::person::PersonId;
+use crate::stage::Stage;
+
+/// The CRM's identifier of a lead (a Salesforce `00Q…` id, for instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeadId(pub String);
+
+impl LeadId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The lead's fields as synced from the CRM. Fields the CRM left empty are `None`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lead {
+    pub id: LeadId,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub company: Option<String>,
+    pub account_id: Option<String>,
+    pub title: Option<String>,
+    pub industry: Option<String>,
+    pub company_size: Option<u32>,
+    pub country: Option<String>,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    pub time_zone: Option<String>,
+    pub lead_source: Option<String>,
+    /// The CRM's own status value, e.g. `Open - Not Contacted`.
+    pub status: Option<String>,
+    pub owner_id: Option<PersonId>,
+    pub opted_out: bool,
+    pub interests: Vec<String>,
+    /// CRM fields mapped through config that have no dedicated slot.
+    pub custom: BTreeMap<String, serde_json::Value>,
+}
+
+impl Lead {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: LeadId::new(id),
+            ..Self::default()
+        }
+    }
+
+    /// "First Last", or whichever part exists, or the email, or the id.
+    pub fn display_name(&self) -> String {
+        let name = [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !name.is_empty() {
+            name
+        } else if let Some(email) = &self.email {
+            email.clone()
+        } else {
+            self.id.to_string()
+        }
+    }
+
+    /// The domain part of the email address, lowercased.
+    pub fn email_domain(&self) -> Option<String> {
+        let email = self.email.as_deref()?;
+        let (_, domain) = email.rsplit_once('@')?;
+        (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+    }
+}
+
+/// What the store keeps per lead: the CRM's view plus leadloop's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadRecord {
+    pub lead: Lead,
+    pub stage: Stage,
+    /// When the lead entered its current stage.
+    pub stage_since: Timestamp,
+    pub fit_score: f64,
+    pub engagement_score: f64,
+    /// The number of hand-offs so far; the current one, if any, has this number.
+    pub handoffs: u32,
+    pub updated_at: Timestamp,
+    /// Incremented on every write; lets readers detect a concurrent change.
+    pub version: u64,
+}
+
+impl LeadRecord {
+    pub fn new(lead: Lead, now: Timestamp) -> Self {
+        Self {
+            lead,
+            stage: Stage::JustAName,
+            stage_since: now,
+            fit_score: 0.0,
+            engagement_score: 0.0,
+            handoffs: 0,
+            updated_at: now,
+            version: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_name_falls_back_in_order() {
+        let mut lead = Lead::new("00Q1");
+        assert_eq!(lead.display_name(), "00Q1");
+        lead.email = Some("ana@Acme.Example".into());
+        assert_eq!(lead.display_name(), "ana@Acme.Example");
+        assert_eq!(lead.email_domain().as_deref(), Some("acme.example"));
+        lead.last_name = Some("Lima".into());
+        assert_eq!(lead.display_name(), "Lima");
+        lead.first_name = Some("Ana".into());
+        assert_eq!(lead.display_name(), "Ana Lima");
+    }
+
+    #[test]
+    fn email_domain_rejects_addresses_without_domain() {
+        let mut lead = Lead::new("00Q1");
+        lead.email = Some("ana@".into());
+        assert_eq!(lead.email_domain(), None);
+        lead.email = Some("no-at-sign".into());
+        assert_eq!(lead.email_domain(), None);
+    }
+}

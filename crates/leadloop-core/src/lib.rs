@@ -1,0 +1,29 @@
+//! The leadloop domain, pure: leads and their stages, people and the org chart, the history of
+//! what happened to a lead, timers and effects, the [`Clock`], and the connector traits that
+//! plugins implement ([`Crm`], [`Mailer`], [`Calendar`]).
+//!
+//! Nothing in this crate performs I/O. Decisions are functions of (state, event, now, policy)
+//! that return a [`Decision`]; the engine persists it and performs its effects.
+
+pub mod clock;
+pub mod connector;
+pub mod decision;
+pub mod effect;
+pub mod history;
+pub mod lead;
+pub mod person;
+pub mod stage;
+pub mod timer;
+
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use connector::{Calendar, Crm, Mailer};
+pub use decision::Decision;
+pub use effect::{Effect, IdempotencyKey, OutboxEntry, OutboxState};
+pub use history::{Actor, EventKind, HistoryEvent};
+pub use lead::{Lead, LeadId, LeadRecord};
+pub use person::{OrgChart, Person, PersonId, Role};
+pub use stage::{Stage, Transition, TransitionError};
+pub use timer::{Timer, TimerKey, TimerKind};
+
+/// Instants are UTC everywhere; a person's time zone is applied where a rule needs local time.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -1,0 +1,221 @@
+//! People leadloop routes to and escalates to: reps, their managers, executives. The org chart
+//! comes from the CRM (`User.ManagerId`) or from config.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PersonId(pub String);
+
+impl PersonId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PersonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Rep,
+    Manager,
+    Executive,
+    /// A CRM queue: it can own leads but is not a person, so no SLA runs against it.
+    Queue,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: PersonId,
+    pub email: String,
+    pub name: String,
+    pub manager: Option<PersonId>,
+    /// IANA time zone name; business hours are counted in it.
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub role: Role,
+    pub active: bool,
+    /// The most open hand-offs routing gives this person; `None` is unlimited.
+    pub capacity: Option<u32>,
+}
+
+/// What can be wrong with the org chart; `validate` reports these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrgChartError {
+    #[error("{person} names manager {manager}, who is not known")]
+    UnknownManager { person: PersonId, manager: PersonId },
+    #[error("the manager chain of {person} loops back on itself")]
+    Cycle { person: PersonId },
+    #[error("{person} is their own manager")]
+    SelfManaged { person: PersonId },
+}
+
+/// People indexed by id, with the manager chain.
+#[derive(Debug, Clone, Default)]
+pub struct OrgChart {
+    people: BTreeMap<PersonId, Person>,
+}
+
+impl OrgChart {
+    pub fn new(people: impl IntoIterator<Item = Person>) -> Self {
+        Self {
+            people: people.into_iter().map(|p| (p.id.clone(), p)).collect(),
+        }
+    }
+
+    pub fn get(&self, id: &PersonId) -> Option<&Person> {
+        self.people.get(id)
+    }
+
+    pub fn people(&self) -> impl Iterator<Item = &Person> {
+        self.people.values()
+    }
+
+    pub fn manager_of(&self, id: &PersonId) -> Option<&Person> {
+        let manager = self.people.get(id)?.manager.as_ref()?;
+        self.people.get(manager)
+    }
+
+    /// The top of the person's manager chain, excluding the person and their direct manager
+    /// (an escalation to "the executive" that lands on the manager again helps no one).
+    pub fn executive_of(&self, id: &PersonId) -> Option<&Person> {
+        let manager = self.manager_of(id)?;
+        let mut top = manager;
+        let mut seen = BTreeSet::from([id.clone(), manager.id.clone()]);
+        while let Some(next) = top.manager.as_ref().and_then(|m| self.people.get(m)) {
+            if !seen.insert(next.id.clone()) {
+                return None;
+            }
+            top = next;
+        }
+        (top.id != manager.id).then_some(top)
+    }
+
+    /// Every problem with the chart, in id order.
+    pub fn check(&self) -> Vec<OrgChartError> {
+        let mut errors = Vec::new();
+        for person in self.people.values() {
+            let Some(manager) = &person.manager else {
+                continue;
+            };
+            if manager == &person.id {
+                errors.push(OrgChartError::SelfManaged {
+                    person: person.id.clone(),
+                });
+                continue;
+            }
+            if !self.people.contains_key(manager) {
+                errors.push(OrgChartError::UnknownManager {
+                    person: person.id.clone(),
+                    manager: manager.clone(),
+                });
+                continue;
+            }
+            let mut seen = BTreeSet::from([person.id.clone()]);
+            let mut cursor = self.people.get(manager);
+            while let Some(p) = cursor {
+                if !seen.insert(p.id.clone()) {
+                    errors.push(OrgChartError::Cycle {
+                        person: person.id.clone(),
+                    });
+                    break;
+                }
+                cursor = p.manager.as_ref().and_then(|m| self.people.get(m));
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(id: &str, manager: Option<&str>) -> Person {
+        Person {
+            id: PersonId::new(id),
+            email: format!("{id}@x.example"),
+            name: id.to_owned(),
+            manager: manager.map(PersonId::new),
+            time_zone: None,
+            role: Role::Rep,
+            active: true,
+            capacity: None,
+        }
+    }
+
+    #[test]
+    fn manager_and_executive_follow_the_chain() {
+        let chart = OrgChart::new([
+            person("rep", Some("mgr")),
+            person("mgr", Some("vp")),
+            person("vp", Some("ceo")),
+            person("ceo", None),
+        ]);
+        assert_eq!(
+            chart
+                .manager_of(&PersonId::new("rep"))
+                .map(|p| p.id.as_str()),
+            Some("mgr")
+        );
+        assert_eq!(
+            chart
+                .executive_of(&PersonId::new("rep"))
+                .map(|p| p.id.as_str()),
+            Some("ceo")
+        );
+        // The manager's executive is above the manager's own manager.
+        assert_eq!(
+            chart
+                .executive_of(&PersonId::new("mgr"))
+                .map(|p| p.id.as_str()),
+            Some("ceo")
+        );
+        // Nobody above the manager: no executive distinct from the manager.
+        assert_eq!(chart.executive_of(&PersonId::new("vp")), None);
+        assert!(chart.check().is_empty());
+    }
+
+    #[test]
+    fn check_reports_every_problem() {
+        let chart = OrgChart::new([
+            person("a", Some("ghost")),
+            person("b", Some("b")),
+            person("c", Some("d")),
+            person("d", Some("c")),
+        ]);
+        let errors = chart.check();
+        assert_eq!(
+            errors,
+            vec![
+                OrgChartError::UnknownManager {
+                    person: PersonId::new("a"),
+                    manager: PersonId::new("ghost")
+                },
+                OrgChartError::SelfManaged {
+                    person: PersonId::new("b")
+                },
+                OrgChartError::Cycle {
+                    person: PersonId::new("c")
+                },
+                OrgChartError::Cycle {
+                    person: PersonId::new("d")
+                },
+            ]
+        );
+        assert_eq!(chart.executive_of(&PersonId::new("c")), None);
+    }
+}

@@ -1,0 +1,462 @@
+//! The conformance suite every storage engine must pass. Each case gets a fresh, empty store
+//! from the factory; the sled tests run it, and a PostgreSQL engine will run the same cases.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use leadloop_core::{
+    Actor, Effect, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OutboxEntry,
+    OutboxState, Person, PersonId, Role, Timer, TimerKey, TimerKind, Timestamp,
+};
+
+use crate::{Batch, Store, export, import};
+
+/// A fixed instant the cases count from.
+pub fn t0() -> Timestamp {
+    chrono::DateTime::from_timestamp(1_772_460_000, 0).unwrap_or_default()
+}
+
+pub fn lead(id: &str) -> LeadRecord {
+    let mut lead = Lead::new(id);
+    lead.email = Some(format!("{}@acme.example", id.to_lowercase()));
+    LeadRecord::new(lead, t0())
+}
+
+pub fn person(id: &str, manager: Option<&str>) -> Person {
+    Person {
+        id: PersonId::new(id),
+        email: format!("{id}@x.example"),
+        name: format!("Person {id}"),
+        manager: manager.map(PersonId::new),
+        time_zone: Some("America/New_York".into()),
+        role: Role::Rep,
+        active: true,
+        capacity: Some(10),
+    }
+}
+
+pub fn timer(key: &str, due: Timestamp) -> Timer {
+    Timer {
+        key: TimerKey::new(key),
+        due,
+        lead_id: None,
+        kind: TimerKind::ScoreDecay,
+    }
+}
+
+pub fn email(key: &str) -> OutboxEntry {
+    let effect = Effect::Email {
+        kind: "sla.alert".into(),
+        template: "sla_alert".into(),
+        to: vec!["rep@x.example".into()],
+        cc: vec![],
+        lead_id: Some(LeadId::new("00Q1")),
+        vars: serde_json::json!({}),
+    };
+    OutboxEntry::new(IdempotencyKey(key.into()), effect, t0())
+}
+
+pub fn event(minutes: i64, name: &str) -> HistoryEvent {
+    HistoryEvent::new(
+        t0() + TimeDelta::minutes(minutes),
+        Actor::System,
+        EventKind::Activity {
+            activity: name.into(),
+            detail: Default::default(),
+        },
+    )
+}
+
+/// Runs every case, each on a fresh store from `fresh`.
+pub async fn run_all<F, Fut>(fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    leads_round_trip_in_id_order(fresh().await).await;
+    history_appends_in_order_per_lead(fresh().await).await;
+    due_timers_cost_what_is_due(fresh().await).await;
+    timers_move_and_cancel_by_key(fresh().await).await;
+    outbox_dedupes_by_key(fresh().await).await;
+    outbox_ready_follows_state(fresh().await).await;
+    cursors_and_people(fresh().await).await;
+    concurrent_commits_all_land(fresh().await).await;
+    export_import_round_trip(fresh().await, fresh().await).await;
+}
+
+pub async fn leads_round_trip_in_id_order(store: Arc<dyn Store>) {
+    assert!(store.is_empty().await.expect("is_empty"));
+    let mut batch = Batch::new();
+    for id in ["00Q3", "00Q1", "00Q2", "00Q10"] {
+        batch.put_lead(lead(id));
+    }
+    store.commit(batch).await.expect("commit");
+    assert!(!store.is_empty().await.expect("is_empty"));
+    assert_eq!(
+        store.lead(&LeadId::new("00Q2")).await.expect("read"),
+        Some(lead("00Q2"))
+    );
+    assert_eq!(store.lead(&LeadId::new("00Q9")).await.expect("read"), None);
+    let ids =
+        |records: Vec<LeadRecord>| records.into_iter().map(|r| r.lead.id.0).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.leads(None, 10).await.expect("list")),
+        ["00Q1", "00Q10", "00Q2", "00Q3"]
+    );
+    assert_eq!(
+        ids(store.leads(None, 2).await.expect("list")),
+        ["00Q1", "00Q10"]
+    );
+    assert_eq!(
+        ids(store
+            .leads(Some(&LeadId::new("00Q10")), 10)
+            .await
+            .expect("list")),
+        ["00Q2", "00Q3"]
+    );
+    let mut batch = Batch::new();
+    batch.push(crate::Op::DeleteLead(LeadId::new("00Q1")));
+    store.commit(batch).await.expect("commit");
+    assert_eq!(store.lead(&LeadId::new("00Q1")).await.expect("read"), None);
+}
+
+pub async fn history_appends_in_order_per_lead(store: Arc<dyn Store>) {
+    let (a, ab) = (LeadId::new("a"), LeadId::new("ab"));
+    let mut batch = Batch::new();
+    batch
+        .append_history(a.clone(), event(1, "one"))
+        .append_history(ab.clone(), event(1, "other"))
+        .append_history(a.clone(), event(2, "two"));
+    store.commit(batch).await.expect("commit");
+    let mut batch = Batch::new();
+    batch.append_history(a.clone(), event(3, "three"));
+    store.commit(batch).await.expect("commit");
+    let history = store.history(&a).await.expect("history");
+    assert_eq!(
+        history,
+        vec![
+            (1, event(1, "one")),
+            (2, event(2, "two")),
+            (3, event(3, "three"))
+        ]
+    );
+    assert_eq!(
+        store.history(&ab).await.expect("history"),
+        vec![(1, event(1, "other"))]
+    );
+    assert!(
+        store
+            .history(&LeadId::new("none"))
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}
+
+pub async fn due_timers_cost_what_is_due(store: Arc<dyn Store>) {
+    assert_eq!(store.next_timer_due().await.expect("next"), None);
+    let mut batch = Batch::new();
+    for (key, hours) in [("c", 3), ("a", 1), ("b", 2), ("early", -1), ("d", 48)] {
+        batch.set_timer(timer(key, t0() + TimeDelta::hours(hours)));
+    }
+    store.commit(batch).await.expect("commit");
+    assert_eq!(
+        store.next_timer_due().await.expect("next"),
+        Some(t0() - TimeDelta::hours(1))
+    );
+    let keys = |timers: Vec<Timer>| timers.into_iter().map(|t| t.key.0).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.due_timers(t0(), 100).await.expect("due")),
+        ["early"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .due_timers(t0() + TimeDelta::hours(2), 100)
+                .await
+                .expect("due")
+        ),
+        ["early", "a", "b"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .due_timers(t0() + TimeDelta::hours(2), 2)
+                .await
+                .expect("due")
+        ),
+        ["early", "a"]
+    );
+    // A timer due exactly now is due.
+    assert_eq!(
+        keys(
+            store
+                .due_timers(t0() + TimeDelta::hours(3), 100)
+                .await
+                .expect("due")
+        )
+        .last()
+        .map(String::as_str),
+        Some("c")
+    );
+    // One millisecond early, it is not.
+    let almost = t0() + TimeDelta::hours(3) - TimeDelta::milliseconds(1);
+    assert!(!keys(store.due_timers(almost, 100).await.expect("due")).contains(&"c".to_owned()));
+}
+
+pub async fn timers_move_and_cancel_by_key(store: Arc<dyn Store>) {
+    let mut batch = Batch::new();
+    batch.set_timer(timer("x", t0() + TimeDelta::hours(5)));
+    store.commit(batch).await.expect("commit");
+    // Moving the timer earlier leaves one timer, at the new time.
+    let mut batch = Batch::new();
+    batch.set_timer(timer("x", t0() + TimeDelta::hours(1)));
+    store.commit(batch).await.expect("commit");
+    let due = store
+        .due_timers(t0() + TimeDelta::hours(10), 100)
+        .await
+        .expect("due");
+    assert_eq!(due, vec![timer("x", t0() + TimeDelta::hours(1))]);
+    assert_eq!(
+        store.timer(&TimerKey::new("x")).await.expect("timer"),
+        Some(timer("x", t0() + TimeDelta::hours(1)))
+    );
+    // Cancel, and cancel again: both fine.
+    let mut batch = Batch::new();
+    batch
+        .cancel_timer(TimerKey::new("x"))
+        .cancel_timer(TimerKey::new("x"))
+        .cancel_timer(TimerKey::new("never"));
+    store.commit(batch).await.expect("commit");
+    assert!(
+        store
+            .due_timers(t0() + TimeDelta::hours(10), 100)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(store.timer(&TimerKey::new("x")).await.expect("timer"), None);
+    // Set, move and cancel within one batch.
+    let mut batch = Batch::new();
+    batch
+        .set_timer(timer("y", t0()))
+        .set_timer(timer("y", t0() + TimeDelta::hours(2)))
+        .set_timer(timer("z", t0()))
+        .cancel_timer(TimerKey::new("z"));
+    store.commit(batch).await.expect("commit");
+    let due = store
+        .due_timers(t0() + TimeDelta::hours(10), 100)
+        .await
+        .expect("due");
+    assert_eq!(due, vec![timer("y", t0() + TimeDelta::hours(2))]);
+    assert_eq!(
+        store.next_timer_due().await.expect("next"),
+        Some(t0() + TimeDelta::hours(2))
+    );
+}
+
+pub async fn outbox_dedupes_by_key(store: Arc<dyn Store>) {
+    let mut batch = Batch::new();
+    batch
+        .enqueue(email("k1"))
+        .enqueue(email("k1"))
+        .enqueue(email("k2"));
+    let committed = store.commit(batch).await.expect("commit");
+    assert_eq!(
+        committed.enqueued,
+        vec![IdempotencyKey("k1".into()), IdempotencyKey("k2".into())]
+    );
+    assert_eq!(committed.duplicates, 1);
+    // Done entries still dedupe: a decision repeated after a crash sends nothing new.
+    let mut done = email("k1");
+    done.state = OutboxState::Done { at: t0() };
+    let mut batch = Batch::new();
+    batch.update_outbox(done.clone());
+    store.commit(batch).await.expect("commit");
+    let mut batch = Batch::new();
+    batch.enqueue(email("k1"));
+    let committed = store.commit(batch).await.expect("commit");
+    assert!(committed.enqueued.is_empty());
+    assert_eq!(committed.duplicates, 1);
+    assert_eq!(
+        store
+            .outbox_entry(&IdempotencyKey("k1".into()))
+            .await
+            .expect("entry"),
+        Some(done)
+    );
+}
+
+pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
+    let mut batch = Batch::new();
+    batch.enqueue(email("a")).enqueue(email("b"));
+    store.commit(batch).await.expect("commit");
+    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.outbox_ready(t0(), 10).await.expect("ready")),
+        ["a", "b"]
+    );
+    // "a" failed transiently: retry in 10 minutes.
+    let mut retry = email("a");
+    retry.attempts = 1;
+    retry.next_attempt_at = t0() + TimeDelta::minutes(10);
+    retry.last_error = Some("451 try later".into());
+    // "b" was sent.
+    let mut sent = email("b");
+    sent.state = OutboxState::Done { at: t0() };
+    let mut batch = Batch::new();
+    batch.update_outbox(retry.clone()).update_outbox(sent);
+    store.commit(batch).await.expect("commit");
+    assert!(
+        store
+            .outbox_ready(t0(), 10)
+            .await
+            .expect("ready")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .outbox_ready(t0() + TimeDelta::minutes(10), 10)
+            .await
+            .expect("ready"),
+        vec![retry]
+    );
+    let mut failed = email("a");
+    failed.state = OutboxState::Failed {
+        at: t0(),
+        reason: "550 user unknown".into(),
+    };
+    let mut batch = Batch::new();
+    batch.update_outbox(failed);
+    store.commit(batch).await.expect("commit");
+    assert!(
+        store
+            .outbox_ready(t0() + TimeDelta::days(365), 10)
+            .await
+            .expect("ready")
+            .is_empty()
+    );
+}
+
+pub async fn cursors_and_people(store: Arc<dyn Store>) {
+    assert_eq!(store.cursor("salesforce.lead").await.expect("cursor"), None);
+    let mut batch = Batch::new();
+    batch
+        .set_cursor("salesforce.lead", "2026-03-02T14:00:00Z")
+        .put_person(person("005B", Some("005M")))
+        .put_person(person("005M", None));
+    store.commit(batch).await.expect("commit");
+    let mut batch = Batch::new();
+    batch.set_cursor("salesforce.lead", "2026-03-02T15:00:00Z");
+    store.commit(batch).await.expect("commit");
+    assert_eq!(
+        store
+            .cursor("salesforce.lead")
+            .await
+            .expect("cursor")
+            .as_deref(),
+        Some("2026-03-02T15:00:00Z")
+    );
+    assert_eq!(
+        store.person(&PersonId::new("005B")).await.expect("person"),
+        Some(person("005B", Some("005M")))
+    );
+    let ids: Vec<_> = store
+        .people()
+        .await
+        .expect("people")
+        .into_iter()
+        .map(|p| p.id.0)
+        .collect();
+    assert_eq!(ids, ["005B", "005M"]);
+}
+
+pub async fn concurrent_commits_all_land(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut batch = Batch::new();
+                let id = format!("L{i:03}");
+                batch
+                    .put_lead(lead(&id))
+                    .append_history(LeadId::new(&id), event(i, "created"))
+                    .enqueue(email(&id));
+                store.commit(batch).await.expect("commit");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(store.leads(None, 1000).await.expect("leads").len(), 64);
+    assert_eq!(
+        store.outbox_ready(t0(), 1000).await.expect("ready").len(),
+        64
+    );
+    let stats = store.stats();
+    assert!(stats.flushes <= stats.commits, "{stats:?}");
+}
+
+pub async fn export_import_round_trip(source: Arc<dyn Store>, target: Arc<dyn Store>) {
+    let mut batch = Batch::new();
+    batch
+        .put_lead(lead("00Q1"))
+        .append_history(LeadId::new("00Q1"), event(0, "created"))
+        .append_history(LeadId::new("00Q1"), event(5, "web_visit"))
+        .put_person(person("005A", None))
+        .set_timer(timer("t1", t0() + TimeDelta::hours(24)))
+        .enqueue(email("e1"))
+        .set_cursor("salesforce.lead", "c1");
+    source.commit(batch).await.expect("commit");
+    let dir = tempfile_dir();
+    let first = dir.join("first.jsonl");
+    let second = dir.join("second.jsonl");
+    let exported = export(source.as_ref(), &first).await.expect("export");
+    assert_eq!(exported.records, 7);
+    let imported = import(target.as_ref(), &first).await.expect("import");
+    assert_eq!(imported, exported);
+    let again = export(target.as_ref(), &second)
+        .await
+        .expect("export again");
+    assert_eq!(again, exported);
+    assert_eq!(
+        target
+            .due_timers(t0() + TimeDelta::hours(24), 10)
+            .await
+            .expect("due")
+            .len(),
+        1
+    );
+    assert_eq!(target.outbox_ready(t0(), 10).await.expect("ready").len(), 1);
+    // Importing into a store that holds data is refused and changes nothing.
+    let refused = import(target.as_ref(), &first).await;
+    assert!(refused.is_err());
+    // A file altered after export is refused.
+    let text = std::fs::read_to_string(&first).expect("read export");
+    std::fs::write(&first, text.replace("web_visit", "web_visiT")).expect("write");
+    let fresh_error = crate::backup::verify(&first).expect_err("tampered file must fail");
+    assert!(
+        fresh_error.to_string().contains("checksum mismatch"),
+        "{fresh_error}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "leadloop-conformance-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

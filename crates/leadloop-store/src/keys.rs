@@ -1,0 +1,125 @@
+//! Key layout of the sled tree. Everything lives in one tree so a [`sled::Batch`] can change a
+//! lead, its history, its timers and its outbox entries atomically.
+//!
+//! ```text
+//! M schema                      → u32 BE             schema version
+//! L <lead id>                   → LeadRecord (JSON)
+//! P <person id>                 → Person
+//! H <len u16><lead id><seq u64> → HistoryEvent       append-only, seq per lead
+//! T <due u64><timer key>        → Timer              time-ordered index
+//! t <timer key>                 → due u64            reverse index, to move/cancel by key
+//! O <idempotency key>           → OutboxEntry
+//! R <next attempt u64><key>     → ()                 ready index of pending entries
+//! C <cursor name>               → cursor value
+//! ```
+//! Integers are big-endian so byte order is numeric order; instants are milliseconds since the
+//! epoch offset by 2^63 so that instants before 1970 still sort.
+
+use leadloop_core::Timestamp;
+
+pub const SCHEMA: &[u8] = b"Mschema";
+pub const LEAD: u8 = b'L';
+pub const PERSON: u8 = b'P';
+pub const HISTORY: u8 = b'H';
+pub const TIMER: u8 = b'T';
+pub const TIMER_BY_KEY: u8 = b't';
+pub const OUTBOX: u8 = b'O';
+pub const READY: u8 = b'R';
+pub const CURSOR: u8 = b'C';
+
+pub fn instant(at: Timestamp) -> [u8; 8] {
+    (at.timestamp_millis() as u64 ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn instant_from(bytes: &[u8]) -> Option<Timestamp> {
+    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let millis = (u64::from_be_bytes(raw) ^ (1 << 63)) as i64;
+    chrono::DateTime::from_timestamp_millis(millis)
+}
+
+pub fn simple(tag: u8, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(tag);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `H <len><id>`: the prefix of one lead's history.
+pub fn history_prefix(lead: &str) -> Vec<u8> {
+    let len = u16::try_from(lead.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(3 + lead.len() + 8);
+    key.push(HISTORY);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(lead.as_bytes());
+    key
+}
+
+pub fn history(lead: &str, seq: u64) -> Vec<u8> {
+    let mut key = history_prefix(lead);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Splits a history key into (lead id, seq).
+pub fn parse_history(key: &[u8]) -> Option<(String, u64)> {
+    let len = u16::from_be_bytes(key.get(1..3)?.try_into().ok()?) as usize;
+    let id = std::str::from_utf8(key.get(3..3 + len)?).ok()?;
+    let seq = u64::from_be_bytes(key.get(3 + len..3 + len + 8)?.try_into().ok()?);
+    Some((id.to_owned(), seq))
+}
+
+pub fn ordered(tag: u8, at: Timestamp, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.push(tag);
+    key.extend_from_slice(&instant(at));
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The first key after every entry of `tag` due at or before `at`.
+pub fn ordered_end(tag: u8, at: Timestamp) -> Vec<u8> {
+    let next = at + chrono::TimeDelta::milliseconds(1);
+    let mut key = Vec::with_capacity(9);
+    key.push(tag);
+    key.extend_from_slice(&instant(next));
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_sort_as_bytes() {
+        let times = [
+            "1969-07-20T20:17:00Z",
+            "1970-01-01T00:00:00Z",
+            "2026-03-02T14:00:00Z",
+            "2026-03-02T14:00:00.001Z",
+        ];
+        let encoded: Vec<_> = times
+            .iter()
+            .map(|t| instant(t.parse().expect("valid instant")))
+            .collect();
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(encoded, sorted);
+        for (raw, text) in encoded.iter().zip(times) {
+            assert_eq!(
+                instant_from(raw),
+                Some(text.parse().expect("valid instant"))
+            );
+        }
+    }
+
+    #[test]
+    fn history_keys_do_not_mix_leads() {
+        // "ab" with seq 1 must not fall inside the prefix of "a".
+        let a = history_prefix("a");
+        assert!(!history("ab", 1).starts_with(&a));
+        assert_eq!(
+            parse_history(&history("00Q1", 42)),
+            Some(("00Q1".to_owned(), 42))
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Durable state for leadloop: leads, people, per-lead history, the timer index, the outbox of
+//! effects, sync cursors. The [`Store`] trait is engine-neutral; [`SledStore`] is the default
+//! engine and the only code in the workspace that knows sled.
+//!
+//! Two promises hold for every engine, and the [`conformance`] suite checks them:
+//! - a [`Batch`] is applied atomically: a lead, its history, its timers and its outbox entries
+//!   change together or not at all;
+//! - [`Store::commit`] returns only once the batch is durable. Concurrent commits share one
+//!   flush (group commit), so durability does not cost one fsync per write.
+
+mod backup;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod keys;
+mod lock;
+mod sled_store;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use leadloop_core::{
+    HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Timer,
+    TimerKey, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+pub use backup::{ExportSummary, export, import};
+pub use sled_store::{SledConfig, SledStore};
+
+/// The schema version this build writes. Older stores are migrated on open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "state directory {path} is in use by another leadloop{holder}; stop it or use another state directory"
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot use state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "no space left in state directory {path}; free space and leadloop resumes (nothing was acknowledged that is not on disk)"
+    )]
+    NoSpace { path: PathBuf },
+    #[error("storage engine error in {path}: {message}")]
+    Engine { path: PathBuf, message: String },
+    #[error("corrupt record under key {key:?}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error(
+        "state in {path} has schema version {found}, newer than this leadloop understands ({supported}); run a newer leadloop"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{0}")]
+    Backup(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One change inside a [`Batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    PutLead(LeadRecord),
+    /// Removes the lead record; its history stays (append a `Deleted` event).
+    DeleteLead(LeadId),
+    /// Appends to the lead's history; the store assigns the next sequence number.
+    AppendHistory(LeadId, HistoryEvent),
+    PutPerson(Person),
+    DeletePerson(PersonId),
+    /// Sets a timer; an existing timer with the same key is moved.
+    SetTimer(Timer),
+    /// Cancels a timer; cancelling a missing one is a no-op.
+    CancelTimer(TimerKey),
+    /// Queues an effect; if the key is already in the outbox (in any state) this is a no-op.
+    Enqueue(OutboxEntry),
+    /// Replaces an outbox entry's bookkeeping (attempt recorded, done, failed).
+    UpdateOutbox(OutboxEntry),
+    SetCursor {
+        name: String,
+        value: String,
+    },
+}
+
+/// Changes applied together, atomically.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn push(&mut self, op: Op) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+
+    pub fn put_lead(&mut self, lead: LeadRecord) -> &mut Self {
+        self.push(Op::PutLead(lead))
+    }
+
+    pub fn append_history(&mut self, lead: LeadId, event: HistoryEvent) -> &mut Self {
+        self.push(Op::AppendHistory(lead, event))
+    }
+
+    pub fn put_person(&mut self, person: Person) -> &mut Self {
+        self.push(Op::PutPerson(person))
+    }
+
+    pub fn set_timer(&mut self, timer: Timer) -> &mut Self {
+        self.push(Op::SetTimer(timer))
+    }
+
+    pub fn cancel_timer(&mut self, key: TimerKey) -> &mut Self {
+        self.push(Op::CancelTimer(key))
+    }
+
+    pub fn enqueue(&mut self, entry: OutboxEntry) -> &mut Self {
+        self.push(Op::Enqueue(entry))
+    }
+
+    pub fn update_outbox(&mut self, entry: OutboxEntry) -> &mut Self {
+        self.push(Op::UpdateOutbox(entry))
+    }
+
+    pub fn set_cursor(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.push(Op::SetCursor {
+            name: name.into(),
+            value: value.into(),
+        })
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Committed {
+    /// Outbox keys that were new (not duplicates) in this batch.
+    pub enqueued: Vec<IdempotencyKey>,
+    /// Enqueue ops skipped because the key was already in the outbox.
+    pub duplicates: usize,
+}
+
+/// Every kind of record, as export and import see them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Record {
+    Lead {
+        v: LeadRecord,
+    },
+    Person {
+        v: Person,
+    },
+    History {
+        lead: LeadId,
+        seq: u64,
+        v: HistoryEvent,
+    },
+    Timer {
+        v: Timer,
+    },
+    Outbox {
+        v: OutboxEntry,
+    },
+    Cursor {
+        name: String,
+        value: String,
+    },
+}
+
+/// Sizes for metrics and `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub size_on_disk: u64,
+    pub commits: u64,
+    pub flushes: u64,
+}
+
+/// The engine-neutral store API.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies `batch` atomically and returns once it is durable.
+    async fn commit(&self, batch: Batch) -> Result<Committed>;
+
+    async fn lead(&self, id: &LeadId) -> Result<Option<LeadRecord>>;
+    /// Leads in id order, after `after`, at most `limit`.
+    async fn leads(&self, after: Option<&LeadId>, limit: usize) -> Result<Vec<LeadRecord>>;
+    async fn person(&self, id: &PersonId) -> Result<Option<Person>>;
+    async fn people(&self) -> Result<Vec<Person>>;
+    /// The lead's history with sequence numbers, oldest first.
+    async fn history(&self, id: &LeadId) -> Result<Vec<(u64, HistoryEvent)>>;
+
+    async fn timer(&self, key: &TimerKey) -> Result<Option<Timer>>;
+    /// Timers due at or before `now`, earliest first, at most `limit`. Costs what is due.
+    async fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<Timer>>;
+    /// When the earliest timer is due, if any.
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>>;
+
+    async fn outbox_entry(&self, key: &IdempotencyKey) -> Result<Option<OutboxEntry>>;
+    /// Pending entries whose next attempt is at or before `now`, earliest first.
+    async fn outbox_ready(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>>;
+
+    async fn cursor(&self, name: &str) -> Result<Option<String>>;
+
+    /// Visits every record in a deterministic order (for export).
+    async fn scan(&self, visit: &mut (dyn FnMut(Record) -> Result<()> + Send)) -> Result<()>;
+    /// Writes records as they were exported (for import), durably.
+    async fn load(&self, records: Vec<Record>) -> Result<()>;
+    /// True when the store holds no records.
+    async fn is_empty(&self) -> Result<bool>;
+
+    fn stats(&self) -> Stats;
+}

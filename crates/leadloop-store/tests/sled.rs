@@ -1,0 +1,69 @@
+//! The sled engine against the conformance suite, plus what only a real engine can show:
+//! reopening keeps what was committed, and the directory lock refuses a second opener.
+
+use std::sync::Arc;
+
+use leadloop_store::{Batch, SledConfig, SledStore, Store, StoreError, conformance};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_passes_the_conformance_suite() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    conformance::run_all(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = root.path().join(format!("store-{n}"));
+        async move { SledStore::open(&SledConfig::new(dir)).expect("open") as Arc<dyn Store> }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn committed_data_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = SledStore::open(&SledConfig::new(dir.path())).expect("open");
+        let mut batch = Batch::new();
+        batch
+            .put_lead(conformance::lead("00Q1"))
+            .set_cursor("c", "v1");
+        store.commit(batch).await.expect("commit");
+    }
+    let store = SledStore::open(&SledConfig::new(dir.path())).expect("reopen");
+    assert_eq!(
+        store
+            .lead(&leadloop_core::LeadId::new("00Q1"))
+            .await
+            .expect("read"),
+        Some(conformance::lead("00Q1"))
+    );
+    assert_eq!(
+        store.cursor("c").await.expect("cursor").as_deref(),
+        Some("v1")
+    );
+}
+
+#[tokio::test]
+async fn second_opener_is_refused_with_the_holder_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = SledStore::open(&SledConfig::new(dir.path())).expect("open");
+    let error = SledStore::open(&SledConfig::new(dir.path())).expect_err("second open must fail");
+    assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("in use by another leadloop"), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn unusable_state_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let error = SledStore::open(&SledConfig::new(&file)).expect_err("a file is not a state dir");
+    assert!(
+        error.to_string().contains("cannot use state directory"),
+        "{error}"
+    );
+}
