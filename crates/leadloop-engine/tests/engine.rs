@@ -1,0 +1,138 @@
+//! The engine in virtual time against a real sled store: timers fire once, when due, and the
+//! decision they produce lands atomically with the timer's removal.
+
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use leadloop_core::{
+    Clock, Decision, Effect, IdempotencyKey, LeadId, LeadRecord, Timer, TimerKey, TimerKind,
+    Timestamp, VirtualClock,
+};
+use leadloop_engine::{Engine, Policy};
+use leadloop_store::{Batch, SledConfig, SledStore, Store};
+
+/// Sends an email per firing and re-arms itself 24 h after the step was due, up to step 3: a
+/// ladder in miniature.
+struct Ladder;
+
+impl Policy for Ladder {
+    fn on_timer(&self, timer: &Timer, lead: Option<&LeadRecord>, _now: Timestamp) -> Decision {
+        let TimerKind::SlaStep { handoff, step } = timer.kind else {
+            return Decision::default();
+        };
+        let Some(lead) = lead else {
+            return Decision::default();
+        };
+        let mut decision = Decision::default();
+        decision.effects.push((
+            IdempotencyKey::from_parts([
+                lead.lead.id.as_str(),
+                &handoff.to_string(),
+                &step.to_string(),
+            ]),
+            Effect::Email {
+                kind: "test".into(),
+                template: "t".into(),
+                to: vec!["rep@x.example".into()],
+                cc: vec![],
+                lead_id: Some(lead.lead.id.clone()),
+                vars: serde_json::json!({}),
+            },
+        ));
+        if step < 3 {
+            decision.set_timers.push(Timer {
+                due: timer.due + TimeDelta::hours(24),
+                kind: TimerKind::SlaStep {
+                    handoff,
+                    step: step + 1,
+                },
+                ..timer.clone()
+            });
+        }
+        decision
+    }
+}
+
+fn start() -> Timestamp {
+    "2026-03-02T14:00:00Z".parse().expect("valid instant")
+}
+
+#[tokio::test]
+async fn due_timers_fire_once_in_virtual_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("open");
+    let clock = Arc::new(VirtualClock::new(start()));
+    let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(Ladder));
+
+    let lead = LeadId::new("00Q1");
+    let mut batch = Batch::new();
+    batch
+        .put_lead(LeadRecord::new(leadloop_core::Lead::new("00Q1"), start()))
+        .set_timer(Timer {
+            key: TimerKey::new("sla/00Q1"),
+            due: start() + TimeDelta::hours(24),
+            lead_id: Some(lead.clone()),
+            kind: TimerKind::SlaStep {
+                handoff: 1,
+                step: 1,
+            },
+        });
+    store.commit(batch).await.expect("commit");
+
+    // Not yet due.
+    assert_eq!(engine.tick().await.expect("tick").fired, 0);
+    clock.advance(TimeDelta::hours(24) - TimeDelta::seconds(1));
+    assert_eq!(engine.tick().await.expect("tick").fired, 0);
+    clock.advance(TimeDelta::seconds(1));
+    let report = engine.tick().await.expect("tick");
+    assert_eq!((report.fired, report.enqueued), (1, 1));
+    // Ticking again at the same instant repeats nothing.
+    assert_eq!(engine.tick().await.expect("tick").fired, 0);
+    // The ladder re-armed itself for 24 h later.
+    let next = store
+        .timer(&TimerKey::new("sla/00Q1"))
+        .await
+        .expect("timer")
+        .expect("re-armed");
+    assert_eq!(next.due, clock.now() + TimeDelta::hours(24));
+
+    // 80 hours of downtime: the remaining steps fire one per tick, in order, each once.
+    clock.advance(TimeDelta::hours(80));
+    let mut fired = 0;
+    for _ in 0..5 {
+        fired += engine.tick().await.expect("tick").fired;
+    }
+    assert_eq!(fired, 2);
+    let keys: Vec<_> = store
+        .outbox_ready(clock.now(), 10)
+        .await
+        .expect("ready")
+        .into_iter()
+        .map(|e| e.key.0)
+        .collect();
+    assert_eq!(keys, ["00Q1/1/1", "00Q1/1/2", "00Q1/1/3"]);
+    assert_eq!(store.next_timer_due().await.expect("next"), None);
+    let history = store.history(&lead).await.expect("history");
+    assert_eq!(history.len(), 3, "{history:?}");
+}
+
+#[tokio::test]
+async fn run_stops_on_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("open");
+    let clock: Arc<dyn Clock> = Arc::new(VirtualClock::new(start()));
+    let engine = Engine::new(store, clock, Arc::new(Ladder));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            engine
+                .run(shutdown, std::time::Duration::from_secs(3600))
+                .await
+        }
+    });
+    shutdown.cancel();
+    task.await.expect("join").expect("run ends cleanly");
+    assert_eq!(engine.heartbeat(), start().timestamp());
+}
