@@ -1,1 +1,5 @@
-fn main() {}
+//! `leadloop`: see `leadloop --help` and `docs/cli.md`.
+
+fn main() -> std::process::ExitCode {
+    leadloop::cli::main()
+}

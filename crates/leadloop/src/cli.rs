@@ -1,0 +1,176 @@
+//! The command line. Command names and flags are a contract (documented in `docs/cli.md`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use leadloop_store::{SledConfig, SledStore, Store};
+
+use crate::config::{self, Config, LogFormat};
+use crate::{daemon, exit};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leadloop",
+    version,
+    about = "Closes the loop between marketing and sales: no lead falls through."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Check a config file: syntax, types, unknown keys, references. Exit 78 if invalid.
+    Validate(ConfigArg),
+    /// Write a portable, checksummed backup of the state directory.
+    Export(BackupArgs),
+    /// Load a backup into an empty state directory (verified before anything is written).
+    Import(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Overrides `daemon.state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Overrides `daemon.admin_listen` (default 127.0.0.1:9477).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Overrides `daemon.log_format`.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The config file (for `daemon.state_dir` and store settings).
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "state_dir"
+    )]
+    pub config: Option<PathBuf>,
+    /// The state directory; overrides the config's.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The backup file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Validate(args) => validate(&args.config),
+        Command::Run(args) => daemon::main(args),
+        Command::Export(args) => backup(args, true),
+        Command::Import(args) => backup(args, false),
+    };
+    ExitCode::from(code)
+}
+
+/// Prints findings to stderr; returns the config if it is usable.
+pub fn load_reporting(path: &Path) -> Result<Config, u8> {
+    match config::load(path) {
+        Ok((config, warnings)) => {
+            eprint!("{warnings}");
+            Ok(config)
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            let count = errors
+                .iter()
+                .filter(|d| d.severity == config::Severity::Error)
+                .count();
+            eprintln!(
+                "{}: {count} error{} in config",
+                path.display(),
+                if count == 1 { "" } else { "s" }
+            );
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+fn validate(path: &Path) -> u8 {
+    match load_reporting(path) {
+        Ok(_) => {
+            eprintln!("{}: valid", path.display());
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn backup(args: BackupArgs, export: bool) -> u8 {
+    let config = match &args.config {
+        Some(path) => match load_reporting(path) {
+            Ok(config) => config,
+            Err(code) => return code,
+        },
+        None => Config::default(),
+    };
+    let dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| config.daemon.state_dir.clone());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let sled = SledConfig {
+            dir,
+            cache_bytes: config.store.cache_mb.saturating_mul(1024 * 1024),
+        };
+        let store: Arc<dyn Store> = match SledStore::open(&sled) {
+            Ok(store) => store,
+            Err(e) => {
+                eprintln!("{e}");
+                return exit::STORE;
+            }
+        };
+        let result = if export {
+            leadloop_store::export(store.as_ref(), &args.file).await
+        } else {
+            leadloop_store::import(store.as_ref(), &args.file).await
+        };
+        match result {
+            Ok(summary) => {
+                let line =
+                    serde_json::json!({ "records": summary.records, "sha256": summary.sha256 });
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{line}");
+                }
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                exit::STORE
+            }
+        }
+    })
+}

@@ -1,0 +1,528 @@
+//! Finding every problem in a config file at once.
+//!
+//! serde stops at the first error, so the schema pass loops: deserialize; on an error, record
+//! it with its line and key, blank out the offending entry (spaces in place of its bytes, so
+//! every later line and column stays true) and try again. Then the semantic checks run on the
+//! result (missing required fields, references between people, manager loops), skipping
+//! anything whose entry was blanked so one mistake is reported once.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use leadloop_core::{OrgChart, PersonId};
+use toml::de::{DeTable, DeValue};
+
+use super::Config;
+
+/// The most schema errors collected before giving up; a file this broken is better fixed first.
+const MAX_SCHEMA_ERRORS: usize = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One finding, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based; 0 when the finding concerns the whole file.
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the key, e.g. `daemon.admin_listen` or `people[2].manager`.
+    pub key: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+impl Diagnostic {
+    pub fn file_error(file: &Path, message: String) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message,
+            severity: Severity::Error,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        if self.severity == Severity::Warning {
+            f.write_str(": warning")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Findings in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn single(diagnostic: Diagnostic) -> Self {
+        Self(vec![diagnostic])
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for diagnostic in &self.0 {
+            writeln!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An entry of the file with where it sits: the key, the value, and everything beneath it.
+#[derive(Debug)]
+struct Node {
+    path: String,
+    key: Range<usize>,
+    extent: Range<usize>,
+    children: Vec<Node>,
+}
+
+fn index_table(table: &DeTable<'_>, prefix: &str) -> Vec<Node> {
+    table
+        .iter()
+        .map(|(key, value)| {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            node(path, key.span(), value)
+        })
+        .collect()
+}
+
+fn node(path: String, key: Range<usize>, value: &toml::Spanned<DeValue<'_>>) -> Node {
+    let children = match value.get_ref() {
+        DeValue::Table(table) => index_table(table, &path),
+        DeValue::Array(array) => array
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let span = item.span();
+                node(format!("{path}[{i}]"), span.clone(), item)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let value_span = value.span();
+    let start = key.start.min(value_span.start);
+    let end = children
+        .iter()
+        .map(|c| c.extent.end)
+        .fold(key.end.max(value_span.end), usize::max);
+    Node {
+        path,
+        key,
+        extent: start..end,
+        children,
+    }
+}
+
+/// The deepest entry whose extent holds `at`.
+fn deepest(nodes: &[Node], at: usize) -> Option<&Node> {
+    let found = nodes
+        .iter()
+        .find(|n| n.extent.contains(&at) || (n.extent.is_empty() && n.extent.start == at))?;
+    Some(deepest(&found.children, at).unwrap_or(found))
+}
+
+fn find<'a>(nodes: &'a [Node], path: &str) -> Option<&'a Node> {
+    for node in nodes {
+        if node.path == path {
+            return Some(node);
+        }
+        if path.starts_with(&node.path) {
+            if let Some(found) = find(&node.children, path) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// Line and column (1-based) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
+/// Widens `range` to whole lines when nothing else shares them (a `[table]` header's brackets,
+/// a trailing comment), so blanking leaves valid TOML behind.
+fn widen(text: &str, range: Range<usize>) -> Range<usize> {
+    let bytes = text.as_bytes();
+    let line_start = bytes[..range.start]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line_end = bytes[range.end..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(text.len(), |i| range.end + i);
+    let head = text[line_start..range.start].trim_matches(|c: char| c.is_whitespace() || c == '[');
+    let tail = text[range.end..line_end].trim_matches(|c: char| c.is_whitespace() || c == ']');
+    let start = if head.is_empty() {
+        line_start
+    } else {
+        range.start
+    };
+    let end = if tail.is_empty() || tail.starts_with('#') {
+        line_end
+    } else {
+        range.end
+    };
+    start..end
+}
+
+fn blank(text: &mut String, range: Range<usize>) {
+    let mut bytes = std::mem::take(text).into_bytes();
+    for byte in &mut bytes[range] {
+        if *byte != b'\n' {
+            *byte = b' ';
+        }
+    }
+    // Whole UTF-8 sequences were replaced byte for byte by ASCII spaces.
+    *text = String::from_utf8(bytes).unwrap_or_default();
+}
+
+pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics), Diagnostics> {
+    let at = |offset: usize, key: String, message: String, severity| {
+        let (line, column) = position(text, offset);
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            column,
+            key,
+            message,
+            severity,
+        }
+    };
+
+    // Syntax: every error the recovering parser finds.
+    let (_, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let found = syntax
+            .iter()
+            .map(|e| {
+                at(
+                    e.span().map_or(0, |s| s.start),
+                    String::new(),
+                    e.message().trim().to_owned(),
+                    Severity::Error,
+                )
+            })
+            .collect();
+        return Err(Diagnostics(found));
+    }
+
+    // Schema: types and unknown keys, one round per error.
+    let mut findings = Vec::new();
+    let mut blanked: BTreeSet<String> = BTreeSet::new();
+    let mut working = text.to_owned();
+    let config = loop {
+        let error = match toml::from_str::<Config>(&working) {
+            Ok(config) => break config,
+            Err(error) => error,
+        };
+        let span = error.span().unwrap_or(0..0);
+        let nodes = DeTable::parse(&working)
+            .map(|t| index_table(t.get_ref(), ""))
+            .unwrap_or_default();
+        let culprit = deepest(&nodes, span.start);
+        let key = culprit.map(|n| n.path.clone()).unwrap_or_default();
+        findings.push(at(
+            span.start,
+            key.clone(),
+            error.message().trim().to_owned(),
+            Severity::Error,
+        ));
+        let Some(culprit) = culprit else {
+            return Err(Diagnostics(findings));
+        };
+        if findings.len() >= MAX_SCHEMA_ERRORS || !blanked.insert(key) {
+            return Err(Diagnostics(findings));
+        }
+        let range = widen(&working, culprit.extent.clone());
+        blank(&mut working, range);
+    };
+
+    // Semantics, on what parsed.
+    let nodes = DeTable::parse(text)
+        .map(|t| index_table(t.get_ref(), ""))
+        .unwrap_or_default();
+    let locate = |path: &str| -> usize {
+        // The entry itself, or the nearest enclosing one that exists in the file.
+        let mut probe = path.to_owned();
+        loop {
+            if let Some(node) = find(&nodes, &probe) {
+                return node.key.start;
+            }
+            match probe.rfind(['.', '[']) {
+                Some(cut) => probe.truncate(cut),
+                None => return 0,
+            }
+        }
+    };
+    let mut report = |path: String, message: String, severity: Severity| {
+        if blanked.iter().any(|b| {
+            path == *b || path.starts_with(&format!("{b}.")) || path.starts_with(&format!("{b}["))
+        }) {
+            return;
+        }
+        findings.push(at(locate(&path), path, message, severity));
+    };
+    check_people(&config, &mut report);
+
+    findings.sort_by_key(|d| (d.line, d.column));
+    let diagnostics = Diagnostics(findings);
+    if diagnostics.has_errors() {
+        Err(diagnostics)
+    } else {
+        Ok((config, diagnostics))
+    }
+}
+
+fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let mut ids = BTreeSet::new();
+    for (i, person) in config.people.iter().enumerate() {
+        let path = format!("people[{i}]");
+        for (field, present) in [
+            ("id", person.id.is_some()),
+            ("email", person.email.is_some()),
+            ("name", person.name.is_some()),
+        ] {
+            if !present {
+                report(
+                    path.clone(),
+                    format!("missing required key `{field}`"),
+                    Severity::Error,
+                );
+            }
+        }
+        if let Some(id) = &person.id {
+            if id.trim().is_empty() {
+                report(
+                    format!("{path}.id"),
+                    "must not be empty".into(),
+                    Severity::Error,
+                );
+            } else if !ids.insert(id.clone()) {
+                report(
+                    format!("{path}.id"),
+                    format!("person `{id}` is defined twice"),
+                    Severity::Error,
+                );
+            }
+        }
+        if let Some(email) = &person.email {
+            if !plausible_email(email) {
+                report(
+                    format!("{path}.email"),
+                    format!("`{email}` is not an email address"),
+                    Severity::Error,
+                );
+            }
+        }
+        if person.manager.is_none() && person.role == leadloop_core::Role::Rep {
+            report(
+                path.clone(),
+                "no manager: escalations for this rep fall back to the configured fallback address"
+                    .into(),
+                Severity::Warning,
+            );
+        }
+    }
+    // Everyone with an id is in the chart, complete or not, so a missing email is not also
+    // reported as an unknown manager.
+    let chart = OrgChart::new(config.people.iter().filter_map(|p| {
+        Some(leadloop_core::Person {
+            id: PersonId::new(p.id.clone()?),
+            email: String::new(),
+            name: String::new(),
+            manager: p.manager.clone().map(PersonId::new),
+            time_zone: None,
+            role: p.role,
+            active: p.active,
+            capacity: p.capacity,
+        })
+    }));
+    let index_of = |id: &PersonId| {
+        config
+            .people
+            .iter()
+            .position(|p| p.id.as_deref() == Some(id.as_str()))
+    };
+    for problem in chart.check() {
+        use leadloop_core::person::OrgChartError;
+        let (person, what) = match &problem {
+            OrgChartError::UnknownManager { person, .. } => (person, "manager"),
+            OrgChartError::Cycle { person } | OrgChartError::SelfManaged { person } => {
+                (person, "manager")
+            }
+        };
+        if let Some(i) = index_of(person) {
+            report(
+                format!("people[{i}].{what}"),
+                problem.to_string(),
+                Severity::Error,
+            );
+        }
+    }
+}
+
+fn plausible_email(email: &str) -> bool {
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the checks on `input` and compares the rendered findings with `expect`.
+    fn check(input: &str, expect: &[&str]) {
+        let rendered: Vec<String> = match parse_and_check(Path::new("t.toml"), input) {
+            Ok((_, diagnostics)) | Err(diagnostics) => {
+                diagnostics.iter().map(ToString::to_string).collect()
+            }
+        };
+        assert_eq!(rendered, expect, "input:\n{input}");
+    }
+
+    const PEOPLE: &str = r#"
+[[people]]
+id = "005A"
+email = "rep@x.example"
+name = "Rep A"
+manager = "005M"
+
+[[people]]
+id = "005M"
+email = "mgr@x.example"
+name = "Manager M"
+role = "manager"
+"#;
+
+    #[test]
+    fn a_valid_file_has_no_findings() {
+        check(PEOPLE, &[]);
+        check("", &[]);
+    }
+
+    #[test]
+    fn unknown_keys_are_all_reported_with_lines() {
+        let input =
+            format!("[daemon]\nbogus = 1\nmax_idle = \"5s\"\n{PEOPLE}\nalso_bogus = true\n");
+        let found = match parse_and_check(Path::new("t.toml"), &input) {
+            Err(d) => d,
+            Ok(_) => panic!("must fail"),
+        };
+        let lines: Vec<_> = found.iter().map(|d| (d.line, d.key.as_str())).collect();
+        assert_eq!(lines, [(2, "daemon.bogus"), (17, "people[1].also_bogus")]);
+        assert!(
+            found.0[0].message.contains("unknown field `bogus`"),
+            "{}",
+            found.0[0].message
+        );
+    }
+
+    #[test]
+    fn type_errors_and_reference_errors_come_together() {
+        check(
+            "[daemon]\nadmin_listen = \"not an address\"\nshutdown_grace = \"soon\"\n\n[[people]]\nid = \"005A\"\nemail = \"rep@x.example\"\nname = \"Rep\"\nmanager = \"005Z\"\ntime_zone = \"Mars/Olympus\"\n",
+            &[
+                "t.toml:2:16: daemon.admin_listen: invalid socket address syntax",
+                "t.toml:3:18: daemon.shutdown_grace: invalid duration \"soon\" (expected number at 0); write e.g. \"10s\", \"5m\", \"24h\"",
+                "t.toml:9:1: people[0].manager: 005A names manager 005Z, who is not known",
+                "t.toml:10:13: people[0].time_zone: failed to parse timezone: 'Mars/Olympus'",
+            ],
+        );
+    }
+
+    #[test]
+    fn missing_fields_and_loops_are_reported_at_their_entry() {
+        check(
+            "[[people]]\nid = \"a\"\nemail = \"a@x.example\"\nname = \"A\"\nmanager = \"b\"\n\n[[people]]\nid = \"b\"\nname = \"B\"\nmanager = \"a\"\n",
+            &[
+                "t.toml:5:1: people[0].manager: the manager chain of a loops back on itself",
+                "t.toml:7:1: people[1]: missing required key `email`",
+                "t.toml:10:1: people[1].manager: the manager chain of b loops back on itself",
+            ],
+        );
+    }
+
+    #[test]
+    fn warnings_do_not_fail() {
+        let (_, warnings) = parse_and_check(
+            Path::new("t.toml"),
+            "[[people]]\nid = \"a\"\nemail = \"a@x.example\"\nname = \"A\"\n",
+        )
+        .expect("valid");
+        let rendered: Vec<_> = warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                "t.toml:1:1: people[0]: warning: no manager: escalations for this rep fall back to the configured fallback address"
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        check(
+            "[daemon\nstate_dir = 1\n",
+            &["t.toml:1:8: unclosed table, expected `]`"],
+        );
+    }
+
+    #[test]
+    fn bad_email_and_duplicates() {
+        check(
+            "[[people]]\nid = \"a\"\nemail = \"not-an-email\"\nname = \"A\"\nrole = \"executive\"\n[[people]]\nid = \"a\"\nemail = \"a@x.example\"\nname = \"A2\"\nrole = \"executive\"\n",
+            &[
+                "t.toml:3:1: people[0].email: `not-an-email` is not an email address",
+                "t.toml:7:1: people[1].id: person `a` is defined twice",
+            ],
+        );
+    }
+}

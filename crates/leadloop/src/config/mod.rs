@@ -1,0 +1,166 @@
+//! The configuration file: TOML, unknown keys refused, every error reported at once with its
+//! file, line and key. Only this crate knows the file format; it hands the rest of leadloop
+//! plain values.
+
+mod diagnose;
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use leadloop_core::{Person, PersonId, Role};
+use serde::{Deserialize, Deserializer};
+
+pub use diagnose::{Diagnostic, Diagnostics, Severity};
+pub use secret::{Secret, SecretError, SecretSource};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// People leadloop routes to and escalates to, in addition to the CRM's users.
+    #[serde(default)]
+    pub people: Vec<PersonConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Where the store lives; `--state-dir` overrides it.
+    pub state_dir: PathBuf,
+    /// The admin HTTP listener (health, readiness, metrics); `--admin-listen` overrides it.
+    pub admin_listen: SocketAddr,
+    pub log_format: LogFormat,
+    /// How long SIGTERM waits for work in progress before exiting anyway.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// The longest the engine sleeps between looks at the timer queue.
+    #[serde(deserialize_with = "duration")]
+    pub max_idle: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/leadloop"),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+            log_format: LogFormat::Human,
+            shutdown_grace: Duration::from_secs(10),
+            max_idle: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreEngine {
+    #[default]
+    Sled,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub engine: StoreEngine,
+    /// Upper bound of the engine's page cache, in MiB.
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            engine: StoreEngine::Sled,
+            cache_mb: 64,
+        }
+    }
+}
+
+/// A person as written in config. Required fields are options here so that a missing one is
+/// reported with the others, at its line, rather than stopping the parse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonConfig {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub manager: Option<String>,
+    pub time_zone: Option<chrono_tz::Tz>,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default = "yes")]
+    pub active: bool,
+    pub capacity: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write e.g. \"10s\", \"5m\", \"24h\""
+        ))
+    })
+}
+
+impl PersonConfig {
+    fn to_person(&self) -> Option<Person> {
+        Some(Person {
+            id: PersonId::new(self.id.clone()?),
+            email: self.email.clone()?,
+            name: self.name.clone()?,
+            manager: self.manager.clone().map(PersonId::new),
+            time_zone: self.time_zone.map(|tz| tz.name().to_owned()),
+            role: self.role,
+            active: self.active,
+            capacity: self.capacity,
+        })
+    }
+}
+
+impl Config {
+    /// The people in config, as the domain sees them.
+    pub fn people(&self) -> Vec<Person> {
+        self.people
+            .iter()
+            .filter_map(PersonConfig::to_person)
+            .collect()
+    }
+}
+
+/// Reads, parses and validates `path`. On failure, every problem found; on success, the
+/// config and any warnings.
+pub fn load(path: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics::single(Diagnostic::file_error(
+            path,
+            format!("cannot read config file: {e}"),
+        ))
+    })?;
+    load_str(path, &text)
+}
+
+/// As [`load`], for text already read; `path` is used in messages.
+pub fn load_str(path: &Path, text: &str) -> Result<(Config, Diagnostics), Diagnostics> {
+    diagnose::parse_and_check(path, text)
+}
+
+/// The default path named in help texts.
+pub fn default_path() -> PathBuf {
+    PathBuf::from("/etc/leadloop/leadloop.toml")
+}

@@ -1,0 +1,275 @@
+//! `leadloop run`: the daemon's lifecycle.
+//!
+//! Start: validate config, open the store (which takes the state directory's lock), write the
+//! configured people, bind the admin listener, start the engine, then report ready (readyz
+//! and systemd `READY=1`). SIGHUP re-reads and re-validates the config and applies it, or
+//! keeps the running one and says why. SIGTERM/SIGINT stop new work, let the tick in progress
+//! finish within `daemon.shutdown_grace` (each batch is atomic, so cutting it short loses
+//! nothing acknowledged), and exit 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use leadloop_core::SystemClock;
+use leadloop_engine::{Engine, NoRules};
+use leadloop_store::{Batch, SledConfig, SledStore, Store};
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::cli::{RunArgs, load_reporting};
+use crate::config::{self, Config};
+use crate::{exit, telemetry};
+
+/// Settings that a reload cannot change; a new value waits for a restart.
+fn restart_only(config: &Config) -> (PathBuf, std::net::SocketAddr, u64) {
+    (
+        config.daemon.state_dir.clone(),
+        config.daemon.admin_listen,
+        config.store.cache_mb,
+    )
+}
+
+pub fn main(args: RunArgs) -> u8 {
+    let mut config = match load_reporting(&args.config.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    apply_overrides(&mut config, &args);
+    telemetry::init_logging(config.daemon.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("leadloop")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(run(args, config))
+}
+
+fn apply_overrides(config: &mut Config, args: &RunArgs) {
+    if let Some(dir) = &args.state_dir {
+        config.daemon.state_dir = dir.clone();
+    }
+    if let Some(addr) = args.admin_listen {
+        config.daemon.admin_listen = addr;
+    }
+    if let Some(format) = args.log_format {
+        config.daemon.log_format = format;
+    }
+}
+
+async fn run(args: RunArgs, mut config: Config) -> u8 {
+    let config_path = args.config.config.clone();
+    let metrics = match telemetry::init_metrics() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "metrics recorder unavailable; /metrics will be empty");
+            None
+        }
+    };
+
+    let sled = SledConfig {
+        dir: config.daemon.state_dir.clone(),
+        cache_bytes: config.store.cache_mb.saturating_mul(1024 * 1024),
+    };
+    let store: Arc<dyn Store> = match SledStore::open(&sled) {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::error!(%error, "cannot open the store");
+            return exit::STORE;
+        }
+    };
+    if let Err(error) = write_people(store.as_ref(), &config).await {
+        tracing::error!(%error, "cannot write the configured people to the store");
+        return exit::STORE;
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let admin_addr = config.daemon.admin_listen;
+    let listener = match tokio::net::TcpListener::bind(admin_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, addr = %admin_addr, "cannot listen on the admin address; choose another with --admin-listen");
+            return exit::FAILURE;
+        }
+    };
+    let router = admin::router(AdminState {
+        ready: Arc::clone(&ready),
+        metrics,
+        store: Some(Arc::clone(&store)),
+    });
+    let admin_task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    });
+
+    let engine = Engine::new(Arc::clone(&store), Arc::new(SystemClock), Arc::new(NoRules));
+    let engine_stop = CancellationToken::new();
+    let mut engine_task = tokio::spawn({
+        let engine = engine.clone();
+        let stop = engine_stop.clone();
+        let max_idle = config.daemon.max_idle;
+        async move { engine.run(stop, max_idle).await }
+    });
+
+    ready.store(true, Ordering::SeqCst);
+    notify(&[NotifyState::Ready, NotifyState::Status("running")]);
+    spawn_watchdog(engine.clone(), shutdown.clone());
+    tracing::info!(admin = %admin_addr, state_dir = %config.daemon.state_dir.display(), "leadloop ready");
+
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(hup)) => (term, hup),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot install signal handlers");
+            return exit::FAILURE;
+        }
+    };
+    let mut engine_ended = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received; draining"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received; draining"); break; }
+            _ = hup.recv() => reload(&config_path, &args, &mut config, store.as_ref()).await,
+            result = &mut engine_task => {
+                engine_ended = true;
+                match result {
+                    Ok(Ok(())) => tracing::error!("engine stopped unexpectedly"),
+                    Ok(Err(error)) => tracing::error!(%error, "engine failed"),
+                    Err(error) => tracing::error!(%error, "engine task panicked"),
+                }
+                break;
+            }
+        }
+    }
+
+    ready.store(false, Ordering::SeqCst);
+    notify(&[NotifyState::Stopping]);
+    engine_stop.cancel();
+    let grace = config.daemon.shutdown_grace;
+    if !engine_ended && tokio::time::timeout(grace, &mut engine_task).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "drain deadline passed; stopping with the tick in progress unfinished (it was not acknowledged)"
+        );
+        engine_task.abort();
+    }
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(2), admin_task).await {
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "admin listener ended with an error"),
+        Err(_) => tracing::warn!("admin listener did not stop in time"),
+        _ => {}
+    }
+    drop(engine);
+    drop(store);
+    tracing::info!("leadloop stopped");
+    if engine_ended {
+        exit::FAILURE
+    } else {
+        exit::OK
+    }
+}
+
+async fn write_people(
+    store: &dyn Store,
+    config: &Config,
+) -> Result<(), leadloop_store::StoreError> {
+    let mut batch = Batch::new();
+    for person in config.people() {
+        batch.put_person(person);
+    }
+    store.commit(batch).await.map(|_| ())
+}
+
+/// SIGHUP: re-read, validate, apply. An invalid file changes nothing.
+async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn Store) {
+    notify(&[NotifyState::Reloading]);
+    match config::load(path) {
+        Err(errors) => {
+            let errors = errors.to_string();
+            tracing::error!(file = %path.display(), %errors, "config reload refused; keeping the running config");
+            metrics::counter!("leadloop_config_reloads_total", "result" => "rejected").increment(1);
+        }
+        Ok((mut next, warnings)) => {
+            for warning in warnings.iter() {
+                tracing::warn!(%warning, "config warning");
+            }
+            apply_overrides(&mut next, args);
+            if restart_only(&next) != restart_only(config) {
+                tracing::warn!(
+                    "state_dir, admin_listen and store settings change only on restart; the rest is applied now"
+                );
+            }
+            match write_people(store, &next).await {
+                Ok(()) => {
+                    *config = Config {
+                        daemon: config.daemon.clone(),
+                        store: config.store.clone(),
+                        ..next
+                    };
+                    tracing::info!(file = %path.display(), people = config.people.len(), "config reloaded");
+                    metrics::counter!("leadloop_config_reloads_total", "result" => "applied")
+                        .increment(1);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "config reload failed to apply; keeping the running config");
+                    metrics::counter!("leadloop_config_reloads_total", "result" => "failed")
+                        .increment(1);
+                }
+            }
+        }
+    }
+    notify(&[NotifyState::Ready]);
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::warn!(%error, "systemd notify failed");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, but only while the engine loop turns: a
+/// wedged loop stops the pings and systemd restarts the service.
+fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let interval = Duration::from_micros(usec / 2);
+    // The loop turns at least every `max_idle`; allow the whole watchdog interval on top.
+    let stale_after = Duration::from_micros(usec).as_secs() as i64 + 60;
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    let age = engine.clock().now().timestamp() - engine.heartbeat();
+                    if age <= stale_after {
+                        notify(&[NotifyState::Watchdog]);
+                    } else {
+                        tracing::error!(heartbeat_age_s = age, "engine loop stalled; withholding watchdog ping");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,10 @@
+//! The leadloop binary's library: command-line interface, config file, daemon lifecycle and
+//! admin HTTP. It is the only crate that knows the config format and the CLI; the rest of the
+//! workspace gets plain values from it.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod exit;
+pub mod telemetry;
