@@ -1,1 +1,3 @@
+//! leadloop's end-to-end tests: one integration-test binary, one module per area.
 
+mod crash;

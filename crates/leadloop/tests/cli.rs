@@ -1,0 +1,339 @@
+//! The `leadloop` binary as operators use it: validate, run, signals, the state-directory lock,
+//! export and import. Each test starts the real binary.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leadloop"))
+}
+
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/leadloop.toml")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, up to `limit`.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    text
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(config: &Path, state: &Path) -> Self {
+        let port = free_port();
+        let child = bin()
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--admin-listen", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        Self { child, port }
+    }
+
+    /// GET `path` once the listener answers (it binds before reporting ready).
+    async fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match reqwest::get(&url).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    return (status, response.text().await.expect("body"));
+                }
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(error) => panic!("daemon never answered {url}: {error}"),
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn example_config_validates() {
+    let output = bin()
+        .arg("validate")
+        .arg("--config")
+        .arg(example_config())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("valid"), "{stderr}");
+}
+
+#[test]
+fn unknown_key_exits_78_naming_key_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = std::fs::read_to_string(example_config()).expect("read example");
+    let line = text.lines().count() + 1;
+    text.push_str("surprise = true\n");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).expect("write");
+    let output = bin()
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("bad.toml:{line}:1:")),
+        "line {line} not named: {stderr}"
+    );
+    assert!(stderr.contains("unknown field `surprise`"), "{stderr}");
+    // `run` refuses the same file with the same code, before touching any state.
+    let state = dir.path().join("state");
+    let output = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(78));
+    assert!(!state.exists(), "no partial state for a bad config");
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let output = bin()
+        .args(["validate", "--config", "/nonexistent/leadloop.toml"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(
+        stderr.contains("/nonexistent/leadloop.toml: cannot read config file"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn daemon_serves_health_and_metrics_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(&example_config(), &state);
+    let (status, body) = daemon.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _) = daemon.get("/readyz").await;
+    assert_eq!(status, 200);
+    let (status, metrics) = daemon.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("leadloop_build_info{version="),
+        "{metrics}"
+    );
+    assert!(metrics.contains("leadloop_ready 1"), "{metrics}");
+
+    // A second daemon on the same state directory fails at once, naming the holder.
+    let second = bin()
+        .args(["run", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("second daemon");
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(74), "{second_err}");
+    assert!(
+        second_err.contains(&format!(
+            "in use by another leadloop (pid {})",
+            daemon.child.id()
+        )),
+        "{second_err}"
+    );
+
+    let started = Instant::now();
+    signal(&daemon.child, "TERM");
+    let status = wait_exit(&mut daemon.child, Duration::from_secs(10))
+        .expect("exits within 10 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut daemon.child));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let log = stderr_of(&mut daemon.child);
+    assert!(
+        log.contains("SIGTERM received; draining") && log.contains("leadloop stopped"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_with_a_broken_config_keeps_the_running_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("leadloop.toml");
+    std::fs::copy(example_config(), &config).expect("copy");
+    let mut daemon = Daemon::start(&config, &dir.path().join("state"));
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+
+    std::fs::write(&config, "[daemon]\nmax_idle = 5\n").expect("break config");
+    signal(&daemon.child, "HUP");
+    // Fix it again and reload, so the log shows both outcomes in order.
+    let fixed = std::fs::read_to_string(example_config()).expect("read");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The daemon keeps serving while and after it refuses the reload.
+    while Instant::now() < deadline {
+        assert_eq!(daemon.get("/healthz").await.0, 200);
+        let (_, metrics) = daemon.get("/metrics").await;
+        if metrics.contains("leadloop_config_reloads_total{result=\"rejected\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    std::fs::write(&config, fixed).expect("fix config");
+    signal(&daemon.child, "HUP");
+    while Instant::now() < deadline {
+        let (_, metrics) = daemon.get("/metrics").await;
+        if metrics.contains("leadloop_config_reloads_total{result=\"applied\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    signal(&daemon.child, "TERM");
+    assert_eq!(
+        wait_exit(&mut daemon.child, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let log = stderr_of(&mut daemon.child);
+    let refused = log
+        .find("config reload refused; keeping the running config")
+        .expect(&log);
+    let applied = log.find("config reloaded").expect(&log);
+    assert!(refused < applied, "{log}");
+    assert!(log.contains("max_idle"), "the refusal names the key: {log}");
+}
+
+#[test]
+fn unusable_state_dir_fails_with_exit_74() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("write");
+    let output = bin()
+        .args(["run", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(file.join("state"))
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(74), "{stderr}");
+    assert!(stderr.contains("cannot use state directory"), "{stderr}");
+}
+
+#[tokio::test]
+async fn export_then_import_gives_equal_checksums() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // Let a daemon write the configured people, then stop it.
+    let mut daemon = Daemon::start(&example_config(), &state);
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+    signal(&daemon.child, "TERM");
+    assert_eq!(
+        wait_exit(&mut daemon.child, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+
+    let backup = dir.path().join("backup.jsonl");
+    let export = bin()
+        .arg("export")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg(&backup)
+        .output()
+        .expect("export");
+    assert_eq!(
+        export.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_slice(&export.stdout).expect("summary json");
+    assert_eq!(first["records"], 4, "four configured people: {first}");
+
+    let restored = dir.path().join("restored");
+    let import = bin()
+        .arg("import")
+        .arg("--state-dir")
+        .arg(&restored)
+        .arg(&backup)
+        .output()
+        .expect("import");
+    assert_eq!(
+        import.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let again = bin()
+        .arg("export")
+        .arg("--state-dir")
+        .arg(&restored)
+        .arg(dir.path().join("again.jsonl"))
+        .output()
+        .expect("export");
+    let second: serde_json::Value = serde_json::from_slice(&again.stdout).expect("summary json");
+    assert_eq!(first, second);
+
+    // Importing again into the now non-empty directory is refused.
+    let twice = bin()
+        .arg("import")
+        .arg("--state-dir")
+        .arg(&restored)
+        .arg(&backup)
+        .output()
+        .expect("import");
+    assert_eq!(twice.status.code(), Some(74));
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("not empty"));
+}
