@@ -69,7 +69,7 @@ pub struct Account {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CrmRecord {
-    Lead(Lead),
+    Lead(Box<Lead>),
     User(Person),
     Activity(Activity),
     Account(Account),

@@ -579,12 +579,10 @@ fn corrupt(key: &[u8], message: &str) -> StoreError {
 }
 
 fn engine_error(dir: &Path, error: sled::Error) -> StoreError {
-    if let sled::Error::Io(io) = &error {
-        if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) {
-            return StoreError::NoSpace {
-                path: dir.to_path_buf(),
-            };
-        }
+    if let sled::Error::Io(io) = &error
+        && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
+    {
+        return StoreError::NoSpace { path: dir.to_path_buf() };
     }
     StoreError::Engine {
         path: dir.to_path_buf(),

@@ -157,10 +157,10 @@ fn find<'a>(nodes: &'a [Node], path: &str) -> Option<&'a Node> {
         if node.path == path {
             return Some(node);
         }
-        if path.starts_with(&node.path) {
-            if let Some(found) = find(&node.children, path) {
-                return Some(found);
-            }
+        if path.starts_with(&node.path)
+            && let Some(found) = find(&node.children, path)
+        {
+            return Some(found);
         }
     }
     None
@@ -346,14 +346,10 @@ fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severit
                 );
             }
         }
-        if let Some(email) = &person.email {
-            if !plausible_email(email) {
-                report(
-                    format!("{path}.email"),
-                    format!("`{email}` is not an email address"),
-                    Severity::Error,
-                );
-            }
+        if let Some(email) = &person.email
+            && !plausible_email(email)
+        {
+            report(format!("{path}.email"), format!("`{email}` is not an email address"), Severity::Error);
         }
         if person.manager.is_none() && person.role == leadloop_core::Role::Rep {
             report(
