@@ -75,7 +75,14 @@ pub struct BackupArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version are not errors; anything else is a usage error (EX_USAGE).
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
     let code = match cli.command {
         Command::Validate(args) => validate(&args.config),
         Command::Run(args) => daemon::main(args),

@@ -337,3 +337,14 @@ async fn export_then_import_gives_equal_checksums() {
     assert_eq!(twice.status.code(), Some(74));
     assert!(String::from_utf8_lossy(&twice.stderr).contains("not empty"));
 }
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let output = bin().args(["run", "--no-such-flag"]).output().expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let output = bin().arg("frobnicate").output().expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let output = bin().arg("--help").output().expect("run");
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("validate"));
+}
