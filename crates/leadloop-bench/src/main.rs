@@ -125,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
                 key: TimerKey::new(format!("sla/00Q{i:012}/1/2")),
                 due: t0() + TimeDelta::milliseconds(offset),
                 lead_id: None,
-                kind: TimerKind::SlaStep { handoff: 1, step: 2 },
+                kind: TimerKind::SlaStep {
+                    handoff: 1,
+                    step: 2,
+                },
             });
         }
         n += 10_000;
@@ -141,7 +144,12 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(due.is_empty(), "no timer should be due at t0");
     }
     // The instant by which exactly 100 timers are due.
-    let hundredth = store.due_timers(t0() + TimeDelta::days(31), 100).await?.last().map(|t| t.due).unwrap_or(t0());
+    let hundredth = store
+        .due_timers(t0() + TimeDelta::days(31), 100)
+        .await?
+        .last()
+        .map(|t| t.due)
+        .unwrap_or(t0());
     let mut hundred_due = Vec::with_capacity(args.lookups);
     for _ in 0..args.lookups {
         let started = Instant::now();
@@ -155,12 +163,39 @@ async fn main() -> anyhow::Result<()> {
 
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| batched lead writes ({} leads, {} per durable batch) | {:.0} leads/s |", args.leads, args.batch, batched);
-    println!("| concurrent single-lead commits (8 writers, {singles} commits) | {single_rate:.0} commits/s, {flushes} flushes |");
-    println!("| load {} timers (10,000 per batch) | {:.1} s ({:.0} timers/s) |", args.timers, load_secs, args.timers as f64 / load_secs);
-    println!("| due-timer lookup over {} timers, none due | p50 {}, p99 {} |", args.timers, micros(percentile(&none_due, 0.5)), micros(percentile(&none_due, 0.99)));
-    println!("| due-timer lookup over {} timers, 100 due | p50 {}, p99 {} |", args.timers, micros(percentile(&hundred_due, 0.5)), micros(percentile(&hundred_due, 0.99)));
-    println!("| store size on disk with {} timers | {:.0} MiB |", args.timers, disk as f64 / 1_048_576.0);
-    println!("| peak RSS of the whole run (sled cache 64 MiB) | {:.0} MiB |", peak_rss_mib());
+    println!(
+        "| batched lead writes ({} leads, {} per durable batch) | {:.0} leads/s |",
+        args.leads, args.batch, batched
+    );
+    println!(
+        "| concurrent single-lead commits (8 writers, {singles} commits) | {single_rate:.0} commits/s, {flushes} flushes |"
+    );
+    println!(
+        "| load {} timers (10,000 per batch) | {:.1} s ({:.0} timers/s) |",
+        args.timers,
+        load_secs,
+        args.timers as f64 / load_secs
+    );
+    println!(
+        "| due-timer lookup over {} timers, none due | p50 {}, p99 {} |",
+        args.timers,
+        micros(percentile(&none_due, 0.5)),
+        micros(percentile(&none_due, 0.99))
+    );
+    println!(
+        "| due-timer lookup over {} timers, 100 due | p50 {}, p99 {} |",
+        args.timers,
+        micros(percentile(&hundred_due, 0.5)),
+        micros(percentile(&hundred_due, 0.99))
+    );
+    println!(
+        "| store size on disk with {} timers | {:.0} MiB |",
+        args.timers,
+        disk as f64 / 1_048_576.0
+    );
+    println!(
+        "| peak RSS of the whole run (sled cache 64 MiB) | {:.0} MiB |",
+        peak_rss_mib()
+    );
     Ok(())
 }

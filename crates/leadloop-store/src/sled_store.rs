@@ -582,7 +582,9 @@ fn engine_error(dir: &Path, error: sled::Error) -> StoreError {
     if let sled::Error::Io(io) = &error
         && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
     {
-        return StoreError::NoSpace { path: dir.to_path_buf() };
+        return StoreError::NoSpace {
+            path: dir.to_path_buf(),
+        };
     }
     StoreError::Engine {
         path: dir.to_path_buf(),

@@ -80,7 +80,11 @@ pub fn main() -> ExitCode {
         Err(error) => {
             // Help and version are not errors; anything else is a usage error (EX_USAGE).
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if error.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let code = match cli.command {

@@ -349,7 +349,11 @@ fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severit
         if let Some(email) = &person.email
             && !plausible_email(email)
         {
-            report(format!("{path}.email"), format!("`{email}` is not an email address"), Severity::Error);
+            report(
+                format!("{path}.email"),
+                format!("`{email}` is not an email address"),
+                Severity::Error,
+            );
         }
         if person.manager.is_none() && person.role == leadloop_core::Role::Rep {
             report(
