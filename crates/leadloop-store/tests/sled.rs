@@ -67,3 +67,25 @@ async fn unusable_state_dir_is_a_clear_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_store_from_a_newer_leadloop_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        // Write a schema marker from the future with sled directly, as a newer build would.
+        let db = sled::open(dir.path().join("db")).expect("sled");
+        let tree = db.open_tree("state").expect("tree");
+        tree.insert(b"Mschema", &999u32.to_be_bytes())
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let error = SledStore::open(&SledConfig::new(dir.path())).expect_err("newer schema");
+    assert!(
+        matches!(error, StoreError::TooNew { found: 999, .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("run a newer leadloop"),
+        "{error}"
+    );
+}

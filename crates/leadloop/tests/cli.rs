@@ -348,3 +348,70 @@ fn usage_errors_exit_64_and_help_exits_0() {
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("validate"));
 }
+
+#[tokio::test]
+async fn systemd_is_told_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let port = free_port();
+    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's pid.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_leadloop"))
+        .args(["run", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--admin-listen", &format!("127.0.0.1:{port}")])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let guard = KillOnDrop(child.id());
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    // READY=1 first, then a watchdog ping within the 1 s half-interval.
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification ({e}); so far: {seen:?}"));
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    signal(&child, "TERM");
+    while !seen.contains("STOPPING=1") {
+        let n = socket.recv(&mut buf).expect("notification");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    // It exited; killing its pid now could hit a new process.
+    std::mem::forget(guard);
+    let ready = seen.find("READY=1").expect("ready");
+    let stopping = seen.find("STOPPING=1").expect("stopping");
+    assert!(ready < stopping, "{seen}");
+}
+
+/// Kills a process by pid when dropped, so a failed assertion leaves no daemon behind.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

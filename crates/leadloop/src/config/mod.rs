@@ -3,17 +3,15 @@
 //! plain values.
 
 mod diagnose;
-mod secret;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use leadloop_core::{Person, PersonId, Role};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 pub use diagnose::{Diagnostic, Diagnostics, Severity};
-pub use secret::{Secret, SecretError, SecretSource};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -45,10 +43,10 @@ pub struct DaemonConfig {
     pub admin_listen: SocketAddr,
     pub log_format: LogFormat,
     /// How long SIGTERM waits for work in progress before exiting anyway.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "leadloop_plugin::serde_duration")]
     pub shutdown_grace: Duration,
     /// The longest the engine sleeps between looks at the timer queue.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "leadloop_plugin::serde_duration")]
     pub max_idle: Duration,
 }
 
@@ -107,15 +105,6 @@ pub struct PersonConfig {
 
 fn yes() -> bool {
     true
-}
-
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}); write e.g. \"10s\", \"5m\", \"24h\""
-        ))
-    })
 }
 
 impl PersonConfig {

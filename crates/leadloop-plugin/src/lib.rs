@@ -1,0 +1,65 @@
+//! What connector plugins share. A connector is a crate with a typed config (serde,
+//! `deny_unknown_fields`) whose `build(&BuildContext)` returns the running connector; the
+//! context carries what it needs from the daemon.
+
+pub mod secret;
+pub mod serde_duration;
+
+use std::sync::Arc;
+
+use leadloop_core::Clock;
+use tokio_util::sync::CancellationToken;
+
+pub use secret::{Secret, SecretError, SecretSource};
+
+/// Handed to every connector's `build`.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub clock: Arc<dyn Clock>,
+    /// Cancelled when the daemon shuts down; long-running connector tasks stop on it.
+    pub shutdown: CancellationToken,
+}
+
+/// A connector that could not be built: the config key at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct BuildError {
+    pub key: String,
+    pub message: String,
+}
+
+impl BuildError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a secret named by a `*_file` or `*_env` pair of config keys; at most one may be set.
+pub fn secret_from(
+    prefix: &str,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Option<Secret>, BuildError> {
+    let source = match (file, env) {
+        (Some(_), Some(_)) => {
+            return Err(BuildError::new(
+                prefix,
+                format!("set `{prefix}_file` or `{prefix}_env`, not both"),
+            ));
+        }
+        (Some(path), None) => SecretSource::File(path.to_path_buf()),
+        (None, Some(name)) => SecretSource::Env(name.to_owned()),
+        (None, None) => return Ok(None),
+    };
+    let key = match source {
+        SecretSource::File(_) => format!("{prefix}_file"),
+        SecretSource::Env(_) => format!("{prefix}_env"),
+    };
+    source
+        .resolve()
+        .map(Some)
+        .map_err(|e| BuildError::new(key, e.to_string()))
+}

@@ -1,0 +1,3 @@
+//! leadloop email connector (in progress).
+
+pub mod templates;
