@@ -2,8 +2,8 @@
 //! the checks run after each crash.
 
 use leadloop_core::{
-    Actor, Effect, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OutboxEntry,
-    Timer, TimerKey, TimerKind, Timestamp,
+    Actor, Effect, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OutboxEntry, Timer,
+    TimerKey, TimerKind, Timestamp,
 };
 use leadloop_store::Batch;
 
@@ -34,19 +34,10 @@ pub fn crash_batch(n: u64) -> Batch {
     let mut batch = Batch::new();
     batch
         .put_lead(LeadRecord::new(lead, epoch()))
+        .append_history(id.clone(), HistoryEvent::new(epoch(), Actor::System, EventKind::Created))
         .append_history(
             id.clone(),
-            HistoryEvent::new(epoch(), Actor::System, EventKind::Created),
-        )
-        .append_history(
-            id.clone(),
-            HistoryEvent::new(
-                epoch(),
-                Actor::System,
-                EventKind::Updated {
-                    fields: vec!["email".into()],
-                },
-            ),
+            HistoryEvent::new(epoch(), Actor::System, EventKind::Updated { fields: vec!["email".into()] }),
         )
         .set_timer(Timer {
             key: timer_key(n),
@@ -56,10 +47,7 @@ pub fn crash_batch(n: u64) -> Batch {
         })
         .enqueue(OutboxEntry::new(
             outbox_key(n),
-            Effect::CrmUpdate {
-                lead_id: id,
-                fields: serde_json::Map::new(),
-            },
+            Effect::CrmUpdate { lead_id: id, fields: serde_json::Map::new() },
             epoch(),
         ));
     batch

@@ -125,10 +125,7 @@ async fn main() -> anyhow::Result<()> {
                 key: TimerKey::new(format!("sla/00Q{i:012}/1/2")),
                 due: t0() + TimeDelta::milliseconds(offset),
                 lead_id: None,
-                kind: TimerKind::SlaStep {
-                    handoff: 1,
-                    step: 2,
-                },
+                kind: TimerKind::SlaStep { handoff: 1, step: 2 },
             });
         }
         n += 10_000;
@@ -144,12 +141,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(due.is_empty(), "no timer should be due at t0");
     }
     // The instant by which exactly 100 timers are due.
-    let hundredth = store
-        .due_timers(t0() + TimeDelta::days(31), 100)
-        .await?
-        .last()
-        .map(|t| t.due)
-        .unwrap_or(t0());
+    let hundredth =
+        store.due_timers(t0() + TimeDelta::days(31), 100).await?.last().map(|t| t.due).unwrap_or(t0());
     let mut hundred_due = Vec::with_capacity(args.lookups);
     for _ in 0..args.lookups {
         let started = Instant::now();
@@ -188,14 +181,7 @@ async fn main() -> anyhow::Result<()> {
         micros(percentile(&hundred_due, 0.5)),
         micros(percentile(&hundred_due, 0.99))
     );
-    println!(
-        "| store size on disk with {} timers | {:.0} MiB |",
-        args.timers,
-        disk as f64 / 1_048_576.0
-    );
-    println!(
-        "| peak RSS of the whole run (sled cache 64 MiB) | {:.0} MiB |",
-        peak_rss_mib()
-    );
+    println!("| store size on disk with {} timers | {:.0} MiB |", args.timers, disk as f64 / 1_048_576.0);
+    println!("| peak RSS of the whole run (sled cache 64 MiB) | {:.0} MiB |", peak_rss_mib());
     Ok(())
 }

@@ -17,10 +17,7 @@ use crate::person::{Person, PersonId};
 pub enum ConnectorError {
     /// Worth retrying: timeouts, connection errors, 4xx SMTP replies, 429/503.
     #[error("temporary failure: {message}")]
-    Transient {
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Transient { message: String, retry_after: Option<Duration> },
     /// Not worth retrying: the peer refused for good (5xx SMTP, a rejected record).
     #[error("permanent failure: {message}")]
     Permanent { message: String },
@@ -121,17 +118,10 @@ pub trait Crm: Send + Sync {
     fn name(&self) -> &str;
 
     /// Reads changes to `object` after `cursor` (`None`: from the beginning).
-    async fn pull(
-        &self,
-        object: CrmObject,
-        cursor: Option<&str>,
-    ) -> Result<ChangePage, ConnectorError>;
+    async fn pull(&self, object: CrmObject, cursor: Option<&str>) -> Result<ChangePage, ConnectorError>;
 
     /// Writes back; one result per write, in order.
-    async fn push(
-        &self,
-        writes: &[CrmWrite],
-    ) -> Result<Vec<Result<(), ConnectorError>>, ConnectorError>;
+    async fn push(&self, writes: &[CrmWrite]) -> Result<Vec<Result<(), ConnectorError>>, ConnectorError>;
 }
 
 /// A message for the mailer: which template, for whom, with what data. The mailer renders it.

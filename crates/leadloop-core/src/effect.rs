@@ -61,20 +61,48 @@ pub enum Effect {
         vars: serde_json::Value,
     },
     /// Update fields of a lead in the CRM (status, owner, opt-out).
-    CrmUpdate {
-        lead_id: LeadId,
-        fields: serde_json::Map<String, serde_json::Value>,
-    },
+    CrmUpdate { lead_id: LeadId, fields: serde_json::Map<String, serde_json::Value> },
     /// Create a follow-up task in the CRM.
-    CrmTask {
-        lead_id: LeadId,
-        owner_id: PersonId,
-        subject: String,
-        due: Option<Timestamp>,
-    },
+    CrmTask { lead_id: LeadId, owner_id: PersonId, subject: String, due: Option<Timestamp> },
+}
+
+/// Which relay performs an effect; each has its own ready queue, so a CRM outage does not
+/// hold up email and the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Crm,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Email, Channel::Crm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Crm => "crm",
+        }
+    }
+}
+
+/// An address that must not receive mail: opted out, or hard-bounced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// Lowercased.
+    pub address: String,
+    pub reason: String,
+    pub at: Timestamp,
 }
 
 impl Effect {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Effect::Email { .. } => Channel::Email,
+            Effect::CrmUpdate { .. } | Effect::CrmTask { .. } => Channel::Crm,
+        }
+    }
+
     /// The stable name of the variant, for logs, metrics and `simulate` output.
     pub fn name(&self) -> &'static str {
         match self {
@@ -159,10 +187,7 @@ mod tests {
 
     #[test]
     fn effect_names_match_simulate_output() {
-        let update = Effect::CrmUpdate {
-            lead_id: LeadId::new("00Q1"),
-            fields: Default::default(),
-        };
+        let update = Effect::CrmUpdate { lead_id: LeadId::new("00Q1"), fields: Default::default() };
         assert_eq!(update.name(), "crm.update");
         assert_eq!(update.lead_id(), Some(&LeadId::new("00Q1")));
         let json = serde_json::to_value(&update).expect("serializes");

@@ -141,9 +141,7 @@ mod tests {
     fn events_serialize_with_stable_tags() {
         let event = HistoryEvent::new(
             "2026-03-02T14:00:00Z".parse().expect("valid instant"),
-            Actor::Rule {
-                name: "score".into(),
-            },
+            Actor::Rule { name: "score".into() },
             EventKind::StageChanged {
                 from: Stage::Prospect,
                 to: Stage::MarketingQualified,

@@ -58,10 +58,7 @@ pub struct Lead {
 
 impl Lead {
     pub fn new(id: impl Into<String>) -> Self {
-        Self {
-            id: LeadId::new(id),
-            ..Self::default()
-        }
+        Self { id: LeadId::new(id), ..Self::default() }
     }
 
     /// "First Last", or whichever part exists, or the email, or the id.

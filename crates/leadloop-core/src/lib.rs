@@ -18,7 +18,7 @@ pub mod timer;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use connector::{Calendar, Crm, Mailer};
 pub use decision::Decision;
-pub use effect::{Effect, IdempotencyKey, OutboxEntry, OutboxState};
+pub use effect::{Channel, Effect, IdempotencyKey, OutboxEntry, OutboxState, Suppression};
 pub use history::{Actor, EventKind, HistoryEvent};
 pub use lead::{Lead, LeadId, LeadRecord};
 pub use person::{OrgChart, Person, PersonId, Role};

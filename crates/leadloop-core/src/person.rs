@@ -71,9 +71,7 @@ pub struct OrgChart {
 
 impl OrgChart {
     pub fn new(people: impl IntoIterator<Item = Person>) -> Self {
-        Self {
-            people: people.into_iter().map(|p| (p.id.clone(), p)).collect(),
-        }
+        Self { people: people.into_iter().map(|p| (p.id.clone(), p)).collect() }
     }
 
     pub fn get(&self, id: &PersonId) -> Option<&Person> {
@@ -112,9 +110,7 @@ impl OrgChart {
                 continue;
             };
             if manager == &person.id {
-                errors.push(OrgChartError::SelfManaged {
-                    person: person.id.clone(),
-                });
+                errors.push(OrgChartError::SelfManaged { person: person.id.clone() });
                 continue;
             }
             if !self.people.contains_key(manager) {
@@ -128,9 +124,7 @@ impl OrgChart {
             let mut cursor = self.people.get(manager);
             while let Some(p) = cursor {
                 if !seen.insert(p.id.clone()) {
-                    errors.push(OrgChartError::Cycle {
-                        person: person.id.clone(),
-                    });
+                    errors.push(OrgChartError::Cycle { person: person.id.clone() });
                     break;
                 }
                 cursor = p.manager.as_ref().and_then(|m| self.people.get(m));
@@ -165,25 +159,10 @@ mod tests {
             person("vp", Some("ceo")),
             person("ceo", None),
         ]);
-        assert_eq!(
-            chart
-                .manager_of(&PersonId::new("rep"))
-                .map(|p| p.id.as_str()),
-            Some("mgr")
-        );
-        assert_eq!(
-            chart
-                .executive_of(&PersonId::new("rep"))
-                .map(|p| p.id.as_str()),
-            Some("ceo")
-        );
+        assert_eq!(chart.manager_of(&PersonId::new("rep")).map(|p| p.id.as_str()), Some("mgr"));
+        assert_eq!(chart.executive_of(&PersonId::new("rep")).map(|p| p.id.as_str()), Some("ceo"));
         // The manager's executive is above the manager's own manager.
-        assert_eq!(
-            chart
-                .executive_of(&PersonId::new("mgr"))
-                .map(|p| p.id.as_str()),
-            Some("ceo")
-        );
+        assert_eq!(chart.executive_of(&PersonId::new("mgr")).map(|p| p.id.as_str()), Some("ceo"));
         // Nobody above the manager: no executive distinct from the manager.
         assert_eq!(chart.executive_of(&PersonId::new("vp")), None);
         assert!(chart.check().is_empty());
@@ -201,19 +180,10 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                OrgChartError::UnknownManager {
-                    person: PersonId::new("a"),
-                    manager: PersonId::new("ghost")
-                },
-                OrgChartError::SelfManaged {
-                    person: PersonId::new("b")
-                },
-                OrgChartError::Cycle {
-                    person: PersonId::new("c")
-                },
-                OrgChartError::Cycle {
-                    person: PersonId::new("d")
-                },
+                OrgChartError::UnknownManager { person: PersonId::new("a"), manager: PersonId::new("ghost") },
+                OrgChartError::SelfManaged { person: PersonId::new("b") },
+                OrgChartError::Cycle { person: PersonId::new("c") },
+                OrgChartError::Cycle { person: PersonId::new("d") },
             ]
         );
         assert_eq!(chart.executive_of(&PersonId::new("c")), None);

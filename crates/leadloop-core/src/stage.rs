@@ -213,11 +213,7 @@ pub enum TransitionError {
     #[error("no transition from {from} to {to}")]
     NotAllowed { from: Stage, to: Stage },
     #[error("the transition from {from} to {to} cannot be made by {actor}")]
-    WrongActor {
-        from: Stage,
-        to: Stage,
-        actor: String,
-    },
+    WrongActor { from: Stage, to: Stage, actor: String },
 }
 
 /// Checks a move against [`TRANSITIONS`]. Staying in place is not a transition.
@@ -229,11 +225,7 @@ pub fn check(from: Stage, to: Stage, actor: &Actor) -> Result<Transition, Transi
     if transition.by.allows(actor) {
         Ok(*transition)
     } else {
-        Err(TransitionError::WrongActor {
-            from,
-            to,
-            actor: actor.to_string(),
-        })
+        Err(TransitionError::WrongActor { from, to, actor: actor.to_string() })
     }
 }
 
@@ -264,9 +256,7 @@ mod tests {
 
     #[test]
     fn check_enforces_table_and_actor() {
-        let rule = Actor::Rule {
-            name: "score".into(),
-        };
+        let rule = Actor::Rule { name: "score".into() };
         let sales = Actor::Sales { person: None };
         assert!(check(Stage::Prospect, Stage::MarketingQualified, &rule).is_ok());
         assert_eq!(
@@ -280,10 +270,7 @@ mod tests {
         assert!(check(Stage::MarketingQualified, Stage::SalesQualified, &sales).is_ok());
         assert_eq!(
             check(Stage::Customer, Stage::JustAName, &sales),
-            Err(TransitionError::NotAllowed {
-                from: Stage::Customer,
-                to: Stage::JustAName
-            })
+            Err(TransitionError::NotAllowed { from: Stage::Customer, to: Stage::JustAName })
         );
         // Contact is never sold to: nothing leaves it.
         for to in Stage::ALL {
@@ -294,12 +281,7 @@ mod tests {
     #[test]
     fn every_funnel_stage_can_reach_an_exit() {
         for stage in Stage::ALL.into_iter().filter(|s| !s.is_exit()) {
-            assert!(
-                TRANSITIONS
-                    .iter()
-                    .any(|t| t.from == stage && t.to.is_exit()),
-                "{stage} has no exit"
-            );
+            assert!(TRANSITIONS.iter().any(|t| t.from == stage && t.to.is_exit()), "{stage} has no exit");
         }
     }
 }

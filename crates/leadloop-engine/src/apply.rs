@@ -8,11 +8,7 @@ use leadloop_store::Batch;
 /// events belong to the decision's lead, or else to `subject`, the lead the event was about.
 pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timestamp) -> Batch {
     let mut batch = Batch::new();
-    let lead_id = decision
-        .lead
-        .as_ref()
-        .map(|record| record.lead.id.clone())
-        .or_else(|| subject.cloned());
+    let lead_id = decision.lead.as_ref().map(|record| record.lead.id.clone()).or_else(|| subject.cloned());
     if let Some(record) = decision.lead {
         batch.put_lead(record);
     }
@@ -38,10 +34,7 @@ pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timesta
     }
     for (key, effect) in decision.effects {
         if let Some(id) = effect.lead_id().cloned().or_else(|| lead_id.clone()) {
-            let event = EventKind::EffectQueued {
-                key: key.clone(),
-                effect: effect.name().to_owned(),
-            };
+            let event = EventKind::EffectQueued { key: key.clone(), effect: effect.name().to_owned() };
             batch.append_history(id, HistoryEvent::new(now, Actor::System, event));
         }
         batch.enqueue(OutboxEntry::new(key, effect, now));

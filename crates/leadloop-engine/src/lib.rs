@@ -65,21 +65,14 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("clock", &self.clock)
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("clock", &self.clock).finish_non_exhaustive()
     }
 }
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, policy: Arc<dyn Policy>) -> Self {
         let heartbeat = Arc::new(AtomicI64::new(clock.now().timestamp()));
-        Self {
-            store,
-            clock,
-            policy,
-            heartbeat,
-        }
+        Self { store, clock, policy, heartbeat }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -101,10 +94,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let now = self.clock.now();
         let due = self.store.due_timers(now, TICK_LIMIT).await?;
-        let mut report = TickReport {
-            more: due.len() == TICK_LIMIT,
-            ..TickReport::default()
-        };
+        let mut report = TickReport { more: due.len() == TICK_LIMIT, ..TickReport::default() };
         let mut batch = Batch::new();
         for timer in &due {
             let lead = match &timer.lead_id {
@@ -113,9 +103,7 @@ impl Engine {
             };
             let decision = self.policy.on_timer(timer, lead.as_ref(), now);
             batch.cancel_timer(timer.key.clone());
-            batch
-                .ops
-                .extend(decision_batch(decision, timer.lead_id.as_ref(), now).ops);
+            batch.ops.extend(decision_batch(decision, timer.lead_id.as_ref(), now).ops);
             report.fired += 1;
         }
         if !batch.is_empty() {
@@ -130,15 +118,10 @@ impl Engine {
     /// Ticks until `shutdown` is cancelled, sleeping until the next timer is due or
     /// `max_idle` passes, whichever is sooner. A tick in progress finishes (its batch is
     /// atomic either way); no new one starts after shutdown.
-    pub async fn run(
-        &self,
-        shutdown: CancellationToken,
-        max_idle: Duration,
-    ) -> Result<(), EngineError> {
+    pub async fn run(&self, shutdown: CancellationToken, max_idle: Duration) -> Result<(), EngineError> {
         let mut failures = 0u32;
         loop {
-            self.heartbeat
-                .store(self.clock.now().timestamp(), Ordering::Relaxed);
+            self.heartbeat.store(self.clock.now().timestamp(), Ordering::Relaxed);
             let wait = match self.tick().await {
                 Ok(report) if report.more => Duration::ZERO,
                 Ok(_) => {
@@ -148,8 +131,7 @@ impl Engine {
                 Err(error) => {
                     // A full disk or a failing engine: acknowledge nothing, back off, retry.
                     failures = failures.saturating_add(1);
-                    let backoff =
-                        Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)));
+                    let backoff = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)));
                     tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "tick failed");
                     metrics::counter!("leadloop_tick_failures_total").increment(1);
                     backoff

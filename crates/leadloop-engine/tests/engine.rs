@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use leadloop_core::{
-    Clock, Decision, Effect, IdempotencyKey, LeadId, LeadRecord, Timer, TimerKey, TimerKind,
-    Timestamp, VirtualClock,
+    Clock, Decision, Effect, IdempotencyKey, LeadId, LeadRecord, Timer, TimerKey, TimerKind, Timestamp,
+    VirtualClock,
 };
 use leadloop_engine::{Engine, Policy};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
@@ -25,11 +25,7 @@ impl Policy for Ladder {
         };
         let mut decision = Decision::default();
         decision.effects.push((
-            IdempotencyKey::from_parts([
-                lead.lead.id.as_str(),
-                &handoff.to_string(),
-                &step.to_string(),
-            ]),
+            IdempotencyKey::from_parts([lead.lead.id.as_str(), &handoff.to_string(), &step.to_string()]),
             Effect::Email {
                 kind: "test".into(),
                 template: "t".into(),
@@ -42,10 +38,7 @@ impl Policy for Ladder {
         if step < 3 {
             decision.set_timers.push(Timer {
                 due: timer.due + TimeDelta::hours(24),
-                kind: TimerKind::SlaStep {
-                    handoff,
-                    step: step + 1,
-                },
+                kind: TimerKind::SlaStep { handoff, step: step + 1 },
                 ..timer.clone()
             });
         }
@@ -66,17 +59,12 @@ async fn due_timers_fire_once_in_virtual_time() {
 
     let lead = LeadId::new("00Q1");
     let mut batch = Batch::new();
-    batch
-        .put_lead(LeadRecord::new(leadloop_core::Lead::new("00Q1"), start()))
-        .set_timer(Timer {
-            key: TimerKey::new("sla/00Q1"),
-            due: start() + TimeDelta::hours(24),
-            lead_id: Some(lead.clone()),
-            kind: TimerKind::SlaStep {
-                handoff: 1,
-                step: 1,
-            },
-        });
+    batch.put_lead(LeadRecord::new(leadloop_core::Lead::new("00Q1"), start())).set_timer(Timer {
+        key: TimerKey::new("sla/00Q1"),
+        due: start() + TimeDelta::hours(24),
+        lead_id: Some(lead.clone()),
+        kind: TimerKind::SlaStep { handoff: 1, step: 1 },
+    });
     store.commit(batch).await.expect("commit");
 
     // Not yet due.
@@ -89,11 +77,7 @@ async fn due_timers_fire_once_in_virtual_time() {
     // Ticking again at the same instant repeats nothing.
     assert_eq!(engine.tick().await.expect("tick").fired, 0);
     // The ladder re-armed itself for 24 h later.
-    let next = store
-        .timer(&TimerKey::new("sla/00Q1"))
-        .await
-        .expect("timer")
-        .expect("re-armed");
+    let next = store.timer(&TimerKey::new("sla/00Q1")).await.expect("timer").expect("re-armed");
     assert_eq!(next.due, clock.now() + TimeDelta::hours(24));
 
     // 80 hours of downtime: the remaining steps fire one per tick, in order, each once.
@@ -104,7 +88,7 @@ async fn due_timers_fire_once_in_virtual_time() {
     }
     assert_eq!(fired, 2);
     let keys: Vec<_> = store
-        .outbox_ready(clock.now(), 10)
+        .outbox_ready(leadloop_core::Channel::Email, clock.now(), 10)
         .await
         .expect("ready")
         .into_iter()
@@ -126,11 +110,7 @@ async fn run_stops_on_shutdown() {
     let task = tokio::spawn({
         let engine = engine.clone();
         let shutdown = shutdown.clone();
-        async move {
-            engine
-                .run(shutdown, std::time::Duration::from_secs(3600))
-                .await
-        }
+        async move { engine.run(shutdown, std::time::Duration::from_secs(3600)).await }
     });
     shutdown.cancel();
     task.await.expect("join").expect("run ends cleanly");

@@ -30,10 +30,7 @@ pub struct BuildError {
 
 impl BuildError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -45,10 +42,7 @@ pub fn secret_from(
 ) -> Result<Option<Secret>, BuildError> {
     let source = match (file, env) {
         (Some(_), Some(_)) => {
-            return Err(BuildError::new(
-                prefix,
-                format!("set `{prefix}_file` or `{prefix}_env`, not both"),
-            ));
+            return Err(BuildError::new(prefix, format!("set `{prefix}_file` or `{prefix}_env`, not both")));
         }
         (Some(path), None) => SecretSource::File(path.to_path_buf()),
         (None, Some(name)) => SecretSource::Env(name.to_owned()),
@@ -58,8 +52,5 @@ pub fn secret_from(
         SecretSource::File(_) => format!("{prefix}_file"),
         SecretSource::Env(_) => format!("{prefix}_env"),
     };
-    source
-        .resolve()
-        .map(Some)
-        .map_err(|e| BuildError::new(key, e.to_string()))
+    source.resolve().map(Some).map_err(|e| BuildError::new(key, e.to_string()))
 }

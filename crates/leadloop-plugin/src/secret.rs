@@ -51,10 +51,8 @@ impl SecretSource {
         let value = match self {
             SecretSource::File(path) => {
                 let path = credentials_path(path);
-                let raw = std::fs::read_to_string(&path).map_err(|e| SecretError::File {
-                    path: path.clone(),
-                    reason: e.kind().to_string(),
-                })?;
+                let raw = std::fs::read_to_string(&path)
+                    .map_err(|e| SecretError::File { path: path.clone(), reason: e.kind().to_string() })?;
                 raw.trim_end_matches(['\r', '\n']).to_owned()
             }
             SecretSource::Env(name) => {
@@ -62,9 +60,7 @@ impl SecretSource {
             }
         };
         if value.is_empty() {
-            return Err(SecretError::Empty {
-                from: self.to_string(),
-            });
+            return Err(SecretError::Empty { from: self.to_string() });
         }
         Ok(Secret(value))
     }
@@ -103,20 +99,13 @@ mod tests {
     #[test]
     fn missing_and_empty_secrets_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let missing = SecretSource::File(dir.path().join("nope"))
-            .resolve()
-            .expect_err("missing");
+        let missing = SecretSource::File(dir.path().join("nope")).resolve().expect_err("missing");
         assert!(missing.to_string().contains("nope"), "{missing}");
         let empty_path = dir.path().join("empty");
         std::fs::write(&empty_path, "\n").expect("write");
         let empty = SecretSource::File(empty_path).resolve().expect_err("empty");
         assert!(empty.to_string().contains("is empty"), "{empty}");
-        let env = SecretSource::Env("LEADLOOP_TEST_SURELY_UNSET_VAR".into())
-            .resolve()
-            .expect_err("unset");
-        assert_eq!(
-            env.to_string(),
-            "environment variable LEADLOOP_TEST_SURELY_UNSET_VAR is not set"
-        );
+        let env = SecretSource::Env("LEADLOOP_TEST_SURELY_UNSET_VAR".into()).resolve().expect_err("unset");
+        assert_eq!(env.to_string(), "environment variable LEADLOOP_TEST_SURELY_UNSET_VAR is not set");
     }
 }

@@ -10,9 +10,8 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duratio
 }
 
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
-        format!("invalid duration {text:?} ({e}); write e.g. \"10s\", \"5m\", \"24h\"")
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"10s\", \"5m\", \"24h\""))
 }
 
 /// For `Option<Duration>` fields.
@@ -21,13 +20,9 @@ pub mod option {
 
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(deserializer)? {
-            Some(text) => super::parse(&text)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
+            Some(text) => super::parse(&text).map(Some).map_err(serde::de::Error::custom),
             None => Ok(None),
         }
     }

@@ -47,15 +47,8 @@ fn backup_err(path: &Path, what: impl std::fmt::Display) -> StoreError {
 pub async fn export(store: &dyn Store, path: &Path) -> Result<ExportSummary> {
     let tmp = path.with_extension("partial");
     let file = File::create(&tmp).map_err(|e| backup_err(&tmp, e))?;
-    let mut out = HashingWriter {
-        inner: BufWriter::new(file),
-        hasher: Sha256::new(),
-    };
-    let header = Header {
-        format: FORMAT.into(),
-        version: FORMAT_VERSION,
-        schema: SCHEMA_VERSION,
-    };
+    let mut out = HashingWriter { inner: BufWriter::new(file), hasher: Sha256::new() };
+    let header = Header { format: FORMAT.into(), version: FORMAT_VERSION, schema: SCHEMA_VERSION };
     write_line(&mut out, &header).map_err(|e| backup_err(&tmp, e))?;
     let mut records = 0u64;
     store
@@ -65,16 +58,11 @@ pub async fn export(store: &dyn Store, path: &Path) -> Result<ExportSummary> {
         })
         .await?;
     let sha256 = hex(&out.hasher.clone().finalize());
-    let trailer = Trailer {
-        records,
-        sha256: sha256.clone(),
-    };
+    let trailer = Trailer { records, sha256: sha256.clone() };
     let mut inner = out.inner;
     serde_json::to_writer(&mut inner, &trailer).map_err(|e| backup_err(&tmp, e))?;
     inner.write_all(b"\n").map_err(|e| backup_err(&tmp, e))?;
-    let file = inner
-        .into_inner()
-        .map_err(|e| backup_err(&tmp, e.error()))?;
+    let file = inner.into_inner().map_err(|e| backup_err(&tmp, e.error()))?;
     file.sync_all().map_err(|e| backup_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| backup_err(path, e))?;
     Ok(ExportSummary { records, sha256 })
@@ -95,8 +83,8 @@ pub async fn import(store: &dyn Store, path: &Path) -> Result<ExportSummary> {
     let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
     for (index, line) in (&mut lines).take(summary.records as usize).enumerate() {
         let line = line.map_err(|e| backup_err(path, e))?;
-        let record: Record = serde_json::from_str(&line)
-            .map_err(|e| backup_err(path, format!("line {}: {e}", index + 2)))?;
+        let record: Record =
+            serde_json::from_str(&line).map_err(|e| backup_err(path, format!("line {}: {e}", index + 2)))?;
         chunk.push(record);
         if chunk.len() == IMPORT_CHUNK {
             store.load(std::mem::take(&mut chunk)).await?;
@@ -118,39 +106,27 @@ pub fn verify(path: &Path) -> Result<ExportSummary> {
     let mut trailer = None;
     loop {
         line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .map_err(|e| backup_err(path, e))?;
+        let read = reader.read_line(&mut line).map_err(|e| backup_err(path, e))?;
         if read == 0 {
             break;
         }
         number += 1;
         if trailer.is_some() {
-            return Err(backup_err(
-                path,
-                format!("line {number}: data after the trailer"),
-            ));
+            return Err(backup_err(path, format!("line {number}: data after the trailer")));
         }
         if number == 1 {
-            let header: Header = serde_json::from_str(&line).map_err(|e| {
-                backup_err(path, format!("line 1: not a leadloop export header: {e}"))
-            })?;
+            let header: Header = serde_json::from_str(&line)
+                .map_err(|e| backup_err(path, format!("line 1: not a leadloop export header: {e}")))?;
             if header.format != FORMAT || header.version != FORMAT_VERSION {
                 return Err(backup_err(
                     path,
-                    format!(
-                        "unsupported export format {} v{}",
-                        header.format, header.version
-                    ),
+                    format!("unsupported export format {} v{}", header.format, header.version),
                 ));
             }
             if header.schema > SCHEMA_VERSION {
                 return Err(backup_err(
                     path,
-                    format!(
-                        "exported from schema {}, newer than {SCHEMA_VERSION}",
-                        header.schema
-                    ),
+                    format!("exported from schema {}, newer than {SCHEMA_VERSION}", header.schema),
                 ));
             }
         } else if line.starts_with("{\"t\":\"end\"") {
@@ -166,20 +142,14 @@ pub fn verify(path: &Path) -> Result<ExportSummary> {
     if records != trailer.records {
         return Err(backup_err(
             path,
-            format!(
-                "trailer counts {} records, file has {records}",
-                trailer.records
-            ),
+            format!("trailer counts {} records, file has {records}", trailer.records),
         ));
     }
     let sha256 = hex(&hasher.finalize());
     if sha256 != trailer.sha256 {
         return Err(backup_err(
             path,
-            format!(
-                "checksum mismatch: trailer says {}, content is {sha256}",
-                trailer.sha256
-            ),
+            format!("checksum mismatch: trailer says {}, content is {sha256}", trailer.sha256),
         ));
     }
     Ok(ExportSummary { records, sha256 })

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use leadloop_core::{
-    Actor, Effect, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OutboxEntry,
-    OutboxState, Person, PersonId, Role, Timer, TimerKey, TimerKind, Timestamp,
+    Actor, Channel, Effect, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OutboxEntry,
+    OutboxState, Person, PersonId, Role, Suppression, Timer, TimerKey, TimerKind, Timestamp,
 };
 
 use crate::{Batch, Store, export, import};
@@ -37,12 +37,7 @@ pub fn person(id: &str, manager: Option<&str>) -> Person {
 }
 
 pub fn timer(key: &str, due: Timestamp) -> Timer {
-    Timer {
-        key: TimerKey::new(key),
-        due,
-        lead_id: None,
-        kind: TimerKind::ScoreDecay,
-    }
+    Timer { key: TimerKey::new(key), due, lead_id: None, kind: TimerKind::ScoreDecay }
 }
 
 pub fn email(key: &str) -> OutboxEntry {
@@ -61,10 +56,7 @@ pub fn event(minutes: i64, name: &str) -> HistoryEvent {
     HistoryEvent::new(
         t0() + TimeDelta::minutes(minutes),
         Actor::System,
-        EventKind::Activity {
-            activity: name.into(),
-            detail: Default::default(),
-        },
+        EventKind::Activity { activity: name.into(), detail: Default::default() },
     )
 }
 
@@ -82,7 +74,52 @@ where
     outbox_ready_follows_state(fresh().await).await;
     cursors_and_people(fresh().await).await;
     concurrent_commits_all_land(fresh().await).await;
+    channels_have_separate_queues(fresh().await).await;
+    suppression_is_case_insensitive(fresh().await).await;
     export_import_round_trip(fresh().await, fresh().await).await;
+}
+
+pub async fn channels_have_separate_queues(store: Arc<dyn Store>) {
+    let write = OutboxEntry::new(
+        IdempotencyKey("w1".into()),
+        Effect::CrmUpdate { lead_id: LeadId::new("00Q1"), fields: Default::default() },
+        t0() - TimeDelta::minutes(5),
+    );
+    let mut batch = Batch::new();
+    batch.enqueue(email("e1")).enqueue(write).enqueue(email("e2"));
+    store.commit(batch).await.expect("commit");
+    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
+    assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["e1", "e2"]);
+    assert_eq!(keys(store.outbox_ready(Channel::Crm, t0(), 10).await.expect("ready")), ["w1"]);
+    assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending"), (2, Some(t0())));
+    assert_eq!(
+        store.outbox_pending(Channel::Crm).await.expect("pending"),
+        (1, Some(t0() - TimeDelta::minutes(5)))
+    );
+    let mut done = email("e1");
+    done.state = OutboxState::Done { at: t0() };
+    let mut batch = Batch::new();
+    batch.update_outbox(done);
+    store.commit(batch).await.expect("commit");
+    assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending"), (1, Some(t0())));
+}
+
+pub async fn suppression_is_case_insensitive(store: Arc<dyn Store>) {
+    assert_eq!(store.suppression("Ana@Acme.Example").await.expect("read"), None);
+    let mut batch = Batch::new();
+    batch.suppress(Suppression {
+        address: "Ana@Acme.Example".into(),
+        reason: "hard bounce: 550 user unknown".into(),
+        at: t0(),
+    });
+    store.commit(batch).await.expect("commit");
+    let entry = store.suppression("ana@acme.example").await.expect("read").expect("suppressed");
+    assert_eq!(entry.address, "ana@acme.example");
+    assert!(store.suppression("ANA@ACME.EXAMPLE").await.expect("read").is_some());
+    let mut batch = Batch::new();
+    batch.push(crate::Op::Unsuppress("ANA@acme.example".into()));
+    store.commit(batch).await.expect("commit");
+    assert_eq!(store.suppression("ana@acme.example").await.expect("read"), None);
 }
 
 pub async fn leads_round_trip_in_id_order(store: Arc<dyn Store>) {
@@ -93,28 +130,12 @@ pub async fn leads_round_trip_in_id_order(store: Arc<dyn Store>) {
     }
     store.commit(batch).await.expect("commit");
     assert!(!store.is_empty().await.expect("is_empty"));
-    assert_eq!(
-        store.lead(&LeadId::new("00Q2")).await.expect("read"),
-        Some(lead("00Q2"))
-    );
+    assert_eq!(store.lead(&LeadId::new("00Q2")).await.expect("read"), Some(lead("00Q2")));
     assert_eq!(store.lead(&LeadId::new("00Q9")).await.expect("read"), None);
-    let ids =
-        |records: Vec<LeadRecord>| records.into_iter().map(|r| r.lead.id.0).collect::<Vec<_>>();
-    assert_eq!(
-        ids(store.leads(None, 10).await.expect("list")),
-        ["00Q1", "00Q10", "00Q2", "00Q3"]
-    );
-    assert_eq!(
-        ids(store.leads(None, 2).await.expect("list")),
-        ["00Q1", "00Q10"]
-    );
-    assert_eq!(
-        ids(store
-            .leads(Some(&LeadId::new("00Q10")), 10)
-            .await
-            .expect("list")),
-        ["00Q2", "00Q3"]
-    );
+    let ids = |records: Vec<LeadRecord>| records.into_iter().map(|r| r.lead.id.0).collect::<Vec<_>>();
+    assert_eq!(ids(store.leads(None, 10).await.expect("list")), ["00Q1", "00Q10", "00Q2", "00Q3"]);
+    assert_eq!(ids(store.leads(None, 2).await.expect("list")), ["00Q1", "00Q10"]);
+    assert_eq!(ids(store.leads(Some(&LeadId::new("00Q10")), 10).await.expect("list")), ["00Q2", "00Q3"]);
     let mut batch = Batch::new();
     batch.push(crate::Op::DeleteLead(LeadId::new("00Q1")));
     store.commit(batch).await.expect("commit");
@@ -133,25 +154,9 @@ pub async fn history_appends_in_order_per_lead(store: Arc<dyn Store>) {
     batch.append_history(a.clone(), event(3, "three"));
     store.commit(batch).await.expect("commit");
     let history = store.history(&a).await.expect("history");
-    assert_eq!(
-        history,
-        vec![
-            (1, event(1, "one")),
-            (2, event(2, "two")),
-            (3, event(3, "three"))
-        ]
-    );
-    assert_eq!(
-        store.history(&ab).await.expect("history"),
-        vec![(1, event(1, "other"))]
-    );
-    assert!(
-        store
-            .history(&LeadId::new("none"))
-            .await
-            .expect("history")
-            .is_empty()
-    );
+    assert_eq!(history, vec![(1, event(1, "one")), (2, event(2, "two")), (3, event(3, "three"))]);
+    assert_eq!(store.history(&ab).await.expect("history"), vec![(1, event(1, "other"))]);
+    assert!(store.history(&LeadId::new("none")).await.expect("history").is_empty());
 }
 
 pub async fn due_timers_cost_what_is_due(store: Arc<dyn Store>) {
@@ -161,43 +166,19 @@ pub async fn due_timers_cost_what_is_due(store: Arc<dyn Store>) {
         batch.set_timer(timer(key, t0() + TimeDelta::hours(hours)));
     }
     store.commit(batch).await.expect("commit");
-    assert_eq!(
-        store.next_timer_due().await.expect("next"),
-        Some(t0() - TimeDelta::hours(1))
-    );
+    assert_eq!(store.next_timer_due().await.expect("next"), Some(t0() - TimeDelta::hours(1)));
     let keys = |timers: Vec<Timer>| timers.into_iter().map(|t| t.key.0).collect::<Vec<_>>();
+    assert_eq!(keys(store.due_timers(t0(), 100).await.expect("due")), ["early"]);
     assert_eq!(
-        keys(store.due_timers(t0(), 100).await.expect("due")),
-        ["early"]
-    );
-    assert_eq!(
-        keys(
-            store
-                .due_timers(t0() + TimeDelta::hours(2), 100)
-                .await
-                .expect("due")
-        ),
+        keys(store.due_timers(t0() + TimeDelta::hours(2), 100).await.expect("due")),
         ["early", "a", "b"]
     );
-    assert_eq!(
-        keys(
-            store
-                .due_timers(t0() + TimeDelta::hours(2), 2)
-                .await
-                .expect("due")
-        ),
-        ["early", "a"]
-    );
+    assert_eq!(keys(store.due_timers(t0() + TimeDelta::hours(2), 2).await.expect("due")), ["early", "a"]);
     // A timer due exactly now is due.
     assert_eq!(
-        keys(
-            store
-                .due_timers(t0() + TimeDelta::hours(3), 100)
-                .await
-                .expect("due")
-        )
-        .last()
-        .map(String::as_str),
+        keys(store.due_timers(t0() + TimeDelta::hours(3), 100).await.expect("due"))
+            .last()
+            .map(String::as_str),
         Some("c")
     );
     // One millisecond early, it is not.
@@ -213,10 +194,7 @@ pub async fn timers_move_and_cancel_by_key(store: Arc<dyn Store>) {
     let mut batch = Batch::new();
     batch.set_timer(timer("x", t0() + TimeDelta::hours(1)));
     store.commit(batch).await.expect("commit");
-    let due = store
-        .due_timers(t0() + TimeDelta::hours(10), 100)
-        .await
-        .expect("due");
+    let due = store.due_timers(t0() + TimeDelta::hours(10), 100).await.expect("due");
     assert_eq!(due, vec![timer("x", t0() + TimeDelta::hours(1))]);
     assert_eq!(
         store.timer(&TimerKey::new("x")).await.expect("timer"),
@@ -229,13 +207,7 @@ pub async fn timers_move_and_cancel_by_key(store: Arc<dyn Store>) {
         .cancel_timer(TimerKey::new("x"))
         .cancel_timer(TimerKey::new("never"));
     store.commit(batch).await.expect("commit");
-    assert!(
-        store
-            .due_timers(t0() + TimeDelta::hours(10), 100)
-            .await
-            .expect("due")
-            .is_empty()
-    );
+    assert!(store.due_timers(t0() + TimeDelta::hours(10), 100).await.expect("due").is_empty());
     assert_eq!(store.timer(&TimerKey::new("x")).await.expect("timer"), None);
     // Set, move and cancel within one batch.
     let mut batch = Batch::new();
@@ -245,28 +217,16 @@ pub async fn timers_move_and_cancel_by_key(store: Arc<dyn Store>) {
         .set_timer(timer("z", t0()))
         .cancel_timer(TimerKey::new("z"));
     store.commit(batch).await.expect("commit");
-    let due = store
-        .due_timers(t0() + TimeDelta::hours(10), 100)
-        .await
-        .expect("due");
+    let due = store.due_timers(t0() + TimeDelta::hours(10), 100).await.expect("due");
     assert_eq!(due, vec![timer("y", t0() + TimeDelta::hours(2))]);
-    assert_eq!(
-        store.next_timer_due().await.expect("next"),
-        Some(t0() + TimeDelta::hours(2))
-    );
+    assert_eq!(store.next_timer_due().await.expect("next"), Some(t0() + TimeDelta::hours(2)));
 }
 
 pub async fn outbox_dedupes_by_key(store: Arc<dyn Store>) {
     let mut batch = Batch::new();
-    batch
-        .enqueue(email("k1"))
-        .enqueue(email("k1"))
-        .enqueue(email("k2"));
+    batch.enqueue(email("k1")).enqueue(email("k1")).enqueue(email("k2"));
     let committed = store.commit(batch).await.expect("commit");
-    assert_eq!(
-        committed.enqueued,
-        vec![IdempotencyKey("k1".into()), IdempotencyKey("k2".into())]
-    );
+    assert_eq!(committed.enqueued, vec![IdempotencyKey("k1".into()), IdempotencyKey("k2".into())]);
     assert_eq!(committed.duplicates, 1);
     // Done entries still dedupe: a decision repeated after a crash sends nothing new.
     let mut done = email("k1");
@@ -279,13 +239,7 @@ pub async fn outbox_dedupes_by_key(store: Arc<dyn Store>) {
     let committed = store.commit(batch).await.expect("commit");
     assert!(committed.enqueued.is_empty());
     assert_eq!(committed.duplicates, 1);
-    assert_eq!(
-        store
-            .outbox_entry(&IdempotencyKey("k1".into()))
-            .await
-            .expect("entry"),
-        Some(done)
-    );
+    assert_eq!(store.outbox_entry(&IdempotencyKey("k1".into())).await.expect("entry"), Some(done));
 }
 
 pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
@@ -293,10 +247,7 @@ pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
     batch.enqueue(email("a")).enqueue(email("b"));
     store.commit(batch).await.expect("commit");
     let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
-    assert_eq!(
-        keys(store.outbox_ready(t0(), 10).await.expect("ready")),
-        ["a", "b"]
-    );
+    assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["a", "b"]);
     // "a" failed transiently: retry in 10 minutes.
     let mut retry = email("a");
     retry.attempts = 1;
@@ -308,34 +259,18 @@ pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
     let mut batch = Batch::new();
     batch.update_outbox(retry.clone()).update_outbox(sent);
     store.commit(batch).await.expect("commit");
-    assert!(
-        store
-            .outbox_ready(t0(), 10)
-            .await
-            .expect("ready")
-            .is_empty()
-    );
+    assert!(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready").is_empty());
     assert_eq!(
-        store
-            .outbox_ready(t0() + TimeDelta::minutes(10), 10)
-            .await
-            .expect("ready"),
+        store.outbox_ready(Channel::Email, t0() + TimeDelta::minutes(10), 10).await.expect("ready"),
         vec![retry]
     );
     let mut failed = email("a");
-    failed.state = OutboxState::Failed {
-        at: t0(),
-        reason: "550 user unknown".into(),
-    };
+    failed.state = OutboxState::Failed { at: t0(), reason: "550 user unknown".into() };
     let mut batch = Batch::new();
     batch.update_outbox(failed);
     store.commit(batch).await.expect("commit");
     assert!(
-        store
-            .outbox_ready(t0() + TimeDelta::days(365), 10)
-            .await
-            .expect("ready")
-            .is_empty()
+        store.outbox_ready(Channel::Email, t0() + TimeDelta::days(365), 10).await.expect("ready").is_empty()
     );
 }
 
@@ -351,24 +286,14 @@ pub async fn cursors_and_people(store: Arc<dyn Store>) {
     batch.set_cursor("salesforce.lead", "2026-03-02T15:00:00Z");
     store.commit(batch).await.expect("commit");
     assert_eq!(
-        store
-            .cursor("salesforce.lead")
-            .await
-            .expect("cursor")
-            .as_deref(),
+        store.cursor("salesforce.lead").await.expect("cursor").as_deref(),
         Some("2026-03-02T15:00:00Z")
     );
     assert_eq!(
         store.person(&PersonId::new("005B")).await.expect("person"),
         Some(person("005B", Some("005M")))
     );
-    let ids: Vec<_> = store
-        .people()
-        .await
-        .expect("people")
-        .into_iter()
-        .map(|p| p.id.0)
-        .collect();
+    let ids: Vec<_> = store.people().await.expect("people").into_iter().map(|p| p.id.0).collect();
     assert_eq!(ids, ["005B", "005M"]);
 }
 
@@ -391,10 +316,7 @@ pub async fn concurrent_commits_all_land(store: Arc<dyn Store>) {
         task.await.expect("task");
     }
     assert_eq!(store.leads(None, 1000).await.expect("leads").len(), 64);
-    assert_eq!(
-        store.outbox_ready(t0(), 1000).await.expect("ready").len(),
-        64
-    );
+    assert_eq!(store.outbox_ready(Channel::Email, t0(), 1000).await.expect("ready").len(), 64);
     let stats = store.stats();
     assert!(stats.flushes <= stats.commits, "{stats:?}");
 }
@@ -417,19 +339,10 @@ pub async fn export_import_round_trip(source: Arc<dyn Store>, target: Arc<dyn St
     assert_eq!(exported.records, 7);
     let imported = import(target.as_ref(), &first).await.expect("import");
     assert_eq!(imported, exported);
-    let again = export(target.as_ref(), &second)
-        .await
-        .expect("export again");
+    let again = export(target.as_ref(), &second).await.expect("export again");
     assert_eq!(again, exported);
-    assert_eq!(
-        target
-            .due_timers(t0() + TimeDelta::hours(24), 10)
-            .await
-            .expect("due")
-            .len(),
-        1
-    );
-    assert_eq!(target.outbox_ready(t0(), 10).await.expect("ready").len(), 1);
+    assert_eq!(target.due_timers(t0() + TimeDelta::hours(24), 10).await.expect("due").len(), 1);
+    assert_eq!(target.outbox_ready(Channel::Email, t0(), 10).await.expect("ready").len(), 1);
     // Importing into a store that holds data is refused and changes nothing.
     let refused = import(target.as_ref(), &first).await;
     assert!(refused.is_err());
@@ -437,26 +350,17 @@ pub async fn export_import_round_trip(source: Arc<dyn Store>, target: Arc<dyn St
     let text = std::fs::read_to_string(&first).expect("read export");
     std::fs::write(&first, text.replace("web_visit", "web_visiT")).expect("write");
     let fresh_error = crate::backup::verify(&first).expect_err("tampered file must fail");
-    assert!(
-        fresh_error.to_string().contains("checksum mismatch"),
-        "{fresh_error}"
-    );
+    assert!(fresh_error.to_string().contains("checksum mismatch"), "{fresh_error}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "leadloop-conformance-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("leadloop-conformance-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }

@@ -9,8 +9,10 @@
 //! T <due u64><timer key>        → Timer              time-ordered index
 //! t <timer key>                 → due u64            reverse index, to move/cancel by key
 //! O <idempotency key>           → OutboxEntry
-//! R <next attempt u64><key>     → ()                 ready index of pending entries
+//! R <next attempt u64><key>     → ()                 ready index of pending email effects
+//! W <next attempt u64><key>     → ()                 ready index of pending CRM write-backs
 //! C <cursor name>               → cursor value
+//! S <lowercased address>        → Suppression        opted out or hard-bounced
 //! ```
 //! Integers are big-endian so byte order is numeric order; instants are milliseconds since the
 //! epoch offset by 2^63 so that instants before 1970 still sort.
@@ -24,8 +26,18 @@ pub const HISTORY: u8 = b'H';
 pub const TIMER: u8 = b'T';
 pub const TIMER_BY_KEY: u8 = b't';
 pub const OUTBOX: u8 = b'O';
-pub const READY: u8 = b'R';
+pub const READY_EMAIL: u8 = b'R';
+pub const READY_CRM: u8 = b'W';
+pub const SUPPRESSION: u8 = b'S';
 pub const CURSOR: u8 = b'C';
+
+/// The ready-index tag of a channel.
+pub fn ready(channel: leadloop_core::Channel) -> u8 {
+    match channel {
+        leadloop_core::Channel::Email => READY_EMAIL,
+        leadloop_core::Channel::Crm => READY_CRM,
+    }
+}
 
 pub fn instant(at: Timestamp) -> [u8; 8] {
     (at.timestamp_millis() as u64 ^ (1 << 63)).to_be_bytes()
@@ -97,18 +109,12 @@ mod tests {
             "2026-03-02T14:00:00Z",
             "2026-03-02T14:00:00.001Z",
         ];
-        let encoded: Vec<_> = times
-            .iter()
-            .map(|t| instant(t.parse().expect("valid instant")))
-            .collect();
+        let encoded: Vec<_> = times.iter().map(|t| instant(t.parse().expect("valid instant"))).collect();
         let mut sorted = encoded.clone();
         sorted.sort();
         assert_eq!(encoded, sorted);
         for (raw, text) in encoded.iter().zip(times) {
-            assert_eq!(
-                instant_from(raw),
-                Some(text.parse().expect("valid instant"))
-            );
+            assert_eq!(instant_from(raw), Some(text.parse().expect("valid instant")));
         }
     }
 
@@ -117,9 +123,6 @@ mod tests {
         // "ab" with seq 1 must not fall inside the prefix of "a".
         let a = history_prefix("a");
         assert!(!history("ab", 1).starts_with(&a));
-        assert_eq!(
-            parse_history(&history("00Q1", 42)),
-            Some(("00Q1".to_owned(), 42))
-        );
+        assert_eq!(parse_history(&history("00Q1", 42)), Some(("00Q1".to_owned(), 42)));
     }
 }

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use leadloop_core::{
-    HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Timer,
-    TimerKey, Timestamp,
+    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Suppression,
+    Timer, TimerKey, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,10 +37,7 @@ pub enum StoreError {
     )]
     Locked { path: PathBuf, holder: String },
     #[error("cannot use state directory {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { path: PathBuf, source: std::io::Error },
     #[error(
         "no space left in state directory {path}; free space and leadloop resumes (nothing was acknowledged that is not on disk)"
     )]
@@ -52,11 +49,7 @@ pub enum StoreError {
     #[error(
         "state in {path} has schema version {found}, newer than this leadloop understands ({supported}); run a newer leadloop"
     )]
-    TooNew {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    TooNew { path: PathBuf, found: u32, supported: u32 },
     #[error("{0}")]
     Backup(String),
     #[error("store is closed")]
@@ -87,6 +80,10 @@ pub enum Op {
         name: String,
         value: String,
     },
+    /// Adds an address to the suppression list (replacing an earlier entry).
+    Suppress(Suppression),
+    /// Removes an address from the suppression list.
+    Unsuppress(String),
 }
 
 /// Changes applied together, atomically.
@@ -142,10 +139,11 @@ impl Batch {
     }
 
     pub fn set_cursor(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.push(Op::SetCursor {
-            name: name.into(),
-            value: value.into(),
-        })
+        self.push(Op::SetCursor { name: name.into(), value: value.into() })
+    }
+
+    pub fn suppress(&mut self, suppression: Suppression) -> &mut Self {
+        self.push(Op::Suppress(suppression))
     }
 }
 
@@ -162,27 +160,13 @@ pub struct Committed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Record {
-    Lead {
-        v: LeadRecord,
-    },
-    Person {
-        v: Person,
-    },
-    History {
-        lead: LeadId,
-        seq: u64,
-        v: HistoryEvent,
-    },
-    Timer {
-        v: Timer,
-    },
-    Outbox {
-        v: OutboxEntry,
-    },
-    Cursor {
-        name: String,
-        value: String,
-    },
+    Lead { v: LeadRecord },
+    Person { v: Person },
+    History { lead: LeadId, seq: u64, v: HistoryEvent },
+    Timer { v: Timer },
+    Outbox { v: OutboxEntry },
+    Cursor { name: String, value: String },
+    Suppression { v: Suppression },
 }
 
 /// Sizes for metrics and `status`.
@@ -214,8 +198,13 @@ pub trait Store: Send + Sync + 'static {
     async fn next_timer_due(&self) -> Result<Option<Timestamp>>;
 
     async fn outbox_entry(&self, key: &IdempotencyKey) -> Result<Option<OutboxEntry>>;
-    /// Pending entries whose next attempt is at or before `now`, earliest first.
-    async fn outbox_ready(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>>;
+    /// Pending entries of `channel` whose next attempt is at or before `now`, earliest first.
+    async fn outbox_ready(&self, channel: Channel, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>>;
+    /// How many entries of `channel` are pending, and the earliest next attempt among them.
+    async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)>;
+
+    /// The suppression entry for `address` (compared case-insensitively), if any.
+    async fn suppression(&self, address: &str) -> Result<Option<Suppression>>;
 
     async fn cursor(&self, name: &str) -> Result<Option<String>>;
 

@@ -16,10 +16,7 @@ pub struct DirLock {
 impl DirLock {
     pub fn acquire(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("lock");
-        let dir_err = |source| StoreError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        };
+        let dir_err = |source| StoreError::Dir { path: dir.to_path_buf(), source };
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -35,11 +32,7 @@ impl DirLock {
                 let holder = holder.trim();
                 return Err(StoreError::Locked {
                     path: dir.to_path_buf(),
-                    holder: if holder.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (pid {holder})")
-                    },
+                    holder: if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
                 });
             }
             Err(TryLockError::Error(source)) => return Err(dir_err(source)),

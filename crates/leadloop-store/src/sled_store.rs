@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use leadloop_core::{
-    HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Timer,
-    TimerKey, Timestamp,
+    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Suppression,
+    Timer, TimerKey, Timestamp,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,10 +36,7 @@ impl SledConfig {
     pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            cache_bytes: Self::DEFAULT_CACHE_BYTES,
-        }
+        Self { dir: dir.into(), cache_bytes: Self::DEFAULT_CACHE_BYTES }
     }
 }
 
@@ -64,9 +61,7 @@ pub struct SledStore {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("SledStore").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
@@ -75,10 +70,7 @@ impl SledStore {
     /// migrating older schemas.
     pub fn open(config: &SledConfig) -> Result<Arc<Self>> {
         let dir = config.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir { path: dir.clone(), source })?;
         let lock = DirLock::acquire(&dir)?;
         let db = sled::Config::new()
             .path(dir.join("db"))
@@ -121,19 +113,13 @@ impl SledStore {
                         message: "records present but no schema version".into(),
                     });
                 }
-                self.tree
-                    .insert(keys::SCHEMA, &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(|e| self.err(e))?;
+                self.tree.insert(keys::SCHEMA, &SCHEMA_VERSION.to_be_bytes()).map_err(|e| self.err(e))?;
                 self.tree.flush().map_err(|e| self.err(e))?;
                 return Ok(());
             }
         };
         if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: self.dir.clone(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(StoreError::TooNew { path: self.dir.clone(), found, supported: SCHEMA_VERSION });
         }
         for version in found..SCHEMA_VERSION {
             let index = (version - 1) as usize;
@@ -141,9 +127,7 @@ impl SledStore {
                 tracing::info!(from = version, to = version + 1, "migrating state");
                 migration(&self.tree).map_err(|e| self.err(e))?;
             }
-            self.tree
-                .insert(keys::SCHEMA, &(version + 1).to_be_bytes())
-                .map_err(|e| self.err(e))?;
+            self.tree.insert(keys::SCHEMA, &(version + 1).to_be_bytes()).map_err(|e| self.err(e))?;
             self.tree.flush().map_err(|e| self.err(e))?;
         }
         Ok(())
@@ -172,10 +156,7 @@ impl SledStore {
 
     /// Builds and applies one sled batch under the writer lock. Returns the write's number.
     fn apply(&self, batch: Batch) -> Result<(u64, Committed)> {
-        let _writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut sled_batch = sled::Batch::default();
         let mut committed = Committed::default();
         // State changed earlier in this batch that later ops must see.
@@ -186,10 +167,7 @@ impl SledStore {
         for op in batch.ops {
             match op {
                 Op::PutLead(record) => {
-                    sled_batch.insert(
-                        keys::simple(keys::LEAD, record.lead.id.as_str()),
-                        encode(&record)?,
-                    );
+                    sled_batch.insert(keys::simple(keys::LEAD, record.lead.id.as_str()), encode(&record)?);
                 }
                 Op::DeleteLead(id) => sled_batch.remove(keys::simple(keys::LEAD, id.as_str())),
                 Op::AppendHistory(lead, event) => {
@@ -201,10 +179,7 @@ impl SledStore {
                     sled_batch.insert(keys::history(lead.as_str(), seq), encode(&event)?);
                 }
                 Op::PutPerson(person) => {
-                    sled_batch.insert(
-                        keys::simple(keys::PERSON, person.id.as_str()),
-                        encode(&person)?,
-                    );
+                    sled_batch.insert(keys::simple(keys::PERSON, person.id.as_str()), encode(&person)?);
                 }
                 Op::DeletePerson(id) => sled_batch.remove(keys::simple(keys::PERSON, id.as_str())),
                 Op::SetTimer(timer) => {
@@ -241,6 +216,14 @@ impl SledStore {
                     self.write_outbox(&mut sled_batch, old.as_ref(), &entry)?;
                     outbox_seen.insert(key, Some(entry));
                 }
+                Op::Suppress(entry) => {
+                    let address = entry.address.to_lowercase();
+                    let entry = Suppression { address: address.clone(), ..entry };
+                    sled_batch.insert(keys::simple(keys::SUPPRESSION, &address), encode(&entry)?);
+                }
+                Op::Unsuppress(address) => {
+                    sled_batch.remove(keys::simple(keys::SUPPRESSION, &address.to_lowercase()));
+                }
                 Op::SetCursor { name, value } => {
                     sled_batch.insert(keys::simple(keys::CURSOR, &name), value.as_bytes());
                 }
@@ -256,8 +239,7 @@ impl SledStore {
         match self.tree.scan_prefix(&prefix).next_back() {
             Some(item) => {
                 let (key, _) = item.map_err(|e| self.err(e))?;
-                let (_, seq) =
-                    keys::parse_history(&key).ok_or_else(|| corrupt(&key, "bad history key"))?;
+                let (_, seq) = keys::parse_history(&key).ok_or_else(|| corrupt(&key, "bad history key"))?;
                 Ok(Some(seq))
             }
             None => Ok(None),
@@ -298,11 +280,11 @@ impl SledStore {
     ) -> Result<()> {
         let key = entry.key.as_str();
         if let Some(old) = old.filter(|old| old.state.is_pending()) {
-            batch.remove(keys::ordered(keys::READY, old.next_attempt_at, key));
+            batch.remove(keys::ordered(keys::ready(old.effect.channel()), old.next_attempt_at, key));
         }
         if entry.state.is_pending() {
             batch.insert(
-                keys::ordered(keys::READY, entry.next_attempt_at, key),
+                keys::ordered(keys::ready(entry.effect.channel()), entry.next_attempt_at, key),
                 &[][..],
             );
         }
@@ -323,12 +305,9 @@ impl SledStore {
         let target = self.written.load(Ordering::SeqCst);
         let db = self.db.clone();
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || db.flush().map_err(|e| engine_error(&dir, e)))
-            .await
-            .map_err(|e| StoreError::Engine {
-                path: self.dir.clone(),
-                message: format!("flush task failed: {e}"),
-            })??;
+        tokio::task::spawn_blocking(move || db.flush().map_err(|e| engine_error(&dir, e))).await.map_err(
+            |e| StoreError::Engine { path: self.dir.clone(), message: format!("flush task failed: {e}") },
+        )??;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_max(target, Ordering::SeqCst);
         Ok(())
@@ -382,18 +361,15 @@ impl Store for SledStore {
             .scan_prefix(keys::history_prefix(id.as_str()))
             .map(|item| {
                 let (key, value) = item.map_err(|e| self.err(e))?;
-                let (_, seq) =
-                    keys::parse_history(&key).ok_or_else(|| corrupt(&key, "bad history key"))?;
+                let (_, seq) = keys::parse_history(&key).ok_or_else(|| corrupt(&key, "bad history key"))?;
                 Ok((seq, decode(&key, &value)?))
             })
             .collect()
     }
 
     async fn timer(&self, key: &TimerKey) -> Result<Option<Timer>> {
-        let Some(due) = self
-            .tree
-            .get(keys::simple(keys::TIMER_BY_KEY, key.as_str()))
-            .map_err(|e| self.err(e))?
+        let Some(due) =
+            self.tree.get(keys::simple(keys::TIMER_BY_KEY, key.as_str())).map_err(|e| self.err(e))?
         else {
             return Ok(None);
         };
@@ -415,9 +391,7 @@ impl Store for SledStore {
         match self.tree.scan_prefix([keys::TIMER]).next() {
             Some(item) => {
                 let (key, _) = item.map_err(|e| self.err(e))?;
-                Ok(Some(
-                    keys::instant_from(&key[1..]).ok_or_else(|| corrupt(&key, "bad timer key"))?,
-                ))
+                Ok(Some(keys::instant_from(&key[1..]).ok_or_else(|| corrupt(&key, "bad timer key"))?))
             }
             None => Ok(None),
         }
@@ -427,13 +401,10 @@ impl Store for SledStore {
         self.get(&keys::simple(keys::OUTBOX, key.as_str()))
     }
 
-    async fn outbox_ready(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>> {
+    async fn outbox_ready(&self, channel: Channel, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let tag = keys::ready(channel);
         let mut ready = Vec::new();
-        for item in self
-            .tree
-            .range(vec![keys::READY]..keys::ordered_end(keys::READY, now))
-            .take(limit)
-        {
+        for item in self.tree.range(vec![tag]..keys::ordered_end(tag, now)).take(limit) {
             let (key, _) = item.map_err(|e| self.err(e))?;
             let id = std::str::from_utf8(&key[9..]).map_err(|_| corrupt(&key, "bad ready key"))?;
             match self.get::<OutboxEntry>(&keys::simple(keys::OUTBOX, id))? {
@@ -444,12 +415,26 @@ impl Store for SledStore {
         Ok(ready)
     }
 
+    async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)> {
+        let tag = keys::ready(channel);
+        let mut count = 0u64;
+        let mut earliest = None;
+        for item in self.tree.scan_prefix([tag]) {
+            let (key, _) = item.map_err(|e| self.err(e))?;
+            if earliest.is_none() {
+                earliest = keys::instant_from(&key[1..]);
+            }
+            count += 1;
+        }
+        Ok((count, earliest))
+    }
+
+    async fn suppression(&self, address: &str) -> Result<Option<Suppression>> {
+        self.get(&keys::simple(keys::SUPPRESSION, &address.to_lowercase()))
+    }
+
     async fn cursor(&self, name: &str) -> Result<Option<String>> {
-        match self
-            .tree
-            .get(keys::simple(keys::CURSOR, name))
-            .map_err(|e| self.err(e))?
-        {
+        match self.tree.get(keys::simple(keys::CURSOR, name)).map_err(|e| self.err(e))? {
             Some(raw) => String::from_utf8(raw.to_vec())
                 .map(Some)
                 .map_err(|_| corrupt(name.as_bytes(), "cursor is not UTF-8")),
@@ -461,32 +446,21 @@ impl Store for SledStore {
         for item in self.tree.iter() {
             let (key, value) = item.map_err(|e| self.err(e))?;
             let record = match key.first().copied() {
-                Some(keys::LEAD) => Record::Lead {
-                    v: decode(&key, &value)?,
-                },
-                Some(keys::PERSON) => Record::Person {
-                    v: decode(&key, &value)?,
-                },
+                Some(keys::LEAD) => Record::Lead { v: decode(&key, &value)? },
+                Some(keys::PERSON) => Record::Person { v: decode(&key, &value)? },
                 Some(keys::HISTORY) => {
-                    let (lead, seq) = keys::parse_history(&key)
-                        .ok_or_else(|| corrupt(&key, "bad history key"))?;
-                    Record::History {
-                        lead: LeadId(lead),
-                        seq,
-                        v: decode(&key, &value)?,
-                    }
+                    let (lead, seq) =
+                        keys::parse_history(&key).ok_or_else(|| corrupt(&key, "bad history key"))?;
+                    Record::History { lead: LeadId(lead), seq, v: decode(&key, &value)? }
                 }
-                Some(keys::TIMER) => Record::Timer {
-                    v: decode(&key, &value)?,
-                },
-                Some(keys::OUTBOX) => Record::Outbox {
-                    v: decode(&key, &value)?,
-                },
+                Some(keys::TIMER) => Record::Timer { v: decode(&key, &value)? },
+                Some(keys::OUTBOX) => Record::Outbox { v: decode(&key, &value)? },
                 Some(keys::CURSOR) => Record::Cursor {
                     name: String::from_utf8_lossy(&key[1..]).into_owned(),
                     value: String::from_utf8(value.to_vec())
                         .map_err(|_| corrupt(&key, "cursor is not UTF-8"))?,
                 },
+                Some(keys::SUPPRESSION) => Record::Suppression { v: decode(&key, &value)? },
                 // Derived indexes and the schema marker are rebuilt, not exported.
                 _ => continue,
             };
@@ -519,13 +493,13 @@ impl Store for SledStore {
                 Record::Cursor { name, value } => {
                     batch.set_cursor(name, value);
                 }
+                Record::Suppression { v } => {
+                    batch.suppress(v);
+                }
             }
         }
         {
-            let _writer = self
-                .writer
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.tree.apply_batch(history).map_err(|e| self.err(e))?;
         }
         self.commit(batch).await?;
@@ -561,10 +535,8 @@ fn ordered_raw(tag: u8, due: &[u8], key: &str) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
-        key: String::new(),
-        message: format!("cannot encode: {e}"),
-    })
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Corrupt { key: String::new(), message: format!("cannot encode: {e}") })
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T> {
@@ -572,22 +544,14 @@ fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T> {
 }
 
 fn corrupt(key: &[u8], message: &str) -> StoreError {
-    StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        message: message.to_owned(),
-    }
+    StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message: message.to_owned() }
 }
 
 fn engine_error(dir: &Path, error: sled::Error) -> StoreError {
     if let sled::Error::Io(io) = &error
         && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
     {
-        return StoreError::NoSpace {
-            path: dir.to_path_buf(),
-        };
+        return StoreError::NoSpace { path: dir.to_path_buf() };
     }
-    StoreError::Engine {
-        path: dir.to_path_buf(),
-        message: error.to_string(),
-    }
+    StoreError::Engine { path: dir.to_path_buf(), message: error.to_string() }
 }

@@ -23,23 +23,15 @@ async fn committed_data_survives_reopen() {
     {
         let store = SledStore::open(&SledConfig::new(dir.path())).expect("open");
         let mut batch = Batch::new();
-        batch
-            .put_lead(conformance::lead("00Q1"))
-            .set_cursor("c", "v1");
+        batch.put_lead(conformance::lead("00Q1")).set_cursor("c", "v1");
         store.commit(batch).await.expect("commit");
     }
     let store = SledStore::open(&SledConfig::new(dir.path())).expect("reopen");
     assert_eq!(
-        store
-            .lead(&leadloop_core::LeadId::new("00Q1"))
-            .await
-            .expect("read"),
+        store.lead(&leadloop_core::LeadId::new("00Q1")).await.expect("read"),
         Some(conformance::lead("00Q1"))
     );
-    assert_eq!(
-        store.cursor("c").await.expect("cursor").as_deref(),
-        Some("v1")
-    );
+    assert_eq!(store.cursor("c").await.expect("cursor").as_deref(), Some("v1"));
 }
 
 #[tokio::test]
@@ -50,10 +42,7 @@ async fn second_opener_is_refused_with_the_holder_named() {
     assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
     let message = error.to_string();
     assert!(message.contains("in use by another leadloop"), "{message}");
-    assert!(
-        message.contains(&format!("pid {}", std::process::id())),
-        "{message}"
-    );
+    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
 }
 
 #[tokio::test]
@@ -62,10 +51,7 @@ async fn unusable_state_dir_is_a_clear_error() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "x").expect("write");
     let error = SledStore::open(&SledConfig::new(&file)).expect_err("a file is not a state dir");
-    assert!(
-        error.to_string().contains("cannot use state directory"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("cannot use state directory"), "{error}");
 }
 
 #[tokio::test]
@@ -75,17 +61,10 @@ async fn a_store_from_a_newer_leadloop_is_refused() {
         // Write a schema marker from the future with sled directly, as a newer build would.
         let db = sled::open(dir.path().join("db")).expect("sled");
         let tree = db.open_tree("state").expect("tree");
-        tree.insert(b"Mschema", &999u32.to_be_bytes())
-            .expect("insert");
+        tree.insert(b"Mschema", &999u32.to_be_bytes()).expect("insert");
         db.flush().expect("flush");
     }
     let error = SledStore::open(&SledConfig::new(dir.path())).expect_err("newer schema");
-    assert!(
-        matches!(error, StoreError::TooNew { found: 999, .. }),
-        "{error:?}"
-    );
-    assert!(
-        error.to_string().contains("run a newer leadloop"),
-        "{error}"
-    );
+    assert!(matches!(error, StoreError::TooNew { found: 999, .. }), "{error:?}");
+    assert!(error.to_string().contains("run a newer leadloop"), "{error}");
 }

@@ -43,21 +43,7 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
         metrics::gauge!("leadloop_store_commits").set(stats.commits as f64);
         metrics::gauge!("leadloop_store_flushes").set(stats.flushes as f64);
     }
-    metrics::gauge!("leadloop_ready").set(if state.ready.load(Ordering::SeqCst) {
-        1.0
-    } else {
-        0.0
-    });
-    let body = state
-        .metrics
-        .as_ref()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
+    metrics::gauge!("leadloop_ready").set(if state.ready.load(Ordering::SeqCst) { 1.0 } else { 0.0 });
+    let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

@@ -59,12 +59,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// The config file (for `daemon.state_dir` and store settings).
-    #[arg(
-        long,
-        short = 'c',
-        value_name = "FILE",
-        required_unless_present = "state_dir"
-    )]
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "state_dir")]
     pub config: Option<PathBuf>,
     /// The state directory; overrides the config's.
     #[arg(long, value_name = "DIR")]
@@ -80,11 +75,7 @@ pub fn main() -> ExitCode {
         Err(error) => {
             // Help and version are not errors; anything else is a usage error (EX_USAGE).
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
+            return ExitCode::from(if error.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
     let code = match cli.command {
@@ -105,15 +96,8 @@ pub fn load_reporting(path: &Path) -> Result<Config, u8> {
         }
         Err(errors) => {
             eprint!("{errors}");
-            let count = errors
-                .iter()
-                .filter(|d| d.severity == config::Severity::Error)
-                .count();
-            eprintln!(
-                "{}: {count} error{} in config",
-                path.display(),
-                if count == 1 { "" } else { "s" }
-            );
+            let count = errors.iter().filter(|d| d.severity == config::Severity::Error).count();
+            eprintln!("{}: {count} error{} in config", path.display(), if count == 1 { "" } else { "s" });
             Err(exit::CONFIG)
         }
     }
@@ -137,14 +121,8 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         },
         None => Config::default(),
     };
-    let dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| config.daemon.state_dir.clone());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let dir = args.state_dir.clone().unwrap_or_else(|| config.daemon.state_dir.clone());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start runtime: {e}");
@@ -152,10 +130,7 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         }
     };
     runtime.block_on(async move {
-        let sled = SledConfig {
-            dir,
-            cache_bytes: config.store.cache_mb.saturating_mul(1024 * 1024),
-        };
+        let sled = SledConfig { dir, cache_bytes: config.store.cache_mb.saturating_mul(1024 * 1024) };
         let store: Arc<dyn Store> = match SledStore::open(&sled) {
             Ok(store) => store,
             Err(e) => {
@@ -170,8 +145,7 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         };
         match result {
             Ok(summary) => {
-                let line =
-                    serde_json::json!({ "records": summary.records, "sha256": summary.sha256 });
+                let line = serde_json::json!({ "records": summary.records, "sha256": summary.sha256 });
                 #[allow(clippy::print_stdout)]
                 {
                     println!("{line}");

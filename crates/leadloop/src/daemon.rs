@@ -26,11 +26,7 @@ use crate::{exit, telemetry};
 
 /// Settings that a reload cannot change; a new value waits for a restart.
 fn restart_only(config: &Config) -> (PathBuf, std::net::SocketAddr, u64) {
-    (
-        config.daemon.state_dir.clone(),
-        config.daemon.admin_listen,
-        config.store.cache_mb,
-    )
+    (config.daemon.state_dir.clone(), config.daemon.admin_listen, config.store.cache_mb)
 }
 
 pub fn main(args: RunArgs) -> u8 {
@@ -40,17 +36,14 @@ pub fn main(args: RunArgs) -> u8 {
     };
     apply_overrides(&mut config, &args);
     telemetry::init_logging(config.daemon.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("leadloop")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return exit::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("leadloop").build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the async runtime");
+                return exit::FAILURE;
+            }
+        };
     runtime.block_on(run(args, config))
 }
 
@@ -102,18 +95,11 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             return exit::FAILURE;
         }
     };
-    let router = admin::router(AdminState {
-        ready: Arc::clone(&ready),
-        metrics,
-        store: Some(Arc::clone(&store)),
-    });
+    let router =
+        admin::router(AdminState { ready: Arc::clone(&ready), metrics, store: Some(Arc::clone(&store)) });
     let admin_task = tokio::spawn({
         let shutdown = shutdown.clone();
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
+        async move { axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await }
     });
 
     let engine = Engine::new(Arc::clone(&store), Arc::new(SystemClock), Arc::new(NoRules));
@@ -130,10 +116,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     spawn_watchdog(engine.clone(), shutdown.clone());
     tracing::info!(admin = %admin_addr, state_dir = %config.daemon.state_dir.display(), "leadloop ready");
 
-    let (mut term, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
+    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
         (Ok(term), Ok(hup)) => (term, hup),
         (Err(error), _) | (_, Err(error)) => {
             tracing::error!(%error, "cannot install signal handlers");
@@ -178,17 +161,10 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     drop(engine);
     drop(store);
     tracing::info!("leadloop stopped");
-    if engine_ended {
-        exit::FAILURE
-    } else {
-        exit::OK
-    }
+    if engine_ended { exit::FAILURE } else { exit::OK }
 }
 
-async fn write_people(
-    store: &dyn Store,
-    config: &Config,
-) -> Result<(), leadloop_store::StoreError> {
+async fn write_people(store: &dyn Store, config: &Config) -> Result<(), leadloop_store::StoreError> {
     let mut batch = Batch::new();
     for person in config.people() {
         batch.put_person(person);
@@ -217,19 +193,13 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
             }
             match write_people(store, &next).await {
                 Ok(()) => {
-                    *config = Config {
-                        daemon: config.daemon.clone(),
-                        store: config.store.clone(),
-                        ..next
-                    };
+                    *config = Config { daemon: config.daemon.clone(), store: config.store.clone(), ..next };
                     tracing::info!(file = %path.display(), people = config.people.len(), "config reloaded");
-                    metrics::counter!("leadloop_config_reloads_total", "result" => "applied")
-                        .increment(1);
+                    metrics::counter!("leadloop_config_reloads_total", "result" => "applied").increment(1);
                 }
                 Err(error) => {
                     tracing::error!(%error, "config reload failed to apply; keeping the running config");
-                    metrics::counter!("leadloop_config_reloads_total", "result" => "failed")
-                        .increment(1);
+                    metrics::counter!("leadloop_config_reloads_total", "result" => "failed").increment(1);
                 }
             }
         }

@@ -10,17 +10,11 @@ use crate::config::LogFormat;
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     // Already installed (tests call this more than once): keep the first.
     let _ = result;
@@ -29,36 +23,19 @@ pub fn init_logging(format: LogFormat) {
 /// Installs the global metrics recorder and returns the handle that renders it.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ])?
+        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])?
         .install_recorder()?;
-    metrics::describe_counter!(
-        "leadloop_timers_fired_total",
-        "timers handled by the engine"
-    );
-    metrics::describe_histogram!(
-        "leadloop_tick_seconds",
-        "time to handle the timers due in one tick"
-    );
+    metrics::describe_counter!("leadloop_timers_fired_total", "timers handled by the engine");
+    metrics::describe_histogram!("leadloop_tick_seconds", "time to handle the timers due in one tick");
     metrics::describe_counter!(
         "leadloop_tick_failures_total",
         "ticks that failed (store errors) and were retried"
     );
     metrics::describe_counter!("leadloop_config_reloads_total", "SIGHUP reloads by result");
-    metrics::describe_gauge!(
-        "leadloop_store_size_bytes",
-        "size of the state directory's store on disk"
-    );
+    metrics::describe_gauge!("leadloop_store_size_bytes", "size of the state directory's store on disk");
     metrics::describe_gauge!("leadloop_store_commits", "batches committed since start");
-    metrics::describe_gauge!(
-        "leadloop_store_flushes",
-        "flushes to disk since start (commits share flushes)"
-    );
-    metrics::describe_gauge!(
-        "leadloop_ready",
-        "1 when the daemon is ready, 0 while starting or draining"
-    );
+    metrics::describe_gauge!("leadloop_store_flushes", "flushes to disk since start (commits share flushes)");
+    metrics::describe_gauge!("leadloop_ready", "1 when the daemon is ready, 0 while starting or draining");
     metrics::describe_gauge!("leadloop_build_info", "always 1; labels carry the version");
     metrics::gauge!("leadloop_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

@@ -16,18 +16,12 @@ fn example_config() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
+    let status =
+        Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("kill");
     assert!(status.success());
 }
 
@@ -100,12 +94,7 @@ impl Drop for Daemon {
 
 #[test]
 fn example_config_validates() {
-    let output = bin()
-        .arg("validate")
-        .arg("--config")
-        .arg(example_config())
-        .output()
-        .expect("run");
+    let output = bin().arg("validate").arg("--config").arg(example_config()).output().expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("valid"), "{stderr}");
@@ -119,45 +108,25 @@ fn unknown_key_exits_78_naming_key_and_line() {
     text.push_str("surprise = true\n");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).expect("write");
-    let output = bin()
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run");
+    let output = bin().arg("validate").arg("--config").arg(&path).output().expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains(&format!("bad.toml:{line}:1:")),
-        "line {line} not named: {stderr}"
-    );
+    assert!(stderr.contains(&format!("bad.toml:{line}:1:")), "line {line} not named: {stderr}");
     assert!(stderr.contains("unknown field `surprise`"), "{stderr}");
     // `run` refuses the same file with the same code, before touching any state.
     let state = dir.path().join("state");
-    let output = bin()
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .expect("run");
+    let output =
+        bin().arg("run").arg("--config").arg(&path).arg("--state-dir").arg(&state).output().expect("run");
     assert_eq!(output.status.code(), Some(78));
     assert!(!state.exists(), "no partial state for a bad config");
 }
 
 #[test]
 fn missing_config_file_is_named() {
-    let output = bin()
-        .args(["validate", "--config", "/nonexistent/leadloop.toml"])
-        .output()
-        .expect("run");
+    let output = bin().args(["validate", "--config", "/nonexistent/leadloop.toml"]).output().expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78));
-    assert!(
-        stderr.contains("/nonexistent/leadloop.toml: cannot read config file"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/nonexistent/leadloop.toml: cannot read config file"), "{stderr}");
 }
 
 #[tokio::test]
@@ -171,10 +140,7 @@ async fn daemon_serves_health_and_metrics_and_stops_on_sigterm() {
     assert_eq!(status, 200);
     let (status, metrics) = daemon.get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("leadloop_build_info{version="),
-        "{metrics}"
-    );
+    assert!(metrics.contains("leadloop_build_info{version="), "{metrics}");
     assert!(metrics.contains("leadloop_ready 1"), "{metrics}");
 
     // A second daemon on the same state directory fails at once, naming the holder.
@@ -189,24 +155,17 @@ async fn daemon_serves_health_and_metrics_and_stops_on_sigterm() {
     let second_err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(74), "{second_err}");
     assert!(
-        second_err.contains(&format!(
-            "in use by another leadloop (pid {})",
-            daemon.child.id()
-        )),
+        second_err.contains(&format!("in use by another leadloop (pid {})", daemon.child.id())),
         "{second_err}"
     );
 
     let started = Instant::now();
     signal(&daemon.child, "TERM");
-    let status = wait_exit(&mut daemon.child, Duration::from_secs(10))
-        .expect("exits within 10 s of SIGTERM");
+    let status = wait_exit(&mut daemon.child, Duration::from_secs(10)).expect("exits within 10 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut daemon.child));
     assert!(started.elapsed() < Duration::from_secs(10));
     let log = stderr_of(&mut daemon.child);
-    assert!(
-        log.contains("SIGTERM received; draining") && log.contains("leadloop stopped"),
-        "{log}"
-    );
+    assert!(log.contains("SIGTERM received; draining") && log.contains("leadloop stopped"), "{log}");
 }
 
 #[tokio::test]
@@ -241,14 +200,9 @@ async fn sighup_with_a_broken_config_keeps_the_running_one() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     signal(&daemon.child, "TERM");
-    assert_eq!(
-        wait_exit(&mut daemon.child, Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(wait_exit(&mut daemon.child, Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
     let log = stderr_of(&mut daemon.child);
-    let refused = log
-        .find("config reload refused; keeping the running config")
-        .expect(&log);
+    let refused = log.find("config reload refused; keeping the running config").expect(&log);
     let applied = log.find("config reloaded").expect(&log);
     assert!(refused < applied, "{log}");
     assert!(log.contains("max_idle"), "the refusal names the key: {log}");
@@ -280,42 +234,17 @@ async fn export_then_import_gives_equal_checksums() {
     let mut daemon = Daemon::start(&example_config(), &state);
     assert_eq!(daemon.get("/readyz").await.0, 200);
     signal(&daemon.child, "TERM");
-    assert_eq!(
-        wait_exit(&mut daemon.child, Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(wait_exit(&mut daemon.child, Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
 
     let backup = dir.path().join("backup.jsonl");
-    let export = bin()
-        .arg("export")
-        .arg("--state-dir")
-        .arg(&state)
-        .arg(&backup)
-        .output()
-        .expect("export");
-    assert_eq!(
-        export.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+    let export = bin().arg("export").arg("--state-dir").arg(&state).arg(&backup).output().expect("export");
+    assert_eq!(export.status.code(), Some(0), "{}", String::from_utf8_lossy(&export.stderr));
     let first: serde_json::Value = serde_json::from_slice(&export.stdout).expect("summary json");
     assert_eq!(first["records"], 4, "four configured people: {first}");
 
     let restored = dir.path().join("restored");
-    let import = bin()
-        .arg("import")
-        .arg("--state-dir")
-        .arg(&restored)
-        .arg(&backup)
-        .output()
-        .expect("import");
-    assert_eq!(
-        import.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    let import = bin().arg("import").arg("--state-dir").arg(&restored).arg(&backup).output().expect("import");
+    assert_eq!(import.status.code(), Some(0), "{}", String::from_utf8_lossy(&import.stderr));
     let again = bin()
         .arg("export")
         .arg("--state-dir")
@@ -327,13 +256,7 @@ async fn export_then_import_gives_equal_checksums() {
     assert_eq!(first, second);
 
     // Importing again into the now non-empty directory is refused.
-    let twice = bin()
-        .arg("import")
-        .arg("--state-dir")
-        .arg(&restored)
-        .arg(&backup)
-        .output()
-        .expect("import");
+    let twice = bin().arg("import").arg("--state-dir").arg(&restored).arg(&backup).output().expect("import");
     assert_eq!(twice.status.code(), Some(74));
     assert!(String::from_utf8_lossy(&twice.stderr).contains("not empty"));
 }
@@ -355,9 +278,7 @@ async fn systemd_is_told_ready_and_stopping() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    socket.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let port = free_port();
     // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's pid.
     let mut child = Command::new("sh")
@@ -380,9 +301,7 @@ async fn systemd_is_told_ready_and_stopping() {
     let mut buf = [0u8; 512];
     // READY=1 first, then a watchdog ping within the 1 s half-interval.
     while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
-        let n = socket
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no notification ({e}); so far: {seen:?}"));
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("no notification ({e}); so far: {seen:?}"));
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         seen.push('\n');
     }
@@ -392,10 +311,7 @@ async fn systemd_is_told_ready_and_stopping() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         seen.push('\n');
     }
-    assert_eq!(
-        wait_exit(&mut child, Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
     // It exited; killing its pid now could hit a new process.
     std::mem::forget(guard);
     let ready = seen.find("READY=1").expect("ready");
@@ -408,10 +324,6 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(self.0.to_string())
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").arg("-KILL").arg(self.0.to_string()).stderr(Stdio::null()).status();
     }
 }

@@ -15,66 +15,21 @@ pub const PARTS: [&str; 3] = ["subject", "txt", "html"];
 
 /// The templates leadloop ships; each can be overridden from the templates directory.
 pub const BUILT_IN: &[(&str, &str)] = &[
-    (
-        "sla_alert.subject",
-        include_str!("../templates/sla_alert.subject.j2"),
-    ),
-    (
-        "sla_alert.txt",
-        include_str!("../templates/sla_alert.txt.j2"),
-    ),
-    (
-        "sla_alert.html",
-        include_str!("../templates/sla_alert.html.j2"),
-    ),
-    (
-        "sla_reminder.subject",
-        include_str!("../templates/sla_reminder.subject.j2"),
-    ),
-    (
-        "sla_reminder.txt",
-        include_str!("../templates/sla_reminder.txt.j2"),
-    ),
-    (
-        "sla_reminder.html",
-        include_str!("../templates/sla_reminder.html.j2"),
-    ),
-    (
-        "sla_manager.subject",
-        include_str!("../templates/sla_manager.subject.j2"),
-    ),
-    (
-        "sla_manager.txt",
-        include_str!("../templates/sla_manager.txt.j2"),
-    ),
-    (
-        "sla_manager.html",
-        include_str!("../templates/sla_manager.html.j2"),
-    ),
-    (
-        "sla_executive.subject",
-        include_str!("../templates/sla_executive.subject.j2"),
-    ),
-    (
-        "sla_executive.txt",
-        include_str!("../templates/sla_executive.txt.j2"),
-    ),
-    (
-        "sla_executive.html",
-        include_str!("../templates/sla_executive.html.j2"),
-    ),
-    (
-        "nurture_example.subject",
-        include_str!("../templates/nurture_example.subject.j2"),
-    ),
-    (
-        "nurture_example.txt",
-        include_str!("../templates/nurture_example.txt.j2"),
-    ),
-    (
-        "nurture_example.html",
-        include_str!("../templates/nurture_example.html.j2"),
-    ),
+    ("sla_alert.subject", include_str!("../templates/sla_alert.subject.j2")),
+    ("sla_alert.txt", include_str!("../templates/sla_alert.txt.j2")),
+    ("sla_alert.html", include_str!("../templates/sla_alert.html.j2")),
+    ("sla_reminder.subject", include_str!("../templates/sla_reminder.subject.j2")),
+    ("sla_reminder.txt", include_str!("../templates/sla_reminder.txt.j2")),
+    ("sla_reminder.html", include_str!("../templates/sla_reminder.html.j2")),
+    ("sla_manager.subject", include_str!("../templates/sla_manager.subject.j2")),
+    ("sla_manager.txt", include_str!("../templates/sla_manager.txt.j2")),
+    ("sla_manager.html", include_str!("../templates/sla_manager.html.j2")),
+    ("sla_executive.subject", include_str!("../templates/sla_executive.subject.j2")),
+    ("sla_executive.txt", include_str!("../templates/sla_executive.txt.j2")),
+    ("sla_executive.html", include_str!("../templates/sla_executive.html.j2")),
+    ("nurture_example.subject", include_str!("../templates/nurture_example.subject.j2")),
+    ("nurture_example.txt", include_str!("../templates/nurture_example.txt.j2")),
+    ("nurture_example.html", include_str!("../templates/nurture_example.html.j2")),
 ];
 
 /// A problem with a template, located in its file.
@@ -124,21 +79,12 @@ impl Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|name| {
-            if name.ends_with(".html") {
-                AutoEscape::Html
-            } else {
-                AutoEscape::None
-            }
+            if name.ends_with(".html") { AutoEscape::Html } else { AutoEscape::None }
         });
         env.set_keep_trailing_newline(false);
         let mut sources: BTreeMap<String, (String, String)> = BUILT_IN
             .iter()
-            .map(|(name, text)| {
-                (
-                    (*name).to_owned(),
-                    (format!("built-in:{name}"), (*text).to_owned()),
-                )
-            })
+            .map(|(name, text)| ((*name).to_owned(), (format!("built-in:{name}"), (*text).to_owned())))
             .collect();
         if let Some(dir) = dir {
             let entries = std::fs::read_dir(dir).map_err(|e| TemplateProblem {
@@ -146,14 +92,11 @@ impl Templates {
                 line: 0,
                 message: format!("cannot read templates directory: {e}"),
             })?;
-            let mut files: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             files.sort();
             for path in files {
-                let Some(name) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".j2"))
+                let Some(name) =
+                    path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".j2"))
                 else {
                     continue;
                 };
@@ -172,19 +115,12 @@ impl Templates {
                 load_problems.push(TemplateProblem {
                     file: file.clone(),
                     line: error.line().unwrap_or(0),
-                    message: format!(
-                        "syntax error: {}",
-                        error.detail().unwrap_or("invalid template")
-                    ),
+                    message: format!("syntax error: {}", error.detail().unwrap_or("invalid template")),
                 });
             }
             origin.insert(name, file);
         }
-        Ok(Self {
-            env,
-            origin,
-            load_problems,
-        })
+        Ok(Self { env, origin, load_problems })
     }
 
     /// The template names (without part) that have all three parts.
@@ -192,9 +128,7 @@ impl Templates {
         let mut names = BTreeSet::new();
         for full in self.origin.keys() {
             if let Some((name, _)) = full.rsplit_once('.')
-                && PARTS
-                    .iter()
-                    .all(|part| self.origin.contains_key(&format!("{name}.{part}")))
+                && PARTS.iter().all(|part| self.origin.contains_key(&format!("{name}.{part}")))
             {
                 names.insert(name.to_owned());
             }
@@ -205,20 +139,12 @@ impl Templates {
     pub fn render(&self, name: &str, vars: &Value) -> Result<Rendered, RenderError> {
         let part = |part: &str| -> Result<String, RenderError> {
             let full = format!("{name}.{part}");
-            let template = self
-                .env
-                .get_template(&full)
-                .map_err(|_| RenderError::Unknown(name.to_owned()))?;
-            template.render(vars).map_err(|e| RenderError::Render {
-                name: full.clone(),
-                message: describe(&e),
-            })
+            let template = self.env.get_template(&full).map_err(|_| RenderError::Unknown(name.to_owned()))?;
+            template
+                .render(vars)
+                .map_err(|e| RenderError::Render { name: full.clone(), message: describe(&e) })
         };
-        Ok(Rendered {
-            subject: single_line(&part("subject")?),
-            text: part("txt")?,
-            html: part("html")?,
-        })
+        Ok(Rendered { subject: single_line(&part("subject")?), text: part("txt")?, html: part("html")? })
     }
 
     /// Every problem with the templates named in `required` (and any loaded ones that fail
@@ -287,10 +213,7 @@ fn line_of(source: &str, variable: &str) -> usize {
 /// Subjects are one line: any CR, LF or other control character becomes a space, so lead data
 /// cannot start a new header.
 pub fn single_line(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let cleaned: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -340,11 +263,7 @@ pub fn known_variables() -> BTreeSet<String> {
         }
         if let Value::Object(map) = value {
             for (key, child) in map {
-                let path = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                 walk(&path, child, out);
             }
         }
@@ -358,13 +277,8 @@ pub fn known_variables() -> BTreeSet<String> {
 mod tests {
     use super::*;
 
-    const REQUIRED: &[&str] = &[
-        "sla_alert",
-        "sla_reminder",
-        "sla_manager",
-        "sla_executive",
-        "nurture_example",
-    ];
+    const REQUIRED: &[&str] =
+        &["sla_alert", "sla_reminder", "sla_manager", "sla_executive", "nurture_example"];
 
     #[test]
     fn built_in_templates_validate_and_render() {
@@ -372,10 +286,7 @@ mod tests {
         assert_eq!(templates.validate(REQUIRED), vec![]);
         for name in REQUIRED {
             let rendered = templates.render(name, &sample_vars(name)).expect("render");
-            assert!(
-                !rendered.subject.is_empty() && !rendered.subject.contains('\n'),
-                "{name}: {rendered:?}"
-            );
+            assert!(!rendered.subject.is_empty() && !rendered.subject.contains('\n'), "{name}: {rendered:?}");
             assert!(rendered.text.contains("Ana"), "{name}: {}", rendered.text);
         }
     }
@@ -387,9 +298,7 @@ mod tests {
         vars["lead"]["company"] = json!("<script>Acme & Co</script>");
         let rendered = templates.render("sla_alert", &vars).expect("render");
         assert!(
-            rendered
-                .html
-                .contains("&lt;script&gt;Acme &amp; Co&lt;&#x2f;script&gt;"),
+            rendered.html.contains("&lt;script&gt;Acme &amp; Co&lt;&#x2f;script&gt;"),
             "{}",
             rendered.html
         );
@@ -404,9 +313,7 @@ mod tests {
         let rendered = templates.render("sla_alert", &vars).expect("render");
         assert!(!rendered.subject.contains('\r') && !rendered.subject.contains('\n'));
         assert!(
-            rendered
-                .subject
-                .starts_with("New lead for you: Ana Bcc: victim@example.com"),
+            rendered.subject.starts_with("New lead for you: Ana Bcc: victim@example.com"),
             "{}",
             rendered.subject
         );
@@ -420,31 +327,18 @@ mod tests {
             "Hello {{ owner.name }}\nLead: {{ lead.frist_name }}\n",
         )
         .expect("write");
-        std::fs::write(
-            dir.path().join("sla_reminder.html.j2"),
-            "<p>\n{% if lead.name %}\nno end\n",
-        )
-        .expect("write");
+        std::fs::write(dir.path().join("sla_reminder.html.j2"), "<p>\n{% if lead.name %}\nno end\n")
+            .expect("write");
         let templates = Templates::load(Some(dir.path())).expect("load");
-        let problems: Vec<String> = templates
-            .validate(REQUIRED)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let problems: Vec<String> = templates.validate(REQUIRED).iter().map(ToString::to_string).collect();
         let alert = dir.path().join("sla_alert.txt.j2").display().to_string();
-        let reminder = dir
-            .path()
-            .join("sla_reminder.html.j2")
-            .display()
-            .to_string();
+        let reminder = dir.path().join("sla_reminder.html.j2").display().to_string();
         assert!(
             problems.contains(&format!("{alert}:2: unknown variable `lead.frist_name`")),
             "{problems:#?}"
         );
         assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with(&format!("{reminder}:")) && p.contains("syntax error")),
+            problems.iter().any(|p| p.starts_with(&format!("{reminder}:")) && p.contains("syntax error")),
             "{problems:#?}"
         );
     }
@@ -454,9 +348,7 @@ mod tests {
         let templates = Templates::load(None).expect("load");
         let mut vars = sample_vars("sla_manager");
         vars.as_object_mut().expect("object").remove("manager");
-        let error = templates
-            .render("sla_manager", &vars)
-            .expect_err("strict undefined");
+        let error = templates.render("sla_manager", &vars).expect_err("strict undefined");
         assert!(error.to_string().contains("sla_manager"), "{error}");
     }
 }

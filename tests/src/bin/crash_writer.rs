@@ -15,17 +15,13 @@ const WRITERS: u64 = 4;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: leadloop-crash-writer STATE_DIR FIRST_N"))?;
+    let dir = args.next().ok_or_else(|| anyhow::anyhow!("usage: leadloop-crash-writer STATE_DIR FIRST_N"))?;
     let first: u64 = args.next().unwrap_or_else(|| "0".into()).parse()?;
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir))?;
     let next = Arc::new(AtomicU64::new(first));
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     {
-        let mut out = stdout
-            .lock()
-            .map_err(|_| anyhow::anyhow!("stdout poisoned"))?;
+        let mut out = stdout.lock().map_err(|_| anyhow::anyhow!("stdout poisoned"))?;
         writeln!(out, "open")?;
         out.flush()?;
     }
@@ -36,9 +32,7 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
                 store.commit(leadloop_tests::crash_batch(n)).await?;
-                let mut out = stdout
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("stdout poisoned"))?;
+                let mut out = stdout.lock().map_err(|_| anyhow::anyhow!("stdout poisoned"))?;
                 writeln!(out, "durable {n}")?;
                 out.flush()?;
             }

@@ -41,11 +41,7 @@ async fn sigkill_during_writes_loses_nothing_acknowledged() {
             }
         });
         // Wait until the store is open, then let it write for a random while.
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(30))
-                .expect("writer opened"),
-            "open"
-        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).expect("writer opened"), "open");
         let run_for = Duration::from_millis(rng.random_range(5..150));
         std::thread::sleep(run_for);
         // SIGKILL: no destructors, no flush.
@@ -73,28 +69,17 @@ async fn sigkill_during_writes_loses_nothing_acknowledged() {
             }
         }
         let lost: Vec<_> = acknowledged.difference(&present).collect();
-        assert!(
-            lost.is_empty(),
-            "cycle {cycle}: acknowledged but lost: {lost:?}"
-        );
+        assert!(lost.is_empty(), "cycle {cycle}: acknowledged but lost: {lost:?}");
         // Every batch present is whole: history, timer and outbox entry came with the lead.
         for &n in &present {
             let history = store.history(&lead_id(n)).await.expect("history");
-            assert_eq!(
-                history.len(),
-                2,
-                "cycle {cycle}: lead {n} has partial history {history:?}"
-            );
+            assert_eq!(history.len(), 2, "cycle {cycle}: lead {n} has partial history {history:?}");
             assert!(
                 store.timer(&timer_key(n)).await.expect("timer").is_some(),
                 "cycle {cycle}: lead {n} lacks its timer"
             );
             assert!(
-                store
-                    .outbox_entry(&outbox_key(n))
-                    .await
-                    .expect("outbox")
-                    .is_some(),
+                store.outbox_entry(&outbox_key(n)).await.expect("outbox").is_some(),
                 "cycle {cycle}: lead {n} lacks its outbox entry"
             );
         }
@@ -103,17 +88,10 @@ async fn sigkill_during_writes_loses_nothing_acknowledged() {
             acknowledged.len(),
             present.len()
         );
-        next_first = present
-            .iter()
-            .max()
-            .map_or(0, |n| n + 1)
-            .max(acknowledged.iter().max().map_or(0, |n| n + 1))
-            + 1000;
+        next_first =
+            present.iter().max().map_or(0, |n| n + 1).max(acknowledged.iter().max().map_or(0, |n| n + 1))
+                + 1000;
         drop(store);
     }
-    assert!(
-        acknowledged.len() > CYCLES,
-        "the writer must have acknowledged writes: {}",
-        acknowledged.len()
-    );
+    assert!(acknowledged.len() > CYCLES, "the writer must have acknowledged writes: {}", acknowledged.len());
 }

@@ -132,23 +132,14 @@ fn node(path: String, key: Range<usize>, value: &toml::Spanned<DeValue<'_>>) -> 
     };
     let value_span = value.span();
     let start = key.start.min(value_span.start);
-    let end = children
-        .iter()
-        .map(|c| c.extent.end)
-        .fold(key.end.max(value_span.end), usize::max);
-    Node {
-        path,
-        key,
-        extent: start..end,
-        children,
-    }
+    let end = children.iter().map(|c| c.extent.end).fold(key.end.max(value_span.end), usize::max);
+    Node { path, key, extent: start..end, children }
 }
 
 /// The deepest entry whose extent holds `at`.
 fn deepest(nodes: &[Node], at: usize) -> Option<&Node> {
-    let found = nodes
-        .iter()
-        .find(|n| n.extent.contains(&at) || (n.extent.is_empty() && n.extent.start == at))?;
+    let found =
+        nodes.iter().find(|n| n.extent.contains(&at) || (n.extent.is_empty() && n.extent.start == at))?;
     Some(deepest(&found.children, at).unwrap_or(found))
 }
 
@@ -171,10 +162,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i + 1);
+    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let column = text[line_start..offset].chars().count() + 1;
     (line, column)
 }
@@ -183,26 +171,12 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 /// a trailing comment), so blanking leaves valid TOML behind.
 fn widen(text: &str, range: Range<usize>) -> Range<usize> {
     let bytes = text.as_bytes();
-    let line_start = bytes[..range.start]
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i + 1);
-    let line_end = bytes[range.end..]
-        .iter()
-        .position(|b| *b == b'\n')
-        .map_or(text.len(), |i| range.end + i);
+    let line_start = bytes[..range.start].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let line_end = bytes[range.end..].iter().position(|b| *b == b'\n').map_or(text.len(), |i| range.end + i);
     let head = text[line_start..range.start].trim_matches(|c: char| c.is_whitespace() || c == '[');
     let tail = text[range.end..line_end].trim_matches(|c: char| c.is_whitespace() || c == ']');
-    let start = if head.is_empty() {
-        line_start
-    } else {
-        range.start
-    };
-    let end = if tail.is_empty() || tail.starts_with('#') {
-        line_end
-    } else {
-        range.end
-    };
+    let start = if head.is_empty() { line_start } else { range.start };
+    let end = if tail.is_empty() || tail.starts_with('#') { line_end } else { range.end };
     start..end
 }
 
@@ -220,14 +194,7 @@ fn blank(text: &mut String, range: Range<usize>) {
 pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics), Diagnostics> {
     let at = |offset: usize, key: String, message: String, severity| {
         let (line, column) = position(text, offset);
-        Diagnostic {
-            file: file.to_path_buf(),
-            line,
-            column,
-            key,
-            message,
-            severity,
-        }
+        Diagnostic { file: file.to_path_buf(), line, column, key, message, severity }
     };
 
     // Syntax: every error the recovering parser finds.
@@ -257,17 +224,10 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
             Err(error) => error,
         };
         let span = error.span().unwrap_or(0..0);
-        let nodes = DeTable::parse(&working)
-            .map(|t| index_table(t.get_ref(), ""))
-            .unwrap_or_default();
+        let nodes = DeTable::parse(&working).map(|t| index_table(t.get_ref(), "")).unwrap_or_default();
         let culprit = deepest(&nodes, span.start);
         let key = culprit.map(|n| n.path.clone()).unwrap_or_default();
-        findings.push(at(
-            span.start,
-            key.clone(),
-            error.message().trim().to_owned(),
-            Severity::Error,
-        ));
+        findings.push(at(span.start, key.clone(), error.message().trim().to_owned(), Severity::Error));
         let Some(culprit) = culprit else {
             return Err(Diagnostics(findings));
         };
@@ -279,9 +239,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     };
 
     // Semantics, on what parsed.
-    let nodes = DeTable::parse(text)
-        .map(|t| index_table(t.get_ref(), ""))
-        .unwrap_or_default();
+    let nodes = DeTable::parse(text).map(|t| index_table(t.get_ref(), "")).unwrap_or_default();
     let locate = |path: &str| -> usize {
         // The entry itself, or the nearest enclosing one that exists in the file.
         let mut probe = path.to_owned();
@@ -296,9 +254,10 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
         }
     };
     let mut report = |path: String, message: String, severity: Severity| {
-        if blanked.iter().any(|b| {
-            path == *b || path.starts_with(&format!("{b}.")) || path.starts_with(&format!("{b}["))
-        }) {
+        if blanked
+            .iter()
+            .any(|b| path == *b || path.starts_with(&format!("{b}.")) || path.starts_with(&format!("{b}[")))
+        {
             return;
         }
         findings.push(at(locate(&path), path, message, severity));
@@ -307,59 +266,36 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
 
     findings.sort_by_key(|d| (d.line, d.column));
     let diagnostics = Diagnostics(findings);
-    if diagnostics.has_errors() {
-        Err(diagnostics)
-    } else {
-        Ok((config, diagnostics))
-    }
+    if diagnostics.has_errors() { Err(diagnostics) } else { Ok((config, diagnostics)) }
 }
 
 fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
     let mut ids = BTreeSet::new();
     for (i, person) in config.people.iter().enumerate() {
         let path = format!("people[{i}]");
-        for (field, present) in [
-            ("id", person.id.is_some()),
-            ("email", person.email.is_some()),
-            ("name", person.name.is_some()),
-        ] {
+        for (field, present) in
+            [("id", person.id.is_some()), ("email", person.email.is_some()), ("name", person.name.is_some())]
+        {
             if !present {
-                report(
-                    path.clone(),
-                    format!("missing required key `{field}`"),
-                    Severity::Error,
-                );
+                report(path.clone(), format!("missing required key `{field}`"), Severity::Error);
             }
         }
         if let Some(id) = &person.id {
             if id.trim().is_empty() {
-                report(
-                    format!("{path}.id"),
-                    "must not be empty".into(),
-                    Severity::Error,
-                );
+                report(format!("{path}.id"), "must not be empty".into(), Severity::Error);
             } else if !ids.insert(id.clone()) {
-                report(
-                    format!("{path}.id"),
-                    format!("person `{id}` is defined twice"),
-                    Severity::Error,
-                );
+                report(format!("{path}.id"), format!("person `{id}` is defined twice"), Severity::Error);
             }
         }
         if let Some(email) = &person.email
             && !plausible_email(email)
         {
-            report(
-                format!("{path}.email"),
-                format!("`{email}` is not an email address"),
-                Severity::Error,
-            );
+            report(format!("{path}.email"), format!("`{email}` is not an email address"), Severity::Error);
         }
         if person.manager.is_none() && person.role == leadloop_core::Role::Rep {
             report(
                 path.clone(),
-                "no manager: escalations for this rep fall back to the configured fallback address"
-                    .into(),
+                "no manager: escalations for this rep fall back to the configured fallback address".into(),
                 Severity::Warning,
             );
         }
@@ -378,26 +314,15 @@ fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severit
             capacity: p.capacity,
         })
     }));
-    let index_of = |id: &PersonId| {
-        config
-            .people
-            .iter()
-            .position(|p| p.id.as_deref() == Some(id.as_str()))
-    };
+    let index_of = |id: &PersonId| config.people.iter().position(|p| p.id.as_deref() == Some(id.as_str()));
     for problem in chart.check() {
         use leadloop_core::person::OrgChartError;
         let (person, what) = match &problem {
             OrgChartError::UnknownManager { person, .. } => (person, "manager"),
-            OrgChartError::Cycle { person } | OrgChartError::SelfManaged { person } => {
-                (person, "manager")
-            }
+            OrgChartError::Cycle { person } | OrgChartError::SelfManaged { person } => (person, "manager"),
         };
         if let Some(i) = index_of(person) {
-            report(
-                format!("people[{i}].{what}"),
-                problem.to_string(),
-                Severity::Error,
-            );
+            report(format!("people[{i}].{what}"), problem.to_string(), Severity::Error);
         }
     }
 }
@@ -410,9 +335,7 @@ fn plausible_email(email: &str) -> bool {
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !email
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
 }
 
 #[cfg(test)]
@@ -422,9 +345,7 @@ mod tests {
     /// Runs the checks on `input` and compares the rendered findings with `expect`.
     fn check(input: &str, expect: &[&str]) {
         let rendered: Vec<String> = match parse_and_check(Path::new("t.toml"), input) {
-            Ok((_, diagnostics)) | Err(diagnostics) => {
-                diagnostics.iter().map(ToString::to_string).collect()
-            }
+            Ok((_, diagnostics)) | Err(diagnostics) => diagnostics.iter().map(ToString::to_string).collect(),
         };
         assert_eq!(rendered, expect, "input:\n{input}");
     }
@@ -451,19 +372,14 @@ role = "manager"
 
     #[test]
     fn unknown_keys_are_all_reported_with_lines() {
-        let input =
-            format!("[daemon]\nbogus = 1\nmax_idle = \"5s\"\n{PEOPLE}\nalso_bogus = true\n");
+        let input = format!("[daemon]\nbogus = 1\nmax_idle = \"5s\"\n{PEOPLE}\nalso_bogus = true\n");
         let found = match parse_and_check(Path::new("t.toml"), &input) {
             Err(d) => d,
             Ok(_) => panic!("must fail"),
         };
         let lines: Vec<_> = found.iter().map(|d| (d.line, d.key.as_str())).collect();
         assert_eq!(lines, [(2, "daemon.bogus"), (17, "people[1].also_bogus")]);
-        assert!(
-            found.0[0].message.contains("unknown field `bogus`"),
-            "{}",
-            found.0[0].message
-        );
+        assert!(found.0[0].message.contains("unknown field `bogus`"), "{}", found.0[0].message);
     }
 
     #[test]
@@ -509,10 +425,7 @@ role = "manager"
 
     #[test]
     fn syntax_errors_name_line_and_column() {
-        check(
-            "[daemon\nstate_dir = 1\n",
-            &["t.toml:1:8: unclosed table, expected `]`"],
-        );
+        check("[daemon\nstate_dir = 1\n", &["t.toml:1:8: unclosed table, expected `]`"]);
     }
 
     #[test]

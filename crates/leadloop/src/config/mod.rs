@@ -79,10 +79,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            engine: StoreEngine::Sled,
-            cache_mb: 64,
-        }
+        Self { engine: StoreEngine::Sled, cache_mb: 64 }
     }
 }
 
@@ -125,10 +122,7 @@ impl PersonConfig {
 impl Config {
     /// The people in config, as the domain sees them.
     pub fn people(&self) -> Vec<Person> {
-        self.people
-            .iter()
-            .filter_map(PersonConfig::to_person)
-            .collect()
+        self.people.iter().filter_map(PersonConfig::to_person).collect()
     }
 }
 
@@ -136,10 +130,7 @@ impl Config {
 /// config and any warnings.
 pub fn load(path: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Diagnostics::single(Diagnostic::file_error(
-            path,
-            format!("cannot read config file: {e}"),
-        ))
+        Diagnostics::single(Diagnostic::file_error(path, format!("cannot read config file: {e}")))
     })?;
     load_str(path, &text)
 }
