@@ -1,5 +1,8 @@
-//! Harnesses shared by leadloop's end-to-end tests: the crash-test writer's record shape and
-//! the checks run after each crash.
+//! Harnesses shared by leadloop's end-to-end tests: the crash-test writer's record shape, a
+//! test PKI, and real peers started on loopback.
+
+pub mod pki;
+pub mod smtp_peer;
 
 use leadloop_core::{
     Actor, Effect, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OutboxEntry, Timer,

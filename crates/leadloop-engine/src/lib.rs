@@ -7,6 +7,7 @@
 //! tests in virtual time: call [`Engine::tick`] after moving the clock.
 
 mod apply;
+pub mod relay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,6 +18,7 @@ use leadloop_store::{Batch, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub use apply::decision_batch;
+pub use relay::{EmailRelay, RelayConfig, RelayReport};
 
 /// The most timers handled in one tick; the rest wait for the next, which follows at once.
 pub const TICK_LIMIT: usize = 512;

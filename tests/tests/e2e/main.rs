@@ -1,3 +1,4 @@
 //! leadloop's end-to-end tests: one integration-test binary, one module per area.
 
 mod crash;
+mod email;

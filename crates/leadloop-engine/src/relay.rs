@@ -1,0 +1,497 @@
+//! The email outbox relay: takes pending email effects from the store, sends them through the
+//! [`Mailer`], and records the outcome only after the server answered.
+//!
+//! - Sent (250): marked done. A crash before that is recorded resends the message once, with
+//!   the same `Message-ID` (derived from the idempotency key).
+//! - Transient failure (4xx, timeout, connection lost, authentication refused): retried with
+//!   exponential backoff and jitter; SLA mail forever, nurture mail up to `nurture_max_age`.
+//! - Permanent failure (5xx): recorded with the server's reply, never retried. A hard bounce
+//!   on the lead's own address moves the lead to Graveyard and suppresses the address.
+//! - Suppressed recipients (opt-outs, hard bounces) are removed at send time; a message left
+//!   with no recipient is dropped with the reason.
+//! - Global and per-recipient-domain rate limits hold messages back without counting an
+//!   attempt.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use futures::StreamExt;
+use leadloop_core::connector::{ConnectorError, OutgoingEmail};
+use leadloop_core::stage::check as check_transition;
+use leadloop_core::{
+    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, Mailer, OutboxEntry, OutboxState, Stage,
+    Suppression, Timestamp,
+};
+use leadloop_store::{Batch, Store};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::EngineError;
+
+/// How the relay paces and retries.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// First retry delay; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Nurture mail still failing this long after it was queued is given up.
+    pub nurture_max_age: Duration,
+    /// Messages per second in all; `None` is unlimited.
+    pub rate_per_second: Option<f64>,
+    /// Messages per second to one recipient domain; `None` is unlimited.
+    pub per_domain_per_second: Option<f64>,
+    /// Messages in flight at once.
+    pub concurrency: usize,
+    /// Entries taken per round.
+    pub batch: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(3600),
+            nurture_max_age: Duration::from_secs(3 * 24 * 3600),
+            rate_per_second: None,
+            per_domain_per_second: None,
+            concurrency: 8,
+            batch: 256,
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayReport {
+    pub sent: usize,
+    pub retried: usize,
+    pub failed: usize,
+    pub dropped: usize,
+    /// Held back by a rate limit, to go in a later round.
+    pub throttled: usize,
+    /// Leads moved to Graveyard by a hard bounce.
+    pub graveyarded: usize,
+}
+
+impl RelayReport {
+    pub fn handled(&self) -> usize {
+        self.sent + self.retried + self.failed + self.dropped
+    }
+}
+
+/// A token bucket in the relay's (possibly virtual) time.
+#[derive(Debug, Clone)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Timestamp,
+}
+
+impl Bucket {
+    fn new(rate: f64, now: Timestamp) -> Self {
+        Self { rate, tokens: rate.max(1.0), at: now }
+    }
+
+    fn refill(&mut self, now: Timestamp) {
+        let elapsed = (now - self.at).num_milliseconds().max(0) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(1.0));
+        self.at = self.at.max(now);
+    }
+
+    fn available(&mut self, now: Timestamp) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+}
+
+#[derive(Debug, Default)]
+struct Limiter {
+    global: Option<Bucket>,
+    domains: HashMap<String, Bucket>,
+}
+
+pub struct EmailRelay {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    mailer: Arc<dyn Mailer>,
+    config: RelayConfig,
+    limiter: Mutex<Limiter>,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for EmailRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailRelay")
+            .field("mailer", &self.mailer.name())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+enum Outcome {
+    Sent { reply: String },
+    Retry { error: String },
+    Failed { reason: String, hard_bounce: Option<String> },
+    Dropped { reason: String },
+}
+
+impl EmailRelay {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        mailer: Arc<dyn Mailer>,
+        config: RelayConfig,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            mailer,
+            config,
+            limiter: Mutex::new(Limiter::default()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notify this to make a sleeping relay look at the outbox at once (after an enqueue).
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// One round: everything ready now, within the rate limits.
+    pub async fn run_once(&self) -> Result<RelayReport, EngineError> {
+        let now = self.clock.now();
+        let ready = self.store.outbox_ready(Channel::Email, now, self.config.batch).await?;
+        let mut report = RelayReport::default();
+        let mut sends = Vec::new();
+        for entry in ready {
+            let Effect::Email { kind, template, to, cc, lead_id: _, vars } = &entry.effect else { continue };
+            let (to, removed_to) = self.unsuppressed(to).await?;
+            let (cc, removed_cc) = self.unsuppressed(cc).await?;
+            if to.is_empty() {
+                let mut removed = removed_to;
+                removed.extend(removed_cc);
+                let reason = if removed.is_empty() {
+                    "no recipient".to_owned()
+                } else {
+                    format!("all recipients suppressed: {}", removed.join(", "))
+                };
+                self.finish(entry, Outcome::Dropped { reason }, &mut report).await?;
+                continue;
+            }
+            if kind == "nurture" && age(&entry, now) > self.config.nurture_max_age {
+                let reason =
+                    format!("gave up: still undelivered {} after it was queued", human(age(&entry, now)));
+                self.finish(entry, Outcome::Failed { reason, hard_bounce: None }, &mut report).await?;
+                continue;
+            }
+            if !self.admit(&to, now) {
+                report.throttled += 1;
+                continue;
+            }
+            let email = OutgoingEmail {
+                key: entry.key.clone(),
+                kind: kind.clone(),
+                template: template.clone(),
+                to,
+                cc,
+                vars: vars.clone(),
+            };
+            sends.push((entry, email));
+        }
+
+        let mailer = &self.mailer;
+        let mut results = futures::stream::iter(sends)
+            .map(|(entry, email)| async move {
+                let result = mailer.send(&email).await;
+                (entry, email, result)
+            })
+            .buffer_unordered(self.config.concurrency.max(1));
+        while let Some((entry, email, result)) = results.next().await {
+            let outcome = match result {
+                Ok(receipt) => Outcome::Sent { reply: receipt.reply },
+                Err(ConnectorError::Permanent { message }) => {
+                    Outcome::Failed { hard_bounce: hard_bounced(&message, &email), reason: message }
+                }
+                Err(error) => Outcome::Retry { error: error.to_string() },
+            };
+            self.finish(entry, outcome, &mut report).await?;
+        }
+        gauge_queue(self.store.as_ref(), self.clock.now()).await;
+        Ok(report)
+    }
+
+    /// Rounds until `shutdown`; sleeps until woken or the next retry is due, at most `max_idle`.
+    pub async fn run(&self, shutdown: CancellationToken, max_idle: Duration) {
+        loop {
+            let wait = match self.run_once().await {
+                Ok(report) if report.handled() > 0 => Duration::ZERO,
+                Ok(report) if report.throttled > 0 => Duration::from_millis(100),
+                Ok(_) => match self.store.outbox_pending(Channel::Email).await {
+                    Ok((_, Some(next))) => {
+                        (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO).min(max_idle)
+                    }
+                    _ => max_idle,
+                },
+                Err(error) => {
+                    tracing::error!(%error, "email relay round failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            if wait.is_zero() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn unsuppressed(&self, addresses: &[String]) -> Result<(Vec<String>, Vec<String>), EngineError> {
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for address in addresses {
+            if self.store.suppression(address).await?.is_some() {
+                removed.push(address.clone());
+                metrics::counter!("leadloop_email_suppressed_total").increment(1);
+            } else {
+                kept.push(address.clone());
+            }
+        }
+        Ok((kept, removed))
+    }
+
+    /// Takes a token from the global bucket and the first recipient's domain bucket.
+    fn admit(&self, to: &[String], now: Timestamp) -> bool {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let domain = to
+            .first()
+            .and_then(|a| a.rsplit_once('@'))
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        if let Some(rate) = self.config.rate_per_second {
+            let bucket = limiter.global.get_or_insert_with(|| Bucket::new(rate, now));
+            if !bucket.available(now) {
+                return false;
+            }
+        }
+        if let Some(rate) = self.config.per_domain_per_second {
+            let bucket = limiter.domains.entry(domain.clone()).or_insert_with(|| Bucket::new(rate, now));
+            if !bucket.available(now) {
+                return false;
+            }
+            bucket.tokens -= 1.0;
+        }
+        if let Some(global) = limiter.global.as_mut() {
+            global.tokens -= 1.0;
+        }
+        true
+    }
+
+    async fn finish(
+        &self,
+        mut entry: OutboxEntry,
+        outcome: Outcome,
+        report: &mut RelayReport,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let lead_id = entry.effect.lead_id().cloned();
+        let kind = match &entry.effect {
+            Effect::Email { kind, .. } => kind.clone(),
+            _ => String::new(),
+        };
+        let mut batch = Batch::new();
+        let mut history = Vec::new();
+        match outcome {
+            Outcome::Sent { reply } => {
+                entry.attempts += 1;
+                entry.state = OutboxState::Done { at: now };
+                entry.last_error = None;
+                history.push(EventKind::EffectDone { key: entry.key.clone() });
+                tracing::info!(key = %entry.key, %kind, %reply, "email sent");
+                metrics::counter!("leadloop_email_sent_total", "kind" => kind).increment(1);
+                report.sent += 1;
+            }
+            Outcome::Retry { error } => {
+                entry.attempts += 1;
+                let delay = backoff(&self.config, entry.key.as_str(), entry.attempts);
+                let next = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+                if kind == "nurture"
+                    && (next - entry.created_at).to_std().unwrap_or_default() > self.config.nurture_max_age
+                {
+                    let reason = format!("gave up after {} attempts: {error}", entry.attempts);
+                    entry.state = OutboxState::Failed { at: now, reason: reason.clone() };
+                    history.push(EventKind::EffectFailed { key: entry.key.clone(), reason });
+                    metrics::counter!("leadloop_email_failed_total", "kind" => kind).increment(1);
+                    report.failed += 1;
+                } else {
+                    tracing::warn!(key = %entry.key, attempts = entry.attempts, retry_in_s = delay.as_secs(), %error, "email send failed; will retry");
+                    entry.next_attempt_at = next;
+                    entry.last_error = Some(error);
+                    metrics::counter!("leadloop_email_retried_total", "kind" => kind).increment(1);
+                    report.retried += 1;
+                }
+            }
+            Outcome::Failed { reason, hard_bounce } => {
+                entry.attempts += 1;
+                tracing::error!(key = %entry.key, %kind, %reason, "email refused for good; not retrying");
+                entry.state = OutboxState::Failed { at: now, reason: reason.clone() };
+                history.push(EventKind::EffectFailed { key: entry.key.clone(), reason: reason.clone() });
+                metrics::counter!("leadloop_email_failed_total", "kind" => kind).increment(1);
+                report.failed += 1;
+                if let (Some(address), Some(id)) = (hard_bounce, &lead_id) {
+                    batch.suppress(Suppression {
+                        address,
+                        reason: format!("hard bounce: {reason}"),
+                        at: now,
+                    });
+                    if let Some(mut record) = self.store.lead(id).await? {
+                        let actor = Actor::Rule { name: "hard-bounce".into() };
+                        if check_transition(record.stage, Stage::Graveyard, &actor).is_ok() {
+                            let from = record.stage;
+                            record.stage = Stage::Graveyard;
+                            record.stage_since = now;
+                            record.updated_at = now;
+                            record.version += 1;
+                            batch.put_lead(record);
+                            batch.append_history(
+                                id.clone(),
+                                HistoryEvent::new(
+                                    now,
+                                    actor,
+                                    EventKind::StageChanged {
+                                        from,
+                                        to: Stage::Graveyard,
+                                        reason: format!("hard bounce: {reason}"),
+                                    },
+                                ),
+                            );
+                            report.graveyarded += 1;
+                        }
+                    }
+                }
+            }
+            Outcome::Dropped { reason } => {
+                tracing::warn!(key = %entry.key, %kind, %reason, "email dropped");
+                entry.state = OutboxState::Dropped { at: now, reason: reason.clone() };
+                history.push(EventKind::EffectFailed { key: entry.key.clone(), reason });
+                metrics::counter!("leadloop_email_dropped_total", "kind" => kind).increment(1);
+                report.dropped += 1;
+            }
+        }
+        if let Some(id) = &lead_id {
+            for event in history {
+                batch.append_history(id.clone(), HistoryEvent::new(now, Actor::System, event));
+            }
+        }
+        batch.update_outbox(entry);
+        self.store.commit(batch).await?;
+        Ok(())
+    }
+}
+
+fn age(entry: &OutboxEntry, now: Timestamp) -> Duration {
+    (now - entry.created_at).to_std().unwrap_or_default()
+}
+
+fn human(d: Duration) -> String {
+    let hours = d.as_secs() / 3600;
+    if hours >= 48 { format!("{} days", hours / 24) } else { format!("{hours} hours") }
+}
+
+/// `retry_base · 2^(attempts−1)`, capped at `retry_max`, then spread by ±20 % with jitter
+/// derived from the key and attempt, so retries of many messages do not arrive together and
+/// a run in virtual time is still repeatable.
+pub fn backoff(config: &RelayConfig, key: &str, attempts: u32) -> Duration {
+    let exp = config.retry_base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+    let capped = exp.min(config.retry_max);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes().chain(attempts.to_le_bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let factor = 0.8 + (hash % 4001) as f64 / 10_000.0;
+    capped.mul_f64(factor)
+}
+
+/// The lead's address, if the server's permanent refusal was about it: the reply names it,
+/// or it is the only recipient.
+fn hard_bounced(reply: &str, email: &OutgoingEmail) -> Option<String> {
+    let mailbox_unknown =
+        ["550", "551", "553", "5.1.1", "5.1.0", "5.1.10"].iter().any(|code| reply.contains(code));
+    if !mailbox_unknown {
+        return None;
+    }
+    let lead_email =
+        email.vars.get("lead").and_then(|l| l.get("email")).and_then(|e| e.as_str())?.to_lowercase();
+    let recipients: Vec<String> = email.to.iter().chain(&email.cc).map(|a| a.to_lowercase()).collect();
+    if !recipients.contains(&lead_email) {
+        return None;
+    }
+    (recipients.len() == 1 || reply.to_lowercase().contains(&lead_email)).then_some(lead_email)
+}
+
+async fn gauge_queue(store: &dyn Store, now: Timestamp) {
+    if let Ok((depth, earliest)) = store.outbox_pending(Channel::Email).await {
+        metrics::gauge!("leadloop_email_queue_depth").set(depth as f64);
+        let overdue = earliest.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
+        metrics::gauge!("leadloop_email_oldest_due_seconds").set(overdue);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_within_twenty_percent() {
+        let config = RelayConfig::default();
+        let base = config.retry_base.as_secs_f64();
+        for attempts in 1..=12u32 {
+            let d = backoff(&config, "k", attempts).as_secs_f64();
+            let nominal = (base * 2f64.powi(attempts as i32 - 1)).min(config.retry_max.as_secs_f64());
+            assert!(
+                d >= nominal * 0.8 - 1e-9 && d <= nominal * 1.2 + 1e-9,
+                "attempt {attempts}: {d} vs {nominal}"
+            );
+        }
+        assert_eq!(backoff(&config, "k", 3), backoff(&config, "k", 3));
+        assert_ne!(backoff(&config, "k1", 3), backoff(&config, "k2", 3));
+    }
+
+    #[test]
+    fn hard_bounce_is_only_about_the_leads_own_address() {
+        let email = |to: &[&str]| OutgoingEmail {
+            key: leadloop_core::IdempotencyKey("k".into()),
+            kind: "nurture".into(),
+            template: "t".into(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            cc: vec![],
+            vars: serde_json::json!({ "lead": { "email": "Ana@Acme.example" } }),
+        };
+        assert_eq!(
+            hard_bounced("550 5.1.1 <ana@acme.example>: user unknown", &email(&["ana@acme.example"])),
+            Some("ana@acme.example".into())
+        );
+        assert_eq!(hard_bounced("554 5.7.1 message refused", &email(&["ana@acme.example"])), None);
+        // A rep's address bounced on an alert: the lead is not at fault.
+        assert_eq!(hard_bounced("550 5.1.1 <rep@x.example>: user unknown", &email(&["rep@x.example"])), None);
+    }
+
+    #[test]
+    fn bucket_refills_with_time() {
+        let t0: Timestamp = "2026-03-02T14:00:00Z".parse().expect("instant");
+        let mut bucket = Bucket::new(2.0, t0);
+        assert!(bucket.available(t0));
+        bucket.tokens -= 2.0;
+        assert!(!bucket.available(t0));
+        assert!(!bucket.available(t0 + TimeDelta::milliseconds(400)));
+        assert!(bucket.available(t0 + TimeDelta::milliseconds(500)));
+    }
+}
