@@ -14,6 +14,7 @@ pub mod lead;
 pub mod person;
 pub mod stage;
 pub mod timer;
+pub mod vars;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use connector::{Calendar, Crm, Mailer};

@@ -63,6 +63,8 @@ pub struct Engine {
     policy: Arc<dyn Policy>,
     /// Unix seconds of the loop's last turn; the systemd watchdog pings only while it moves.
     heartbeat: Arc<AtomicI64>,
+    /// Woken after a commit queued effects, so the relay sends at once.
+    on_enqueue: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -74,7 +76,13 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, policy: Arc<dyn Policy>) -> Self {
         let heartbeat = Arc::new(AtomicI64::new(clock.now().timestamp()));
-        Self { store, clock, policy, heartbeat }
+        Self { store, clock, policy, heartbeat, on_enqueue: None }
+    }
+
+    /// Wakes `notify` whenever a tick queues effects (the email relay's waker).
+    pub fn with_waker(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.on_enqueue = Some(notify);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -111,6 +119,11 @@ impl Engine {
         if !batch.is_empty() {
             let committed = self.store.commit(batch).await?;
             report.enqueued = committed.enqueued.len();
+            if report.enqueued > 0
+                && let Some(notify) = &self.on_enqueue
+            {
+                notify.notify_one();
+            }
         }
         metrics::counter!("leadloop_timers_fired_total").increment(report.fired as u64);
         metrics::histogram!("leadloop_tick_seconds").record(started.elapsed().as_secs_f64());

@@ -32,6 +32,37 @@ pub enum Command {
     Export(BackupArgs),
     /// Load a backup into an empty state directory (verified before anything is written).
     Import(BackupArgs),
+    /// Email tools: send a test message, preview a template.
+    Email {
+        #[command(subcommand)]
+        command: EmailCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmailCommand {
+    /// Send one message through the configured mailer and print the server's reply.
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The recipient.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+    },
+    /// Render a template with sample data, or with a stored lead's data.
+    Preview {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The template name, e.g. `sla_alert`.
+        #[arg(long, value_name = "NAME")]
+        template: String,
+        /// A lead id to take the lead's data from the store.
+        #[arg(long, value_name = "ID")]
+        lead: Option<String>,
+        /// The state directory; overrides the config's.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +114,12 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::main(args),
         Command::Export(args) => backup(args, true),
         Command::Import(args) => backup(args, false),
+        Command::Email { command: EmailCommand::Test { config, to } } => {
+            crate::email_cmd::test(&config.config, &to)
+        }
+        Command::Email { command: EmailCommand::Preview { config, template, lead, state_dir } } => {
+            crate::email_cmd::preview(&config.config, &template, lead.as_deref(), state_dir)
+        }
     };
     ExitCode::from(code)
 }

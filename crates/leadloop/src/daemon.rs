@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use leadloop_core::Mailer;
 use leadloop_core::SystemClock;
-use leadloop_engine::{Engine, NoRules};
+use leadloop_engine::{EmailRelay, Engine, NoRules};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
@@ -102,8 +103,37 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         async move { axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await }
     });
 
-    let engine = Engine::new(Arc::clone(&store), Arc::new(SystemClock), Arc::new(NoRules));
+    let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
+    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(NoRules));
     let engine_stop = CancellationToken::new();
+    let relay_task = match config.email() {
+        Some(email) => {
+            let cx =
+                leadloop_plugin::BuildContext { clock: Arc::clone(&clock), shutdown: engine_stop.clone() };
+            let mailer = match email.build(&cx) {
+                Ok(mailer) => mailer,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the email connector");
+                    return exit::CONFIG;
+                }
+            };
+            tracing::info!(deliver = mailer.name(), "email connector started");
+            let relay = Arc::new(EmailRelay::new(
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                mailer,
+                config.outbox.relay(),
+            ));
+            engine = engine.with_waker(relay.waker());
+            let stop = engine_stop.clone();
+            let max_idle = config.daemon.max_idle;
+            Some(tokio::spawn(async move { relay.run(stop, max_idle).await }))
+        }
+        None => {
+            tracing::warn!("no [email] configured: email effects wait in the outbox");
+            None
+        }
+    };
     let mut engine_task = tokio::spawn({
         let engine = engine.clone();
         let stop = engine_stop.clone();
@@ -151,6 +181,13 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             "drain deadline passed; stopping with the tick in progress unfinished (it was not acknowledged)"
         );
         engine_task.abort();
+    }
+    if let Some(relay) = relay_task {
+        // A send in flight finishes or is abandoned unrecorded; either way it is resent with
+        // the same Message-ID after restart, never lost.
+        if tokio::time::timeout(grace, relay).await.is_err() {
+            tracing::warn!("email relay did not stop within the drain deadline");
+        }
     }
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(2), admin_task).await {

@@ -6,5 +6,6 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod email_cmd;
 pub mod exit;
 pub mod telemetry;

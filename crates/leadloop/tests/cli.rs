@@ -327,3 +327,76 @@ impl Drop for KillOnDrop {
         let _ = Command::new("kill").arg("-KILL").arg(self.0.to_string()).stderr(Stdio::null()).status();
     }
 }
+
+#[test]
+fn validate_locates_template_errors_and_unreadable_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).expect("mkdir");
+    std::fs::write(templates.join("sla_reminder.txt.j2"), "Hi {{ owner.name }}\n{{ lead.nmae }}\n")
+        .expect("write");
+    let config = dir.path().join("leadloop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[email]\nfrom = \"leadloop <l@corp.example>\"\ntemplates_dir = \"{}\"\n[email.smtp]\nhost = \"smtp.corp.example\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+            templates.display(),
+            dir.path().join("missing-password").display()
+        ),
+    )
+    .expect("write config");
+    let output = bin().arg("validate").arg("--config").arg(&config).output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("email.smtp.password_file: cannot read secret file"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:2: unknown variable `lead.nmae`",
+            templates.join("sla_reminder.txt.j2").display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_test_sends_through_starttls_and_prints_the_reply_without_the_password() {
+    use leadloop_tests::pki::TestPki;
+    use leadloop_tests::smtp_peer::{PASSWORD, SmtpPeer, USER};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::create(dir.path()).expect("pki");
+    let peer = SmtpPeer::start(Some(&pki)).expect("peer");
+    std::fs::write(dir.path().join("smtp_password"), PASSWORD).expect("write");
+    let config = dir.path().join("leadloop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[email]\nfrom = \"leadloop <l@corp.example>\"\n[email.smtp]\nhost = \"localhost\"\nport = {}\nusername = \"{USER}\"\npassword_file = \"smtp_password\"\nca_file = \"{}\"\n",
+            peer.port,
+            pki.ca_pem.display()
+        ),
+    )
+    .expect("write config");
+    let output = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let credentials = dir.path().to_path_buf();
+        move || {
+            bin()
+                .args(["email", "test", "--to", "rep@corp.example", "--config"])
+                .arg(&config)
+                .env("CREDENTIALS_DIRECTORY", credentials)
+                .output()
+                .expect("run")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("@corp.example> 250"), "{stdout}");
+    assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+    let messages = peer.messages().await.expect("messages");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["tls"], true);
+    assert_eq!(messages[0]["rcpt_tos"], serde_json::json!(["rep@corp.example"]));
+}

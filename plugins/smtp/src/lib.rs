@@ -62,7 +62,7 @@ pub struct EmailConfig {
     pub nurture_reply_to: Option<String>,
     /// Overrides the built-in templates with `NAME.{subject,txt,html}.j2` files.
     pub templates_dir: Option<PathBuf>,
-    /// For `deliver = "directory"`.
+    /// For `deliver = "directory"`; a relative path is taken inside the state directory.
     pub directory: Option<PathBuf>,
     /// The right-hand side of generated `Message-ID`s; defaults to the domain of `from`.
     pub message_id_domain: Option<String>,

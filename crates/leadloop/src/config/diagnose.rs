@@ -55,7 +55,10 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
         if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
+            write!(f, ":{}", self.line)?;
+            if self.column > 0 {
+                write!(f, ":{}", self.column)?;
+            }
         }
         if !self.key.is_empty() {
             write!(f, ": {}", self.key)?;
@@ -238,7 +241,8 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
         blank(&mut working, range);
     };
 
-    // Semantics, on what parsed.
+    // Semantics, on what parsed. Template problems are located in the template files.
+    let mut findings_extra = Vec::new();
     let nodes = DeTable::parse(text).map(|t| index_table(t.get_ref(), "")).unwrap_or_default();
     let locate = |path: &str| -> usize {
         // The entry itself, or the nearest enclosing one that exists in the file.
@@ -263,8 +267,11 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
         findings.push(at(locate(&path), path, message, severity));
     };
     check_people(&config, &mut report);
+    check_email(&config, &mut report, &mut findings_extra);
+    check_outbox(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
+    findings.extend(findings_extra);
     let diagnostics = Diagnostics(findings);
     if diagnostics.has_errors() { Err(diagnostics) } else { Ok((config, diagnostics)) }
 }
@@ -324,6 +331,78 @@ fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severit
         if let Some(i) = index_of(person) {
             report(format!("people[{i}].{what}"), problem.to_string(), Severity::Error);
         }
+    }
+}
+
+fn check_email(
+    config: &Config,
+    report: &mut impl FnMut(String, String, Severity),
+    extra: &mut Vec<Diagnostic>,
+) {
+    let Some(email) = &config.email else { return };
+    for (key, message) in email.check() {
+        report(format!("email.{key}"), message, Severity::Error);
+    }
+    if let Some(smtp) = &email.smtp {
+        if let Err(e) = leadloop_plugin::secret_from(
+            "password",
+            smtp.password_file.as_deref(),
+            smtp.password_env.as_deref(),
+        ) {
+            report(format!("email.smtp.{}", e.key), e.message, Severity::Error);
+        }
+        if let Some(ca) = &smtp.ca_file
+            && let Err(e) = std::fs::metadata(ca)
+        {
+            report(
+                "email.smtp.ca_file".into(),
+                format!("cannot read {}: {e}", ca.display()),
+                Severity::Error,
+            );
+        }
+        if smtp.tls == leadloop_smtp::TlsMode::Plain
+            && !["localhost", "127.0.0.1", "::1"].contains(&smtp.host.as_str())
+        {
+            report(
+                "email.smtp.tls".into(),
+                format!("tls = \"plain\" sends mail and credentials unencrypted to {}", smtp.host),
+                Severity::Warning,
+            );
+        }
+    }
+    match email.templates() {
+        Err(problem) => report("email.templates_dir".into(), problem.to_string(), Severity::Error),
+        Ok(templates) => {
+            for problem in templates.validate(leadloop_smtp::REQUIRED_TEMPLATES) {
+                extra.push(Diagnostic {
+                    file: PathBuf::from(&problem.file),
+                    line: problem.line,
+                    column: 0,
+                    key: String::new(),
+                    message: problem.message,
+                    severity: Severity::Error,
+                });
+            }
+        }
+    }
+}
+
+fn check_outbox(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let outbox = &config.outbox;
+    for (key, rate) in
+        [("rate_per_second", outbox.rate_per_second), ("per_domain_per_second", outbox.per_domain_per_second)]
+    {
+        if let Some(rate) = rate
+            && !(rate > 0.0 && rate.is_finite())
+        {
+            report(format!("outbox.{key}"), "must be a positive number".into(), Severity::Error);
+        }
+    }
+    if outbox.retry_base > outbox.retry_max {
+        report("outbox.retry_base".into(), "must not exceed retry_max".into(), Severity::Error);
+    }
+    if outbox.concurrency == 0 {
+        report("outbox.concurrency".into(), "must be at least 1".into(), Severity::Error);
     }
 }
 

@@ -24,6 +24,58 @@ pub struct Config {
     /// People leadloop routes to and escalates to, in addition to the CRM's users.
     #[serde(default)]
     pub people: Vec<PersonConfig>,
+    /// The email connector; without it, email effects wait in the outbox.
+    pub email: Option<leadloop_smtp::EmailConfig>,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// `[outbox]`: how queued effects are paced and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Emails per second in all; unset is unlimited.
+    pub rate_per_second: Option<f64>,
+    /// Emails per second to one recipient domain; unset is unlimited.
+    pub per_domain_per_second: Option<f64>,
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub retry_base: Duration,
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub retry_max: Duration,
+    /// Nurture mail still undelivered this long after it was queued is given up. SLA mail is
+    /// retried until it goes out.
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub nurture_max_age: Duration,
+    /// Emails in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        let relay = leadloop_engine::RelayConfig::default();
+        Self {
+            rate_per_second: relay.rate_per_second,
+            per_domain_per_second: relay.per_domain_per_second,
+            retry_base: relay.retry_base,
+            retry_max: relay.retry_max,
+            nurture_max_age: relay.nurture_max_age,
+            concurrency: relay.concurrency,
+        }
+    }
+}
+
+impl OutboxConfig {
+    pub fn relay(&self) -> leadloop_engine::RelayConfig {
+        leadloop_engine::RelayConfig {
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            nurture_max_age: self.nurture_max_age,
+            rate_per_second: self.rate_per_second,
+            per_domain_per_second: self.per_domain_per_second,
+            concurrency: self.concurrency.max(1),
+            ..leadloop_engine::RelayConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -120,6 +172,16 @@ impl PersonConfig {
 }
 
 impl Config {
+    /// The email connector's config with a relative `.eml` directory placed inside the state
+    /// directory.
+    pub fn email(&self) -> Option<leadloop_smtp::EmailConfig> {
+        let mut email = self.email.clone()?;
+        if let Some(dir) = email.directory.as_mut().filter(|d| d.is_relative()) {
+            *dir = self.daemon.state_dir.join(&*dir);
+        }
+        Some(email)
+    }
+
     /// The people in config, as the domain sees them.
     pub fn people(&self) -> Vec<Person> {
         self.people.iter().filter_map(PersonConfig::to_person).collect()
