@@ -1,7 +1,9 @@
-//! `leadloop-bench`: measures the store and prints a Markdown section for BENCHMARKS.md.
+//! `leadloop-bench`: measures leadloop and prints Markdown rows for BENCHMARKS.md.
 //!
-//! Usage: cargo run --release -p leadloop-bench -- [--leads N] [--timers N] [--batch N]
+//! Usage: cargo run --release -p leadloop-bench -- store [--leads N] [--timers N] [--batch N]
+//!        cargo run --release -p leadloop-bench -- smtp [--messages N]
 //!
+//! `store`:
 //! Figures: batched lead writes per second (each batch durable before the next), concurrent
 //! single-lead commits per second (group commit), the time to load N timers, due-timer
 //! lookups over N timers with none due and with 100 due (p50/p99), and the process's peak RSS.
@@ -15,7 +17,17 @@ use clap::Parser;
 use leadloop_core::{Lead, LeadRecord, Timer, TimerKey, TimerKind, Timestamp};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 
+mod smtp;
+
 #[derive(Debug, Parser)]
+enum Bench {
+    /// The store: batched writes, group commit, the timer index.
+    Store(Args),
+    /// The email relay against a real SMTP server on loopback (STARTTLS, AUTH, pooling).
+    Smtp(smtp::Args),
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Leads written in the batched-write run.
     #[arg(long, default_value_t = 200_000)]
@@ -47,7 +59,7 @@ fn lead(n: u64) -> LeadRecord {
 }
 
 /// Peak resident set size of this process, in MiB (Linux `VmHWM`).
-fn peak_rss_mib() -> f64 {
+pub fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -70,7 +82,13 @@ fn micros(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    match Bench::parse() {
+        Bench::Store(args) => store(args).await,
+        Bench::Smtp(args) => smtp::run(args).await,
+    }
+}
+
+async fn store(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
 
     // 1. Batched lead writes, each batch durable before the next.

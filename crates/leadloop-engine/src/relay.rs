@@ -178,13 +178,17 @@ impl EmailRelay {
                 } else {
                     format!("all recipients suppressed: {}", removed.join(", "))
                 };
-                self.finish(entry, Outcome::Dropped { reason }, &mut report).await?;
+                let batch = self.outcome_ops(entry, Outcome::Dropped { reason }, &mut report).await?;
+                self.store.commit(batch).await?;
                 continue;
             }
             if kind == "nurture" && age(&entry, now) > self.config.nurture_max_age {
                 let reason =
                     format!("gave up: still undelivered {} after it was queued", human(age(&entry, now)));
-                self.finish(entry, Outcome::Failed { reason, hard_bounce: None }, &mut report).await?;
+                let batch = self
+                    .outcome_ops(entry, Outcome::Failed { reason, hard_bounce: None }, &mut report)
+                    .await?;
+                self.store.commit(batch).await?;
                 continue;
             }
             if !self.admit(&to, now) {
@@ -202,22 +206,29 @@ impl EmailRelay {
             sends.push((entry, email));
         }
 
+        // Outcomes are recorded as sends complete, in batches of whatever has completed, so
+        // many messages share one durable write.
         let mailer = &self.mailer;
         let mut results = futures::stream::iter(sends)
             .map(|(entry, email)| async move {
                 let result = mailer.send(&email).await;
                 (entry, email, result)
             })
-            .buffer_unordered(self.config.concurrency.max(1));
-        while let Some((entry, email, result)) = results.next().await {
-            let outcome = match result {
-                Ok(receipt) => Outcome::Sent { reply: receipt.reply },
-                Err(ConnectorError::Permanent { message }) => {
-                    Outcome::Failed { hard_bounce: hard_bounced(&message, &email), reason: message }
-                }
-                Err(error) => Outcome::Retry { error: error.to_string() },
-            };
-            self.finish(entry, outcome, &mut report).await?;
+            .buffer_unordered(self.config.concurrency.max(1))
+            .ready_chunks(self.config.concurrency.max(1) * 4);
+        while let Some(chunk) = results.next().await {
+            let mut batch = Batch::new();
+            for (entry, email, result) in chunk {
+                let outcome = match result {
+                    Ok(receipt) => Outcome::Sent { reply: receipt.reply },
+                    Err(ConnectorError::Permanent { message }) => {
+                        Outcome::Failed { hard_bounce: hard_bounced(&message, &email), reason: message }
+                    }
+                    Err(error) => Outcome::Retry { error: error.to_string() },
+                };
+                batch.ops.extend(self.outcome_ops(entry, outcome, &mut report).await?.ops);
+            }
+            self.store.commit(batch).await?;
         }
         gauge_queue(self.store.as_ref(), self.clock.now()).await;
         Ok(report)
@@ -295,12 +306,13 @@ impl EmailRelay {
         true
     }
 
-    async fn finish(
+    /// The store changes that record `outcome` for `entry`.
+    async fn outcome_ops(
         &self,
         mut entry: OutboxEntry,
         outcome: Outcome,
         report: &mut RelayReport,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Batch, EngineError> {
         let now = self.clock.now();
         let lead_id = entry.effect.lead_id().cloned();
         let kind = match &entry.effect {
@@ -392,8 +404,7 @@ impl EmailRelay {
             }
         }
         batch.update_outbox(entry);
-        self.store.commit(batch).await?;
-        Ok(())
+        Ok(batch)
     }
 }
 

@@ -4,6 +4,7 @@
 //! trait; retries, rate limits and suppression are the outbox relay's job in the engine.
 
 pub mod message;
+mod pool;
 pub mod templates;
 
 use std::path::{Path, PathBuf};
@@ -14,10 +15,8 @@ use async_trait::async_trait;
 use leadloop_core::connector::{ConnectorError, OutgoingEmail, SendReceipt};
 use leadloop_core::{Clock, Mailer};
 use leadloop_plugin::{BuildContext, BuildError, Secret};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use serde::Deserialize;
 
 pub use message::{Composer, message_id};
@@ -168,51 +167,61 @@ impl EmailConfig {
             }
             Deliver::Smtp => {
                 let smtp = self.smtp.as_ref().ok_or_else(|| BuildError::new("email.smtp", "missing"))?;
-                Sender::Smtp(Box::new(smtp_transport(smtp)?))
+                Sender::Smtp(Box::new(smtp_pool(smtp)?))
             }
         };
         Ok(Arc::new(EmailConnector { composer, sender, clock: Arc::clone(&cx.clock) }))
     }
 }
 
-fn smtp_transport(config: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, BuildError> {
-    let tls_params = || -> Result<TlsParameters, BuildError> {
-        let mut builder = TlsParameters::builder(config.host.clone());
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                BuildError::new("email.smtp.ca_file", format!("cannot read {}: {e}", path.display()))
-            })?;
-            let cert = Certificate::from_pem(&pem)
-                .map_err(|e| BuildError::new("email.smtp.ca_file", format!("not a PEM certificate: {e}")))?;
-            builder = builder.add_root_certificate(cert);
+fn smtp_pool(config: &SmtpConfig) -> Result<pool::Pool, BuildError> {
+    let tls_params = match config.tls {
+        TlsMode::Plain => None,
+        TlsMode::Starttls | TlsMode::Smtps => {
+            let mut builder = TlsParameters::builder(config.host.clone());
+            if let Some(path) = &config.ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    BuildError::new("email.smtp.ca_file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let cert = Certificate::from_pem(&pem).map_err(|e| {
+                    BuildError::new("email.smtp.ca_file", format!("not a PEM certificate: {e}"))
+                })?;
+                builder = builder.add_root_certificate(cert);
+            }
+            Some(
+                builder
+                    .build_rustls()
+                    .map_err(|e| BuildError::new("email.smtp", format!("TLS setup failed: {e}")))?,
+            )
         }
-        builder.build_rustls().map_err(|e| BuildError::new("email.smtp", format!("TLS setup failed: {e}")))
     };
-    let (tls, default_port) = match config.tls {
-        TlsMode::Starttls => (Tls::Required(tls_params()?), 587),
-        TlsMode::Smtps => (Tls::Wrapper(tls_params()?), 465),
-        TlsMode::Plain => (Tls::None, 25),
+    let default_port = match config.tls {
+        TlsMode::Starttls => 587,
+        TlsMode::Smtps => 465,
+        TlsMode::Plain => 25,
     };
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.clone())
-        .port(config.port.unwrap_or(default_port))
-        .tls(tls)
-        .timeout(Some(config.timeout))
-        .pool_config(PoolConfig::new().max_size(config.pool_size));
     let password: Option<Secret> = leadloop_plugin::secret_from(
         "email.smtp.password",
         config.password_file.as_deref(),
         config.password_env.as_deref(),
     )?;
-    if let (Some(user), Some(password)) = (&config.username, password) {
-        builder = builder
-            .credentials(Credentials::new(user.clone(), password.expose().to_owned()))
-            .authentication(vec![Mechanism::Plain, Mechanism::Login]);
-    }
-    Ok(builder.build())
+    let credentials = match (&config.username, password) {
+        (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.expose().to_owned())),
+        _ => None,
+    };
+    let settings = pool::Settings {
+        host: config.host.clone(),
+        port: config.port.unwrap_or(default_port),
+        tls: config.tls,
+        tls_params,
+        credentials,
+        timeout: config.timeout,
+    };
+    Ok(pool::Pool::new(settings, config.pool_size))
 }
 
 enum Sender {
-    Smtp(Box<AsyncSmtpTransport<Tokio1Executor>>),
+    Smtp(Box<pool::Pool>),
     Directory(PathBuf),
 }
 
@@ -241,14 +250,7 @@ impl EmailConnector {
     /// Checks the SMTP server answers and accepts our credentials (for `validate --connect`).
     pub async fn test_connection(&self) -> Result<(), ConnectorError> {
         match &self.sender {
-            Sender::Smtp(transport) => match transport.test_connection().await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(ConnectorError::Transient {
-                    message: "server did not answer NOOP".into(),
-                    retry_after: None,
-                }),
-                Err(e) => Err(classify(&e)),
-            },
+            Sender::Smtp(pool) => pool.test().await,
             Sender::Directory(dir) => {
                 if dir.is_dir() {
                     Ok(())
@@ -275,17 +277,12 @@ impl Mailer for EmailConnector {
         let message = self.composer.compose(email, self.clock.now())?;
         let id = message_id(&email.key, self.composer.id_domain());
         match &self.sender {
-            Sender::Smtp(transport) => match transport.send(message).await {
-                Ok(response) => Ok(SendReceipt {
-                    message_id: id,
-                    reply: format!(
-                        "{} {}",
-                        response.code(),
-                        response.message().collect::<Vec<_>>().join(" ")
-                    ),
-                }),
-                Err(error) => Err(classify(&error)),
-            },
+            Sender::Smtp(pool) => {
+                let response = pool.send(message.envelope(), &message.formatted()).await?;
+                let reply =
+                    format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" "));
+                Ok(SendReceipt { message_id: id, reply })
+            }
             Sender::Directory(dir) => {
                 let path = write_eml(dir, &email.key.0, &message.formatted()).map_err(|e| {
                     ConnectorError::Transient {
