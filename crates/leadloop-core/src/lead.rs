@@ -77,6 +77,31 @@ impl Lead {
         }
     }
 
+    /// Applies a partial update as sync or `simulate` delivers it: keys present replace the
+    /// field (a JSON `null` clears it), keys absent leave it alone, unknown keys are ignored.
+    pub fn merge_json(&mut self, patch: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+        let mut current = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
+        let Some(fields) = current.as_object_mut() else { return Err("lead is not an object".into()) };
+        for (key, value) in patch {
+            if fields.contains_key(key) {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
+        let merged: Lead = serde_json::from_value(current).map_err(|e| e.to_string())?;
+        *self = merged;
+        Ok(())
+    }
+
+    /// The names of the fields that differ between `self` and `other`.
+    pub fn changed_fields(&self, other: &Lead) -> Vec<String> {
+        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+            (serde_json::to_value(self), serde_json::to_value(other))
+        else {
+            return Vec::new();
+        };
+        a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
+    }
+
     /// The domain part of the email address, lowercased.
     pub fn email_domain(&self) -> Option<String> {
         let email = self.email.as_deref()?;
@@ -96,6 +121,9 @@ pub struct LeadRecord {
     pub engagement_score: f64,
     /// The number of hand-offs so far; the current one, if any, has this number.
     pub handoffs: u32,
+    /// The hand-off whose SLA is running, if any.
+    #[serde(default)]
+    pub handoff: Option<crate::sla::Handoff>,
     pub updated_at: Timestamp,
     /// Incremented on every write; lets readers detect a concurrent change.
     pub version: u64,
@@ -110,6 +138,7 @@ impl LeadRecord {
             fit_score: 0.0,
             engagement_score: 0.0,
             handoffs: 0,
+            handoff: None,
             updated_at: now,
             version: 0,
         }
@@ -131,6 +160,22 @@ mod tests {
         assert_eq!(lead.display_name(), "Lima");
         lead.first_name = Some("Ana".into());
         assert_eq!(lead.display_name(), "Ana Lima");
+    }
+
+    #[test]
+    fn merge_replaces_given_fields_and_keeps_the_rest() {
+        let mut lead = Lead::new("00Q1");
+        lead.company = Some("Acme".into());
+        lead.status = Some("Open - Not Contacted".into());
+        let patch = serde_json::json!({ "status": "Working - Contacted", "title": null, "owner_id": "005A", "bogus": 1 });
+        let before = lead.clone();
+        lead.merge_json(patch.as_object().expect("object")).expect("merge");
+        assert_eq!(lead.status.as_deref(), Some("Working - Contacted"));
+        assert_eq!(lead.company.as_deref(), Some("Acme"));
+        assert_eq!(lead.owner_id.as_ref().map(|o| o.as_str()), Some("005A"));
+        assert_eq!(before.changed_fields(&lead), ["owner_id", "status"]);
+        let bad = serde_json::json!({ "opted_out": "yes" });
+        assert!(lead.merge_json(bad.as_object().expect("object")).is_err());
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use leadloop_core::{Clock, Decision, LeadRecord, Timer, Timestamp};
+use leadloop_core::connector::Activity;
+use leadloop_core::{
+    Actor, Clock, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OrgChart, Person,
+};
 use leadloop_store::{Batch, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -29,29 +32,14 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
-/// Decides what a due timer means. Implementations are pure: the SLA ladder and nurture
-/// tracks plug in here.
-pub trait Policy: Send + Sync {
-    /// `lead` is the timer's lead as stored now (`None` if it has none or it was deleted).
-    /// The fired timer is cancelled unless the decision sets it again.
-    fn on_timer(&self, timer: &Timer, lead: Option<&LeadRecord>, now: Timestamp) -> Decision;
-}
-
-/// A policy with no rules: due timers are cleared and nothing else happens.
-#[derive(Debug, Default)]
-pub struct NoRules;
-
-impl Policy for NoRules {
-    fn on_timer(&self, _timer: &Timer, _lead: Option<&LeadRecord>, _now: Timestamp) -> Decision {
-        Decision::default()
-    }
-}
+pub use leadloop_core::policy::{NoRules, Policy};
 
 /// What one tick did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickReport {
     pub fired: usize,
-    pub enqueued: usize,
+    /// Effects queued, in order.
+    pub enqueued: Vec<IdempotencyKey>,
     /// True when the tick hit [`TICK_LIMIT`] and more timers are due.
     pub more: bool,
 }
@@ -65,6 +53,8 @@ pub struct Engine {
     heartbeat: Arc<AtomicI64>,
     /// Woken after a commit queued effects, so the relay sends at once.
     on_enqueue: Option<Arc<tokio::sync::Notify>>,
+    /// The org chart, loaded from the store and kept current as people are synced.
+    people: Arc<std::sync::RwLock<OrgChart>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -76,13 +66,122 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, policy: Arc<dyn Policy>) -> Self {
         let heartbeat = Arc::new(AtomicI64::new(clock.now().timestamp()));
-        Self { store, clock, policy, heartbeat, on_enqueue: None }
+        Self { store, clock, policy, heartbeat, on_enqueue: None, people: Arc::default() }
     }
 
     /// Wakes `notify` whenever a tick queues effects (the email relay's waker).
     pub fn with_waker(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
         self.on_enqueue = Some(notify);
         self
+    }
+
+    /// Loads the org chart from the store; call once at start.
+    pub async fn load_people(&self) -> Result<usize, EngineError> {
+        let people = self.store.people().await?;
+        let count = people.len();
+        *self.people.write().unwrap_or_else(|p| p.into_inner()) = OrgChart::new(people);
+        Ok(count)
+    }
+
+    fn chart(&self) -> OrgChart {
+        self.people.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Commits `batch` and wakes the relay if it queued anything.
+    async fn commit(&self, batch: Batch) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let committed = self.store.commit(batch).await?;
+        if !committed.enqueued.is_empty()
+            && let Some(notify) = &self.on_enqueue
+        {
+            notify.notify_one();
+        }
+        Ok(committed.enqueued)
+    }
+
+    /// A person from the CRM or config: stored, and the org chart updated.
+    pub async fn upsert_person(&self, person: Person) -> Result<(), EngineError> {
+        let mut batch = Batch::new();
+        batch.put_person(person.clone());
+        self.store.commit(batch).await?;
+        let mut chart = self.chart();
+        let mut people: Vec<Person> = chart.people().filter(|p| p.id != person.id).cloned().collect();
+        people.push(person);
+        chart = OrgChart::new(people);
+        *self.people.write().unwrap_or_else(|p| p.into_inner()) = chart;
+        Ok(())
+    }
+
+    /// A lead as sync delivers it (whole; merge partial updates before calling). Records what
+    /// changed in the history and lets the policy decide. Returns the effects queued.
+    pub async fn upsert_lead(&self, lead: Lead) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let now = self.clock.now();
+        let before = self.store.lead(&lead.id).await?;
+        let mut events = Vec::new();
+        let after = match &before {
+            Some(old) => {
+                let fields = old.lead.changed_fields(&lead);
+                if fields.is_empty() {
+                    return Ok(Vec::new());
+                }
+                if old.lead.status != lead.status {
+                    events.push(EventKind::StatusChanged {
+                        from: old.lead.status.clone(),
+                        to: lead.status.clone(),
+                    });
+                }
+                if old.lead.owner_id != lead.owner_id {
+                    events.push(EventKind::OwnerChanged {
+                        from: old.lead.owner_id.clone(),
+                        to: lead.owner_id.clone(),
+                        reason: "changed in the CRM".into(),
+                    });
+                }
+                events.push(EventKind::Updated { fields });
+                LeadRecord { lead, updated_at: now, version: old.version + 1, ..old.clone() }
+            }
+            None => {
+                events.push(EventKind::Created);
+                LeadRecord::new(lead, now)
+            }
+        };
+        let id = after.lead.id.clone();
+        let mut decision = self.policy.on_lead(before.as_ref(), after, &self.chart(), now);
+        let mut history: Vec<HistoryEvent> =
+            events.into_iter().map(|e| HistoryEvent::new(now, Actor::System, e)).collect();
+        history.append(&mut decision.events);
+        decision.events = history;
+        self.commit(decision_batch(decision, Some(&id), now)).await
+    }
+
+    /// An activity on a lead; unknown leads are ignored (and logged).
+    pub async fn record_activity(&self, activity: Activity) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let now = self.clock.now();
+        let Some(lead) = self.store.lead(&activity.lead_id).await? else {
+            tracing::warn!(lead_id = %activity.lead_id, kind = %activity.kind, "activity for an unknown lead ignored");
+            return Ok(Vec::new());
+        };
+        let mut decision = self.policy.on_activity(&lead, &activity, &self.chart(), now);
+        decision.events.insert(
+            0,
+            HistoryEvent::new(
+                now,
+                Actor::System,
+                EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
+            ),
+        );
+        self.commit(decision_batch(decision, Some(&activity.lead_id), now)).await
+    }
+
+    /// The lead was deleted in the CRM: its record goes, its history stays.
+    pub async fn delete_lead(&self, id: &LeadId) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let now = self.clock.now();
+        let Some(lead) = self.store.lead(id).await? else { return Ok(Vec::new()) };
+        let mut decision = self.policy.on_delete(&lead, now);
+        decision.lead = None;
+        decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
+        let mut batch = decision_batch(decision, Some(id), now);
+        batch.push(leadloop_store::Op::DeleteLead(id.clone()));
+        self.commit(batch).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -105,25 +204,20 @@ impl Engine {
         let now = self.clock.now();
         let due = self.store.due_timers(now, TICK_LIMIT).await?;
         let mut report = TickReport { more: due.len() == TICK_LIMIT, ..TickReport::default() };
+        let people = self.chart();
         let mut batch = Batch::new();
         for timer in &due {
             let lead = match &timer.lead_id {
                 Some(id) => self.store.lead(id).await?,
                 None => None,
             };
-            let decision = self.policy.on_timer(timer, lead.as_ref(), now);
+            let decision = self.policy.on_timer(timer, lead.as_ref(), &people, now);
             batch.cancel_timer(timer.key.clone());
             batch.ops.extend(decision_batch(decision, timer.lead_id.as_ref(), now).ops);
             report.fired += 1;
         }
         if !batch.is_empty() {
-            let committed = self.store.commit(batch).await?;
-            report.enqueued = committed.enqueued.len();
-            if report.enqueued > 0
-                && let Some(notify) = &self.on_enqueue
-            {
-                notify.notify_one();
-            }
+            report.enqueued = self.commit(batch).await?;
         }
         metrics::counter!("leadloop_timers_fired_total").increment(report.fired as u64);
         metrics::histogram!("leadloop_tick_seconds").record(started.elapsed().as_secs_f64());

@@ -3,7 +3,8 @@
 //! context carries what it needs from the daemon.
 
 pub mod secret;
-pub mod serde_duration;
+/// Durations in config as people write them; shared with the core's policy types.
+pub use leadloop_core::serde_duration;
 
 use std::sync::Arc;
 

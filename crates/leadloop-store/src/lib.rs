@@ -61,7 +61,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// One change inside a [`Batch`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    PutLead(LeadRecord),
+    PutLead(Box<LeadRecord>),
     /// Removes the lead record; its history stays (append a `Deleted` event).
     DeleteLead(LeadId),
     /// Appends to the lead's history; the store assigns the next sequence number.
@@ -111,7 +111,7 @@ impl Batch {
     }
 
     pub fn put_lead(&mut self, lead: LeadRecord) -> &mut Self {
-        self.push(Op::PutLead(lead))
+        self.push(Op::PutLead(Box::new(lead)))
     }
 
     pub fn append_history(&mut self, lead: LeadId, event: HistoryEvent) -> &mut Self {
@@ -160,7 +160,7 @@ pub struct Committed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Record {
-    Lead { v: LeadRecord },
+    Lead { v: Box<LeadRecord> },
     Person { v: Person },
     History { lead: LeadId, seq: u64, v: HistoryEvent },
     Timer { v: Timer },

@@ -475,7 +475,7 @@ impl Store for SledStore {
         for record in records {
             match record {
                 Record::Lead { v } => {
-                    batch.put_lead(v);
+                    batch.put_lead(*v);
                 }
                 Record::Person { v } => {
                     batch.put_person(v);

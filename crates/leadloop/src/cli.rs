@@ -32,6 +32,18 @@ pub enum Command {
     Export(BackupArgs),
     /// Load a backup into an empty state directory (verified before anything is written).
     Import(BackupArgs),
+    /// Run the real engine on events in virtual time and print the effects as JSON lines.
+    Simulate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Events, one JSON object per line, ordered by `at`.
+        #[arg(long, value_name = "FILE.jsonl")]
+        events: PathBuf,
+        /// Run the clock to this instant (RFC 3339); default: until no timer is left, at most
+        /// 400 days past the last event.
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Email tools: send a test message, preview a template.
     Email {
         #[command(subcommand)]
@@ -114,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::main(args),
         Command::Export(args) => backup(args, true),
         Command::Import(args) => backup(args, false),
+        Command::Simulate { config, events, until } => crate::simulate::main(&config.config, &events, until),
         Command::Email { command: EmailCommand::Test { config, to } } => {
             crate::email_cmd::test(&config.config, &to)
         }

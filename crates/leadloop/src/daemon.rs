@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use leadloop_core::Mailer;
 use leadloop_core::SystemClock;
-use leadloop_engine::{EmailRelay, Engine, NoRules};
+use leadloop_core::sla::SlaRules;
+use leadloop_engine::{EmailRelay, Engine};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
@@ -104,7 +105,12 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     });
 
     let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
-    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(NoRules));
+    let mut engine =
+        Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(SlaRules::new(config.sla.clone())));
+    if let Err(error) = engine.load_people().await {
+        tracing::error!(%error, "cannot load people from the store");
+        return exit::STORE;
+    }
     let engine_stop = CancellationToken::new();
     let relay_task = match config.email() {
         Some(email) => {
@@ -158,7 +164,12 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received; draining"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received; draining"); break; }
-            _ = hup.recv() => reload(&config_path, &args, &mut config, store.as_ref()).await,
+            _ = hup.recv() => {
+                reload(&config_path, &args, &mut config, store.as_ref()).await;
+                if let Err(error) = engine.load_people().await {
+                    tracing::error!(%error, "cannot reload people from the store");
+                }
+            }
             result = &mut engine_task => {
                 engine_ended = true;
                 match result {

@@ -8,4 +8,5 @@ pub mod config;
 pub mod daemon;
 pub mod email_cmd;
 pub mod exit;
+pub mod simulate;
 pub mod telemetry;

@@ -28,6 +28,9 @@ pub struct Config {
     pub email: Option<leadloop_smtp::EmailConfig>,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// The hand-off SLA; without this table the default ladder applies.
+    #[serde(default)]
+    pub sla: leadloop_core::sla::SlaConfig,
 }
 
 /// `[outbox]`: how queued effects are paced and retried.

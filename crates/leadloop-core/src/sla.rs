@@ -1,0 +1,669 @@
+//! The closed-loop SLA on every hand-off, as pure decisions.
+//!
+//! A hand-off starts when a lead is owned by an active person (not a queue) and its CRM status
+//! is one of the open statuses (default `Open - Not Contacted`), whether leadloop routed it or
+//! someone assigned it in the CRM. Its policy is a ladder of steps, each `after` a duration
+//! from the hand-off (counted in business hours in the rep's time zone when the policy says
+//! so). The default ladder is the seed's: alert the rep at once; remind the rep at 24 h;
+//! remind again with the manager copied at 48 h; remind rep and manager with an executive
+//! copied at 72 h.
+//!
+//! The ladder stops when the status changes away from the hand-off status (satisfied), when a
+//! completed task is logged (if the policy says so), when the lead is deleted, or when the
+//! owner changes (which ends this hand-off and starts the next for the new owner). Every step's
+//! idempotency key is `sla/LEAD/HANDOFF/STEP`, so each is sent once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{Datelike, NaiveDate, NaiveTime, TimeDelta, TimeZone, Weekday};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::connector::Activity;
+use crate::decision::Decision;
+use crate::effect::{Effect, IdempotencyKey};
+use crate::history::{Actor, EventKind, HistoryEvent};
+use crate::lead::LeadRecord;
+use crate::person::{OrgChart, Person, PersonId, Role};
+use crate::policy::Policy;
+use crate::timer::{Timer, TimerKey, TimerKind};
+use crate::{Timestamp, vars};
+
+/// The hand-off whose SLA is running, kept on the lead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub number: u32,
+    pub owner: PersonId,
+    /// The CRM status when the hand-off started; a change away from it satisfies the SLA.
+    pub status: Option<String>,
+    pub started_at: Timestamp,
+    pub policy: String,
+    /// Index of the next step to send.
+    pub next_step: usize,
+}
+
+/// Who receives a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipient {
+    Rep,
+    Manager,
+    Executive,
+    /// A fixed address, written `address:ops@example.com` in config.
+    #[serde(untagged)]
+    Address(String),
+}
+
+/// Something a step does besides sending mail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StepAction {
+    /// Create a follow-up task for the rep in the CRM.
+    CreateTask { subject: String },
+    /// Set the lead's CRM status.
+    SetStatus { status: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Names the step in keys and output: `alert`, `reminder`, `manager`, `executive`, …
+    pub name: String,
+    /// From the hand-off.
+    #[serde(with = "crate::serde_duration")]
+    pub after: Duration,
+    /// The message kind, e.g. `sla.reminder`.
+    pub kind: String,
+    pub template: String,
+    pub to: Vec<Recipient>,
+    #[serde(default)]
+    pub cc: Vec<Recipient>,
+    #[serde(default)]
+    pub actions: Vec<StepAction>,
+}
+
+/// What to send for steps that fell due while leadloop was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Only the latest due step; its `handoff.missed_steps` says how many were skipped.
+    #[default]
+    Latest,
+    /// Every missed step, in order.
+    All,
+}
+
+/// Working hours in the rep's time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessHours {
+    #[serde(default = "nine")]
+    pub start: NaiveTime,
+    #[serde(default = "five")]
+    pub end: NaiveTime,
+    #[serde(default = "weekdays", with = "weekday_names")]
+    pub days: Vec<Weekday>,
+    /// The name of a calendar in `sla.holidays`.
+    pub holidays: Option<String>,
+}
+
+fn nine() -> NaiveTime {
+    NaiveTime::from_hms_opt(9, 0, 0).unwrap_or_default()
+}
+
+fn five() -> NaiveTime {
+    NaiveTime::from_hms_opt(17, 0, 0).unwrap_or_default()
+}
+
+fn weekdays() -> Vec<Weekday> {
+    vec![Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri]
+}
+
+mod weekday_names {
+    use chrono::Weekday;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(days: &[Weekday], s: S) -> Result<S::Ok, S::Error> {
+        days.iter().map(|d| d.to_string().to_lowercase()).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Weekday>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|name| {
+                name.parse::<Weekday>().map_err(|_| serde::de::Error::custom(format!("unknown day {name:?}")))
+            })
+            .collect()
+    }
+}
+
+/// Which leads a policy applies to; every listed condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Match {
+    pub lead_source: Vec<String>,
+    pub country: Vec<String>,
+    pub industry: Vec<String>,
+}
+
+impl Match {
+    fn matches(&self, record: &LeadRecord) -> bool {
+        let hit = |list: &[String], value: &Option<String>| {
+            list.is_empty()
+                || value.as_deref().is_some_and(|v| list.iter().any(|l| l.eq_ignore_ascii_case(v)))
+        };
+        let lead = &record.lead;
+        hit(&self.lead_source, &lead.lead_source)
+            && hit(&self.country, &lead.country)
+            && hit(&self.industry, &lead.industry)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaPolicy {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub when: Match,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// Count `after` in working hours; unset counts calendar hours.
+    pub business_hours: Option<BusinessHours>,
+    /// Also stop the ladder when a completed task is logged on the lead.
+    #[serde(default)]
+    pub stop_on_task: bool,
+    #[serde(rename = "step")]
+    pub steps: Vec<Step>,
+}
+
+/// The seed's ladder: 0 h alert, 24 h reminder, 48 h reminder cc manager, 72 h cc executive.
+pub fn default_policy() -> SlaPolicy {
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let step = |name: &str, after, template: &str, to: Vec<Recipient>, cc: Vec<Recipient>| Step {
+        name: name.into(),
+        after,
+        kind: format!("sla.{name}"),
+        template: template.into(),
+        to,
+        cc,
+        actions: vec![],
+    };
+    SlaPolicy {
+        name: "default".into(),
+        when: Match::default(),
+        catch_up: CatchUp::Latest,
+        business_hours: None,
+        stop_on_task: false,
+        steps: vec![
+            step("alert", hours(0), "sla_alert", vec![Recipient::Rep], vec![]),
+            step("reminder", hours(24), "sla_reminder", vec![Recipient::Rep], vec![]),
+            step("manager", hours(48), "sla_manager", vec![Recipient::Rep], vec![Recipient::Manager]),
+            step(
+                "executive",
+                hours(72),
+                "sla_executive",
+                vec![Recipient::Rep, Recipient::Manager],
+                vec![Recipient::Executive],
+            ),
+        ],
+    }
+}
+
+fn default_open_statuses() -> Vec<String> {
+    vec!["Open - Not Contacted".into()]
+}
+
+/// The SLA rules: policies, the statuses that open a hand-off, and fallbacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaConfig {
+    #[serde(default = "default_open_statuses")]
+    pub open_statuses: Vec<String>,
+    /// Receives what a missing manager or executive would have: never a silent skip.
+    pub fallback_email: Option<String>,
+    /// The executive copied at the top of the ladder; default: the top of the rep's chain.
+    pub executive: Option<PersonId>,
+    /// The link to a lead in the CRM; `{id}` is replaced by the lead's id.
+    pub crm_url: Option<String>,
+    /// Dates off, by calendar name.
+    #[serde(default)]
+    pub holidays: BTreeMap<String, Vec<NaiveDate>>,
+    /// First match wins; with none configured, the default ladder applies to every lead.
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<SlaPolicy>,
+}
+
+impl Default for SlaConfig {
+    fn default() -> Self {
+        Self {
+            open_statuses: default_open_statuses(),
+            fallback_email: None,
+            executive: None,
+            crm_url: None,
+            holidays: BTreeMap::new(),
+            policies: Vec::new(),
+        }
+    }
+}
+
+impl SlaConfig {
+    /// The policies in force: the configured ones, or the default ladder.
+    pub fn policies(&self) -> Vec<SlaPolicy> {
+        if self.policies.is_empty() { vec![default_policy()] } else { self.policies.clone() }
+    }
+
+    fn policy_for(&self, record: &LeadRecord) -> Option<SlaPolicy> {
+        self.policies().into_iter().find(|p| p.when.matches(record))
+    }
+
+    fn policy_named(&self, name: &str) -> Option<SlaPolicy> {
+        self.policies().into_iter().find(|p| p.name == name)
+    }
+}
+
+/// Adds `duration` of working time to `start`, in `tz`. Zero is `start` itself: the first
+/// step goes out at hand-off even outside working hours.
+pub fn add_business_time(
+    start: Timestamp,
+    duration: Duration,
+    tz: Tz,
+    hours: &BusinessHours,
+    holidays: &[NaiveDate],
+) -> Timestamp {
+    if duration.is_zero() {
+        return start;
+    }
+    let mut remaining = TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX);
+    let mut day = start.with_timezone(&tz).date_naive();
+    // Ten years of days is more than any ladder needs; past that, give up and count calendar time.
+    for _ in 0..3660 {
+        if hours.days.contains(&day.weekday()) && !holidays.contains(&day) {
+            let open = local_instant(tz, day, hours.start);
+            let close = local_instant(tz, day, hours.end);
+            let from = open.max(start);
+            if from < close {
+                let available = close - from;
+                if remaining <= available {
+                    return from + remaining;
+                }
+                remaining -= available;
+            }
+        }
+        day = day.succ_opt().unwrap_or(day);
+    }
+    start + TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+/// The instant of local `time` on `day`; a time in a DST gap moves to the first instant after
+/// it, and a time in an overlap is its first occurrence.
+fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Timestamp {
+    let local = day.and_time(time);
+    for minutes in 0..=180 {
+        if let Some(at) = tz.from_local_datetime(&(local + TimeDelta::minutes(minutes))).earliest() {
+            return at.with_timezone(&chrono::Utc);
+        }
+    }
+    chrono::Utc.from_utc_datetime(&local)
+}
+
+/// The SLA policy engine.
+#[derive(Debug, Clone, Default)]
+pub struct SlaRules {
+    pub config: SlaConfig,
+}
+
+fn timer_key(lead: &str) -> TimerKey {
+    TimerKey::new(format!("sla/{lead}"))
+}
+
+/// `sla/LEAD/HANDOFF/STEP`.
+pub fn step_key(lead: &str, handoff: u32, step: &str) -> IdempotencyKey {
+    IdempotencyKey::from_parts(["sla", lead, &handoff.to_string(), step])
+}
+
+fn actor() -> Actor {
+    Actor::Rule { name: "sla".into() }
+}
+
+fn human_duration(d: TimeDelta) -> String {
+    let minutes = d.num_minutes().max(0);
+    match minutes {
+        m if m < 60 => format!("{m} minutes"),
+        m if m < 48 * 60 => format!("{} hours", m / 60),
+        m => format!("{} days", m / (24 * 60)),
+    }
+}
+
+impl SlaRules {
+    pub fn new(config: SlaConfig) -> Self {
+        Self { config }
+    }
+
+    fn tz_of(person: Option<&Person>) -> Tz {
+        person.and_then(|p| p.time_zone.as_deref()).and_then(|z| z.parse().ok()).unwrap_or(Tz::UTC)
+    }
+
+    /// When step `index` of `policy` is due for `handoff`.
+    pub fn due(
+        &self,
+        policy: &SlaPolicy,
+        handoff: &Handoff,
+        index: usize,
+        people: &OrgChart,
+    ) -> Option<Timestamp> {
+        let step = policy.steps.get(index)?;
+        Some(match &policy.business_hours {
+            None => handoff.started_at + TimeDelta::from_std(step.after).unwrap_or(TimeDelta::MAX),
+            Some(hours) => {
+                let holidays = hours
+                    .holidays
+                    .as_ref()
+                    .and_then(|name| self.config.holidays.get(name))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                add_business_time(
+                    handoff.started_at,
+                    step.after,
+                    Self::tz_of(people.get(&handoff.owner)),
+                    hours,
+                    holidays,
+                )
+            }
+        })
+    }
+
+    fn qualifies(&self, record: &LeadRecord, people: &OrgChart) -> Option<PersonId> {
+        let owner = record.lead.owner_id.as_ref()?;
+        let person = people.get(owner)?;
+        let open =
+            record.lead.status.as_deref().is_some_and(|s| self.config.open_statuses.iter().any(|o| o == s));
+        (person.active && person.role != Role::Queue && open).then(|| owner.clone())
+    }
+
+    fn end(&self, record: &mut LeadRecord, outcome: &str, now: Timestamp, decision: &mut Decision) {
+        if let Some(handoff) = record.handoff.take() {
+            decision.cancel_timers.push(timer_key(record.lead.id.as_str()));
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor(),
+                EventKind::HandoffEnded { handoff: handoff.number, outcome: outcome.to_owned() },
+            ));
+        }
+    }
+
+    /// Sends what is due and arms the timer for the next step.
+    fn advance(&self, record: &mut LeadRecord, people: &OrgChart, now: Timestamp, decision: &mut Decision) {
+        let Some(mut handoff) = record.handoff.clone() else { return };
+        let Some(policy) = self.config.policy_named(&handoff.policy) else { return };
+        let mut due = Vec::new();
+        let mut index = handoff.next_step;
+        while let Some(at) = self.due(&policy, &handoff, index, people) {
+            if at > now {
+                break;
+            }
+            due.push(index);
+            index += 1;
+        }
+        let send: Vec<usize> = match policy.catch_up {
+            CatchUp::All => due.clone(),
+            CatchUp::Latest => due.last().copied().into_iter().collect(),
+        };
+        let missed = due.len().saturating_sub(send.len());
+        if missed > 0 {
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor(),
+                EventKind::Activity {
+                    activity: "sla_catch_up".into(),
+                    detail: BTreeMap::from([
+                        (
+                            "skipped".to_owned(),
+                            json!(
+                                due[..missed]
+                                    .iter()
+                                    .map(|i| policy.steps[*i].name.clone())
+                                    .collect::<Vec<_>>()
+                            ),
+                        ),
+                        (
+                            "sent".to_owned(),
+                            json!(send.iter().map(|i| policy.steps[*i].name.clone()).collect::<Vec<_>>()),
+                        ),
+                    ]),
+                },
+            ));
+        }
+        handoff.next_step = index;
+        for &i in &send {
+            self.send_step(record, &policy, &handoff, i, missed, people, now, decision);
+        }
+        record.handoff = Some(handoff.clone());
+        if let Some(next) = self.due(&policy, &handoff, index, people) {
+            decision.set_timers.push(Timer {
+                key: timer_key(record.lead.id.as_str()),
+                due: next,
+                lead_id: Some(record.lead.id.clone()),
+                kind: TimerKind::SlaStep { handoff: handoff.number, step: index as u32 },
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_step(
+        &self,
+        record: &LeadRecord,
+        policy: &SlaPolicy,
+        handoff: &Handoff,
+        index: usize,
+        missed: usize,
+        people: &OrgChart,
+        now: Timestamp,
+        decision: &mut Decision,
+    ) {
+        let step = &policy.steps[index];
+        let owner = people.get(&handoff.owner);
+        let manager = people.manager_of(&handoff.owner);
+        let executive = match &self.config.executive {
+            Some(id) => people.get(id),
+            None => people.executive_of(&handoff.owner),
+        };
+        let fallback = self.config.fallback_email.as_deref();
+        let mut missing = Vec::new();
+        let mut resolve = |recipients: &[Recipient]| -> Vec<String> {
+            let mut out = Vec::new();
+            for recipient in recipients {
+                let address = match recipient {
+                    Recipient::Rep => owner.map(|p| p.email.clone()),
+                    Recipient::Manager => manager.map(|p| p.email.clone()).or_else(|| {
+                        missing.push("manager");
+                        fallback.map(str::to_owned)
+                    }),
+                    Recipient::Executive => executive.map(|p| p.email.clone()).or_else(|| {
+                        missing.push("executive");
+                        fallback.map(str::to_owned)
+                    }),
+                    Recipient::Address(address) => Some(address.trim_start_matches("address:").to_owned()),
+                };
+                if let Some(address) = address
+                    && !out.contains(&address)
+                {
+                    out.push(address);
+                }
+            }
+            out
+        };
+        let to = resolve(&step.to);
+        let cc: Vec<String> = resolve(&step.cc).into_iter().filter(|a| !to.contains(a)).collect();
+        let tz = Self::tz_of(owner);
+        let local = |at: Timestamp| at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
+        let next = policy.steps.get(index + 1);
+        let placeholder = |role: &str| json!({ "id": "", "name": format!("(no {role} on record)"), "email": fallback, "time_zone": null });
+        let mut vars = json!({
+            "kind": step.kind,
+            "lead": vars::lead(record),
+            "owner": owner.map(vars::person).unwrap_or_else(|| placeholder("owner")),
+            "manager": manager.map(vars::person).unwrap_or_else(|| placeholder("manager")),
+            "executive": executive.map(vars::person).unwrap_or_else(|| placeholder("executive")),
+            "handoff": {
+                "number": handoff.number,
+                "started": local(handoff.started_at),
+                "age": human_duration(now - handoff.started_at),
+                "step": step.name,
+                "next_step": next.map(|s| s.name.clone()),
+                "next_step_at": self.due(policy, handoff, index + 1, people).map(local),
+                "missed_steps": missed,
+            },
+            "crm_url": self.config.crm_url.as_deref().map(|u| u.replace("{id}", record.lead.id.as_str())).unwrap_or_default(),
+            "unsubscribe_url": "",
+        });
+        if let Some(map) = vars.as_object_mut() {
+            map.insert("step".into(), Value::String(step.name.clone()));
+        }
+        for role in missing {
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor(),
+                EventKind::Activity {
+                    activity: "sla_missing_recipient".into(),
+                    detail: BTreeMap::from([
+                        ("role".to_owned(), json!(role)),
+                        ("step".to_owned(), json!(step.name)),
+                        ("fallback".to_owned(), json!(fallback)),
+                    ]),
+                },
+            ));
+        }
+        let lead_id = record.lead.id.clone();
+        let key = step_key(lead_id.as_str(), handoff.number, &step.name);
+        decision.effects.push((
+            key.clone(),
+            Effect::Email {
+                kind: step.kind.clone(),
+                template: step.template.clone(),
+                to,
+                cc,
+                lead_id: Some(lead_id.clone()),
+                vars,
+            },
+        ));
+        for (n, action) in step.actions.iter().enumerate() {
+            let action_key = IdempotencyKey(format!("{key}/action/{n}"));
+            let effect = match action {
+                StepAction::CreateTask { subject } => Effect::CrmTask {
+                    lead_id: lead_id.clone(),
+                    owner_id: handoff.owner.clone(),
+                    subject: subject.replace("{lead}", &record.lead.display_name()),
+                    due: Some(now + TimeDelta::hours(24)),
+                },
+                StepAction::SetStatus { status } => {
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("status".into(), json!(status));
+                    Effect::CrmUpdate { lead_id: lead_id.clone(), fields }
+                }
+            };
+            decision.effects.push((action_key, effect));
+        }
+    }
+}
+
+impl Policy for SlaRules {
+    fn on_lead(
+        &self,
+        before: Option<&LeadRecord>,
+        mut after: LeadRecord,
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        let qualifying = self.qualifies(&after, people);
+        if let Some(current) = after.handoff.clone() {
+            let previous_status = before.and_then(|b| b.lead.status.clone());
+            if after.lead.owner_id.as_ref() != Some(&current.owner) {
+                self.end(&mut after, "reassigned", now, &mut decision);
+            } else if after.lead.status != current.status {
+                let outcome = format!(
+                    "satisfied: status changed to {}",
+                    after.lead.status.as_deref().unwrap_or("(none)")
+                );
+                let _ = previous_status;
+                self.end(&mut after, &outcome, now, &mut decision);
+            }
+        }
+        if after.handoff.is_none()
+            && let Some(owner) = qualifying
+            && before.is_none_or(|b| {
+                b.lead.owner_id != after.lead.owner_id
+                    || b.lead.status != after.lead.status
+                    || b.handoff.is_some()
+            })
+            && let Some(policy) = self.config.policy_for(&after)
+        {
+            after.handoffs += 1;
+            let handoff = Handoff {
+                number: after.handoffs,
+                owner: owner.clone(),
+                status: after.lead.status.clone(),
+                started_at: now,
+                policy: policy.name.clone(),
+                next_step: 0,
+            };
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor(),
+                EventKind::HandoffStarted { handoff: handoff.number, owner },
+            ));
+            after.handoff = Some(handoff);
+            self.advance(&mut after, people, now, &mut decision);
+        }
+        decision.lead = Some(after);
+        decision
+    }
+
+    fn on_activity(
+        &self,
+        lead: &LeadRecord,
+        activity: &Activity,
+        _people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        let Some(handoff) = &lead.handoff else { return decision };
+        let stops = activity.kind == "task_completed"
+            && self.config.policy_named(&handoff.policy).is_some_and(|p| p.stop_on_task);
+        if stops {
+            let mut record = lead.clone();
+            self.end(&mut record, "satisfied: task completed", now, &mut decision);
+            decision.lead = Some(record);
+        }
+        decision
+    }
+
+    fn on_delete(&self, lead: &LeadRecord, now: Timestamp) -> Decision {
+        let mut decision = Decision::default();
+        let mut record = lead.clone();
+        self.end(&mut record, "lead deleted", now, &mut decision);
+        decision
+    }
+
+    fn on_timer(
+        &self,
+        timer: &Timer,
+        lead: Option<&LeadRecord>,
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        let TimerKind::SlaStep { handoff, .. } = timer.kind else { return decision };
+        let Some(record) = lead else { return decision };
+        // A timer from an ended hand-off is stale.
+        if record.handoff.as_ref().map(|h| h.number) != Some(handoff) {
+            return decision;
+        }
+        let mut record = record.clone();
+        self.advance(&mut record, people, now, &mut decision);
+        decision.lead = Some(record);
+        decision
+    }
+}

@@ -1,0 +1,292 @@
+//! The SLA ladder in virtual time, through `simulate`: events in, effects out, compared with
+//! a compact expected rendering. Each case is one `check(config, events, expect)`.
+
+use std::path::Path;
+
+use leadloop::config;
+
+const PEOPLE: &str = r#"
+{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005E","email":"ceo@x.example","name":"Exec","time_zone":"America/New_York","role":"executive"}}
+{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005M","email":"mgr@x.example","name":"Manager","manager_id":"005E","time_zone":"America/New_York"}}
+{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005A","email":"rep@x.example","name":"Rep A","manager_id":"005M","time_zone":"America/New_York"}}
+{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005B","email":"bo@x.example","name":"Rep B","manager_id":"005M","time_zone":"Europe/Berlin"}}
+"#;
+
+fn lead(at: &str, fields: &str) -> String {
+    format!("{{\"at\":\"{at}\",\"type\":\"lead\",\"lead\":{{\"id\":\"00Q1\",{fields}}}}}\n")
+}
+
+const HANDOFF: &str = r#""email":"ana@acme.example","first_name":"Ana","company":"Acme","status":"Open - Not Contacted","owner_id":"005A""#;
+
+/// Renders effects as `AT kind step to=… cc=…` (emails) or `AT effect …` lines.
+fn run(config_toml: &str, events: &str, until: Option<&str>) -> Vec<String> {
+    let (config, _) = config::load_str(Path::new("test.toml"), config_toml).expect("config");
+    let mut out = Vec::new();
+    let code = leadloop::simulate::simulate(
+        &config,
+        Path::new("events.jsonl"),
+        events,
+        until.map(|u| u.parse().expect("instant")),
+        &mut out,
+    );
+    assert_eq!(code, 0, "simulate failed: {}", String::from_utf8_lossy(&out));
+    String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            let list = |k: &str| {
+                v[k].as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            };
+            match v["effect"].as_str() {
+                Some("email") => format!(
+                    "{} {} to={} cc={}",
+                    v["at"].as_str().unwrap_or(""),
+                    v["kind"].as_str().unwrap_or(""),
+                    list("to"),
+                    list("cc")
+                ),
+                Some(other) => format!(
+                    "{} {other} {}",
+                    v["at"].as_str().unwrap_or(""),
+                    v.get("fields").or(v.get("subject")).map(ToString::to_string).unwrap_or_default()
+                ),
+                None => line.to_owned(),
+            }
+        })
+        .collect()
+}
+
+fn check(config_toml: &str, events: &str, expect: &[&str]) {
+    assert_eq!(run(config_toml, events, None), expect, "events:\n{events}");
+}
+
+#[test]
+fn the_seed_ladder_exactly() {
+    check(
+        "",
+        &format!("{PEOPLE}{}", lead("2026-03-02T14:00:00Z", HANDOFF)),
+        &[
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-03T14:00:00Z sla.reminder to=rep@x.example cc=",
+            "2026-03-04T14:00:00Z sla.manager to=rep@x.example cc=mgr@x.example",
+            "2026-03-05T14:00:00Z sla.executive to=rep@x.example,mgr@x.example cc=ceo@x.example",
+        ],
+    );
+}
+
+#[test]
+fn a_status_change_at_23h59_stops_the_ladder_after_the_alert() {
+    check(
+        "",
+        &format!(
+            "{PEOPLE}{}{}",
+            lead("2026-03-02T14:00:00Z", HANDOFF),
+            lead("2026-03-03T13:59:00Z", r#""status":"Working - Contacted""#)
+        ),
+        &["2026-03-02T14:00:00Z sla.alert to=rep@x.example cc="],
+    );
+}
+
+#[test]
+fn reassignment_restarts_the_ladder_for_the_new_owner() {
+    check(
+        "",
+        &format!(
+            "{PEOPLE}{}{}",
+            lead("2026-03-02T14:00:00Z", HANDOFF),
+            lead("2026-03-03T20:00:00Z", r#""owner_id":"005B""#)
+        ),
+        &[
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-03T14:00:00Z sla.reminder to=rep@x.example cc=",
+            "2026-03-03T20:00:00Z sla.alert to=bo@x.example cc=",
+            "2026-03-04T20:00:00Z sla.reminder to=bo@x.example cc=",
+            "2026-03-05T20:00:00Z sla.manager to=bo@x.example cc=mgr@x.example",
+            "2026-03-06T20:00:00Z sla.executive to=bo@x.example,mgr@x.example cc=ceo@x.example",
+        ],
+    );
+}
+
+#[test]
+fn two_quick_status_flips_end_the_first_handoff_and_start_a_second() {
+    // Open → Working (satisfied) → Open again a minute later: a new hand-off, alerted anew.
+    let events = format!(
+        "{PEOPLE}{}{}{}",
+        lead("2026-03-02T14:00:00Z", HANDOFF),
+        lead("2026-03-02T14:01:00Z", r#""status":"Working - Contacted""#),
+        lead("2026-03-02T14:02:00Z", r#""status":"Open - Not Contacted""#)
+    );
+    let out = run("", &events, Some("2026-03-03T15:00:00Z"));
+    assert_eq!(
+        out,
+        [
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T14:02:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-03T14:02:00Z sla.reminder to=rep@x.example cc=",
+        ]
+    );
+}
+
+#[test]
+fn a_lead_deleted_mid_ladder_gets_nothing_more() {
+    check(
+        "",
+        &format!(
+            "{PEOPLE}{}{{\"at\":\"2026-03-04T10:00:00Z\",\"type\":\"delete\",\"lead_id\":\"00Q1\"}}\n",
+            lead("2026-03-02T14:00:00Z", HANDOFF)
+        ),
+        &[
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-03T14:00:00Z sla.reminder to=rep@x.example cc=",
+        ],
+    );
+}
+
+#[test]
+fn a_rep_with_no_manager_escalates_to_the_fallback_address() {
+    let events = format!(
+        "{}{}",
+        r#"{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005A","email":"rep@x.example","name":"Rep A"}}
+"#,
+        lead("2026-03-02T14:00:00Z", HANDOFF)
+    );
+    check(
+        "[sla]\nfallback_email = \"sales-ops@x.example\"\n",
+        &events,
+        &[
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-03T14:00:00Z sla.reminder to=rep@x.example cc=",
+            "2026-03-04T14:00:00Z sla.manager to=rep@x.example cc=sales-ops@x.example",
+            "2026-03-05T14:00:00Z sla.executive to=rep@x.example,sales-ops@x.example cc=",
+        ],
+    );
+}
+
+#[test]
+fn a_queue_owner_or_a_closed_status_starts_no_handoff() {
+    let events = format!(
+        "{}{}{}",
+        r#"{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"00GQ","email":"queue@x.example","name":"Inbound queue","role":"queue"}}
+"#,
+        lead("2026-03-02T14:00:00Z", r#""status":"Open - Not Contacted","owner_id":"00GQ""#),
+        r#"{"at":"2026-03-02T15:00:00Z","type":"lead","lead":{"id":"00Q2","status":"Closed - Converted","owner_id":"00GQ"}}
+"#
+    );
+    check("", &events, &[]);
+}
+
+#[test]
+fn a_completed_task_stops_the_ladder_when_the_policy_says_so() {
+    let config = r#"
+[[sla.policy]]
+name = "demo-requests"
+stop_on_task = true
+[[sla.policy.step]]
+name = "alert"
+after = "0s"
+kind = "sla.alert"
+template = "sla_alert"
+to = ["rep"]
+[[sla.policy.step]]
+name = "reminder"
+after = "5m"
+kind = "sla.reminder"
+template = "sla_reminder"
+to = ["rep"]
+cc = ["manager", "address:inbound-lead@x.example"]
+"#;
+    let stopped = format!(
+        "{PEOPLE}{}{{\"at\":\"2026-03-02T14:04:00Z\",\"type\":\"activity\",\"lead_id\":\"00Q1\",\"kind\":\"task_completed\",\"detail\":{{}}}}\n",
+        lead("2026-03-02T14:00:00Z", HANDOFF)
+    );
+    check(config, &stopped, &["2026-03-02T14:00:00Z sla.alert to=rep@x.example cc="]);
+    let not_stopped = format!("{PEOPLE}{}", lead("2026-03-02T14:00:00Z", HANDOFF));
+    check(
+        config,
+        &not_stopped,
+        &[
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T14:05:00Z sla.reminder to=rep@x.example cc=mgr@x.example,inbound-lead@x.example",
+        ],
+    );
+}
+
+const BUSINESS: &str = r#"
+[sla.holidays]
+us = ["2026-03-09"]
+
+[[sla.policy]]
+name = "business"
+business_hours = { start = "09:00", end = "17:00", holidays = "us" }
+[[sla.policy.step]]
+name = "alert"
+after = "0s"
+kind = "sla.alert"
+template = "sla_alert"
+to = ["rep"]
+[[sla.policy.step]]
+name = "reminder"
+after = "8h"
+kind = "sla.reminder"
+template = "sla_reminder"
+to = ["rep"]
+[[sla.policy.step]]
+name = "manager"
+after = "16h"
+kind = "sla.manager"
+template = "sla_manager"
+to = ["rep"]
+cc = ["manager"]
+"#;
+
+#[test]
+fn business_hours_skip_the_weekend_and_a_holiday_in_the_reps_zone() {
+    // Friday 2026-03-06 15:00 New York (20:00Z). 8 working hours: 2 on Friday, then Monday
+    // 9 March is a holiday, so 6 on Tuesday: 15:00 New York (19:00Z, after the US DST change
+    // on 8 March). 16 hours: Wednesday 15:00 New York.
+    let events = format!("{PEOPLE}{}", lead("2026-03-06T20:00:00Z", HANDOFF));
+    check(
+        BUSINESS,
+        &events,
+        &[
+            "2026-03-06T20:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-10T19:00:00Z sla.reminder to=rep@x.example cc=",
+            "2026-03-11T19:00:00Z sla.manager to=rep@x.example cc=mgr@x.example",
+        ],
+    );
+}
+
+#[test]
+fn business_hours_follow_berlin_across_its_own_dst_change() {
+    // Rep B is in Berlin, which changes on 29 March. Friday 27 March 16:00 Berlin (15:00Z):
+    // 1 h on Friday, 7 h on Monday 30 March: 16:00 Berlin summer time (14:00Z).
+    let events = format!(
+        "{PEOPLE}{}",
+        lead("2026-03-27T15:00:00Z", r#""status":"Open - Not Contacted","owner_id":"005B""#)
+    );
+    let out = run(BUSINESS, &events, Some("2026-03-31T00:00:00Z"));
+    assert_eq!(
+        out,
+        [
+            "2026-03-27T15:00:00Z sla.alert to=bo@x.example cc=",
+            "2026-03-30T14:00:00Z sla.reminder to=bo@x.example cc="
+        ]
+    );
+}
+
+#[test]
+fn events_must_be_ordered_and_well_formed() {
+    let (config, _) = config::load_str(Path::new("t.toml"), "").expect("config");
+    let mut out = Vec::new();
+    let code = leadloop::simulate::simulate(
+        &config,
+        Path::new("e.jsonl"),
+        "{\"at\":\"2026-03-02T14:00:00Z\",\"type\":\"lead\",\"lead\":{\"id\":\"a\"}}\n{\"at\":\"2026-03-01T00:00:00Z\",\"type\":\"delete\",\"lead_id\":\"a\"}\n{\"at\":\"x\"}\n",
+        None,
+        &mut out,
+    );
+    assert_eq!(code, 65);
+}
