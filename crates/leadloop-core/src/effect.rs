@@ -144,6 +144,10 @@ impl OutboxState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     pub key: IdempotencyKey,
+    /// Queue order, assigned by the store on enqueue: entries due at the same instant are
+    /// performed in the order they were queued.
+    #[serde(default)]
+    pub seq: u64,
     pub effect: Effect,
     pub state: OutboxState,
     pub created_at: Timestamp,
@@ -156,6 +160,7 @@ impl OutboxEntry {
     pub fn new(key: IdempotencyKey, effect: Effect, now: Timestamp) -> Self {
         Self {
             key,
+            seq: 0,
             effect,
             state: OutboxState::Pending,
             created_at: now,

@@ -75,6 +75,7 @@ where
     cursors_and_people(fresh().await).await;
     concurrent_commits_all_land(fresh().await).await;
     channels_have_separate_queues(fresh().await).await;
+    entries_due_together_keep_queue_order(fresh().await).await;
     suppression_is_case_insensitive(fresh().await).await;
     export_import_round_trip(fresh().await, fresh().await).await;
 }
@@ -102,6 +103,25 @@ pub async fn channels_have_separate_queues(store: Arc<dyn Store>) {
     batch.update_outbox(done);
     store.commit(batch).await.expect("commit");
     assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending"), (1, Some(t0())));
+}
+
+pub async fn entries_due_together_keep_queue_order(store: Arc<dyn Store>) {
+    let mut batch = Batch::new();
+    batch.enqueue(email("sla/1/alert")).enqueue(email("sla/1/reminder")).enqueue(email("sla/1/manager"));
+    store.commit(batch).await.expect("commit");
+    let mut batch = Batch::new();
+    batch.enqueue(email("sla/1/executive"));
+    store.commit(batch).await.expect("commit");
+    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
+    let ready = store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready");
+    assert_eq!(keys(ready.clone()), ["sla/1/alert", "sla/1/reminder", "sla/1/manager", "sla/1/executive"]);
+    // A retry keeps the entry's place among entries due at the same instant.
+    let mut retry = ready[0].clone();
+    retry.attempts = 1;
+    let mut batch = Batch::new();
+    batch.update_outbox(retry);
+    store.commit(batch).await.expect("commit");
+    assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready"))[0], "sla/1/alert");
 }
 
 pub async fn suppression_is_case_insensitive(store: Arc<dyn Store>) {
@@ -239,7 +259,13 @@ pub async fn outbox_dedupes_by_key(store: Arc<dyn Store>) {
     let committed = store.commit(batch).await.expect("commit");
     assert!(committed.enqueued.is_empty());
     assert_eq!(committed.duplicates, 1);
-    assert_eq!(store.outbox_entry(&IdempotencyKey("k1".into())).await.expect("entry"), Some(done));
+    let stored = store.outbox_entry(&IdempotencyKey("k1".into())).await.expect("entry").map(unsequenced);
+    assert_eq!(stored, Some(done));
+}
+
+/// The entry with its store-assigned queue number cleared, for comparisons.
+pub fn unsequenced(entry: OutboxEntry) -> OutboxEntry {
+    OutboxEntry { seq: 0, ..entry }
 }
 
 pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
@@ -261,7 +287,13 @@ pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
     store.commit(batch).await.expect("commit");
     assert!(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready").is_empty());
     assert_eq!(
-        store.outbox_ready(Channel::Email, t0() + TimeDelta::minutes(10), 10).await.expect("ready"),
+        store
+            .outbox_ready(Channel::Email, t0() + TimeDelta::minutes(10), 10)
+            .await
+            .expect("ready")
+            .into_iter()
+            .map(unsequenced)
+            .collect::<Vec<_>>(),
         vec![retry]
     );
     let mut failed = email("a");

@@ -9,8 +9,9 @@
 //! T <due u64><timer key>        → Timer              time-ordered index
 //! t <timer key>                 → due u64            reverse index, to move/cancel by key
 //! O <idempotency key>           → OutboxEntry
-//! R <next attempt u64><key>     → ()                 ready index of pending email effects
-//! W <next attempt u64><key>     → ()                 ready index of pending CRM write-backs
+//! R <next attempt u64><seq><key> → ()                ready index of pending email effects
+//! W <next attempt u64><seq><key> → ()                ready index of pending CRM write-backs
+//! M outbox_seq                  → u64 BE             last queue-order number given out
 //! C <cursor name>               → cursor value
 //! S <lowercased address>        → Suppression        opted out or hard-bounced
 //! ```
@@ -20,6 +21,7 @@
 use leadloop_core::Timestamp;
 
 pub const SCHEMA: &[u8] = b"Mschema";
+pub const OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
 pub const LEAD: u8 = b'L';
 pub const PERSON: u8 = b'P';
 pub const HISTORY: u8 = b'H';
@@ -86,6 +88,21 @@ pub fn ordered(tag: u8, at: Timestamp, id: &str) -> Vec<u8> {
     key.extend_from_slice(&instant(at));
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// `tag <at><seq><key>`: a ready-index key, ordered by due time, then queue order.
+pub fn ready_key(tag: u8, at: Timestamp, seq: u64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + key.len());
+    out.push(tag);
+    out.extend_from_slice(&instant(at));
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The idempotency key inside a ready-index key.
+pub fn ready_entry(raw: &[u8]) -> Option<&str> {
+    std::str::from_utf8(raw.get(17..)?).ok()
 }
 
 /// The first key after every entry of `tag` due at or before `at`.

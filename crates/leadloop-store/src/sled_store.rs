@@ -56,6 +56,8 @@ pub struct SledStore {
     flushed: AtomicU64,
     flush_lock: tokio::sync::Mutex<()>,
     flushes: AtomicU64,
+    /// The last queue-order number given to an outbox entry.
+    outbox_seq: AtomicU64,
     _lock: DirLock,
 }
 
@@ -87,9 +89,15 @@ impl SledStore {
             flushed: AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             flushes: AtomicU64::new(0),
+            outbox_seq: AtomicU64::new(0),
             _lock: lock,
         };
         store.migrate()?;
+        if let Some(raw) = store.tree.get(keys::OUTBOX_SEQ).map_err(|e| store.err(e))? {
+            let bytes: [u8; 8] =
+                raw.as_ref().try_into().map_err(|_| corrupt(keys::OUTBOX_SEQ, "expected 8 bytes"))?;
+            store.outbox_seq.store(u64::from_be_bytes(bytes), Ordering::SeqCst);
+        }
         Ok(Arc::new(store))
     }
 
@@ -206,6 +214,9 @@ impl SledStore {
                         committed.duplicates += 1;
                         continue;
                     }
+                    let seq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    let entry = OutboxEntry { seq, ..entry };
+                    sled_batch.insert(keys::OUTBOX_SEQ, &seq.to_be_bytes());
                     self.write_outbox(&mut sled_batch, None, &entry)?;
                     committed.enqueued.push(entry.key.clone());
                     outbox_seen.insert(key, Some(entry));
@@ -213,6 +224,12 @@ impl SledStore {
                 Op::UpdateOutbox(entry) => {
                     let key = entry.key.as_str().to_owned();
                     let old = self.current_outbox(&key, &outbox_seen)?;
+                    let mut entry = entry;
+                    if let Some(old) = &old
+                        && entry.seq == 0
+                    {
+                        entry.seq = old.seq;
+                    }
                     self.write_outbox(&mut sled_batch, old.as_ref(), &entry)?;
                     outbox_seen.insert(key, Some(entry));
                 }
@@ -280,11 +297,16 @@ impl SledStore {
     ) -> Result<()> {
         let key = entry.key.as_str();
         if let Some(old) = old.filter(|old| old.state.is_pending()) {
-            batch.remove(keys::ordered(keys::ready(old.effect.channel()), old.next_attempt_at, key));
+            batch.remove(keys::ready_key(
+                keys::ready(old.effect.channel()),
+                old.next_attempt_at,
+                old.seq,
+                key,
+            ));
         }
         if entry.state.is_pending() {
             batch.insert(
-                keys::ordered(keys::ready(entry.effect.channel()), entry.next_attempt_at, key),
+                keys::ready_key(keys::ready(entry.effect.channel()), entry.next_attempt_at, entry.seq, key),
                 &[][..],
             );
         }
@@ -406,7 +428,7 @@ impl Store for SledStore {
         let mut ready = Vec::new();
         for item in self.tree.range(vec![tag]..keys::ordered_end(tag, now)).take(limit) {
             let (key, _) = item.map_err(|e| self.err(e))?;
-            let id = std::str::from_utf8(&key[9..]).map_err(|_| corrupt(&key, "bad ready key"))?;
+            let id = keys::ready_entry(&key).ok_or_else(|| corrupt(&key, "bad ready key"))?;
             match self.get::<OutboxEntry>(&keys::simple(keys::OUTBOX, id))? {
                 Some(entry) => ready.push(entry),
                 None => return Err(corrupt(&key, "ready index names a missing outbox entry")),
