@@ -80,6 +80,9 @@ pub enum EventKind {
     HandoffEnded {
         handoff: u32,
         outcome: String,
+        /// How long the hand-off was open.
+        #[serde(default)]
+        open_seconds: i64,
     },
     /// An effect was queued in the outbox.
     EffectQueued {

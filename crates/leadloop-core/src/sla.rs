@@ -388,7 +388,11 @@ impl SlaRules {
             decision.events.push(HistoryEvent::new(
                 now,
                 actor(),
-                EventKind::HandoffEnded { handoff: handoff.number, outcome: outcome.to_owned() },
+                EventKind::HandoffEnded {
+                    handoff: handoff.number,
+                    outcome: outcome.to_owned(),
+                    open_seconds: (now - handoff.started_at).num_seconds(),
+                },
             ));
         }
     }

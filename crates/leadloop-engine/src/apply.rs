@@ -3,6 +3,34 @@
 use leadloop_core::{Actor, Decision, EventKind, HistoryEvent, LeadId, OutboxEntry, Timestamp};
 use leadloop_store::Batch;
 
+/// Counts what a decision did, for `/metrics`: hand-offs started and ended (by outcome), the
+/// time to the first status change, and SLA steps queued (by step).
+pub fn observe(decision: &Decision) {
+    for event in &decision.events {
+        match &event.kind {
+            EventKind::HandoffStarted { .. } => {
+                metrics::counter!("leadloop_sla_handoffs_started_total").increment(1)
+            }
+            EventKind::HandoffEnded { outcome, open_seconds, .. } => {
+                let outcome = outcome.split(':').next().unwrap_or("other").to_owned();
+                if outcome == "satisfied" {
+                    metrics::histogram!("leadloop_sla_time_to_first_touch_seconds")
+                        .record(*open_seconds as f64);
+                }
+                metrics::counter!("leadloop_sla_handoffs_ended_total", "outcome" => outcome).increment(1);
+            }
+            _ => {}
+        }
+    }
+    for (key, _) in &decision.effects {
+        if let Some(step) = key.as_str().strip_prefix("sla/").and_then(|rest| rest.rsplit('/').next())
+            && !key.as_str().contains("/action/")
+        {
+            metrics::counter!("leadloop_sla_steps_total", "step" => step.to_owned()).increment(1);
+        }
+    }
+}
+
 /// The batch that makes `decision` durable: the lead's new state, its history, its timers,
 /// and its effects queued in the outbox (each recorded in the history as queued). History
 /// events belong to the decision's lead, or else to `subject`, the lead the event was about.

@@ -20,7 +20,7 @@ use leadloop_core::{
 use leadloop_store::{Batch, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-pub use apply::decision_batch;
+pub use apply::{decision_batch, observe};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 
 /// The most timers handled in one tick; the rest wait for the next, which follows at once.
@@ -150,6 +150,7 @@ impl Engine {
             events.into_iter().map(|e| HistoryEvent::new(now, Actor::System, e)).collect();
         history.append(&mut decision.events);
         decision.events = history;
+        observe(&decision);
         self.commit(decision_batch(decision, Some(&id), now)).await
     }
 
@@ -169,6 +170,7 @@ impl Engine {
                 EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
             ),
         );
+        observe(&decision);
         self.commit(decision_batch(decision, Some(&activity.lead_id), now)).await
     }
 
@@ -179,6 +181,7 @@ impl Engine {
         let mut decision = self.policy.on_delete(&lead, now);
         decision.lead = None;
         decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
+        observe(&decision);
         let mut batch = decision_batch(decision, Some(id), now);
         batch.push(leadloop_store::Op::DeleteLead(id.clone()));
         self.commit(batch).await
@@ -212,6 +215,7 @@ impl Engine {
                 None => None,
             };
             let decision = self.policy.on_timer(timer, lead.as_ref(), &people, now);
+            observe(&decision);
             batch.cancel_timer(timer.key.clone());
             batch.ops.extend(decision_batch(decision, timer.lead_id.as_ref(), now).ops);
             report.fired += 1;

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -18,6 +19,14 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub metrics: Option<PrometheusHandle>,
     pub store: Option<Arc<dyn Store>>,
+    pub sla: Arc<leadloop_core::sla::SlaConfig>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SlaQuery {
+    #[serde(default)]
+    overdue: bool,
+    rep: Option<String>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -25,7 +34,36 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/sla", get(sla_list))
+        .route("/sla/{lead}", get(sla_show))
         .with_state(state)
+}
+
+fn unavailable(message: String) -> axum::response::Response {
+    (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+}
+
+/// `GET /sla?overdue=true&rep=ID`: the open hand-offs, as `leadloop sla list --format json`.
+async fn sla_list(
+    State(state): State<AdminState>,
+    Query(query): Query<SlaQuery>,
+) -> axum::response::Response {
+    let Some(store) = &state.store else { return unavailable("no store\n".into()) };
+    let filter = crate::sla_cmd::Filter { overdue: query.overdue, rep: query.rep };
+    match crate::sla_cmd::list(store.as_ref(), &state.sla, chrono::Utc::now(), &filter).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
+}
+
+/// `GET /sla/LEAD`: one lead's hand-off and history, as `leadloop sla show --format json`.
+async fn sla_show(State(state): State<AdminState>, Path(lead): Path<String>) -> axum::response::Response {
+    let Some(store) = &state.store else { return unavailable("no store\n".into()) };
+    match crate::sla_cmd::show(store.as_ref(), &state.sla, chrono::Utc::now(), &lead).await {
+        Ok(Some(value)) => Json(value).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(serde_json::Value::Null)).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -44,10 +44,60 @@ pub enum Command {
         #[arg(long, value_name = "RFC3339")]
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Open hand-offs and their SLA state.
+    Sla {
+        #[command(subcommand)]
+        command: SlaCommand,
+    },
     /// Email tools: send a test message, preview a template.
     Email {
         #[command(subcommand)]
         command: EmailCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Where to read state: the store, or a running daemon's admin listener.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The state directory; overrides the config's.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A running daemon's admin listener, asked when it holds the state directory.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlaCommand {
+    /// List open hand-offs, oldest first.
+    List {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// Only hand-offs whose status did not change before the first reminder.
+        #[arg(long)]
+        overdue: bool,
+        /// Only this rep's hand-offs.
+        #[arg(long, value_name = "ID")]
+        rep: Option<String>,
+    },
+    /// A lead's hand-off state and full history.
+    Show {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// The lead's id.
+        #[arg(value_name = "LEAD")]
+        lead: String,
     },
 }
 
@@ -126,6 +176,20 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::main(args),
         Command::Export(args) => backup(args, true),
         Command::Import(args) => backup(args, false),
+        Command::Sla { command: SlaCommand::List { read, overdue, rep } } => crate::sla_cmd::main(
+            &read.config.config,
+            read.state_dir,
+            read.admin_listen,
+            crate::sla_cmd::Query::List(crate::sla_cmd::Filter { overdue, rep }),
+            read.format == Format::Json,
+        ),
+        Command::Sla { command: SlaCommand::Show { read, lead } } => crate::sla_cmd::main(
+            &read.config.config,
+            read.state_dir,
+            read.admin_listen,
+            crate::sla_cmd::Query::Show(lead),
+            read.format == Format::Json,
+        ),
         Command::Simulate { config, events, until } => crate::simulate::main(&config.config, &events, until),
         Command::Email { command: EmailCommand::Test { config, to } } => {
             crate::email_cmd::test(&config.config, &to)

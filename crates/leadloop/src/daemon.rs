@@ -97,8 +97,12 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             return exit::FAILURE;
         }
     };
-    let router =
-        admin::router(AdminState { ready: Arc::clone(&ready), metrics, store: Some(Arc::clone(&store)) });
+    let router = admin::router(AdminState {
+        ready: Arc::clone(&ready),
+        metrics,
+        store: Some(Arc::clone(&store)),
+        sla: Arc::new(config.sla.clone()),
+    });
     let admin_task = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await }
@@ -234,6 +238,9 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                 tracing::warn!(%warning, "config warning");
             }
             apply_overrides(&mut next, args);
+            if next.sla != config.sla || next.email.is_some() != config.email.is_some() {
+                tracing::warn!("[sla] and [email] changes apply on restart");
+            }
             if restart_only(&next) != restart_only(config) {
                 tracing::warn!(
                     "state_dir, admin_listen and store settings change only on restart; the rest is applied now"
@@ -241,7 +248,15 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
             }
             match write_people(store, &next).await {
                 Ok(()) => {
-                    *config = Config { daemon: config.daemon.clone(), store: config.store.clone(), ..next };
+                    // People apply now; the rest waits for a restart (and is compared against what runs).
+                    *config = Config {
+                        daemon: config.daemon.clone(),
+                        store: config.store.clone(),
+                        sla: config.sla.clone(),
+                        email: config.email.clone(),
+                        outbox: config.outbox.clone(),
+                        ..next
+                    };
                     tracing::info!(file = %path.display(), people = config.people.len(), "config reloaded");
                     metrics::counter!("leadloop_config_reloads_total", "result" => "applied").increment(1);
                 }

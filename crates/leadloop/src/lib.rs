@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod email_cmd;
 pub mod exit;
 pub mod simulate;
+pub mod sla_cmd;
 pub mod telemetry;

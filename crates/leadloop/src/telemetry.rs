@@ -24,6 +24,20 @@ pub fn init_logging(format: LogFormat) {
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("leadloop_sla_time_to_first_touch_seconds".into()),
+            &[
+                300.0,
+                900.0,
+                3600.0,
+                4.0 * 3600.0,
+                8.0 * 3600.0,
+                86400.0,
+                2.0 * 86400.0,
+                3.0 * 86400.0,
+                7.0 * 86400.0,
+            ],
+        )?
         .install_recorder()?;
     metrics::describe_counter!("leadloop_timers_fired_total", "timers handled by the engine");
     metrics::describe_histogram!("leadloop_tick_seconds", "time to handle the timers due in one tick");
@@ -32,6 +46,35 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "ticks that failed (store errors) and were retried"
     );
     metrics::describe_counter!("leadloop_config_reloads_total", "SIGHUP reloads by result");
+    metrics::describe_counter!("leadloop_sla_handoffs_started_total", "hand-offs whose SLA ladder started");
+    metrics::describe_counter!(
+        "leadloop_sla_handoffs_ended_total",
+        "hand-offs ended, by outcome (satisfied, reassigned, lead deleted)"
+    );
+    metrics::describe_histogram!(
+        "leadloop_sla_time_to_first_touch_seconds",
+        "from hand-off to the first status change"
+    );
+    metrics::describe_counter!("leadloop_sla_steps_total", "SLA ladder emails queued, by step");
+    metrics::describe_counter!("leadloop_email_sent_total", "emails accepted by the server, by kind");
+    metrics::describe_counter!(
+        "leadloop_email_retried_total",
+        "email sends that failed temporarily and will be retried, by kind"
+    );
+    metrics::describe_counter!("leadloop_email_failed_total", "emails refused for good, by kind");
+    metrics::describe_counter!(
+        "leadloop_email_dropped_total",
+        "emails dropped unsent (no or only suppressed recipients), by kind"
+    );
+    metrics::describe_counter!(
+        "leadloop_email_suppressed_total",
+        "recipients removed at send time by the suppression list"
+    );
+    metrics::describe_gauge!("leadloop_email_queue_depth", "emails waiting in the outbox");
+    metrics::describe_gauge!(
+        "leadloop_email_oldest_due_seconds",
+        "how long the most overdue pending email has been due"
+    );
     metrics::describe_gauge!("leadloop_store_size_bytes", "size of the state directory's store on disk");
     metrics::describe_gauge!("leadloop_store_commits", "batches committed since start");
     metrics::describe_gauge!("leadloop_store_flushes", "flushes to disk since start (commits share flushes)");

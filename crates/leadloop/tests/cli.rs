@@ -400,3 +400,90 @@ async fn email_test_sends_through_starttls_and_prints_the_reply_without_the_pass
     assert_eq!(messages[0]["tls"], true);
     assert_eq!(messages[0]["rcpt_tos"], serde_json::json!(["rep@corp.example"]));
 }
+
+/// A state directory with one hand-off that started 30 hours ago (so its reminder is out).
+async fn state_with_a_handoff(dir: &Path) {
+    use leadloop_core::sla::{SlaConfig, SlaRules};
+    use leadloop_core::{Lead, Person, PersonId, Role, VirtualClock};
+    let store: std::sync::Arc<dyn leadloop_store::Store> =
+        leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(dir)).expect("store");
+    let clock = std::sync::Arc::new(VirtualClock::new(chrono::Utc::now() - chrono::TimeDelta::hours(30)));
+    let engine = leadloop_engine::Engine::new(
+        store,
+        clock.clone(),
+        std::sync::Arc::new(SlaRules::new(SlaConfig::default())),
+    );
+    engine
+        .upsert_person(Person {
+            id: PersonId::new("005A0000001"),
+            email: "ana.rep@example.com".into(),
+            name: "Ana Rep".into(),
+            manager: None,
+            time_zone: None,
+            role: Role::Rep,
+            active: true,
+            capacity: None,
+        })
+        .await
+        .expect("person");
+    let mut lead = Lead::new("00Q1");
+    lead.first_name = Some("Ana".into());
+    lead.status = Some("Open - Not Contacted".into());
+    lead.owner_id = Some(PersonId::new("005A0000001"));
+    engine.upsert_lead(lead).await.expect("lead");
+    clock.advance(chrono::TimeDelta::hours(30));
+    engine.tick().await.expect("tick");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_list_and_show_read_the_store_or_a_running_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    state_with_a_handoff(&state).await;
+    let list = |extra: &[&str]| {
+        bin()
+            .args(["sla", "list", "--format", "json", "--config"])
+            .arg(example_config())
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let output = list(&["--overdue"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["lead_id"], "00Q1");
+    assert_eq!(rows[0]["last_step"], "reminder");
+    assert_eq!(rows[0]["next_step"], "manager");
+    assert_eq!(rows[0]["overdue"], true);
+    let other_rep: serde_json::Value =
+        serde_json::from_slice(&list(&["--rep", "005B"]).stdout).expect("json");
+    assert_eq!(other_rep, serde_json::json!([]));
+
+    // With a daemon holding the state directory, the same command asks its admin listener.
+    let daemon = Daemon::start(&example_config(), &state);
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+    let admin = format!("127.0.0.1:{}", daemon.port);
+    let output = tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || {
+            bin()
+                .args(["sla", "show", "00Q1", "--format", "json", "--admin-listen", &admin, "--config"])
+                .arg(example_config())
+                .arg("--state-dir")
+                .arg(&state)
+                .output()
+                .expect("run")
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(shown["open_handoff"]["handoff"], 1);
+    let kinds: Vec<&str> =
+        shown["history"].as_array().expect("history").iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"handoff_started") && kinds.contains(&"effect_queued"), "{kinds:?}");
+}

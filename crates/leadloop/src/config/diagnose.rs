@@ -269,6 +269,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_people(&config, &mut report);
     check_email(&config, &mut report, &mut findings_extra);
     check_outbox(&config, &mut report);
+    check_sla(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
     findings.extend(findings_extra);
@@ -300,11 +301,14 @@ fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severit
             report(format!("{path}.email"), format!("`{email}` is not an email address"), Severity::Error);
         }
         if person.manager.is_none() && person.role == leadloop_core::Role::Rep {
-            report(
-                path.clone(),
-                "no manager: escalations for this rep fall back to the configured fallback address".into(),
-                Severity::Warning,
-            );
+            let message = match &config.sla.fallback_email {
+                Some(fallback) => {
+                    format!("no manager: escalations for this rep go to sla.fallback_email ({fallback})")
+                }
+                None => "no manager and no sla.fallback_email: escalations for this rep copy no manager"
+                    .to_owned(),
+            };
+            report(path.clone(), message, Severity::Warning);
         }
     }
     // Everyone with an id is in the chart, complete or not, so a missing email is not also
@@ -382,6 +386,127 @@ fn check_email(
                     message: problem.message,
                     severity: Severity::Error,
                 });
+            }
+        }
+    }
+}
+
+fn check_sla(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let sla = &config.sla;
+    if let Some(fallback) = &sla.fallback_email
+        && !plausible_email(fallback)
+    {
+        report("sla.fallback_email".into(), format!("`{fallback}` is not an email address"), Severity::Error);
+    }
+    if let Some(executive) = &sla.executive
+        && !config.people.iter().any(|p| p.id.as_deref() == Some(executive.as_str()))
+    {
+        report(
+            "sla.executive".into(),
+            format!("`{executive}` is not among the configured people; it must come from the CRM's users"),
+            Severity::Warning,
+        );
+    }
+    if sla.open_statuses.is_empty() {
+        report(
+            "sla.open_statuses".into(),
+            "no open status: no hand-off would ever start".into(),
+            Severity::Error,
+        );
+    }
+    let templates = match config.email.as_ref().map(|e| e.templates()) {
+        Some(Ok(templates)) => Some(templates),
+        Some(Err(_)) => None, // reported with the email settings
+        None => leadloop_smtp::Templates::load(None).ok(),
+    };
+    let mut names = BTreeSet::new();
+    for (i, policy) in sla.policies.iter().enumerate() {
+        let path = format!("sla.policy[{i}]");
+        if !names.insert(policy.name.clone()) {
+            report(
+                format!("{path}.name"),
+                format!("policy `{}` is defined twice", policy.name),
+                Severity::Error,
+            );
+        }
+        if policy.steps.is_empty() {
+            report(path.clone(), "a policy needs at least one [[sla.policy.step]]".into(), Severity::Error);
+        }
+        let mut steps = BTreeSet::new();
+        let mut previous = std::time::Duration::ZERO;
+        for (j, step) in policy.steps.iter().enumerate() {
+            let step_path = format!("{path}.step[{j}]");
+            if !steps.insert(step.name.clone()) {
+                report(
+                    format!("{step_path}.name"),
+                    format!("step `{}` appears twice in this policy", step.name),
+                    Severity::Error,
+                );
+            }
+            if step.after < previous {
+                report(
+                    format!("{step_path}.after"),
+                    "steps must be in order of `after`".into(),
+                    Severity::Error,
+                );
+            }
+            previous = step.after;
+            if step.to.is_empty() {
+                report(
+                    format!("{step_path}.to"),
+                    "a step needs at least one recipient".into(),
+                    Severity::Error,
+                );
+            }
+            for (list, recipients) in [("to", &step.to), ("cc", &step.cc)] {
+                for recipient in recipients.iter() {
+                    if let leadloop_core::sla::Recipient::Address(address) = recipient {
+                        let bare = address.trim_start_matches("address:");
+                        if !address.starts_with("address:") || !plausible_email(bare) {
+                            report(
+                                format!("{step_path}.{list}"),
+                                format!(
+                                    "`{address}` is not a recipient: use \"rep\", \"manager\", \"executive\" or \"address:someone@example.com\""
+                                ),
+                                Severity::Error,
+                            );
+                        }
+                    }
+                }
+            }
+            if let Some(templates) = &templates
+                && !templates.names().contains(&step.template)
+            {
+                report(
+                    format!("{step_path}.template"),
+                    format!(
+                        "no template `{}` (known: {})",
+                        step.template,
+                        templates.names().into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                    Severity::Error,
+                );
+            }
+        }
+        if let Some(hours) = &policy.business_hours {
+            if hours.start >= hours.end {
+                report(
+                    format!("{path}.business_hours"),
+                    "`start` must be before `end`".into(),
+                    Severity::Error,
+                );
+            }
+            if hours.days.is_empty() {
+                report(format!("{path}.business_hours"), "no working days".into(), Severity::Error);
+            }
+            if let Some(calendar) = &hours.holidays
+                && !sla.holidays.contains_key(calendar)
+            {
+                report(
+                    format!("{path}.business_hours"),
+                    format!("no holiday calendar `{calendar}` in [sla.holidays]"),
+                    Severity::Error,
+                );
             }
         }
     }
@@ -497,8 +622,23 @@ role = "manager"
         assert_eq!(
             rendered,
             [
-                "t.toml:1:1: people[0]: warning: no manager: escalations for this rep fall back to the configured fallback address"
+                "t.toml:1:1: people[0]: warning: no manager and no sla.fallback_email: escalations for this rep copy no manager"
             ]
+        );
+    }
+
+    #[test]
+    fn sla_policies_are_checked_against_templates_and_calendars() {
+        check(
+            "[[sla.policy]]\nname = \"p\"\nbusiness_hours = { start = \"17:00\", end = \"09:00\", holidays = \"xx\" }\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"1h\"\nkind = \"sla.alert\"\ntemplate = \"sla_alrt\"\nto = [\"rep\", \"boss@x.example\"]\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\n",
+            &[
+                "t.toml:3:1: sla.policy[0].business_hours: `start` must be before `end`",
+                "t.toml:3:1: sla.policy[0].business_hours: no holiday calendar `xx` in [sla.holidays]",
+                "t.toml:8:1: sla.policy[0].step[0].template: no template `sla_alrt` (known: nurture_example, sla_alert, sla_executive, sla_manager, sla_reminder)",
+                "t.toml:9:1: sla.policy[0].step[0].to: `boss@x.example` is not a recipient: use \"rep\", \"manager\", \"executive\" or \"address:someone@example.com\"",
+                "t.toml:11:1: sla.policy[0].step[1].name: step `alert` appears twice in this policy",
+                "t.toml:12:1: sla.policy[0].step[1].after: steps must be in order of `after`",
+            ],
         );
     }
 

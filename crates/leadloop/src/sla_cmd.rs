@@ -1,0 +1,220 @@
+//! `leadloop sla list` and `leadloop sla show`, and the admin listener's `/sla` view that
+//! they fall back to while a daemon holds the state directory.
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use leadloop_core::sla::{SlaConfig, SlaRules};
+use leadloop_core::{LeadId, OrgChart, Timestamp};
+use leadloop_store::{SledConfig, SledStore, Store, StoreError};
+use serde_json::{Value, json};
+
+use crate::cli::load_reporting;
+use crate::exit;
+
+/// Which hand-offs to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only hand-offs past their first reminder (the status did not change in time).
+    pub overdue: bool,
+    pub rep: Option<String>,
+}
+
+/// One open hand-off as JSON.
+fn describe(
+    sla: &SlaConfig,
+    chart: &OrgChart,
+    record: &leadloop_core::LeadRecord,
+    now: Timestamp,
+) -> Option<Value> {
+    let handoff = record.handoff.as_ref()?;
+    let rules = SlaRules::new(sla.clone());
+    let policy = sla.policies().into_iter().find(|p| p.name == handoff.policy)?;
+    let sent = handoff.next_step.checked_sub(1).and_then(|i| policy.steps.get(i)).map(|s| s.name.clone());
+    let next = policy.steps.get(handoff.next_step).map(|s| s.name.clone());
+    let next_due = rules.due(&policy, handoff, handoff.next_step, chart);
+    let first_reminder = rules.due(&policy, handoff, 1, chart);
+    Some(json!({
+        "lead_id": record.lead.id,
+        "lead": record.lead.display_name(),
+        "company": record.lead.company,
+        "status": record.lead.status,
+        "owner_id": handoff.owner,
+        "owner": chart.get(&handoff.owner).map(|p| p.name.clone()),
+        "handoff": handoff.number,
+        "policy": handoff.policy,
+        "started_at": handoff.started_at,
+        "age_hours": (now - handoff.started_at).num_minutes() as f64 / 60.0,
+        "last_step": sent,
+        "next_step": next,
+        "next_step_at": next_due,
+        "overdue": first_reminder.is_some_and(|at| at <= now),
+    }))
+}
+
+/// Every open hand-off matching `filter`, oldest first.
+pub async fn list(
+    store: &dyn Store,
+    sla: &SlaConfig,
+    now: Timestamp,
+    filter: &Filter,
+) -> Result<Vec<Value>, StoreError> {
+    let chart = OrgChart::new(store.people().await?);
+    let mut out = Vec::new();
+    let mut after: Option<LeadId> = None;
+    loop {
+        let page = store.leads(after.as_ref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.lead.id.clone());
+        for record in &page {
+            if filter
+                .rep
+                .as_deref()
+                .is_some_and(|rep| record.handoff.as_ref().map(|h| h.owner.as_str()) != Some(rep))
+            {
+                continue;
+            }
+            if let Some(row) = describe(sla, &chart, record, now)
+                && (!filter.overdue || row["overdue"] == Value::Bool(true))
+            {
+                out.push(row);
+            }
+        }
+    }
+    out.sort_by(|a, b| a["started_at"].as_str().cmp(&b["started_at"].as_str()));
+    Ok(out)
+}
+
+/// A lead's hand-off and its full history.
+pub async fn show(
+    store: &dyn Store,
+    sla: &SlaConfig,
+    now: Timestamp,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
+    let Some(record) = store.lead(&LeadId::new(id)).await? else { return Ok(None) };
+    let chart = OrgChart::new(store.people().await?);
+    let history: Vec<Value> = store
+        .history(&record.lead.id)
+        .await?
+        .into_iter()
+        .map(|(seq, event)| {
+            let mut value = serde_json::to_value(&event).unwrap_or(Value::Null);
+            value["seq"] = json!(seq);
+            value
+        })
+        .collect();
+    Ok(Some(json!({
+        "lead_id": record.lead.id,
+        "lead": record.lead.display_name(),
+        "status": record.lead.status,
+        "stage": record.stage.as_str(),
+        "owner_id": record.lead.owner_id,
+        "handoffs": record.handoffs,
+        "open_handoff": describe(sla, &chart, &record, now),
+        "history": history,
+    })))
+}
+
+pub enum Query {
+    List(Filter),
+    Show(String),
+}
+
+/// Runs `query` against the store, or, when a daemon holds the state directory, against its
+/// admin listener.
+pub fn main(
+    config_path: &std::path::Path,
+    state_dir: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+    query: Query,
+    json_out: bool,
+) -> u8 {
+    let config = match load_reporting(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let dir = state_dir.unwrap_or_else(|| config.daemon.state_dir.clone());
+    let admin = admin.unwrap_or(config.daemon.admin_listen);
+    let result: Result<Value, String> = runtime.block_on(async {
+        let now = chrono::Utc::now();
+        match SledStore::open(&SledConfig::new(&dir)) {
+            Ok(store) => {
+                let store: Arc<dyn Store> = store;
+                match &query {
+                    Query::List(filter) => list(store.as_ref(), &config.sla, now, filter).await.map(Value::Array),
+                    Query::Show(id) => show(store.as_ref(), &config.sla, now, id).await.map(|v| v.unwrap_or(Value::Null)),
+                }
+                .map_err(|e| e.to_string())
+            }
+            Err(StoreError::Locked { .. }) => {
+                let url = match &query {
+                    Query::List(filter) => {
+                        let mut url = format!("http://{admin}/sla?overdue={}", filter.overdue);
+                        if let Some(rep) = &filter.rep {
+                            url.push_str(&format!("&rep={rep}"));
+                        }
+                        url
+                    }
+                    Query::Show(id) => format!("http://{admin}/sla/{id}"),
+                };
+                let response = reqwest::get(&url).await.map_err(|e| {
+                    format!("the state directory is in use by a running daemon, and its admin listener at {admin} did not answer ({e}); pass --admin-listen")
+                })?;
+                response.json::<Value>().await.map_err(|e| format!("{url}: {e}"))
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    });
+    let value = match result {
+        Ok(value) => value,
+        Err(error) => {
+            eprintln!("{error}");
+            return exit::STORE;
+        }
+    };
+    if value.is_null() {
+        eprintln!("no such lead");
+        return exit::FAILURE;
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        return exit::OK;
+    }
+    match query {
+        Query::List(_) => {
+            println!(
+                "{:<18} {:<24} {:<18} {:>4} {:>8}  {:<10} {:<10} {}",
+                "LEAD", "NAME", "OWNER", "#", "AGE(h)", "LAST", "NEXT", "NEXT AT"
+            );
+            for row in value.as_array().into_iter().flatten() {
+                let text = |k: &str| row[k].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{:<18} {:<24} {:<18} {:>4} {:>8.1}  {:<10} {:<10} {}{}",
+                    text("lead_id"),
+                    text("lead"),
+                    row["owner"].as_str().unwrap_or_else(|| row["owner_id"].as_str().unwrap_or("-")),
+                    row["handoff"],
+                    row["age_hours"].as_f64().unwrap_or(0.0),
+                    text("last_step"),
+                    text("next_step"),
+                    text("next_step_at"),
+                    if row["overdue"] == Value::Bool(true) { "  OVERDUE" } else { "" }
+                );
+            }
+        }
+        Query::Show(_) => {
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        }
+    }
+    exit::OK
+}
