@@ -192,9 +192,10 @@ pub fn main(
     }
     match query {
         Query::List(_) => {
+            let header = ["LEAD", "NAME", "OWNER", "#", "AGE(h)", "LAST", "NEXT", "NEXT AT"];
             println!(
                 "{:<18} {:<24} {:<18} {:>4} {:>8}  {:<10} {:<10} {}",
-                "LEAD", "NAME", "OWNER", "#", "AGE(h)", "LAST", "NEXT", "NEXT AT"
+                header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7]
             );
             for row in value.as_array().into_iter().flatten() {
                 let text = |k: &str| row[k].as_str().unwrap_or("-").to_owned();
