@@ -2,6 +2,7 @@
 //!
 //! Usage: cargo run --release -p leadloop-bench -- store [--leads N] [--timers N] [--batch N]
 //!        cargo run --release -p leadloop-bench -- smtp [--messages N]
+//!        cargo run --release -p leadloop-bench -- sla [--handoffs N]
 //!
 //! `store`:
 //! Figures: batched lead writes per second (each batch durable before the next), concurrent
@@ -17,6 +18,7 @@ use clap::Parser;
 use leadloop_core::{Lead, LeadRecord, Timer, TimerKey, TimerKind, Timestamp};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 
+mod sla;
 mod smtp;
 
 #[derive(Debug, Parser)]
@@ -25,6 +27,8 @@ enum Bench {
     Store(Args),
     /// The email relay against a real SMTP server on loopback (STARTTLS, AUTH, pooling).
     Smtp(smtp::Args),
+    /// SLA ticks with many open hand-offs.
+    Sla(sla::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Store(args) => store(args).await,
         Bench::Smtp(args) => smtp::run(args).await,
+        Bench::Sla(args) => sla::run(args).await,
     }
 }
 

@@ -253,14 +253,6 @@ impl SlaConfig {
     pub fn policies(&self) -> Vec<SlaPolicy> {
         if self.policies.is_empty() { vec![default_policy()] } else { self.policies.clone() }
     }
-
-    fn policy_for(&self, record: &LeadRecord) -> Option<SlaPolicy> {
-        self.policies().into_iter().find(|p| p.when.matches(record))
-    }
-
-    fn policy_named(&self, name: &str) -> Option<SlaPolicy> {
-        self.policies().into_iter().find(|p| p.name == name)
-    }
 }
 
 /// Adds `duration` of working time to `start`, in `tz`. Zero is `start` itself: the first
@@ -309,9 +301,11 @@ fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Timestamp {
 }
 
 /// The SLA policy engine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SlaRules {
     pub config: SlaConfig,
+    /// `config.policies()`, resolved once.
+    policies: Vec<SlaPolicy>,
 }
 
 fn timer_key(lead: &str) -> TimerKey {
@@ -328,17 +322,27 @@ fn actor() -> Actor {
 }
 
 fn human_duration(d: TimeDelta) -> String {
-    let minutes = d.num_minutes().max(0);
-    match minutes {
-        m if m < 60 => format!("{m} minutes"),
-        m if m < 48 * 60 => format!("{} hours", m / 60),
-        m => format!("{} days", m / (24 * 60)),
+    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
+    match d.num_minutes().max(0) {
+        m if m < 60 => plural(m, "minute"),
+        m if m < 48 * 60 => plural(m / 60, "hour"),
+        m => plural(m / (24 * 60), "day"),
     }
 }
 
 impl SlaRules {
     pub fn new(config: SlaConfig) -> Self {
-        Self { config }
+        let policies = config.policies();
+        Self { config, policies }
+    }
+
+    fn policy_for(&self, record: &LeadRecord) -> Option<&SlaPolicy> {
+        self.policies.iter().find(|p| p.when.matches(record))
+    }
+
+    /// The policy a hand-off runs under.
+    pub fn policy_named(&self, name: &str) -> Option<&SlaPolicy> {
+        self.policies.iter().find(|p| p.name == name)
     }
 
     fn tz_of(person: Option<&Person>) -> Tz {
@@ -400,10 +404,14 @@ impl SlaRules {
     /// Sends what is due and arms the timer for the next step.
     fn advance(&self, record: &mut LeadRecord, people: &OrgChart, now: Timestamp, decision: &mut Decision) {
         let Some(mut handoff) = record.handoff.clone() else { return };
-        let Some(policy) = self.config.policy_named(&handoff.policy) else { return };
+        let Some(policy) = self.policy_named(&handoff.policy) else {
+            let outcome = format!("stopped: policy `{}` is no longer configured", handoff.policy);
+            self.end(record, &outcome, now, decision);
+            return;
+        };
         let mut due = Vec::new();
         let mut index = handoff.next_step;
-        while let Some(at) = self.due(&policy, &handoff, index, people) {
+        while let Some(at) = self.due(policy, &handoff, index, people) {
             if at > now {
                 break;
             }
@@ -412,7 +420,12 @@ impl SlaRules {
         }
         let send: Vec<usize> = match policy.catch_up {
             CatchUp::All => due.clone(),
-            CatchUp::Latest => due.last().copied().into_iter().collect(),
+            // Skip only steps due before the latest one: steps due at the same instant are
+            // not missed, they are simultaneous.
+            CatchUp::Latest => {
+                let latest = due.last().and_then(|i| self.due(policy, &handoff, *i, people));
+                due.iter().copied().filter(|i| self.due(policy, &handoff, *i, people) == latest).collect()
+            }
         };
         let missed = due.len().saturating_sub(send.len());
         if missed > 0 {
@@ -441,10 +454,10 @@ impl SlaRules {
         }
         handoff.next_step = index;
         for &i in &send {
-            self.send_step(record, &policy, &handoff, i, missed, people, now, decision);
+            self.send_step(record, policy, &handoff, i, missed, people, now, decision);
         }
         record.handoff = Some(handoff.clone());
-        if let Some(next) = self.due(&policy, &handoff, index, people) {
+        if let Some(next) = self.due(policy, &handoff, index, people) {
             decision.set_timers.push(Timer {
                 key: timer_key(record.lead.id.as_str()),
                 due: next,
@@ -468,11 +481,13 @@ impl SlaRules {
     ) {
         let step = &policy.steps[index];
         let owner = people.get(&handoff.owner);
-        let manager = people.manager_of(&handoff.owner);
+        // An inactive manager or executive is treated as missing: the fallback gets the copy.
+        let manager = people.manager_of(&handoff.owner).filter(|p| p.active);
         let executive = match &self.config.executive {
             Some(id) => people.get(id),
             None => people.executive_of(&handoff.owner),
-        };
+        }
+        .filter(|p| p.active);
         let fallback = self.config.fallback_email.as_deref();
         let mut missing = Vec::new();
         let mut resolve = |recipients: &[Recipient]| -> Vec<String> {
@@ -525,6 +540,8 @@ impl SlaRules {
         if let Some(map) = vars.as_object_mut() {
             map.insert("step".into(), Value::String(step.name.clone()));
         }
+        missing.sort_unstable();
+        missing.dedup();
         for role in missing {
             decision.events.push(HistoryEvent::new(
                 now,
@@ -602,7 +619,7 @@ impl Policy for SlaRules {
                     || b.lead.status != after.lead.status
                     || b.handoff.is_some()
             })
-            && let Some(policy) = self.config.policy_for(&after)
+            && let Some(policy) = self.policy_for(&after)
         {
             after.handoffs += 1;
             let handoff = Handoff {
@@ -635,7 +652,7 @@ impl Policy for SlaRules {
         let mut decision = Decision::default();
         let Some(handoff) = &lead.handoff else { return decision };
         let stops = activity.kind == "task_completed"
-            && self.config.policy_named(&handoff.policy).is_some_and(|p| p.stop_on_task);
+            && self.policy_named(&handoff.policy).is_some_and(|p| p.stop_on_task);
         if stops {
             let mut record = lead.clone();
             self.end(&mut record, "satisfied: task completed", now, &mut decision);

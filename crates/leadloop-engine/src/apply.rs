@@ -13,7 +13,9 @@ pub fn observe(decision: &Decision) {
             }
             EventKind::HandoffEnded { outcome, open_seconds, .. } => {
                 let outcome = outcome.split(':').next().unwrap_or("other").to_owned();
-                if outcome == "satisfied" {
+                // The first touch is the status change; a completed task ends a hand-off too,
+                // but is not counted here.
+                if outcome == "satisfied" && outcome_detail_is_status(event) {
                     metrics::histogram!("leadloop_sla_time_to_first_touch_seconds")
                         .record(*open_seconds as f64);
                 }
@@ -22,7 +24,15 @@ pub fn observe(decision: &Decision) {
             _ => {}
         }
     }
-    for (key, _) in &decision.effects {
+}
+
+fn outcome_detail_is_status(event: &leadloop_core::HistoryEvent) -> bool {
+    matches!(&event.kind, EventKind::HandoffEnded { outcome, .. } if outcome.starts_with("satisfied: status"))
+}
+
+/// Counts SLA steps among the effects a commit actually queued (duplicates excluded).
+pub fn observe_queued(keys: &[leadloop_core::IdempotencyKey]) {
+    for key in keys {
         if let Some(step) = key.as_str().strip_prefix("sla/").and_then(|rest| rest.rsplit('/').next())
             && !key.as_str().contains("/action/")
         {

@@ -90,6 +90,7 @@ impl Engine {
     /// Commits `batch` and wakes the relay if it queued anything.
     async fn commit(&self, batch: Batch) -> Result<Vec<IdempotencyKey>, EngineError> {
         let committed = self.store.commit(batch).await?;
+        apply::observe_queued(&committed.enqueued);
         if !committed.enqueued.is_empty()
             && let Some(notify) = &self.on_enqueue
         {

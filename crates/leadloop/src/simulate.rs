@@ -87,10 +87,17 @@ fn parse(number: usize, text: &str) -> Result<(Timestamp, Event), String> {
             if !lead.get("id").is_some_and(Value::is_string) {
                 return Err(format!("line {number}: the lead needs a string `id`"));
             }
+            // Check the field types now, so a bad line stops the run before any output.
+            Lead::new("check").merge_json(&lead).map_err(|e| format!("line {number}: lead: {e}"))?;
             Event::Lead(lead)
         }
         "user" => {
             let user = line.user.ok_or_else(|| format!("line {number}: `user` needs a `user` object"))?;
+            if let Some(zone) = &user.time_zone
+                && zone.parse::<chrono_tz::Tz>().is_err()
+            {
+                return Err(format!("line {number}: user {}: unknown time zone `{zone}`", user.id));
+            }
             Event::User(Person {
                 name: user.name.unwrap_or_else(|| user.email.clone()),
                 id: PersonId::new(user.id),
@@ -185,21 +192,27 @@ pub fn simulate(
     let events = source;
     let mut parsed = Vec::new();
     let mut errors = Vec::new();
+    let mut previous: Option<(usize, Timestamp)> = None;
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         match parse(index + 1, line) {
-            Ok(event) => parsed.push(event),
+            Ok((at, event)) => {
+                if let Some((before, previous_at)) = previous
+                    && at < previous_at
+                {
+                    errors.push(format!(
+                        "{}:line {}: `at` {at} is earlier than line {before}'s; events must be ordered by `at`",
+                        events.display(),
+                        index + 1
+                    ));
+                }
+                previous = Some((index + 1, at));
+                parsed.push((at, event));
+            }
             Err(error) => errors.push(format!("{}:{error}", events.display())),
         }
-    }
-    if let Some(pair) = parsed.windows(2).position(|w| w[1].0 < w[0].0) {
-        errors.push(format!(
-            "{}: events must be ordered by `at`; event {} is earlier than the one before",
-            events.display(),
-            pair + 2
-        ));
     }
     if !errors.is_empty() {
         for error in errors {
@@ -248,6 +261,9 @@ async fn run(
     let mut printer = Printer { store: Arc::clone(&store), templates, out };
     let last = events.last().map(|(at, _)| *at);
     for (at, event) in events {
+        if until.is_some_and(|until| at > until) {
+            break;
+        }
         run_until(&engine, &clock, &mut printer, at).await?;
         clock.set(at.max(clock.now()));
         let keys = match event {

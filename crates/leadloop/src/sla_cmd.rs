@@ -24,18 +24,17 @@ pub struct Filter {
 
 /// One open hand-off as JSON.
 fn describe(
-    sla: &SlaConfig,
+    rules: &SlaRules,
     chart: &OrgChart,
     record: &leadloop_core::LeadRecord,
     now: Timestamp,
 ) -> Option<Value> {
     let handoff = record.handoff.as_ref()?;
-    let rules = SlaRules::new(sla.clone());
-    let policy = sla.policies().into_iter().find(|p| p.name == handoff.policy)?;
+    let policy = rules.policy_named(&handoff.policy)?;
     let sent = handoff.next_step.checked_sub(1).and_then(|i| policy.steps.get(i)).map(|s| s.name.clone());
     let next = policy.steps.get(handoff.next_step).map(|s| s.name.clone());
-    let next_due = rules.due(&policy, handoff, handoff.next_step, chart);
-    let first_reminder = rules.due(&policy, handoff, 1, chart);
+    let next_due = rules.due(policy, handoff, handoff.next_step, chart);
+    let first_reminder = rules.due(policy, handoff, 1, chart);
     Some(json!({
         "lead_id": record.lead.id,
         "lead": record.lead.display_name(),
@@ -62,6 +61,7 @@ pub async fn list(
     filter: &Filter,
 ) -> Result<Vec<Value>, StoreError> {
     let chart = OrgChart::new(store.people().await?);
+    let rules = SlaRules::new(sla.clone());
     let mut out = Vec::new();
     let mut after: Option<LeadId> = None;
     loop {
@@ -76,7 +76,7 @@ pub async fn list(
             {
                 continue;
             }
-            if let Some(row) = describe(sla, &chart, record, now)
+            if let Some(row) = describe(&rules, &chart, record, now)
                 && (!filter.overdue || row["overdue"] == Value::Bool(true))
             {
                 out.push(row);
@@ -113,7 +113,7 @@ pub async fn show(
         "stage": record.stage.as_str(),
         "owner_id": record.lead.owner_id,
         "handoffs": record.handoffs,
-        "open_handoff": describe(sla, &chart, &record, now),
+        "open_handoff": describe(&SlaRules::new(sla.clone()), &chart, &record, now),
         "history": history,
     })))
 }
@@ -157,17 +157,21 @@ pub fn main(
                 .map_err(|e| e.to_string())
             }
             Err(StoreError::Locked { .. }) => {
-                let url = match &query {
+                let client = reqwest::Client::new();
+                let (url, request) = match &query {
                     Query::List(filter) => {
-                        let mut url = format!("http://{admin}/sla?overdue={}", filter.overdue);
-                        if let Some(rep) = &filter.rep {
-                            url.push_str(&format!("&rep={rep}"));
-                        }
-                        url
+                        let url = format!("http://{admin}/sla");
+                        let mut params = vec![("overdue", filter.overdue.to_string())];
+                        params.extend(filter.rep.iter().map(|rep| ("rep", rep.clone())));
+                        (url.clone(), client.get(url).query(&params))
                     }
-                    Query::Show(id) => format!("http://{admin}/sla/{id}"),
+                    Query::Show(id) => {
+                        let mut url = reqwest::Url::parse(&format!("http://{admin}/sla/")).map_err(|e| e.to_string())?;
+                        url.path_segments_mut().map_err(|()| "bad admin address".to_owned())?.pop_if_empty().push(id);
+                        (url.to_string(), client.get(url))
+                    }
                 };
-                let response = reqwest::get(&url).await.map_err(|e| {
+                let response = request.send().await.map_err(|e| {
                     format!("the state directory is in use by a running daemon, and its admin listener at {admin} did not answer ({e}); pass --admin-listen")
                 })?;
                 response.json::<Value>().await.map_err(|e| format!("{url}: {e}"))
@@ -214,7 +218,44 @@ pub fn main(
             }
         }
         Query::Show(_) => {
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            let text = |v: &Value| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| if v.is_null() { "-".into() } else { v.to_string() })
+            };
+            println!("lead      {} ({})", text(&value["lead_id"]), text(&value["lead"]));
+            println!("status    {}", text(&value["status"]));
+            println!("stage     {}", text(&value["stage"]));
+            println!("owner     {}", text(&value["owner_id"]));
+            println!("hand-offs {}", text(&value["handoffs"]));
+            match value["open_handoff"].as_object() {
+                Some(open) => println!(
+                    "open      #{} under policy {}, last step {}, next {} at {}{}",
+                    text(&open["handoff"]),
+                    text(&open["policy"]),
+                    text(&open["last_step"]),
+                    text(&open["next_step"]),
+                    text(&open["next_step_at"]),
+                    if open["overdue"] == Value::Bool(true) { " (OVERDUE)" } else { "" }
+                ),
+                None => println!("open      none"),
+            }
+            println!("history:");
+            for event in value["history"].as_array().into_iter().flatten() {
+                let mut detail = event.clone();
+                if let Some(map) = detail.as_object_mut() {
+                    for key in ["at", "kind", "seq", "actor"] {
+                        map.remove(key);
+                    }
+                }
+                println!(
+                    "  {:>4} {} {:<16} {}",
+                    text(&event["seq"]),
+                    text(&event["at"]),
+                    text(&event["kind"]),
+                    detail
+                );
+            }
         }
     }
     exit::OK

@@ -290,3 +290,62 @@ fn events_must_be_ordered_and_well_formed() {
     );
     assert_eq!(code, 65);
 }
+
+#[test]
+fn steps_due_at_the_same_instant_are_all_sent_under_catch_up_latest() {
+    let config = r#"
+[[sla.policy]]
+name = "twin"
+[[sla.policy.step]]
+name = "alert"
+after = "0s"
+kind = "sla.alert"
+template = "sla_alert"
+to = ["rep"]
+[[sla.policy.step]]
+name = "ops"
+after = "0s"
+kind = "sla.alert"
+template = "sla_alert"
+to = ["address:ops@x.example"]
+"#;
+    check(
+        config,
+        &format!("{PEOPLE}{}", lead("2026-03-02T14:00:00Z", HANDOFF)),
+        &[
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T14:00:00Z sla.alert to=ops@x.example cc=",
+        ],
+    );
+}
+
+#[test]
+fn an_inactive_manager_is_replaced_by_the_fallback() {
+    let events = format!(
+        "{}{}",
+        r#"{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005M","email":"mgr@x.example","name":"Gone","active":false}}
+{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005A","email":"rep@x.example","name":"Rep A","manager_id":"005M"}}
+"#,
+        lead("2026-03-02T14:00:00Z", HANDOFF)
+    );
+    let out = run("[sla]\nfallback_email = \"ops@x.example\"\n", &events, Some("2026-03-04T15:00:00Z"));
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some("2026-03-04T14:00:00Z sla.manager to=rep@x.example cc=ops@x.example")
+    );
+}
+
+#[test]
+fn bad_event_lines_stop_the_run_before_any_output() {
+    let (config, _) = config::load_str(Path::new("t.toml"), "").expect("config");
+    let mut out = Vec::new();
+    let events = concat!(
+        "{\"at\":\"2026-03-02T14:00:00Z\",\"type\":\"lead\",\"lead\":{\"id\":\"a\",\"status\":\"Open - Not Contacted\"}}\n",
+        "{\"at\":\"2026-03-02T15:00:00Z\",\"type\":\"lead\",\"lead\":{\"id\":\"a\",\"opted_out\":\"yes\"}}\n",
+        "{\"at\":\"2026-03-02T16:00:00Z\",\"type\":\"user\",\"user\":{\"id\":\"u\",\"email\":\"u@x.example\",\"time_zone\":\"Mars/Base\"}}\n",
+        "{\"at\":\"2026-03-01T00:00:00Z\",\"type\":\"delete\",\"lead_id\":\"a\"}\n",
+    );
+    let code = leadloop::simulate::simulate(&config, Path::new("e.jsonl"), events, None, &mut out);
+    assert_eq!(code, 65);
+    assert!(out.is_empty(), "nothing printed: {}", String::from_utf8_lossy(&out));
+}

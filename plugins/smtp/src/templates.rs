@@ -222,6 +222,7 @@ pub fn sample_vars(template: &str) -> Value {
     let person = |name: &str, email: &str| json!({ "id": "005S", "name": name, "email": email, "time_zone": "America/New_York" });
     json!({
         "kind": template,
+        "step": "reminder",
         "lead": {
             "id": "00QSAMPLE",
             "name": "Ana Lima",

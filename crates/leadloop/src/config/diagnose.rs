@@ -403,7 +403,9 @@ fn check_sla(config: &Config, report: &mut impl FnMut(String, String, Severity))
     {
         report(
             "sla.executive".into(),
-            format!("`{executive}` is not among the configured people; it must come from the CRM's users"),
+            format!(
+                "`{executive}` is not among the configured people; unless a CRM connector supplies it, escalations fall back to the top of each rep's manager chain"
+            ),
             Severity::Warning,
         );
     }

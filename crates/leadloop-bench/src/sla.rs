@@ -1,0 +1,146 @@
+//! SLA tick latency with many open hand-offs: each lead has a running ladder and a timer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::TimeDelta;
+use leadloop_core::sla::{Handoff, SlaConfig, SlaRules};
+use leadloop_core::{Lead, LeadRecord, Person, PersonId, Role, Timer, TimerKey, TimerKind, VirtualClock};
+use leadloop_engine::Engine;
+use leadloop_store::{Batch, SledConfig, SledStore, Store};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Open hand-offs.
+    #[arg(long, default_value_t = 1_000_000)]
+    handoffs: u64,
+    /// Ticks measured per case.
+    #[arg(long, default_value_t = 200)]
+    ticks: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted.get(((sorted.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
+    let reps: Vec<Person> = (0..50)
+        .map(|i| Person {
+            id: PersonId::new(format!("005R{i:03}")),
+            email: format!("rep{i}@corp.example"),
+            name: format!("Rep {i}"),
+            manager: Some(PersonId::new("005M")),
+            time_zone: Some("America/New_York".into()),
+            role: Role::Rep,
+            active: true,
+            capacity: None,
+        })
+        .collect();
+    let load_started = Instant::now();
+    {
+        let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path()))?;
+        let mut batch = Batch::new();
+        for rep in &reps {
+            batch.put_person(rep.clone());
+        }
+        store.commit(batch).await?;
+        let mut n = 0;
+        while n < args.handoffs {
+            let mut batch = Batch::new();
+            for i in n..(n + 5_000).min(args.handoffs) {
+                let owner = reps[(i % 50) as usize].id.clone();
+                let mut lead = Lead::new(format!("00Q{i:012}"));
+                lead.email = Some(format!("lead{i}@acme{}.example", i % 1000));
+                lead.first_name = Some("Ana".into());
+                lead.company = Some(format!("Acme {}", i % 1000));
+                lead.status = Some("Open - Not Contacted".into());
+                lead.owner_id = Some(owner.clone());
+                // Hand-offs started over the last 24 hours; the reminder is due 24 h after each.
+                let started = t0 - TimeDelta::seconds((i % 86_400) as i64);
+                let mut record = LeadRecord::new(lead, started);
+                record.handoffs = 1;
+                record.handoff = Some(Handoff {
+                    number: 1,
+                    owner,
+                    status: record.lead.status.clone(),
+                    started_at: started,
+                    policy: "default".into(),
+                    next_step: 1,
+                });
+                let id = record.lead.id.clone();
+                batch.put_lead(record).set_timer(Timer {
+                    key: TimerKey::new(format!("sla/{id}")),
+                    due: started + TimeDelta::hours(24),
+                    lead_id: Some(id),
+                    kind: TimerKind::SlaStep { handoff: 1, step: 1 },
+                });
+            }
+            n += 5_000;
+            store.commit(batch).await?;
+        }
+    }
+    let load_secs = load_started.elapsed().as_secs_f64();
+
+    // Restart: open the store and load the org chart, as the daemon does.
+    let reopen_started = Instant::now();
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path()))?;
+    let clock = Arc::new(VirtualClock::new(t0));
+    let engine =
+        Engine::new(Arc::clone(&store), clock.clone(), Arc::new(SlaRules::new(SlaConfig::default())));
+    engine.load_people().await?;
+    let first = engine.tick().await?;
+    anyhow::ensure!(first.fired == 0, "nothing is due at t0");
+    let reopen = reopen_started.elapsed();
+
+    let mut idle = Vec::with_capacity(args.ticks);
+    for _ in 0..args.ticks {
+        let started = Instant::now();
+        let report = engine.tick().await?;
+        idle.push(started.elapsed());
+        anyhow::ensure!(report.fired == 0);
+    }
+    let mut busy = Vec::with_capacity(args.ticks);
+    for _ in 0..args.ticks {
+        // Move the clock to the instant by which exactly 100 timers are due.
+        let due = store.due_timers(t0 + TimeDelta::days(30), 100).await?;
+        let Some(last) = due.last() else { break };
+        clock.set(last.due);
+        let started = Instant::now();
+        let report = engine.tick().await?;
+        busy.push(started.elapsed());
+        anyhow::ensure!(report.fired >= 100, "expected 100 due, fired {}", report.fired);
+    }
+    idle.sort();
+    busy.sort();
+    println!(
+        "| load {} open hand-offs (lead + timer, 5,000 per batch) | {:.1} s |",
+        args.handoffs, load_secs
+    );
+    println!(
+        "| restart with {} timers: open store, load people, first tick | {} |",
+        args.handoffs,
+        ms(reopen)
+    );
+    println!(
+        "| tick with {} open hand-offs, none due ({} ticks) | p50 {}, p99 {} |",
+        args.handoffs,
+        args.ticks,
+        ms(percentile(&idle, 0.5)),
+        ms(percentile(&idle, 0.99))
+    );
+    println!(
+        "| tick with {} open hand-offs, 100 due: 100 reminders queued durably ({} ticks) | p50 {}, p99 {} |",
+        args.handoffs,
+        busy.len(),
+        ms(percentile(&busy, 0.5)),
+        ms(percentile(&busy, 0.99))
+    );
+    println!("| peak RSS of the whole run | {:.0} MiB |", crate::peak_rss_mib());
+    Ok(())
+}
