@@ -31,6 +31,7 @@ from aiosmtpd.smtp import AuthResult, SMTP
 logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 LOCK = threading.Lock()
+IMPLICIT_TLS = False
 STATE = {"messages": [], "faults": {}}
 
 
@@ -75,7 +76,7 @@ class Handler:
             "rcpt_tos": list(envelope.rcpt_tos),
             "data": data,
             "message_id": parsed.get("Message-ID", ""),
-            "tls": session.ssl is not None,
+            "tls": session.ssl is not None or IMPLICIT_TLS,
             "authenticated": bool(session.authenticated),
         }
         with LOCK:
@@ -128,6 +129,7 @@ def main():
     parser.add_argument("--key")
     parser.add_argument("--user", default="leadloop")
     parser.add_argument("--password", default="secret")
+    parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte (SMTPS)")
     args = parser.parse_args()
 
     def authenticator(server, session, envelope, mechanism, auth_data):
@@ -143,20 +145,30 @@ def main():
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.cert, args.key)
 
+    implicit = args.implicit_tls and tls is not None
+    global IMPLICIT_TLS
+    IMPLICIT_TLS = implicit
+
     class Factory(Controller):
         def factory(self):
             return SMTP(
                 self.handler,
                 hostname="localhost",
-                tls_context=tls,
-                require_starttls=tls is not None,
+                tls_context=None if implicit else tls,
+                require_starttls=tls is not None and not implicit,
                 authenticator=authenticator,
                 auth_required=True,
-                auth_require_tls=tls is not None,
+                auth_require_tls=tls is not None and not implicit,
                 timeout=30,
             )
 
-    controller = Factory(Handler(), hostname="127.0.0.1", port=args.port, ready_timeout=10)
+    controller = Factory(
+        Handler(),
+        hostname="127.0.0.1",
+        port=args.port,
+        ready_timeout=10,
+        ssl_context=tls if implicit else None,
+    )
     controller.start()
     http = ThreadingHTTPServer(("127.0.0.1", args.http_port), Http)
     threading.Thread(target=http.serve_forever, daemon=True).start()

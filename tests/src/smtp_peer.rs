@@ -45,6 +45,11 @@ impl SmtpPeer {
     /// Starts the peer; with `pki`, it offers STARTTLS with the leaf certificate and requires
     /// TLS before AUTH and mail.
     pub fn start(pki: Option<&TestPki>) -> anyhow::Result<Self> {
+        Self::start_with(pki, false)
+    }
+
+    /// As [`SmtpPeer::start`]; with `implicit_tls`, TLS from the first byte (SMTPS).
+    pub fn start_with(pki: Option<&TestPki>, implicit_tls: bool) -> anyhow::Result<Self> {
         let port = free_port();
         let http_port = free_port();
         let mut command = Command::new(python());
@@ -57,6 +62,9 @@ impl SmtpPeer {
             .stderr(Stdio::inherit());
         if let Some(pki) = pki {
             command.arg("--cert").arg(&pki.leaf_pem).arg("--key").arg(&pki.leaf_key);
+        }
+        if implicit_tls {
+            command.arg("--implicit-tls");
         }
         let mut child = command.spawn()?;
         let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;

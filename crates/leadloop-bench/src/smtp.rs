@@ -44,6 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             password_file: Some(password),
             password_env: None,
             ca_file: Some(pki.ca_pem.clone()),
+            connect_timeout: std::time::Duration::from_secs(10),
             timeout: std::time::Duration::from_secs(30),
             pool_size: args.pool,
         }),

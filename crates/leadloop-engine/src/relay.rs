@@ -7,8 +7,9 @@
 //!   exponential backoff and jitter; SLA mail forever, nurture mail up to `nurture_max_age`.
 //! - Permanent failure (5xx): recorded with the server's reply, never retried. A hard bounce
 //!   on the lead's own address moves the lead to Graveyard and suppresses the address.
-//! - Suppressed recipients (opt-outs, hard bounces) are removed at send time; a message left
-//!   with no recipient is dropped with the reason.
+//! - Suppressed recipients (the suppression list of opt-outs and hard bounces, and the lead's
+//!   own address when the lead has opted out) are removed at send time; a message left with no
+//!   recipient is dropped with the reason.
 //! - Global and per-recipient-domain rate limits hold messages back without counting an
 //!   attempt.
 
@@ -167,9 +168,10 @@ impl EmailRelay {
         let mut report = RelayReport::default();
         let mut sends = Vec::new();
         for entry in ready {
-            let Effect::Email { kind, template, to, cc, lead_id: _, vars } = &entry.effect else { continue };
-            let (to, removed_to) = self.unsuppressed(to).await?;
-            let (cc, removed_cc) = self.unsuppressed(cc).await?;
+            let Effect::Email { kind, template, to, cc, lead_id, vars } = &entry.effect else { continue };
+            let opted_out = self.opted_out_address(lead_id.as_ref()).await?;
+            let (to, removed_to) = self.unsuppressed(to, opted_out.as_deref()).await?;
+            let (cc, removed_cc) = self.unsuppressed(cc, opted_out.as_deref()).await?;
             if to.is_empty() {
                 let mut removed = removed_to;
                 removed.extend(removed_cc);
@@ -265,11 +267,27 @@ impl EmailRelay {
         }
     }
 
-    async fn unsuppressed(&self, addresses: &[String]) -> Result<(Vec<String>, Vec<String>), EngineError> {
+    /// The lead's address if the lead has opted out of email (as the CRM reports it).
+    async fn opted_out_address(
+        &self,
+        lead: Option<&leadloop_core::LeadId>,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(id) = lead else { return Ok(None) };
+        let record = self.store.lead(id).await?;
+        Ok(record.filter(|r| r.lead.opted_out).and_then(|r| r.lead.email).map(|e| e.to_lowercase()))
+    }
+
+    async fn unsuppressed(
+        &self,
+        addresses: &[String],
+        opted_out: Option<&str>,
+    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
         let mut kept = Vec::new();
         let mut removed = Vec::new();
         for address in addresses {
-            if self.store.suppression(address).await?.is_some() {
+            if opted_out == Some(address.to_lowercase().as_str())
+                || self.store.suppression(address).await?.is_some()
+            {
                 removed.push(address.clone());
                 metrics::counter!("leadloop_email_suppressed_total").increment(1);
             } else {

@@ -82,12 +82,19 @@ pub struct SmtpConfig {
     pub password_env: Option<String>,
     /// PEM file with the CA that signed the server's certificate, added to the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Connect and per-command timeout.
+    /// How long to wait for the TCP connection.
+    #[serde(default = "default_connect_timeout", with = "leadloop_plugin::serde_duration")]
+    pub connect_timeout: Duration,
+    /// How long to wait for each reply of the server.
     #[serde(default = "default_timeout", with = "leadloop_plugin::serde_duration")]
     pub timeout: Duration,
     /// Most connections kept open to the server.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_timeout() -> Duration {
@@ -215,6 +222,7 @@ fn smtp_pool(config: &SmtpConfig) -> Result<pool::Pool, BuildError> {
         tls: config.tls,
         tls_params,
         credentials,
+        connect_timeout: config.connect_timeout,
         timeout: config.timeout,
     };
     Ok(pool::Pool::new(settings, config.pool_size))

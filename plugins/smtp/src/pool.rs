@@ -30,6 +30,7 @@ pub(crate) struct Settings {
     pub tls: TlsMode,
     pub tls_params: Option<TlsParameters>,
     pub credentials: Option<Credentials>,
+    pub connect_timeout: Duration,
     pub timeout: Duration,
 }
 
@@ -59,7 +60,7 @@ impl Pool {
         let mut conn = match s.tls {
             TlsMode::Smtps => AsyncSmtpConnection::connect_tokio1(
                 (s.host.as_str(), s.port),
-                Some(s.timeout),
+                Some(s.connect_timeout),
                 &self.hello,
                 s.tls_params.clone(),
                 None,
@@ -68,7 +69,7 @@ impl Pool {
             .map_err(|e| classify(&e))?,
             TlsMode::Starttls | TlsMode::Plain => {
                 let stream = tokio::time::timeout(
-                    s.timeout,
+                    s.connect_timeout,
                     tokio::net::TcpStream::connect((s.host.as_str(), s.port)),
                 )
                 .await
@@ -144,7 +145,7 @@ impl Pool {
                 Err(_) => {} // stale connection: fall through to a fresh one
             }
         }
-        let mut conn = self.connect().await?;
+        let mut conn = self.connect_bounded().await?;
         let result = self.attempt(&mut conn, envelope, bytes).await;
         if result.is_ok() {
             self.put_back(conn);
@@ -152,9 +153,18 @@ impl Pool {
         result
     }
 
+    /// [`Pool::connect`] within the connect timeout plus one reply timeout: the greeting, TLS
+    /// and AUTH must not hang a send forever.
+    async fn connect_bounded(&self) -> Result<AsyncSmtpConnection, ConnectorError> {
+        let limit = self.settings.connect_timeout + self.settings.timeout;
+        tokio::time::timeout(limit, self.connect())
+            .await
+            .map_err(|_| transient(format!("no SMTP session with {} within {limit:?}", self.settings.host)))?
+    }
+
     /// Connects, authenticates and says NOOP.
     pub async fn test(&self) -> Result<(), ConnectorError> {
-        let mut conn = self.connect().await?;
+        let mut conn = self.connect_bounded().await?;
         let alive = conn.test_connected().await;
         let _ = conn.quit().await;
         if alive { Ok(()) } else { Err(transient("server did not answer NOOP".into())) }

@@ -49,6 +49,7 @@ fn email_config(dir: &std::path::Path, pki: &TestPki, port: u16, tls: TlsMode) -
             password_file: Some(password),
             password_env: None,
             ca_file: Some(pki.ca_pem.clone()),
+            connect_timeout: std::time::Duration::from_secs(5),
             timeout: std::time::Duration::from_secs(10),
             pool_size: 4,
         }),
@@ -329,4 +330,45 @@ async fn directory_delivery_writes_one_eml_per_key() {
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).expect("eml");
     assert!(text.contains(&message_id(&key("alert"), "corp.example")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_keeps_mail_waiting() {
+    let rig = rig(RelayConfig::default(), true).await;
+    enqueue(&rig, &key("alert"), "sla.alert", "sla_alert", &["rep@corp.example"], "ana@acme.example").await;
+    // Point a second relay at a port nobody listens on.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::create(dir.path()).expect("pki");
+    let dead_port = leadloop_tests::smtp_peer::free_port();
+    let cx = BuildContext { clock: rig.clock.clone(), shutdown: Default::default() };
+    let mailer = email_config(dir.path(), &pki, dead_port, TlsMode::Starttls)
+        .build(&cx)
+        .expect("build needs no server");
+    let relay = EmailRelay::new(Arc::clone(&rig.store), rig.clock.clone(), mailer, RelayConfig::default());
+    let report = relay.run_once().await.expect("round");
+    assert_eq!((report.sent, report.retried), (0, 1));
+    let entry = rig.store.outbox_entry(&key("alert")).await.expect("read").expect("entry");
+    assert!(entry.state.is_pending());
+    assert!(entry.last_error.as_deref().is_some_and(|e| e.contains("cannot connect")), "{entry:?}");
+    // The real server, later: it goes out.
+    rig.clock.set(entry.next_attempt_at);
+    assert_eq!(rig.relay.run_once().await.expect("round").sent, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_out_lead_gets_no_mail() {
+    let rig = rig(RelayConfig::default(), true).await;
+    let nurture = IdempotencyKey("nurture/00Q1/t/1".into());
+    enqueue(&rig, &nurture, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
+    let mut record = rig.store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead");
+    record.lead.opted_out = true;
+    let mut batch = Batch::new();
+    batch.put_lead(record);
+    rig.store.commit(batch).await.expect("commit");
+    assert_eq!(rig.relay.run_once().await.expect("round").dropped, 1);
+    match state(&rig, &nurture).await {
+        OutboxState::Dropped { reason, .. } => assert!(reason.contains("ana@acme.example"), "{reason}"),
+        other => panic!("expected dropped, got {other:?}"),
+    }
+    assert!(rig.peer.messages().await.expect("messages").is_empty());
 }
