@@ -41,6 +41,19 @@ pub trait Policy: Send + Sync {
         Decision::default()
     }
 
+    /// A rep answered a hand-off through a one-click link.
+    fn on_sales_action(
+        &self,
+        lead: &LeadRecord,
+        handoff: u32,
+        action: crate::sla::SalesAction,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> (Decision, crate::sla::ActionOutcome) {
+        let _ = (lead, handoff, action, reason, now);
+        (Decision::default(), crate::sla::ActionOutcome::AlreadyClosed)
+    }
+
     /// A timer is due. `lead` is the timer's lead as stored now (`None` if it has none or it
     /// was deleted). The fired timer is cancelled unless the decision sets it again.
     fn on_timer(

@@ -211,6 +211,18 @@ pub fn default_policy() -> SlaPolicy {
     }
 }
 
+fn accept_status() -> String {
+    "Working - Contacted".into()
+}
+
+fn recycle_status() -> String {
+    "Recycled".into()
+}
+
+fn disqualify_status() -> String {
+    "Disqualified".into()
+}
+
 fn default_open_statuses() -> Vec<String> {
     vec!["Open - Not Contacted".into()]
 }
@@ -230,6 +242,15 @@ pub struct SlaConfig {
     /// Dates off, by calendar name.
     #[serde(default)]
     pub holidays: BTreeMap<String, Vec<NaiveDate>>,
+    /// The CRM status set when a rep accepts a lead from an email link.
+    #[serde(default = "accept_status")]
+    pub accept_status: String,
+    /// The CRM status set when a rep recycles a lead to nurture from an email link.
+    #[serde(default = "recycle_status")]
+    pub recycle_status: String,
+    /// The CRM status set when a rep disqualifies a lead from an email link.
+    #[serde(default = "disqualify_status")]
+    pub disqualify_status: String,
     /// First match wins; with none configured, the default ladder applies to every lead.
     #[serde(default, rename = "policy")]
     pub policies: Vec<SlaPolicy>,
@@ -243,6 +264,9 @@ impl Default for SlaConfig {
             executive: None,
             crm_url: None,
             holidays: BTreeMap::new(),
+            accept_status: accept_status(),
+            recycle_status: recycle_status(),
+            disqualify_status: disqualify_status(),
             policies: Vec::new(),
         }
     }
@@ -300,12 +324,55 @@ fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Timestamp {
     chrono::Utc.from_utc_datetime(&local)
 }
 
+/// A rep's answer to a hand-off, from a one-click link in the alert or a reminder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesAction {
+    /// The rep takes the lead: the CRM status becomes `accept_status`.
+    Accept,
+    /// Back to nurture: `recycle_status`, stage Recycled.
+    Recycle,
+    /// Not a fit: `disqualify_status`, stage Disqualified, with the rep's reason.
+    Disqualify,
+}
+
+impl SalesAction {
+    pub const ALL: [SalesAction; 3] = [SalesAction::Accept, SalesAction::Recycle, SalesAction::Disqualify];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SalesAction::Accept => "accept",
+            SalesAction::Recycle => "recycle",
+            SalesAction::Disqualify => "disqualify",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+}
+
+/// Makes the signed, expiring URLs of one-click links. The binary implements it (it holds the
+/// key and the public URL); the ladder only asks for links.
+pub trait LinkMaker: Send + Sync + std::fmt::Debug {
+    fn link(&self, action: SalesAction, lead: &crate::LeadId, handoff: u32, now: Timestamp) -> String;
+}
+
+/// What a sales action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionOutcome {
+    Done,
+    /// The hand-off the link was for is over (answered, reassigned, deleted).
+    AlreadyClosed,
+}
+
 /// The SLA policy engine.
 #[derive(Debug, Clone)]
 pub struct SlaRules {
     pub config: SlaConfig,
     /// `config.policies()`, resolved once.
     policies: Vec<SlaPolicy>,
+    links: Option<std::sync::Arc<dyn LinkMaker>>,
 }
 
 fn timer_key(lead: &str) -> TimerKey {
@@ -333,7 +400,85 @@ fn human_duration(d: TimeDelta) -> String {
 impl SlaRules {
     pub fn new(config: SlaConfig) -> Self {
         let policies = config.policies();
-        Self { config, policies }
+        Self { config, policies, links: None }
+    }
+
+    /// Puts one-click Accept / Recycle / Disqualify links in the ladder's emails.
+    pub fn with_links(mut self, links: std::sync::Arc<dyn LinkMaker>) -> Self {
+        self.links = Some(links);
+        self
+    }
+
+    /// A rep answered hand-off `handoff` of `lead` through a link. Pure: returns the decision
+    /// (CRM write-back, the ladder stopped, the stage moved where the stage table allows).
+    pub fn sales_action(
+        &self,
+        lead: &LeadRecord,
+        handoff: u32,
+        action: SalesAction,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> (Decision, ActionOutcome) {
+        let mut decision = Decision::default();
+        if lead.handoff.as_ref().map(|h| h.number) != Some(handoff) {
+            return (decision, ActionOutcome::AlreadyClosed);
+        }
+        let mut record = lead.clone();
+        let owner = record.handoff.as_ref().map(|h| h.owner.clone());
+        let (status, stage, outcome) = match action {
+            SalesAction::Accept => {
+                (&self.config.accept_status, crate::Stage::SalesQualified, "accepted".to_owned())
+            }
+            SalesAction::Recycle => {
+                (&self.config.recycle_status, crate::Stage::Recycled, "recycled".to_owned())
+            }
+            SalesAction::Disqualify => (
+                &self.config.disqualify_status,
+                crate::Stage::Disqualified,
+                format!("disqualified: {}", reason.unwrap_or("no reason given")),
+            ),
+        };
+        self.end(
+            &mut record,
+            &format!("satisfied: {outcome} by the rep from an email link"),
+            now,
+            &mut decision,
+        );
+        let mut fields = serde_json::Map::new();
+        fields.insert("status".into(), json!(status));
+        if let (SalesAction::Disqualify, Some(reason)) = (action, reason) {
+            fields.insert("disqualify_reason".into(), json!(reason));
+        }
+        decision.effects.push((
+            IdempotencyKey::from_parts([
+                "sla",
+                record.lead.id.as_str(),
+                &handoff.to_string(),
+                "answer",
+                action.as_str(),
+            ]),
+            Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
+        ));
+        let actor = Actor::Sales { person: owner };
+        decision.events.push(HistoryEvent::new(
+            now,
+            actor.clone(),
+            EventKind::StatusChanged { from: record.lead.status.clone(), to: Some(status.clone()) },
+        ));
+        record.lead.status = Some(status.clone());
+        if record.stage != stage && crate::stage::check(record.stage, stage, &actor).is_ok() {
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor,
+                EventKind::StageChanged { from: record.stage, to: stage, reason: outcome },
+            ));
+            record.stage = stage;
+            record.stage_since = now;
+        }
+        record.updated_at = now;
+        record.version += 1;
+        decision.lead = Some(record);
+        (decision, ActionOutcome::Done)
     }
 
     fn policy_for(&self, record: &LeadRecord) -> Option<&SlaPolicy> {
@@ -343,6 +488,19 @@ impl SlaRules {
     /// The policy a hand-off runs under.
     pub fn policy_named(&self, name: &str) -> Option<&SlaPolicy> {
         self.policies.iter().find(|p| p.name == name)
+    }
+
+    fn links_for(&self, record: &LeadRecord, handoff: u32, now: Timestamp) -> Value {
+        let mut links = serde_json::Map::new();
+        for action in SalesAction::ALL {
+            let url = self
+                .links
+                .as_ref()
+                .map(|m| m.link(action, &record.lead.id, handoff, now))
+                .unwrap_or_default();
+            links.insert(action.as_str().to_owned(), json!(url));
+        }
+        Value::Object(links)
     }
 
     fn tz_of(person: Option<&Person>) -> Tz {
@@ -536,6 +694,7 @@ impl SlaRules {
             },
             "crm_url": self.config.crm_url.as_deref().map(|u| u.replace("{id}", record.lead.id.as_str())).unwrap_or_default(),
             "unsubscribe_url": "",
+            "links": self.links_for(record, handoff.number, now),
         });
         if let Some(map) = vars.as_object_mut() {
             map.insert("step".into(), Value::String(step.name.clone()));
@@ -590,6 +749,17 @@ impl SlaRules {
 }
 
 impl Policy for SlaRules {
+    fn on_sales_action(
+        &self,
+        lead: &LeadRecord,
+        handoff: u32,
+        action: SalesAction,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> (Decision, ActionOutcome) {
+        self.sales_action(lead, handoff, action, reason, now)
+    }
+
     fn on_lead(
         &self,
         before: Option<&LeadRecord>,

@@ -13,8 +13,8 @@ pub fn observe(decision: &Decision) {
             }
             EventKind::HandoffEnded { outcome, open_seconds, .. } => {
                 let outcome = outcome.split(':').next().unwrap_or("other").to_owned();
-                // The first touch is the status change; a completed task ends a hand-off too,
-                // but is not counted here.
+                // The first touch is a status change or an answer from an email link; a
+                // completed task ends a hand-off too, but is not counted here.
                 if outcome == "satisfied" && outcome_detail_is_status(event) {
                     metrics::histogram!("leadloop_sla_time_to_first_touch_seconds")
                         .record(*open_seconds as f64);
@@ -27,7 +27,7 @@ pub fn observe(decision: &Decision) {
 }
 
 fn outcome_detail_is_status(event: &leadloop_core::HistoryEvent) -> bool {
-    matches!(&event.kind, EventKind::HandoffEnded { outcome, .. } if outcome.starts_with("satisfied: status"))
+    matches!(&event.kind, EventKind::HandoffEnded { outcome, .. } if !outcome.contains("task completed"))
 }
 
 /// Counts SLA steps among the effects a commit actually queued (duplicates excluded).

@@ -175,6 +175,27 @@ impl Engine {
         self.commit(decision_batch(decision, Some(&activity.lead_id), now)).await
     }
 
+    /// A rep answered hand-off `handoff` of `lead` from an email link. Unknown leads and
+    /// closed hand-offs change nothing.
+    pub async fn sales_action(
+        &self,
+        lead: &LeadId,
+        handoff: u32,
+        action: leadloop_core::sla::SalesAction,
+        reason: Option<&str>,
+    ) -> Result<leadloop_core::sla::ActionOutcome, EngineError> {
+        let now = self.clock.now();
+        let Some(record) = self.store.lead(lead).await? else {
+            return Ok(leadloop_core::sla::ActionOutcome::AlreadyClosed);
+        };
+        let (decision, outcome) = self.policy.on_sales_action(&record, handoff, action, reason, now);
+        if outcome == leadloop_core::sla::ActionOutcome::Done {
+            observe(&decision);
+            self.commit(decision_batch(decision, Some(lead), now)).await?;
+        }
+        Ok(outcome)
+    }
+
     /// The lead was deleted in the CRM: its record goes, its history stays.
     pub async fn delete_lead(&self, id: &LeadId) -> Result<Vec<IdempotencyKey>, EngineError> {
         let now = self.clock.now();

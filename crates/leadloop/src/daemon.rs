@@ -109,8 +109,22 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     });
 
     let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
-    let mut engine =
-        Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(SlaRules::new(config.sla.clone())));
+    let mut rules = SlaRules::new(config.sla.clone());
+    let signer = match &config.links {
+        Some(links) => match links.key() {
+            Ok(key) => {
+                let signer = Arc::new(crate::links::Signer::new(key, &links.public_url, links.ttl));
+                rules = rules.with_links(signer.clone());
+                Some(signer)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the one-click links");
+                return exit::CONFIG;
+            }
+        },
+        None => None,
+    };
+    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(rules));
     if let Err(error) = engine.load_people().await {
         tracing::error!(%error, "cannot load people from the store");
         return exit::STORE;
@@ -150,6 +164,25 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         let max_idle = config.daemon.max_idle;
         async move { engine.run(stop, max_idle).await }
     });
+
+    let public_task = match (&config.links, signer) {
+        (Some(links), Some(signer)) => {
+            let listener = match tokio::net::TcpListener::bind(links.public_listen).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(%error, addr = %links.public_listen, "cannot listen on links.public_listen");
+                    return exit::FAILURE;
+                }
+            };
+            tracing::info!(addr = %links.public_listen, url = %links.public_url, "public link listener started");
+            let router = crate::links::router(signer, engine.clone());
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+            }))
+        }
+        _ => None,
+    };
 
     ready.store(true, Ordering::SeqCst);
     notify(&[NotifyState::Ready, NotifyState::Status("running")]);
@@ -205,6 +238,11 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         }
     }
     shutdown.cancel();
+    if let Some(public) = public_task
+        && tokio::time::timeout(Duration::from_secs(2), public).await.is_err()
+    {
+        tracing::warn!("public link listener did not stop in time");
+    }
     match tokio::time::timeout(Duration::from_secs(2), admin_task).await {
         Ok(Ok(Err(error))) => tracing::warn!(%error, "admin listener ended with an error"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),

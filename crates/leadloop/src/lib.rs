@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod email_cmd;
 pub mod exit;
+pub mod links;
 pub mod simulate;
 pub mod sla_cmd;
 pub mod telemetry;

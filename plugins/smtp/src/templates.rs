@@ -253,6 +253,11 @@ pub fn sample_vars(template: &str) -> Value {
         },
         "crm_url": "https://example.my.salesforce.com/00QSAMPLE",
         "unsubscribe_url": "https://leadloop.example.com/u/SAMPLE",
+        "links": {
+            "accept": "https://leadloop.example.com/l/SAMPLE-ACCEPT",
+            "recycle": "https://leadloop.example.com/l/SAMPLE-RECYCLE",
+            "disqualify": "https://leadloop.example.com/l/SAMPLE-DISQUALIFY",
+        },
     })
 }
 

@@ -270,6 +270,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_email(&config, &mut report, &mut findings_extra);
     check_outbox(&config, &mut report);
     check_sla(&config, &mut report);
+    check_links(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
     findings.extend(findings_extra);
@@ -511,6 +512,33 @@ fn check_sla(config: &Config, report: &mut impl FnMut(String, String, Severity))
                 );
             }
         }
+    }
+}
+
+fn check_links(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let Some(links) = &config.links else { return };
+    if let Err(error) = links.key() {
+        report(error.key, error.message, Severity::Error);
+    }
+    if !(links.public_url.starts_with("https://") || links.public_url.starts_with("http://")) {
+        report(
+            "links.public_url".into(),
+            format!("`{}` is not an http(s) URL", links.public_url),
+            Severity::Error,
+        );
+    } else if links.public_url.starts_with("http://") {
+        report(
+            "links.public_url".into(),
+            "links travel in email; serve them over https".into(),
+            Severity::Warning,
+        );
+    }
+    if links.public_listen == config.daemon.admin_listen {
+        report(
+            "links.public_listen".into(),
+            "must differ from daemon.admin_listen: the public listener serves only signed links".into(),
+            Severity::Error,
+        );
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Config {
     /// The hand-off SLA; without this table the default ladder applies.
     #[serde(default)]
     pub sla: leadloop_core::sla::SlaConfig,
+    /// One-click links in SLA emails and the public listener that serves them.
+    pub links: Option<crate::links::LinksConfig>,
 }
 
 /// `[outbox]`: how queued effects are paced and retried.

@@ -1,0 +1,147 @@
+//! One-click links end to end: the alert carries signed links; the public listener shows a
+//! confirmation page on GET, performs on POST, writes back to the CRM through the outbox, and
+//! stops the ladder. Tampered, expired and repeated links change nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use leadloop::links::{Signer, router};
+use leadloop_core::sla::{SlaConfig, SlaRules};
+use leadloop_core::{Channel, Effect, Lead, LeadId, Person, PersonId, Role, VirtualClock};
+use leadloop_engine::Engine;
+use leadloop_plugin::Secret;
+use leadloop_store::{SledConfig, SledStore, Store};
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    clock: Arc<VirtualClock>,
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("store");
+    let clock = Arc::new(VirtualClock::new("2026-03-02T14:00:00Z".parse().expect("instant")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let signer = Arc::new(Signer::new(
+        Secret::for_tests("a test key that is at least 32 bytes long"),
+        &base,
+        Duration::from_secs(14 * 24 * 3600),
+    ));
+    let rules = SlaRules::new(SlaConfig::default()).with_links(signer.clone());
+    let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules));
+    tokio::spawn({
+        let app = router(signer, engine.clone());
+        async move { axum::serve(listener, app).await }
+    });
+    engine
+        .upsert_person(Person {
+            id: PersonId::new("005A"),
+            email: "rep@x.example".into(),
+            name: "Rep".into(),
+            manager: None,
+            time_zone: None,
+            role: Role::Rep,
+            active: true,
+            capacity: None,
+        })
+        .await
+        .expect("person");
+    let mut lead = Lead::new("00Q1");
+    lead.first_name = Some("Ana".into());
+    lead.status = Some("Open - Not Contacted".into());
+    lead.owner_id = Some(PersonId::new("005A"));
+    engine.upsert_lead(lead).await.expect("lead");
+    let client =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    Rig { _dir: dir, engine, clock, store, client }
+}
+
+async fn link(rig: &Rig, action: &str) -> String {
+    let alert = rig.store.outbox_ready(Channel::Email, rig.clock_now(), 10).await.expect("outbox");
+    let Effect::Email { vars, .. } = &alert[0].effect else { panic!("not an email") };
+    vars["links"][action].as_str().expect("link").to_owned()
+}
+
+impl Rig {
+    fn clock_now(&self) -> leadloop_core::Timestamp {
+        leadloop_core::Clock::now(&*self.clock)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_from_the_alert_writes_back_and_stops_the_ladder() {
+    let rig = rig().await;
+    let accept = link(&rig, "accept").await;
+    // A GET (what a mail scanner does) only shows the confirmation.
+    let page = rig.client.get(&accept).send().await.expect("get");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("body").contains("<form method=\"post\">"));
+    assert!(rig.store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead").handoff.is_some());
+
+    let done = rig.client.post(&accept).form(&[("x", "")]).send().await.expect("post");
+    assert_eq!(done.status(), 200);
+    let record = rig.store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead");
+    assert!(record.handoff.is_none(), "ladder stopped");
+    assert_eq!(record.lead.status.as_deref(), Some("Working - Contacted"));
+    let writes = rig.store.outbox_ready(Channel::Crm, rig.clock_now(), 10).await.expect("outbox");
+    assert_eq!(writes.len(), 1);
+    match &writes[0].effect {
+        Effect::CrmUpdate { fields, .. } => assert_eq!(fields["status"], "Working - Contacted"),
+        other => panic!("expected a CRM update, got {other:?}"),
+    }
+    // No reminder 24 hours later.
+    rig.clock.advance(TimeDelta::hours(25));
+    assert_eq!(rig.engine.tick().await.expect("tick").fired, 0);
+
+    // The same link again, or another link from the same email: already answered.
+    assert_eq!(rig.client.post(&accept).form(&[("x", "")]).send().await.expect("post").status(), 409);
+    let recycle = link(&rig, "recycle").await;
+    assert_eq!(rig.client.post(&recycle).form(&[("x", "")]).send().await.expect("post").status(), 409);
+    assert_eq!(rig.store.outbox_ready(Channel::Crm, rig.clock_now(), 10).await.expect("outbox").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disqualify_records_the_reason() {
+    let rig = rig().await;
+    let disqualify = link(&rig, "disqualify").await;
+    let response =
+        rig.client.post(&disqualify).form(&[("reason", "student, no budget")]).send().await.expect("post");
+    assert_eq!(response.status(), 200);
+    let writes = rig.store.outbox_ready(Channel::Crm, rig.clock_now(), 10).await.expect("outbox");
+    match &writes[0].effect {
+        Effect::CrmUpdate { fields, .. } => {
+            assert_eq!(fields["status"], "Disqualified");
+            assert_eq!(fields["disqualify_reason"], "student, no budget");
+        }
+        other => panic!("expected a CRM update, got {other:?}"),
+    }
+    let history = rig.store.history(&LeadId::new("00Q1")).await.expect("history");
+    assert!(history.iter().any(|(_, e)| matches!(&e.kind, leadloop_core::EventKind::HandoffEnded { outcome, .. } if outcome.contains("student, no budget"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_expired_links_change_nothing() {
+    let rig = rig().await;
+    let accept = link(&rig, "accept").await;
+    let (base, token) = accept.rsplit_once('/').expect("token");
+    let (payload, mac) = token.split_once('.').expect("two parts");
+    let mut forged_mac = mac.to_owned();
+    forged_mac.replace_range(0..1, if mac.starts_with('A') { "B" } else { "A" });
+    let tampered = format!("{base}/{payload}.{forged_mac}");
+    assert_eq!(rig.client.post(&tampered).form(&[("x", "")]).send().await.expect("post").status(), 403);
+    assert_eq!(rig.client.get(format!("{base}/nonsense")).send().await.expect("get").status(), 403);
+    // Only the link route exists on the public listener.
+    let root = base.trim_end_matches("/l");
+    assert_eq!(rig.client.get(format!("{root}/metrics")).send().await.expect("get").status(), 404);
+    rig.clock.advance(TimeDelta::days(15));
+    assert_eq!(rig.client.post(&accept).form(&[("x", "")]).send().await.expect("post").status(), 410);
+    assert!(
+        rig.store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead").lead.status.as_deref()
+            == Some("Open - Not Contacted")
+    );
+}
