@@ -32,6 +32,39 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
+/// An `[email]` config that sends to `localhost:port` over STARTTLS with AUTH, trusting `pki`'s
+/// CA; the password is written to a file in `dir`.
+pub fn email_config(
+    dir: &std::path::Path,
+    pki: &TestPki,
+    port: u16,
+) -> std::io::Result<leadloop_smtp::EmailConfig> {
+    let password = dir.join("smtp_password");
+    std::fs::write(&password, format!("{PASSWORD}\n"))?;
+    Ok(leadloop_smtp::EmailConfig {
+        deliver: leadloop_smtp::Deliver::Smtp,
+        from: "leadloop <leadloop@corp.example>".into(),
+        reply_to: Some("sales-ops@corp.example".into()),
+        nurture_from: Some("Corp Marketing <marketing@corp.example>".into()),
+        nurture_reply_to: None,
+        templates_dir: None,
+        directory: None,
+        message_id_domain: None,
+        smtp: Some(leadloop_smtp::SmtpConfig {
+            host: "localhost".into(),
+            port: Some(port),
+            tls: leadloop_smtp::TlsMode::Starttls,
+            username: Some(USER.into()),
+            password_file: Some(password),
+            password_env: None,
+            ca_file: Some(pki.ca_pem.clone()),
+            connect_timeout: std::time::Duration::from_secs(5),
+            timeout: std::time::Duration::from_secs(30),
+            pool_size: 4,
+        }),
+    })
+}
+
 #[derive(Debug)]
 pub struct SmtpPeer {
     child: Child,

@@ -6,10 +6,10 @@ use std::time::Instant;
 use leadloop_core::{Channel, Effect, IdempotencyKey, OutboxEntry, SystemClock};
 use leadloop_engine::{EmailRelay, RelayConfig};
 use leadloop_plugin::BuildContext;
-use leadloop_smtp::{Deliver, EmailConfig, SmtpConfig, TlsMode, sample_vars};
+use leadloop_smtp::sample_vars;
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 use leadloop_tests::pki::TestPki;
-use leadloop_tests::smtp_peer::{PASSWORD, SmtpPeer, USER};
+use leadloop_tests::smtp_peer::SmtpPeer;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,30 +25,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = TestPki::create(dir.path())?;
     let peer = SmtpPeer::start(Some(&pki))?;
-    let password = dir.path().join("password");
-    std::fs::write(&password, PASSWORD)?;
-    let config = EmailConfig {
-        deliver: Deliver::Smtp,
-        from: "leadloop <leadloop@corp.example>".into(),
-        reply_to: None,
-        nurture_from: None,
-        nurture_reply_to: None,
-        templates_dir: None,
-        directory: None,
-        message_id_domain: None,
-        smtp: Some(SmtpConfig {
-            host: "localhost".into(),
-            port: Some(peer.port),
-            tls: TlsMode::Starttls,
-            username: Some(USER.into()),
-            password_file: Some(password),
-            password_env: None,
-            ca_file: Some(pki.ca_pem.clone()),
-            connect_timeout: std::time::Duration::from_secs(10),
-            timeout: std::time::Duration::from_secs(30),
-            pool_size: args.pool,
-        }),
-    };
+    let mut config = leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port)?;
+    if let Some(smtp) = config.smtp.as_mut() {
+        smtp.pool_size = args.pool;
+    }
     let clock = Arc::new(SystemClock);
     let mailer = config.build(&BuildContext { clock: clock.clone(), shutdown: Default::default() })?;
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path().join("state")))?;

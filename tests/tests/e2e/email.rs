@@ -11,10 +11,10 @@ use leadloop_core::{
 };
 use leadloop_engine::{EmailRelay, RelayConfig};
 use leadloop_plugin::BuildContext;
-use leadloop_smtp::{Deliver, EmailConfig, SmtpConfig, TlsMode, message_id, sample_vars};
+use leadloop_smtp::{Deliver, EmailConfig, message_id, sample_vars};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 use leadloop_tests::pki::TestPki;
-use leadloop_tests::smtp_peer::{PASSWORD, SmtpPeer, USER};
+use leadloop_tests::smtp_peer::SmtpPeer;
 use serde_json::{Value, json};
 
 struct Rig {
@@ -29,31 +29,8 @@ fn start_time() -> leadloop_core::Timestamp {
     "2026-03-02T14:00:00Z".parse().expect("instant")
 }
 
-fn email_config(dir: &std::path::Path, pki: &TestPki, port: u16, tls: TlsMode) -> EmailConfig {
-    let password = dir.join("smtp_password");
-    std::fs::write(&password, format!("{PASSWORD}\n")).expect("write password");
-    EmailConfig {
-        deliver: Deliver::Smtp,
-        from: "leadloop <leadloop@corp.example>".into(),
-        reply_to: Some("sales-ops@corp.example".into()),
-        nurture_from: Some("Corp Marketing <marketing@corp.example>".into()),
-        nurture_reply_to: None,
-        templates_dir: None,
-        directory: None,
-        message_id_domain: None,
-        smtp: Some(SmtpConfig {
-            host: "localhost".into(),
-            port: Some(port),
-            tls,
-            username: Some(USER.into()),
-            password_file: Some(password),
-            password_env: None,
-            ca_file: Some(pki.ca_pem.clone()),
-            connect_timeout: std::time::Duration::from_secs(5),
-            timeout: std::time::Duration::from_secs(10),
-            pool_size: 4,
-        }),
-    }
+fn email_config(dir: &std::path::Path, pki: &TestPki, port: u16) -> EmailConfig {
+    leadloop_tests::smtp_peer::email_config(dir, pki, port).expect("write password")
 }
 
 async fn rig(config: RelayConfig, tls_peer: bool) -> Rig {
@@ -63,8 +40,7 @@ async fn rig(config: RelayConfig, tls_peer: bool) -> Rig {
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path().join("state"))).expect("store");
     let clock = Arc::new(VirtualClock::new(start_time()));
     let cx = BuildContext { clock: clock.clone(), shutdown: Default::default() };
-    let mailer =
-        email_config(dir.path(), &pki, peer.port, TlsMode::Starttls).build(&cx).expect("build mailer");
+    let mailer = email_config(dir.path(), &pki, peer.port).build(&cx).expect("build mailer");
     let relay = EmailRelay::new(Arc::clone(&store), clock.clone(), mailer, config);
     Rig { _dir: dir, store, clock, relay, peer }
 }
@@ -341,9 +317,7 @@ async fn an_unreachable_server_keeps_mail_waiting() {
     let pki = TestPki::create(dir.path()).expect("pki");
     let dead_port = leadloop_tests::smtp_peer::free_port();
     let cx = BuildContext { clock: rig.clock.clone(), shutdown: Default::default() };
-    let mailer = email_config(dir.path(), &pki, dead_port, TlsMode::Starttls)
-        .build(&cx)
-        .expect("build needs no server");
+    let mailer = email_config(dir.path(), &pki, dead_port).build(&cx).expect("build needs no server");
     let relay = EmailRelay::new(Arc::clone(&rig.store), rig.clock.clone(), mailer, RelayConfig::default());
     let report = relay.run_once().await.expect("round");
     assert_eq!((report.sent, report.retried), (0, 1));
