@@ -64,6 +64,10 @@ pub enum StepAction {
     CreateTask { subject: String },
     /// Set the lead's CRM status.
     SetStatus { status: String },
+    /// Give the lead to someone else: `manager` (the rep's manager) or a person's id. The
+    /// owner is written back to the CRM; this hand-off ends and the next starts for the new
+    /// owner, alert first.
+    Reassign { to: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -611,10 +615,28 @@ impl SlaRules {
             ));
         }
         handoff.next_step = index;
+        let mut reassign_to = None;
         for &i in &send {
-            self.send_step(record, policy, &handoff, i, missed, people, now, decision);
+            if let Some(target) = self.send_step(record, policy, &handoff, i, missed, people, now, decision) {
+                reassign_to = Some(target);
+            }
         }
         record.handoff = Some(handoff.clone());
+        if let Some(target) = reassign_to {
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor(),
+                EventKind::OwnerChanged {
+                    from: record.lead.owner_id.clone(),
+                    to: Some(target.clone()),
+                    reason: format!("SLA policy {}: reassigned after no answer", policy.name),
+                },
+            ));
+            record.lead.owner_id = Some(target.clone());
+            self.end(record, "reassigned by the SLA ladder", now, decision);
+            self.start(record, target, people, now, decision);
+            return;
+        }
         if let Some(next) = self.due(policy, &handoff, index, people) {
             decision.set_timers.push(Timer {
                 key: timer_key(record.lead.id.as_str()),
@@ -636,7 +658,7 @@ impl SlaRules {
         people: &OrgChart,
         now: Timestamp,
         decision: &mut Decision,
-    ) {
+    ) -> Option<PersonId> {
         let step = &policy.steps[index];
         let owner = people.get(&handoff.owner);
         // An inactive manager or executive is treated as missing: the fallback gets the copy.
@@ -728,9 +750,41 @@ impl SlaRules {
                 vars,
             },
         ));
+        let mut reassign_to = None;
         for (n, action) in step.actions.iter().enumerate() {
             let action_key = IdempotencyKey(format!("{key}/action/{n}"));
             let effect = match action {
+                StepAction::Reassign { to } => {
+                    // Never on the first step: a new hand-off starts there, and reassigning at
+                    // once could chase a manager loop forever.
+                    let target = if index == 0 {
+                        None
+                    } else if to == "manager" {
+                        manager
+                    } else {
+                        people.get(&PersonId::new(to.clone()))
+                    }
+                    .filter(|p| p.active && p.role != Role::Queue && p.id != handoff.owner);
+                    let Some(target) = target else {
+                        decision.events.push(HistoryEvent::new(
+                            now,
+                            actor(),
+                            EventKind::Activity {
+                                activity: "sla_reassign_skipped".into(),
+                                detail: BTreeMap::from([
+                                    ("step".to_owned(), json!(step.name)),
+                                    ("to".to_owned(), json!(to)),
+                                    ("reason".to_owned(), json!("no active person to reassign to")),
+                                ]),
+                            },
+                        ));
+                        continue;
+                    };
+                    reassign_to = Some(target.id.clone());
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("owner_id".into(), json!(target.id));
+                    Effect::CrmUpdate { lead_id: lead_id.clone(), fields }
+                }
                 StepAction::CreateTask { subject } => Effect::CrmTask {
                     lead_id: lead_id.clone(),
                     owner_id: handoff.owner.clone(),
@@ -745,6 +799,36 @@ impl SlaRules {
             };
             decision.effects.push((action_key, effect));
         }
+        reassign_to
+    }
+
+    /// Starts hand-off `record.handoffs + 1` for `owner` under the lead's policy, and sends
+    /// what is due at once (the alert).
+    fn start(
+        &self,
+        record: &mut LeadRecord,
+        owner: PersonId,
+        people: &OrgChart,
+        now: Timestamp,
+        decision: &mut Decision,
+    ) {
+        let Some(policy) = self.policy_for(record) else { return };
+        record.handoffs += 1;
+        let handoff = Handoff {
+            number: record.handoffs,
+            owner: owner.clone(),
+            status: record.lead.status.clone(),
+            started_at: now,
+            policy: policy.name.clone(),
+            next_step: 0,
+        };
+        decision.events.push(HistoryEvent::new(
+            now,
+            actor(),
+            EventKind::HandoffStarted { handoff: handoff.number, owner },
+        ));
+        record.handoff = Some(handoff);
+        self.advance(record, people, now, decision);
     }
 }
 
@@ -789,24 +873,8 @@ impl Policy for SlaRules {
                     || b.lead.status != after.lead.status
                     || b.handoff.is_some()
             })
-            && let Some(policy) = self.policy_for(&after)
         {
-            after.handoffs += 1;
-            let handoff = Handoff {
-                number: after.handoffs,
-                owner: owner.clone(),
-                status: after.lead.status.clone(),
-                started_at: now,
-                policy: policy.name.clone(),
-                next_step: 0,
-            };
-            decision.events.push(HistoryEvent::new(
-                now,
-                actor(),
-                EventKind::HandoffStarted { handoff: handoff.number, owner },
-            ));
-            after.handoff = Some(handoff);
-            self.advance(&mut after, people, now, &mut decision);
+            self.start(&mut after, owner, people, now, &mut decision);
         }
         decision.lead = Some(after);
         decision

@@ -349,3 +349,45 @@ fn bad_event_lines_stop_the_run_before_any_output() {
     assert_eq!(code, 65);
     assert!(out.is_empty(), "nothing printed: {}", String::from_utf8_lossy(&out));
 }
+
+#[test]
+fn an_unanswered_lead_is_reassigned_to_the_manager_and_its_ladder_restarts() {
+    let config = r#"
+[[sla.policy]]
+name = "hot"
+[[sla.policy.step]]
+name = "alert"
+after = "0s"
+kind = "sla.alert"
+template = "sla_alert"
+to = ["rep"]
+[[sla.policy.step]]
+name = "reassign"
+after = "2h"
+kind = "sla.reminder"
+template = "sla_reminder"
+to = ["rep"]
+cc = ["manager"]
+actions = [{ type = "reassign", to = "manager" }]
+"#;
+    let out = run(
+        config,
+        &format!("{PEOPLE}{}", lead("2026-03-02T14:00:00Z", HANDOFF)),
+        Some("2026-03-02T15:00:00Z"),
+    );
+    assert_eq!(out, ["2026-03-02T14:00:00Z sla.alert to=rep@x.example cc="]);
+    let out = run(
+        config,
+        &format!("{PEOPLE}{}", lead("2026-03-02T14:00:00Z", HANDOFF)),
+        Some("2026-03-02T17:00:00Z"),
+    );
+    assert_eq!(
+        out,
+        [
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T16:00:00Z sla.reminder to=rep@x.example cc=mgr@x.example",
+            "2026-03-02T16:00:00Z crm.update {\"owner_id\":\"005M\"}",
+            "2026-03-02T16:00:00Z sla.alert to=mgr@x.example cc=",
+        ]
+    );
+}

@@ -454,6 +454,15 @@ fn check_sla(config: &Config, report: &mut impl FnMut(String, String, Severity))
                 );
             }
             previous = step.after;
+            if j == 0
+                && step.actions.iter().any(|a| matches!(a, leadloop_core::sla::StepAction::Reassign { .. }))
+            {
+                report(
+                    format!("{step_path}.actions"),
+                    "the first step cannot reassign: the hand-off has just started".into(),
+                    Severity::Error,
+                );
+            }
             if step.to.is_empty() {
                 report(
                     format!("{step_path}.to"),
