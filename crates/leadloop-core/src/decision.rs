@@ -15,6 +15,11 @@ pub struct Decision {
     pub set_timers: Vec<Timer>,
     pub cancel_timers: Vec<TimerKey>,
     pub effects: Vec<(IdempotencyKey, Effect)>,
+    /// Items for digests and summaries: (bucket, key, value); a later item with the same key
+    /// replaces an earlier one.
+    pub items: Vec<(String, String, serde_json::Value)>,
+    /// Items to remove (those a digest or summary just sent): (bucket, key).
+    pub remove_items: Vec<(String, String)>,
 }
 
 impl Decision {
@@ -24,5 +29,7 @@ impl Decision {
             && self.set_timers.is_empty()
             && self.cancel_timers.is_empty()
             && self.effects.is_empty()
+            && self.items.is_empty()
+            && self.remove_items.is_empty()
     }
 }

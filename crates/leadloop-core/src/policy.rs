@@ -36,8 +36,21 @@ pub trait Policy: Send + Sync {
     }
 
     /// The lead was deleted in the CRM; the engine removes the record after this decision.
-    fn on_delete(&self, lead: &LeadRecord, now: Timestamp) -> Decision {
-        let _ = (lead, now);
+    fn on_delete(&self, lead: &LeadRecord, people: &OrgChart, now: Timestamp) -> Decision {
+        let _ = (lead, people, now);
+        Decision::default()
+    }
+
+    /// A report timer is due: `items` is what its bucket collected, each with its lead as
+    /// stored now (if the item names one in a `lead_id` field).
+    fn on_report(
+        &self,
+        timer: &Timer,
+        items: &[(String, serde_json::Value, Option<LeadRecord>)],
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        let _ = (timer, items, people, now);
         Decision::default()
     }
 
@@ -48,9 +61,10 @@ pub trait Policy: Send + Sync {
         handoff: u32,
         action: crate::sla::SalesAction,
         reason: Option<&str>,
+        people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, crate::sla::ActionOutcome) {
-        let _ = (lead, handoff, action, reason, now);
+        let _ = (lead, handoff, action, reason, people, now);
         (Decision::default(), crate::sla::ActionOutcome::AlreadyClosed)
     }
 

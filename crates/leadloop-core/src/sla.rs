@@ -165,6 +165,56 @@ impl Match {
     }
 }
 
+/// Who may get a daily digest instead of one copy per lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DigestRole {
+    Manager,
+    Executive,
+}
+
+/// A daily digest of overdue hand-offs, at `time` in each recipient's time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Digest {
+    #[serde(default = "eight")]
+    pub time: NaiveTime,
+    pub roles: Vec<DigestRole>,
+}
+
+fn eight() -> NaiveTime {
+    NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default()
+}
+
+fn monday() -> Weekday {
+    Weekday::Mon
+}
+
+/// A weekly summary per executive: hand-offs that ended or breached in the week, how many met
+/// the SLA (answered before the first reminder), and the median time to first touch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklySummary {
+    #[serde(default = "monday", with = "weekday_name")]
+    pub day: Weekday,
+    #[serde(default = "eight")]
+    pub time: NaiveTime,
+}
+
+mod weekday_name {
+    use chrono::Weekday;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(day: &Weekday, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&day.to_string().to_lowercase())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Weekday, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(|_| serde::de::Error::custom(format!("unknown day {name:?}")))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlaPolicy {
@@ -178,6 +228,8 @@ pub struct SlaPolicy {
     /// Also stop the ladder when a completed task is logged on the lead.
     #[serde(default)]
     pub stop_on_task: bool,
+    /// Managers and/or executives get one digest a day instead of a copy per lead.
+    pub digest: Option<Digest>,
     #[serde(rename = "step")]
     pub steps: Vec<Step>,
 }
@@ -200,6 +252,7 @@ pub fn default_policy() -> SlaPolicy {
         catch_up: CatchUp::Latest,
         business_hours: None,
         stop_on_task: false,
+        digest: None,
         steps: vec![
             step("alert", hours(0), "sla_alert", vec![Recipient::Rep], vec![]),
             step("reminder", hours(24), "sla_reminder", vec![Recipient::Rep], vec![]),
@@ -255,6 +308,8 @@ pub struct SlaConfig {
     /// The CRM status set when a rep disqualifies a lead from an email link.
     #[serde(default = "disqualify_status")]
     pub disqualify_status: String,
+    /// A weekly SLA summary for each executive.
+    pub weekly_summary: Option<WeeklySummary>,
     /// First match wins; with none configured, the default ladder applies to every lead.
     #[serde(default, rename = "policy")]
     pub policies: Vec<SlaPolicy>,
@@ -271,6 +326,7 @@ impl Default for SlaConfig {
             accept_status: accept_status(),
             recycle_status: recycle_status(),
             disqualify_status: disqualify_status(),
+            weekly_summary: None,
             policies: Vec::new(),
         }
     }
@@ -314,6 +370,19 @@ pub fn add_business_time(
         day = day.succ_opt().unwrap_or(day);
     }
     start + TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+/// The first instant after `now` that is local `time` in `tz` (on `day`, if given).
+pub fn next_local(now: Timestamp, tz: Tz, time: NaiveTime, day: Option<Weekday>) -> Timestamp {
+    let mut date = now.with_timezone(&tz).date_naive();
+    for _ in 0..8 {
+        let at = local_instant(tz, date, time);
+        if at > now && day.is_none_or(|d| date.weekday() == d) {
+            return at;
+        }
+        date = date.succ_opt().unwrap_or(date);
+    }
+    now + TimeDelta::days(7)
 }
 
 /// The instant of local `time` on `day`; a time in a DST gap moves to the first instant after
@@ -421,6 +490,7 @@ impl SlaRules {
         handoff: u32,
         action: SalesAction,
         reason: Option<&str>,
+        people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
         let mut decision = Decision::default();
@@ -445,6 +515,7 @@ impl SlaRules {
         self.end(
             &mut record,
             &format!("satisfied: {outcome} by the rep from an email link"),
+            people,
             now,
             &mut decision,
         );
@@ -507,6 +578,16 @@ impl SlaRules {
         Value::Object(links)
     }
 
+    /// The executive copied on the rep's escalations: `sla.executive`, else the top of the
+    /// rep's manager chain; inactive people do not count.
+    fn executive<'a>(&self, owner: &PersonId, people: &'a OrgChart) -> Option<&'a Person> {
+        match &self.config.executive {
+            Some(id) => people.get(id),
+            None => people.executive_of(owner),
+        }
+        .filter(|p| p.active)
+    }
+
     fn tz_of(person: Option<&Person>) -> Tz {
         person.and_then(|p| p.time_zone.as_deref()).and_then(|z| z.parse().ok()).unwrap_or(Tz::UTC)
     }
@@ -548,9 +629,38 @@ impl SlaRules {
         (person.active && person.role != Role::Queue && open).then(|| owner.clone())
     }
 
-    fn end(&self, record: &mut LeadRecord, outcome: &str, now: Timestamp, decision: &mut Decision) {
+    fn end(
+        &self,
+        record: &mut LeadRecord,
+        outcome: &str,
+        people: &OrgChart,
+        now: Timestamp,
+        decision: &mut Decision,
+    ) {
         if let Some(handoff) = record.handoff.take() {
             decision.cancel_timers.push(timer_key(record.lead.id.as_str()));
+            if let Some(weekly) = &self.config.weekly_summary
+                && let Some(executive) = self.executive(&handoff.owner, people)
+            {
+                let bucket = format!("weekly/{}", executive.id);
+                decision.items.push((
+                    bucket.clone(),
+                    format!("{}/{}", record.lead.id, handoff.number),
+                    json!({
+                        "lead_id": record.lead.id,
+                        "owner": handoff.owner,
+                        "met": handoff.next_step <= 1 && outcome.starts_with("satisfied"),
+                        "first_touch_seconds": outcome.starts_with("satisfied").then(|| (now - handoff.started_at).num_seconds()),
+                        "outcome": outcome,
+                    }),
+                ));
+                decision.set_timers.push(Timer {
+                    key: TimerKey::new(bucket.clone()),
+                    due: next_local(now, Self::tz_of(Some(executive)), weekly.time, Some(weekly.day)),
+                    lead_id: None,
+                    kind: TimerKind::Report { bucket },
+                });
+            }
             decision.events.push(HistoryEvent::new(
                 now,
                 actor(),
@@ -568,7 +678,7 @@ impl SlaRules {
         let Some(mut handoff) = record.handoff.clone() else { return };
         let Some(policy) = self.policy_named(&handoff.policy) else {
             let outcome = format!("stopped: policy `{}` is no longer configured", handoff.policy);
-            self.end(record, &outcome, now, decision);
+            self.end(record, &outcome, people, now, decision);
             return;
         };
         let mut due = Vec::new();
@@ -633,7 +743,7 @@ impl SlaRules {
                 },
             ));
             record.lead.owner_id = Some(target.clone());
-            self.end(record, "reassigned by the SLA ladder", now, decision);
+            self.end(record, "reassigned by the SLA ladder", people, now, decision);
             self.start(record, target, people, now, decision);
             return;
         }
@@ -663,18 +773,28 @@ impl SlaRules {
         let owner = people.get(&handoff.owner);
         // An inactive manager or executive is treated as missing: the fallback gets the copy.
         let manager = people.manager_of(&handoff.owner).filter(|p| p.active);
-        let executive = match &self.config.executive {
-            Some(id) => people.get(id),
-            None => people.executive_of(&handoff.owner),
-        }
-        .filter(|p| p.active);
+        let executive = self.executive(&handoff.owner, people);
         let fallback = self.config.fallback_email.as_deref();
         let mut missing = Vec::new();
+        let digest_roles: &[DigestRole] = policy.digest.as_ref().map(|d| d.roles.as_slice()).unwrap_or(&[]);
+        let mut digested: Vec<&Person> = Vec::new();
         let mut resolve = |recipients: &[Recipient]| -> Vec<String> {
             let mut out = Vec::new();
             for recipient in recipients {
                 let address = match recipient {
                     Recipient::Rep => owner.map(|p| p.email.clone()),
+                    Recipient::Manager
+                        if manager.is_some() && digest_roles.contains(&DigestRole::Manager) =>
+                    {
+                        digested.extend(manager);
+                        None
+                    }
+                    Recipient::Executive
+                        if executive.is_some() && digest_roles.contains(&DigestRole::Executive) =>
+                    {
+                        digested.extend(executive);
+                        None
+                    }
                     Recipient::Manager => manager.map(|p| p.email.clone()).or_else(|| {
                         missing.push("manager");
                         fallback.map(str::to_owned)
@@ -693,8 +813,11 @@ impl SlaRules {
             }
             out
         };
-        let to = resolve(&step.to);
-        let cc: Vec<String> = resolve(&step.cc).into_iter().filter(|a| !to.contains(a)).collect();
+        let mut to = resolve(&step.to);
+        let mut cc: Vec<String> = resolve(&step.cc).into_iter().filter(|a| !to.contains(a)).collect();
+        if to.is_empty() {
+            to = std::mem::take(&mut cc);
+        }
         let tz = Self::tz_of(owner);
         let local = |at: Timestamp| at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
         let next = policy.steps.get(index + 1);
@@ -739,17 +862,47 @@ impl SlaRules {
         }
         let lead_id = record.lead.id.clone();
         let key = step_key(lead_id.as_str(), handoff.number, &step.name);
-        decision.effects.push((
-            key.clone(),
-            Effect::Email {
-                kind: step.kind.clone(),
-                template: step.template.clone(),
-                to,
-                cc,
-                lead_id: Some(lead_id.clone()),
-                vars,
-            },
-        ));
+        digested.sort_by(|a, b| a.id.cmp(&b.id));
+        digested.dedup_by(|a, b| a.id == b.id);
+        if let Some(digest) = &policy.digest {
+            for person in digested {
+                let bucket = format!("digest/{}", person.id);
+                decision.items.push((
+                    bucket.clone(),
+                    format!("{}/{}", lead_id, handoff.number),
+                    json!({
+                        "lead_id": lead_id,
+                        "handoff": handoff.number,
+                        "lead": record.lead.display_name(),
+                        "company": record.lead.company,
+                        "owner": owner.map(|p| p.name.clone()),
+                        "step": step.name,
+                        "started": local(handoff.started_at),
+                        "age": human_duration(now - handoff.started_at),
+                        "crm_url": vars["crm_url"],
+                    }),
+                ));
+                decision.set_timers.push(Timer {
+                    key: TimerKey::new(bucket.clone()),
+                    due: next_local(now, Self::tz_of(Some(person)), digest.time, None),
+                    lead_id: None,
+                    kind: TimerKind::Report { bucket },
+                });
+            }
+        }
+        if !to.is_empty() {
+            decision.effects.push((
+                key.clone(),
+                Effect::Email {
+                    kind: step.kind.clone(),
+                    template: step.template.clone(),
+                    to,
+                    cc,
+                    lead_id: Some(lead_id.clone()),
+                    vars,
+                },
+            ));
+        }
         let mut reassign_to = None;
         for (n, action) in step.actions.iter().enumerate() {
             let action_key = IdempotencyKey(format!("{key}/action/{n}"));
@@ -839,9 +992,10 @@ impl Policy for SlaRules {
         handoff: u32,
         action: SalesAction,
         reason: Option<&str>,
+        people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
-        self.sales_action(lead, handoff, action, reason, now)
+        self.sales_action(lead, handoff, action, reason, people, now)
     }
 
     fn on_lead(
@@ -856,14 +1010,14 @@ impl Policy for SlaRules {
         if let Some(current) = after.handoff.clone() {
             let previous_status = before.and_then(|b| b.lead.status.clone());
             if after.lead.owner_id.as_ref() != Some(&current.owner) {
-                self.end(&mut after, "reassigned", now, &mut decision);
+                self.end(&mut after, "reassigned", people, now, &mut decision);
             } else if after.lead.status != current.status {
                 let outcome = format!(
                     "satisfied: status changed to {}",
                     after.lead.status.as_deref().unwrap_or("(none)")
                 );
                 let _ = previous_status;
-                self.end(&mut after, &outcome, now, &mut decision);
+                self.end(&mut after, &outcome, people, now, &mut decision);
             }
         }
         if after.handoff.is_none()
@@ -884,7 +1038,7 @@ impl Policy for SlaRules {
         &self,
         lead: &LeadRecord,
         activity: &Activity,
-        _people: &OrgChart,
+        people: &OrgChart,
         now: Timestamp,
     ) -> Decision {
         let mut decision = Decision::default();
@@ -893,16 +1047,117 @@ impl Policy for SlaRules {
             && self.policy_named(&handoff.policy).is_some_and(|p| p.stop_on_task);
         if stops {
             let mut record = lead.clone();
-            self.end(&mut record, "satisfied: task completed", now, &mut decision);
+            self.end(&mut record, "satisfied: task completed", people, now, &mut decision);
             decision.lead = Some(record);
         }
         decision
     }
 
-    fn on_delete(&self, lead: &LeadRecord, now: Timestamp) -> Decision {
+    fn on_report(
+        &self,
+        timer: &Timer,
+        items: &[(String, Value, Option<LeadRecord>)],
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        let TimerKind::Report { bucket } = &timer.kind else { return decision };
+        // Exactly the items read are removed; any that arrive meanwhile wait for the next one.
+        decision.remove_items.extend(items.iter().map(|(key, _, _)| (bucket.clone(), key.clone())));
+        let Some((kind, person_id)) = bucket.split_once('/') else { return decision };
+        let person = people.get(&PersonId::new(person_id)).filter(|p| p.active);
+        // Re-arm: items that arrive while this one is being sent (or while leadloop was down)
+        // go in the next digest or summary.
+        let next = match (kind, &self.config.weekly_summary) {
+            ("weekly", Some(weekly)) => {
+                Some(next_local(now, Self::tz_of(person), weekly.time, Some(weekly.day)))
+            }
+            ("digest", _) => self
+                .policies
+                .iter()
+                .filter_map(|p| p.digest.as_ref())
+                .map(|d| next_local(now, Self::tz_of(person), d.time, None))
+                .min(),
+            _ => None,
+        };
+        if let Some(due) = next {
+            decision.set_timers.push(Timer {
+                key: timer.key.clone(),
+                due,
+                lead_id: None,
+                kind: timer.kind.clone(),
+            });
+        }
+        let Some(address) = person.map(|p| p.email.clone()).or_else(|| self.config.fallback_email.clone())
+        else {
+            return decision;
+        };
+        let tz = Self::tz_of(person);
+        let date = now.with_timezone(&tz).format("%Y-%m-%d").to_string();
+        let person_vars = person.map(vars::person).unwrap_or_else(
+            || json!({ "id": person_id, "name": "Sales operations", "email": address, "time_zone": null }),
+        );
+        let (effect_kind, template, vars) = match kind {
+            "digest" => {
+                // Only hand-offs still open: an answered lead drops out of the digest.
+                let rows: Vec<&Value> = items
+                    .iter()
+                    .filter(|(_, item, lead)| {
+                        lead.as_ref().and_then(|l| l.handoff.as_ref()).map(|h| json!(h.number))
+                            == item.get("handoff").cloned()
+                    })
+                    .map(|(_, item, _)| item)
+                    .collect();
+                if rows.is_empty() {
+                    return decision;
+                }
+                (
+                    "sla.digest",
+                    "sla_digest",
+                    json!({ "kind": "sla.digest", "person": person_vars, "items": rows, "count": rows.len(), "date": date }),
+                )
+            }
+            "weekly" => {
+                let handoffs = items.len();
+                let met = items.iter().filter(|(_, item, _)| item["met"] == json!(true)).count();
+                let mut touches: Vec<i64> =
+                    items.iter().filter_map(|(_, item, _)| item["first_touch_seconds"].as_i64()).collect();
+                touches.sort_unstable();
+                let median = touches.get(touches.len() / 2).map(|s| human_duration(TimeDelta::seconds(*s)));
+                let summary = json!({
+                    "handoffs": handoffs,
+                    "met": met,
+                    "breached": handoffs - met,
+                    "met_percent": (met * 100).checked_div(handoffs).unwrap_or(0),
+                    "median_first_touch": median,
+                    "week_ending": date,
+                });
+                (
+                    "sla.weekly",
+                    "sla_weekly",
+                    json!({ "kind": "sla.weekly", "person": person_vars, "summary": summary, "date": date }),
+                )
+            }
+            _ => return decision,
+        };
+        decision.effects.push((
+            IdempotencyKey::from_parts([kind, person_id, &timer.due.timestamp().to_string()]),
+            Effect::Email {
+                kind: effect_kind.into(),
+                template: template.into(),
+                to: vec![address],
+                cc: vec![],
+                lead_id: None,
+                vars,
+            },
+        ));
+        decision
+    }
+
+    fn on_delete(&self, lead: &LeadRecord, people: &OrgChart, now: Timestamp) -> Decision {
         let mut decision = Decision::default();
         let mut record = lead.clone();
-        self.end(&mut record, "lead deleted", now, &mut decision);
+        self.end(&mut record, "lead deleted", people, now, &mut decision);
         decision
     }
 

@@ -42,6 +42,8 @@ pub enum TimerKind {
     ScoreDecay,
     /// A cron schedule's next firing.
     Cron { schedule: String },
+    /// Time to send what a bucket collected (a digest, a weekly summary).
+    Report { bucket: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -56,6 +56,12 @@ pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timesta
     for timer in decision.set_timers {
         batch.set_timer(timer);
     }
+    for (bucket, key) in decision.remove_items {
+        batch.push(leadloop_store::Op::DeleteItem { bucket, key });
+    }
+    for (bucket, key, value) in decision.items {
+        batch.put_item(bucket, key, value);
+    }
     match &lead_id {
         Some(id) => {
             for event in decision.events {

@@ -188,7 +188,8 @@ impl Engine {
         let Some(record) = self.store.lead(lead).await? else {
             return Ok(leadloop_core::sla::ActionOutcome::AlreadyClosed);
         };
-        let (decision, outcome) = self.policy.on_sales_action(&record, handoff, action, reason, now);
+        let (decision, outcome) =
+            self.policy.on_sales_action(&record, handoff, action, reason, &self.chart(), now);
         if outcome == leadloop_core::sla::ActionOutcome::Done {
             observe(&decision);
             self.commit(decision_batch(decision, Some(lead), now)).await?;
@@ -200,7 +201,7 @@ impl Engine {
     pub async fn delete_lead(&self, id: &LeadId) -> Result<Vec<IdempotencyKey>, EngineError> {
         let now = self.clock.now();
         let Some(lead) = self.store.lead(id).await? else { return Ok(Vec::new()) };
-        let mut decision = self.policy.on_delete(&lead, now);
+        let mut decision = self.policy.on_delete(&lead, &self.chart(), now);
         decision.lead = None;
         decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
         observe(&decision);
@@ -232,6 +233,22 @@ impl Engine {
         let people = self.chart();
         let mut batch = Batch::new();
         for timer in &due {
+            if let leadloop_core::TimerKind::Report { bucket } = &timer.kind {
+                // What the bucket collected, each item with its lead as it is now.
+                let mut items = Vec::new();
+                for (key, value) in self.store.items(bucket).await? {
+                    let lead = match value.get("lead_id").and_then(|v| v.as_str()) {
+                        Some(id) => self.store.lead(&LeadId::new(id)).await?,
+                        None => None,
+                    };
+                    items.push((key, value, lead));
+                }
+                let decision = self.policy.on_report(timer, &items, &people, now);
+                batch.cancel_timer(timer.key.clone());
+                batch.ops.extend(decision_batch(decision, None, now).ops);
+                report.fired += 1;
+                continue;
+            }
             let lead = match &timer.lead_id {
                 Some(id) => self.store.lead(id).await?,
                 None => None,

@@ -77,6 +77,7 @@ where
     channels_have_separate_queues(fresh().await).await;
     entries_due_together_keep_queue_order(fresh().await).await;
     suppression_is_case_insensitive(fresh().await).await;
+    buckets_collect_and_delete(fresh().await).await;
     export_import_round_trip(fresh().await, fresh().await).await;
 }
 
@@ -122,6 +123,31 @@ pub async fn entries_due_together_keep_queue_order(store: Arc<dyn Store>) {
     batch.update_outbox(retry);
     store.commit(batch).await.expect("commit");
     assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready"))[0], "sla/1/alert");
+}
+
+pub async fn buckets_collect_and_delete(store: Arc<dyn Store>) {
+    assert!(store.items("digest/005M").await.expect("items").is_empty());
+    let mut batch = Batch::new();
+    batch
+        .put_item("digest/005M", "00Q2/1", serde_json::json!({ "n": 2 }))
+        .put_item("digest/005M", "00Q1/1", serde_json::json!({ "n": 1 }))
+        .put_item("digest/005M", "00Q1/1", serde_json::json!({ "n": 11 }))
+        .put_item("digest/005M2", "x", serde_json::json!(null));
+    store.commit(batch).await.expect("commit");
+    let items = store.items("digest/005M").await.expect("items");
+    assert_eq!(
+        items,
+        vec![
+            ("00Q1/1".to_owned(), serde_json::json!({ "n": 11 })),
+            ("00Q2/1".to_owned(), serde_json::json!({ "n": 2 }))
+        ]
+    );
+    let mut batch = Batch::new();
+    batch.push(crate::Op::DeleteItem { bucket: "digest/005M".into(), key: "00Q1/1".into() });
+    batch.push(crate::Op::DeleteItem { bucket: "digest/005M".into(), key: "00Q2/1".into() });
+    store.commit(batch).await.expect("commit");
+    assert!(store.items("digest/005M").await.expect("items").is_empty());
+    assert_eq!(store.items("digest/005M2").await.expect("items").len(), 1, "other buckets untouched");
 }
 
 pub async fn suppression_is_case_insensitive(store: Arc<dyn Store>) {

@@ -14,6 +14,7 @@
 //! M outbox_seq                  → u64 BE             last queue-order number given out
 //! C <cursor name>               → cursor value
 //! S <lowercased address>        → Suppression        opted out or hard-bounced
+//! B <len u16><bucket><key>      → JSON value         digest and summary items
 //! ```
 //! Integers are big-endian so byte order is numeric order; instants are milliseconds since the
 //! epoch offset by 2^63 so that instants before 1970 still sort.
@@ -31,6 +32,31 @@ pub const OUTBOX: u8 = b'O';
 pub const READY_EMAIL: u8 = b'R';
 pub const READY_CRM: u8 = b'W';
 pub const SUPPRESSION: u8 = b'S';
+pub const ITEM: u8 = b'B';
+
+/// `B <len><bucket>`: the prefix of one bucket's items.
+pub fn bucket_prefix(bucket: &str) -> Vec<u8> {
+    let len = u16::try_from(bucket.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(3 + bucket.len());
+    key.push(ITEM);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(bucket.as_bytes());
+    key
+}
+
+pub fn item(bucket: &str, key: &str) -> Vec<u8> {
+    let mut out = bucket_prefix(bucket);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Splits an item key into (bucket, key).
+pub fn parse_item(raw: &[u8]) -> Option<(String, String)> {
+    let len = u16::from_be_bytes(raw.get(1..3)?.try_into().ok()?) as usize;
+    let bucket = std::str::from_utf8(raw.get(3..3 + len)?).ok()?;
+    let key = std::str::from_utf8(raw.get(3 + len..)?).ok()?;
+    Some((bucket.to_owned(), key.to_owned()))
+}
 pub const CURSOR: u8 = b'C';
 
 /// The ready-index tag of a channel.

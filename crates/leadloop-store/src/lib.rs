@@ -84,6 +84,18 @@ pub enum Op {
     Suppress(Suppression),
     /// Removes an address from the suppression list.
     Unsuppress(String),
+    /// Puts an item in a bucket (replacing the item with the same key): what a digest or a
+    /// summary collects until it is sent.
+    PutItem {
+        bucket: String,
+        key: String,
+        value: serde_json::Value,
+    },
+    /// Removes one item (sent in a digest or summary).
+    DeleteItem {
+        bucket: String,
+        key: String,
+    },
 }
 
 /// Changes applied together, atomically.
@@ -145,6 +157,15 @@ impl Batch {
     pub fn suppress(&mut self, suppression: Suppression) -> &mut Self {
         self.push(Op::Suppress(suppression))
     }
+
+    pub fn put_item(
+        &mut self,
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+        value: serde_json::Value,
+    ) -> &mut Self {
+        self.push(Op::PutItem { bucket: bucket.into(), key: key.into(), value })
+    }
 }
 
 /// What a commit did.
@@ -167,6 +188,7 @@ pub enum Record {
     Outbox { v: OutboxEntry },
     Cursor { name: String, value: String },
     Suppression { v: Suppression },
+    Item { bucket: String, key: String, v: serde_json::Value },
 }
 
 /// Sizes for metrics and `status`.
@@ -207,6 +229,9 @@ pub trait Store: Send + Sync + 'static {
     async fn suppression(&self, address: &str) -> Result<Option<Suppression>>;
 
     async fn cursor(&self, name: &str) -> Result<Option<String>>;
+
+    /// The items of a bucket, in key order. Costs what the bucket holds.
+    async fn items(&self, bucket: &str) -> Result<Vec<(String, serde_json::Value)>>;
 
     /// Visits every record in a deterministic order (for export).
     async fn scan(&self, visit: &mut (dyn FnMut(Record) -> Result<()> + Send)) -> Result<()>;

@@ -241,6 +241,10 @@ impl SledStore {
                 Op::Unsuppress(address) => {
                     sled_batch.remove(keys::simple(keys::SUPPRESSION, &address.to_lowercase()));
                 }
+                Op::PutItem { bucket, key, value } => {
+                    sled_batch.insert(keys::item(&bucket, &key), encode(&value)?);
+                }
+                Op::DeleteItem { bucket, key } => sled_batch.remove(keys::item(&bucket, &key)),
                 Op::SetCursor { name, value } => {
                     sled_batch.insert(keys::simple(keys::CURSOR, &name), value.as_bytes());
                 }
@@ -451,6 +455,17 @@ impl Store for SledStore {
         Ok((count, earliest))
     }
 
+    async fn items(&self, bucket: &str) -> Result<Vec<(String, serde_json::Value)>> {
+        self.tree
+            .scan_prefix(keys::bucket_prefix(bucket))
+            .map(|item| {
+                let (key, value) = item.map_err(|e| self.err(e))?;
+                let (_, name) = keys::parse_item(&key).ok_or_else(|| corrupt(&key, "bad item key"))?;
+                Ok((name, decode(&key, &value)?))
+            })
+            .collect()
+    }
+
     async fn suppression(&self, address: &str) -> Result<Option<Suppression>> {
         self.get(&keys::simple(keys::SUPPRESSION, &address.to_lowercase()))
     }
@@ -483,6 +498,11 @@ impl Store for SledStore {
                         .map_err(|_| corrupt(&key, "cursor is not UTF-8"))?,
                 },
                 Some(keys::SUPPRESSION) => Record::Suppression { v: decode(&key, &value)? },
+                Some(keys::ITEM) => {
+                    let (bucket, name) =
+                        keys::parse_item(&key).ok_or_else(|| corrupt(&key, "bad item key"))?;
+                    Record::Item { bucket, key: name, v: decode(&key, &value)? }
+                }
                 // Derived indexes and the schema marker are rebuilt, not exported.
                 _ => continue,
             };
@@ -517,6 +537,9 @@ impl Store for SledStore {
                 }
                 Record::Suppression { v } => {
                     batch.suppress(v);
+                }
+                Record::Item { bucket, key, v } => {
+                    batch.put_item(bucket, key, v);
                 }
             }
         }

@@ -391,3 +391,93 @@ actions = [{ type = "reassign", to = "manager" }]
         ]
     );
 }
+
+const DIGEST: &str = r#"
+[[sla.policy]]
+name = "digest"
+digest = { time = "08:00", roles = ["manager"] }
+[[sla.policy.step]]
+name = "alert"
+after = "0s"
+kind = "sla.alert"
+template = "sla_alert"
+to = ["rep"]
+[[sla.policy.step]]
+name = "manager"
+after = "24h"
+kind = "sla.manager"
+template = "sla_manager"
+to = ["rep"]
+cc = ["manager"]
+"#;
+
+#[test]
+fn managers_get_one_daily_digest_instead_of_a_copy_per_lead() {
+    // Two leads for Rep A, one answered before the digest goes out.
+    let events = format!(
+        "{PEOPLE}{}{}{}",
+        lead("2026-03-02T14:00:00Z", HANDOFF),
+        r#"{"at":"2026-03-02T15:00:00Z","type":"lead","lead":{"id":"00Q2","first_name":"Raj","status":"Open - Not Contacted","owner_id":"005A"}}
+{"at":"2026-03-02T16:00:00Z","type":"lead","lead":{"id":"00Q3","first_name":"Eve","status":"Open - Not Contacted","owner_id":"005A"}}
+"#,
+        r#"{"at":"2026-03-03T18:00:00Z","type":"lead","lead":{"id":"00Q3","status":"Working - Contacted"}}
+"#
+    );
+    let out = run(DIGEST, &events, Some("2026-03-04T14:00:00Z"));
+    assert_eq!(
+        out,
+        [
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T15:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T16:00:00Z sla.alert to=rep@x.example cc=",
+            // The manager step goes to the rep only; the manager is not copied per lead.
+            "2026-03-03T14:00:00Z sla.manager to=rep@x.example cc=",
+            "2026-03-03T15:00:00Z sla.manager to=rep@x.example cc=",
+            "2026-03-03T16:00:00Z sla.manager to=rep@x.example cc=",
+            // 08:00 in New York the next morning: one digest with the two leads still open.
+            "2026-03-04T13:00:00Z sla.digest to=mgr@x.example cc=",
+        ]
+    );
+    let (config, _) = config::load_str(Path::new("t.toml"), DIGEST).expect("config");
+    let mut raw = Vec::new();
+    leadloop::simulate::simulate(
+        &config,
+        Path::new("e"),
+        &events,
+        Some("2026-03-04T14:00:00Z".parse().expect("at")),
+        &mut raw,
+    );
+    let digest = String::from_utf8(raw).expect("utf-8").lines().last().map(str::to_owned).expect("line");
+    assert!(digest.contains("\"subject\":\"2 overdue leads in your team (2026-03-04)\""), "{digest}");
+}
+
+#[test]
+fn executives_get_a_weekly_summary() {
+    let config = "[sla]\nweekly_summary = { day = \"mon\", time = \"08:00\" }\n";
+    let events = format!(
+        "{PEOPLE}{}{}{}{}",
+        lead("2026-03-02T14:00:00Z", HANDOFF),
+        lead("2026-03-02T17:00:00Z", r#""status":"Working - Contacted""#),
+        r#"{"at":"2026-03-03T15:00:00Z","type":"lead","lead":{"id":"00Q2","first_name":"Raj","status":"Open - Not Contacted","owner_id":"005A"}}
+"#,
+        r#"{"at":"2026-03-06T15:00:00Z","type":"lead","lead":{"id":"00Q2","status":"Working - Contacted"}}
+"#
+    );
+    let (config, _) = config::load_str(Path::new("t.toml"), config).expect("config");
+    let mut raw = Vec::new();
+    let code = leadloop::simulate::simulate(
+        &config,
+        Path::new("e"),
+        &events,
+        Some("2026-03-09T14:00:00Z".parse().expect("at")),
+        &mut raw,
+    );
+    assert_eq!(code, 0);
+    let text = String::from_utf8(raw).expect("utf-8");
+    let weekly: Vec<&str> = text.lines().filter(|l| l.contains("sla.weekly")).collect();
+    assert_eq!(weekly.len(), 1, "{text}");
+    // Monday 9 March, 08:00 New York (EDT from 8 March): 12:00Z. One met (3 h), one breached.
+    assert!(weekly[0].contains("\"at\":\"2026-03-09T12:00:00Z\""), "{}", weekly[0]);
+    assert!(weekly[0].contains("\"to\":[\"ceo@x.example\"]"), "{}", weekly[0]);
+    assert!(weekly[0].contains("50% answered in time (2 hand-offs)"), "{}", weekly[0]);
+}

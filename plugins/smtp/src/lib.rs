@@ -23,7 +23,8 @@ pub use message::{Composer, message_id};
 pub use templates::{Rendered, TemplateProblem, Templates, sample_vars};
 
 /// The templates leadloop's own rules use; `validate` checks each exists and renders.
-pub const REQUIRED_TEMPLATES: &[&str] = &["sla_alert", "sla_reminder", "sla_manager", "sla_executive"];
+pub const REQUIRED_TEMPLATES: &[&str] =
+    &["sla_alert", "sla_reminder", "sla_manager", "sla_executive", "sla_digest", "sla_weekly"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

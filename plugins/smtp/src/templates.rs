@@ -27,6 +27,12 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("sla_executive.subject", include_str!("../templates/sla_executive.subject.j2")),
     ("sla_executive.txt", include_str!("../templates/sla_executive.txt.j2")),
     ("sla_executive.html", include_str!("../templates/sla_executive.html.j2")),
+    ("sla_digest.subject", include_str!("../templates/sla_digest.subject.j2")),
+    ("sla_digest.txt", include_str!("../templates/sla_digest.txt.j2")),
+    ("sla_digest.html", include_str!("../templates/sla_digest.html.j2")),
+    ("sla_weekly.subject", include_str!("../templates/sla_weekly.subject.j2")),
+    ("sla_weekly.txt", include_str!("../templates/sla_weekly.txt.j2")),
+    ("sla_weekly.html", include_str!("../templates/sla_weekly.html.j2")),
     ("nurture_example.subject", include_str!("../templates/nurture_example.subject.j2")),
     ("nurture_example.txt", include_str!("../templates/nurture_example.txt.j2")),
     ("nurture_example.html", include_str!("../templates/nurture_example.html.j2")),
@@ -253,6 +259,28 @@ pub fn sample_vars(template: &str) -> Value {
         },
         "crm_url": "https://example.my.salesforce.com/00QSAMPLE",
         "unsubscribe_url": "https://leadloop.example.com/u/SAMPLE",
+        "person": person("Manager Sample", "manager@example.com"),
+        "date": "2026-03-03",
+        "count": 1,
+        "items": [{
+            "lead_id": "00QSAMPLE",
+            "handoff": 1,
+            "lead": "Ana Lima",
+            "company": "Acme",
+            "owner": "Rep Sample",
+            "step": "manager",
+            "started": "2026-03-02 09:00 EST",
+            "age": "24 hours",
+            "crm_url": "https://example.my.salesforce.com/00QSAMPLE",
+        }],
+        "summary": {
+            "handoffs": 12,
+            "met": 9,
+            "breached": 3,
+            "met_percent": 75,
+            "median_first_touch": "3 hours",
+            "week_ending": "2026-03-09",
+        },
         "links": {
             "accept": "https://leadloop.example.com/l/SAMPLE-ACCEPT",
             "recycle": "https://leadloop.example.com/l/SAMPLE-RECYCLE",
@@ -283,8 +311,15 @@ pub fn known_variables() -> BTreeSet<String> {
 mod tests {
     use super::*;
 
-    const REQUIRED: &[&str] =
-        &["sla_alert", "sla_reminder", "sla_manager", "sla_executive", "nurture_example"];
+    const REQUIRED: &[&str] = &[
+        "sla_alert",
+        "sla_reminder",
+        "sla_manager",
+        "sla_executive",
+        "sla_digest",
+        "sla_weekly",
+        "nurture_example",
+    ];
 
     #[test]
     fn built_in_templates_validate_and_render() {
@@ -293,7 +328,8 @@ mod tests {
         for name in REQUIRED {
             let rendered = templates.render(name, &sample_vars(name)).expect("render");
             assert!(!rendered.subject.is_empty() && !rendered.subject.contains('\n'), "{name}: {rendered:?}");
-            assert!(rendered.text.contains("Ana"), "{name}: {}", rendered.text);
+            let expected = if *name == "sla_weekly" { "75%" } else { "Ana" };
+            assert!(rendered.text.contains(expected), "{name}: {}", rendered.text);
         }
     }
 

@@ -500,6 +500,15 @@ fn check_sla(config: &Config, report: &mut impl FnMut(String, String, Severity))
                 );
             }
         }
+        if let Some(digest) = &policy.digest
+            && digest.roles.is_empty()
+        {
+            report(
+                format!("{path}.digest"),
+                "a digest needs `roles` (\"manager\", \"executive\")".into(),
+                Severity::Error,
+            );
+        }
         if let Some(hours) = &policy.business_hours {
             if hours.start >= hours.end {
                 report(
@@ -673,7 +682,7 @@ role = "manager"
             &[
                 "t.toml:3:1: sla.policy[0].business_hours: `start` must be before `end`",
                 "t.toml:3:1: sla.policy[0].business_hours: no holiday calendar `xx` in [sla.holidays]",
-                "t.toml:8:1: sla.policy[0].step[0].template: no template `sla_alrt` (known: nurture_example, sla_alert, sla_executive, sla_manager, sla_reminder)",
+                "t.toml:8:1: sla.policy[0].step[0].template: no template `sla_alrt` (known: nurture_example, sla_alert, sla_digest, sla_executive, sla_manager, sla_reminder, sla_weekly)",
                 "t.toml:9:1: sla.policy[0].step[0].to: `boss@x.example` is not a recipient: use \"rep\", \"manager\", \"executive\" or \"address:someone@example.com\"",
                 "t.toml:11:1: sla.policy[0].step[1].name: step `alert` appears twice in this policy",
                 "t.toml:12:1: sla.policy[0].step[1].after: steps must be in order of `after`",
