@@ -26,6 +26,9 @@ use crate::cli::{RunArgs, load_reporting};
 use crate::config::{self, Config};
 use crate::{exit, telemetry};
 
+/// How often the open-hand-off gauges are recounted.
+const SLA_GAUGE_INTERVAL: Duration = Duration::from_secs(300);
+
 /// Settings that a reload cannot change; a new value waits for a restart.
 fn restart_only(config: &Config) -> (PathBuf, std::net::SocketAddr, u64) {
     (config.daemon.state_dir.clone(), config.daemon.admin_listen, config.store.cache_mb)
@@ -183,6 +186,25 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         }
         _ => None,
     };
+
+    // The open/overdue hand-off gauges come from a scan, every few minutes.
+    tokio::spawn({
+        let store = Arc::clone(&store);
+        let sla = config.sla.clone();
+        let clock = Arc::clone(&clock);
+        let stop = shutdown.clone();
+        async move {
+            loop {
+                if let Err(error) = crate::sla_cmd::gauge(store.as_ref(), &sla, clock.now()).await {
+                    tracing::warn!(%error, "cannot count open hand-offs for the metrics");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(SLA_GAUGE_INTERVAL) => {}
+                }
+            }
+        }
+    });
 
     ready.store(true, Ordering::SeqCst);
     notify(&[NotifyState::Ready, NotifyState::Status("running")]);

@@ -87,6 +87,28 @@ pub async fn list(
     Ok(out)
 }
 
+/// Counts open hand-offs and, per last step sent, those past their first reminder, into the
+/// `leadloop_sla_open_handoffs` and `leadloop_sla_overdue_handoffs{step}` gauges. A scan of
+/// the leads: the daemon runs it every few minutes, not per scrape.
+pub async fn gauge(store: &dyn Store, sla: &SlaConfig, now: Timestamp) -> Result<(), StoreError> {
+    let rows = list(store, sla, now, &Filter::default()).await?;
+    let mut by_step: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for policy in sla.policies() {
+        for step in policy.steps {
+            by_step.entry(step.name).or_default();
+        }
+    }
+    for row in rows.iter().filter(|r| r["overdue"] == Value::Bool(true)) {
+        let step = row["last_step"].as_str().unwrap_or("none").to_owned();
+        *by_step.entry(step).or_default() += 1;
+    }
+    metrics::gauge!("leadloop_sla_open_handoffs").set(rows.len() as f64);
+    for (step, count) in by_step {
+        metrics::gauge!("leadloop_sla_overdue_handoffs", "step" => step).set(count as f64);
+    }
+    Ok(())
+}
+
 /// A lead's hand-off and its full history.
 pub async fn show(
     store: &dyn Store,

@@ -56,6 +56,14 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "from hand-off to the first status change"
     );
     metrics::describe_counter!("leadloop_sla_steps_total", "SLA ladder emails queued, by step");
+    metrics::describe_gauge!(
+        "leadloop_sla_open_handoffs",
+        "hand-offs whose SLA is running (recounted every 5 minutes)"
+    );
+    metrics::describe_gauge!(
+        "leadloop_sla_overdue_handoffs",
+        "open hand-offs past their first reminder, by the last step sent (recounted every 5 minutes)"
+    );
     metrics::describe_counter!("leadloop_email_sent_total", "emails accepted by the server, by kind");
     metrics::describe_counter!(
         "leadloop_email_retried_total",

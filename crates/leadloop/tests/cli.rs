@@ -138,9 +138,17 @@ async fn daemon_serves_health_and_metrics_and_stops_on_sigterm() {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, _) = daemon.get("/readyz").await;
     assert_eq!(status, 200);
-    let (status, metrics) = daemon.get("/metrics").await;
+    let (status, mut metrics) = daemon.get("/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("leadloop_build_info{version="), "{metrics}");
+    // The hand-off gauges are counted by a background scan that starts with the daemon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics.contains("leadloop_sla_open_handoffs") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = daemon.get("/metrics").await.1;
+    }
+    assert!(metrics.contains("leadloop_sla_open_handoffs 0"), "{metrics}");
+    assert!(metrics.contains("leadloop_sla_overdue_handoffs{step=\"reminder\"} 0"), "{metrics}");
     assert!(metrics.contains("leadloop_ready 1"), "{metrics}");
 
     // A second daemon on the same state directory fails at once, naming the holder.
