@@ -578,6 +578,29 @@ impl SlaRules {
         Value::Object(links)
     }
 
+    /// Records a hand-off for its executive's weekly summary (a later entry for the same
+    /// hand-off replaces an earlier one) and makes sure the summary is scheduled.
+    fn weekly_entry(
+        &self,
+        record: &LeadRecord,
+        handoff: &Handoff,
+        entry: Value,
+        people: &OrgChart,
+        now: Timestamp,
+        decision: &mut Decision,
+    ) {
+        let Some(weekly) = &self.config.weekly_summary else { return };
+        let Some(executive) = self.executive(&handoff.owner, people) else { return };
+        let bucket = format!("weekly/{}", executive.id);
+        decision.items.push((bucket.clone(), format!("{}/{}", record.lead.id, handoff.number), entry));
+        decision.set_timers.push(Timer {
+            key: TimerKey::new(bucket.clone()),
+            due: next_local(now, Self::tz_of(Some(executive)), weekly.time, Some(weekly.day)),
+            lead_id: None,
+            kind: TimerKind::Report { bucket },
+        });
+    }
+
     /// The executive copied on the rep's escalations: `sla.executive`, else the top of the
     /// rep's manager chain; inactive people do not count.
     fn executive<'a>(&self, owner: &PersonId, people: &'a OrgChart) -> Option<&'a Person> {
@@ -639,28 +662,15 @@ impl SlaRules {
     ) {
         if let Some(handoff) = record.handoff.take() {
             decision.cancel_timers.push(timer_key(record.lead.id.as_str()));
-            if let Some(weekly) = &self.config.weekly_summary
-                && let Some(executive) = self.executive(&handoff.owner, people)
-            {
-                let bucket = format!("weekly/{}", executive.id);
-                decision.items.push((
-                    bucket.clone(),
-                    format!("{}/{}", record.lead.id, handoff.number),
-                    json!({
-                        "lead_id": record.lead.id,
-                        "owner": handoff.owner,
-                        "met": handoff.next_step <= 1 && outcome.starts_with("satisfied"),
-                        "first_touch_seconds": outcome.starts_with("satisfied").then(|| (now - handoff.started_at).num_seconds()),
-                        "outcome": outcome,
-                    }),
-                ));
-                decision.set_timers.push(Timer {
-                    key: TimerKey::new(bucket.clone()),
-                    due: next_local(now, Self::tz_of(Some(executive)), weekly.time, Some(weekly.day)),
-                    lead_id: None,
-                    kind: TimerKind::Report { bucket },
-                });
-            }
+            let satisfied = outcome.starts_with("satisfied");
+            let entry = json!({
+                "lead_id": record.lead.id,
+                "owner": handoff.owner,
+                "met": handoff.next_step <= 1 && satisfied,
+                "first_touch_seconds": satisfied.then(|| (now - handoff.started_at).num_seconds()),
+                "outcome": outcome,
+            });
+            self.weekly_entry(record, &handoff, entry, people, now, decision);
             decision.events.push(HistoryEvent::new(
                 now,
                 actor(),
@@ -902,6 +912,17 @@ impl SlaRules {
                     vars,
                 },
             ));
+        }
+        if index >= 1 {
+            // Past the first reminder: breached, whether or not it ends this week.
+            let entry = json!({
+                "lead_id": lead_id,
+                "owner": handoff.owner,
+                "met": false,
+                "first_touch_seconds": null,
+                "outcome": format!("open, past step {}", step.name),
+            });
+            self.weekly_entry(record, handoff, entry, people, now, decision);
         }
         let mut reassign_to = None;
         for (n, action) in step.actions.iter().enumerate() {

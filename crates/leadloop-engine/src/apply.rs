@@ -54,7 +54,12 @@ pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timesta
         batch.cancel_timer(key);
     }
     for timer in decision.set_timers {
-        batch.set_timer(timer);
+        // A collecting timer (digest, summary) already due earlier stays where it is.
+        if matches!(timer.kind, leadloop_core::TimerKind::Report { .. }) {
+            batch.push(leadloop_store::Op::SetTimerEarliest(timer));
+        } else {
+            batch.set_timer(timer);
+        }
     }
     for (bucket, key) in decision.remove_items {
         batch.push(leadloop_store::Op::DeleteItem { bucket, key });

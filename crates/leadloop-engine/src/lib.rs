@@ -55,6 +55,9 @@ pub struct Engine {
     on_enqueue: Option<Arc<tokio::sync::Notify>>,
     /// The org chart, loaded from the store and kept current as people are synced.
     people: Arc<std::sync::RwLock<OrgChart>>,
+    /// Serialises read-decide-commit: a tick, an ingest, a link answer and the relay's
+    /// hard-bounce write must not overwrite each other's view of a lead.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -66,13 +69,26 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, policy: Arc<dyn Policy>) -> Self {
         let heartbeat = Arc::new(AtomicI64::new(clock.now().timestamp()));
-        Self { store, clock, policy, heartbeat, on_enqueue: None, people: Arc::default() }
+        Self {
+            store,
+            clock,
+            policy,
+            heartbeat,
+            on_enqueue: None,
+            people: Arc::default(),
+            writer: Arc::default(),
+        }
     }
 
     /// Wakes `notify` whenever a tick queues effects (the email relay's waker).
     pub fn with_waker(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
         self.on_enqueue = Some(notify);
         self
+    }
+
+    /// The lock that serialises writers of lead state; the email relay shares it.
+    pub fn writer_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.writer)
     }
 
     /// Loads the org chart from the store; call once at start.
@@ -101,6 +117,7 @@ impl Engine {
 
     /// A person from the CRM or config: stored, and the org chart updated.
     pub async fn upsert_person(&self, person: Person) -> Result<(), EngineError> {
+        let _writer = self.writer.lock().await;
         let mut batch = Batch::new();
         batch.put_person(person.clone());
         self.store.commit(batch).await?;
@@ -115,6 +132,7 @@ impl Engine {
     /// A lead as sync delivers it (whole; merge partial updates before calling). Records what
     /// changed in the history and lets the policy decide. Returns the effects queued.
     pub async fn upsert_lead(&self, lead: Lead) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let _writer = self.writer.lock().await;
         let now = self.clock.now();
         let before = self.store.lead(&lead.id).await?;
         let mut events = Vec::new();
@@ -142,7 +160,21 @@ impl Engine {
             }
             None => {
                 events.push(EventKind::Created);
-                LeadRecord::new(lead, now)
+                let mut record = LeadRecord::new(lead, now);
+                // A lead deleted and restored keeps counting its hand-offs, so the keys (and
+                // links) of the old ones are never reused.
+                record.handoffs = self
+                    .store
+                    .history(&record.lead.id)
+                    .await?
+                    .iter()
+                    .filter_map(|(_, e)| match e.kind {
+                        EventKind::HandoffStarted { handoff, .. } => Some(handoff),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                record
             }
         };
         let id = after.lead.id.clone();
@@ -157,6 +189,7 @@ impl Engine {
 
     /// An activity on a lead; unknown leads are ignored (and logged).
     pub async fn record_activity(&self, activity: Activity) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let _writer = self.writer.lock().await;
         let now = self.clock.now();
         let Some(lead) = self.store.lead(&activity.lead_id).await? else {
             tracing::warn!(lead_id = %activity.lead_id, kind = %activity.kind, "activity for an unknown lead ignored");
@@ -184,6 +217,7 @@ impl Engine {
         action: leadloop_core::sla::SalesAction,
         reason: Option<&str>,
     ) -> Result<leadloop_core::sla::ActionOutcome, EngineError> {
+        let _writer = self.writer.lock().await;
         let now = self.clock.now();
         let Some(record) = self.store.lead(lead).await? else {
             return Ok(leadloop_core::sla::ActionOutcome::AlreadyClosed);
@@ -199,6 +233,7 @@ impl Engine {
 
     /// The lead was deleted in the CRM: its record goes, its history stays.
     pub async fn delete_lead(&self, id: &LeadId) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let _writer = self.writer.lock().await;
         let now = self.clock.now();
         let Some(lead) = self.store.lead(id).await? else { return Ok(Vec::new()) };
         let mut decision = self.policy.on_delete(&lead, &self.chart(), now);
@@ -226,9 +261,13 @@ impl Engine {
     /// Handles the timers due now: each decision and the removal of its timer are written in
     /// one batch, so a timer either fired completely or not at all.
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
+        let _writer = self.writer.lock().await;
         let started = std::time::Instant::now();
         let now = self.clock.now();
-        let due = self.store.due_timers(now, TICK_LIMIT).await?;
+        let mut due = self.store.due_timers(now, TICK_LIMIT).await?;
+        // Reports first: they read their buckets as stored, and removing what they sent must
+        // come before any item the other timers of this tick add to the same bucket.
+        due.sort_by_key(|t| !matches!(t.kind, leadloop_core::TimerKind::Report { .. }));
         let mut report = TickReport { more: due.len() == TICK_LIMIT, ..TickReport::default() };
         let people = self.chart();
         let mut batch = Batch::new();

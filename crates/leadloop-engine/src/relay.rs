@@ -121,6 +121,8 @@ pub struct EmailRelay {
     config: RelayConfig,
     limiter: Mutex<Limiter>,
     wake: Arc<Notify>,
+    /// The engine's writer lock, held while an outcome that may change a lead is recorded.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for EmailRelay {
@@ -153,7 +155,15 @@ impl EmailRelay {
             config,
             limiter: Mutex::new(Limiter::default()),
             wake: Arc::new(Notify::new()),
+            writer: Arc::default(),
         }
+    }
+
+    /// Shares the engine's writer lock, so a hard bounce moving a lead to Graveyard never
+    /// races a tick or an ingest writing the same lead.
+    pub fn with_writer_lock(mut self, writer: Arc<tokio::sync::Mutex<()>>) -> Self {
+        self.writer = writer;
+        self
     }
 
     /// Notify this to make a sleeping relay look at the outbox at once (after an enqueue).
@@ -180,6 +190,7 @@ impl EmailRelay {
                 } else {
                     format!("all recipients suppressed: {}", removed.join(", "))
                 };
+                let _writer = self.writer.lock().await;
                 let batch = self.outcome_ops(entry, Outcome::Dropped { reason }, &mut report).await?;
                 self.store.commit(batch).await?;
                 continue;
@@ -187,6 +198,7 @@ impl EmailRelay {
             if kind == "nurture" && age(&entry, now) > self.config.nurture_max_age {
                 let reason =
                     format!("gave up: still undelivered {} after it was queued", human(age(&entry, now)));
+                let _writer = self.writer.lock().await;
                 let batch = self
                     .outcome_ops(entry, Outcome::Failed { reason, hard_bounce: None }, &mut report)
                     .await?;
@@ -219,6 +231,7 @@ impl EmailRelay {
             .buffer_unordered(self.config.concurrency.max(1))
             .ready_chunks(self.config.concurrency.max(1) * 4);
         while let Some(chunk) = results.next().await {
+            let _writer = self.writer.lock().await;
             let mut batch = Batch::new();
             for (entry, email, result) in chunk {
                 let outcome = match result {

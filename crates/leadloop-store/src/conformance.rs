@@ -70,6 +70,7 @@ where
     history_appends_in_order_per_lead(fresh().await).await;
     due_timers_cost_what_is_due(fresh().await).await;
     timers_move_and_cancel_by_key(fresh().await).await;
+    timers_are_never_due_early_and_can_keep_the_earlier_time(fresh().await).await;
     outbox_dedupes_by_key(fresh().await).await;
     outbox_ready_follows_state(fresh().await).await;
     cursors_and_people(fresh().await).await;
@@ -266,6 +267,44 @@ pub async fn timers_move_and_cancel_by_key(store: Arc<dyn Store>) {
     let due = store.due_timers(t0() + TimeDelta::hours(10), 100).await.expect("due");
     assert_eq!(due, vec![timer("y", t0() + TimeDelta::hours(2))]);
     assert_eq!(store.next_timer_due().await.expect("next"), Some(t0() + TimeDelta::hours(2)));
+}
+
+pub async fn timers_are_never_due_early_and_can_keep_the_earlier_time(store: Arc<dyn Store>) {
+    // Due half a millisecond after t0: not due at t0, due a millisecond later.
+    let half = timer("half", t0() + TimeDelta::microseconds(500));
+    let mut batch = Batch::new();
+    batch.set_timer(half);
+    store.commit(batch).await.expect("commit");
+    assert!(store.due_timers(t0(), 10).await.expect("due").is_empty());
+    assert_eq!(store.due_timers(t0() + TimeDelta::milliseconds(1), 10).await.expect("due").len(), 1);
+    assert!(
+        store
+            .next_timer_due()
+            .await
+            .expect("next")
+            .is_some_and(|at| at >= t0() + TimeDelta::microseconds(500))
+    );
+    // SetTimerEarliest keeps an earlier time, and takes a later key's place only when earlier.
+    let mut batch = Batch::new();
+    batch.set_timer(timer("digest", t0() + TimeDelta::hours(1)));
+    batch.push(crate::Op::SetTimerEarliest(timer("digest", t0() + TimeDelta::hours(20))));
+    store.commit(batch).await.expect("commit");
+    assert_eq!(
+        store.timer(&TimerKey::new("digest")).await.expect("timer").map(|t| t.due),
+        Some(t0() + TimeDelta::hours(1))
+    );
+    let mut batch = Batch::new();
+    batch.push(crate::Op::SetTimerEarliest(timer("digest", t0() + TimeDelta::minutes(30))));
+    store.commit(batch).await.expect("commit");
+    assert_eq!(
+        store.timer(&TimerKey::new("digest")).await.expect("timer").map(|t| t.due),
+        Some(t0() + TimeDelta::minutes(30))
+    );
+    assert_eq!(
+        store.due_timers(t0() + TimeDelta::hours(30), 10).await.expect("due").len(),
+        2,
+        "one timer per key"
+    );
 }
 
 pub async fn outbox_dedupes_by_key(store: Arc<dyn Store>) {

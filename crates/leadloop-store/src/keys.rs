@@ -108,12 +108,11 @@ pub fn parse_history(key: &[u8]) -> Option<(String, u64)> {
     Some((id.to_owned(), seq))
 }
 
-pub fn ordered(tag: u8, at: Timestamp, id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9 + id.len());
-    key.push(tag);
-    key.extend_from_slice(&instant(at));
-    key.extend_from_slice(id.as_bytes());
-    key
+/// A timer's due instant in its key, rounded up to the millisecond: the index never says a
+/// timer is due before it is.
+pub fn due_ceil(at: Timestamp) -> [u8; 8] {
+    let millis = at.timestamp_millis() + i64::from(!at.timestamp_subsec_nanos().is_multiple_of(1_000_000));
+    (millis as u64 ^ (1 << 63)).to_be_bytes()
 }
 
 /// `tag <at><seq><key>`: a ready-index key, ordered by due time, then queue order.

@@ -70,6 +70,9 @@ pub enum Op {
     DeletePerson(PersonId),
     /// Sets a timer; an existing timer with the same key is moved.
     SetTimer(Timer),
+    /// Sets a timer unless one with the same key is due earlier (collecting timers: a digest
+    /// already scheduled for this morning is not pushed to tomorrow).
+    SetTimerEarliest(Timer),
     /// Cancels a timer; cancelling a missing one is a no-op.
     CancelTimer(TimerKey),
     /// Queues an effect; if the key is already in the outbox (in any state) this is a no-op.

@@ -190,15 +190,9 @@ impl SledStore {
                     sled_batch.insert(keys::simple(keys::PERSON, person.id.as_str()), encode(&person)?);
                 }
                 Op::DeletePerson(id) => sled_batch.remove(keys::simple(keys::PERSON, id.as_str())),
-                Op::SetTimer(timer) => {
-                    let key = timer.key.as_str().to_owned();
-                    if let Some(old) = self.current_timer_due(&key, &timer_due)? {
-                        sled_batch.remove(ordered_raw(keys::TIMER, &old, &key));
-                    }
-                    let due = keys::instant(timer.due);
-                    sled_batch.insert(keys::ordered(keys::TIMER, timer.due, &key), encode(&timer)?);
-                    sled_batch.insert(keys::simple(keys::TIMER_BY_KEY, &key), &due[..]);
-                    timer_due.insert(key, Some(due.to_vec()));
+                Op::SetTimer(timer) => self.set_timer(&mut sled_batch, &mut timer_due, &timer, false)?,
+                Op::SetTimerEarliest(timer) => {
+                    self.set_timer(&mut sled_batch, &mut timer_due, &timer, true)?
                 }
                 Op::CancelTimer(key) => {
                     let key = key.0;
@@ -253,6 +247,28 @@ impl SledStore {
         self.tree.apply_batch(sled_batch).map_err(|e| self.err(e))?;
         let seq = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         Ok((seq, committed))
+    }
+
+    /// Sets (or moves) a timer; with `earliest`, an existing earlier timer is kept.
+    fn set_timer(
+        &self,
+        batch: &mut sled::Batch,
+        pending: &mut HashMap<String, Option<Vec<u8>>>,
+        timer: &Timer,
+        earliest: bool,
+    ) -> Result<()> {
+        let key = timer.key.as_str().to_owned();
+        let due = keys::due_ceil(timer.due);
+        if let Some(old) = self.current_timer_due(&key, pending)? {
+            if earliest && old.as_slice() <= due.as_slice() {
+                return Ok(());
+            }
+            batch.remove(ordered_raw(keys::TIMER, &old, &key));
+        }
+        batch.insert(ordered_raw(keys::TIMER, &due, &key), encode(timer)?);
+        batch.insert(keys::simple(keys::TIMER_BY_KEY, &key), &due[..]);
+        pending.insert(key, Some(due.to_vec()));
+        Ok(())
     }
 
     fn last_history_seq(&self, lead: &str) -> Result<Option<u64>> {
@@ -428,6 +444,8 @@ impl Store for SledStore {
     }
 
     async fn outbox_ready(&self, channel: Channel, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>> {
+        // Only what is durable may leave: wait for any batch still being flushed.
+        self.sync_to(self.written.load(Ordering::SeqCst)).await?;
         let tag = keys::ready(channel);
         let mut ready = Vec::new();
         for item in self.tree.range(vec![tag]..keys::ordered_end(tag, now)).take(limit) {

@@ -145,12 +145,10 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
                 }
             };
             tracing::info!(deliver = mailer.name(), "email connector started");
-            let relay = Arc::new(EmailRelay::new(
-                Arc::clone(&store),
-                Arc::clone(&clock),
-                mailer,
-                config.outbox.relay(),
-            ));
+            let relay = Arc::new(
+                EmailRelay::new(Arc::clone(&store), Arc::clone(&clock), mailer, config.outbox.relay())
+                    .with_writer_lock(engine.writer_lock()),
+            );
             engine = engine.with_waker(relay.waker());
             let stop = engine_stop.clone();
             let max_idle = config.daemon.max_idle;

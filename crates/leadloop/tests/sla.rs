@@ -481,3 +481,35 @@ fn executives_get_a_weekly_summary() {
     assert!(weekly[0].contains("\"to\":[\"ceo@x.example\"]"), "{}", weekly[0]);
     assert!(weekly[0].contains("50% answered in time (2 hand-offs)"), "{}", weekly[0]);
 }
+
+#[test]
+fn a_deleted_and_restored_lead_keeps_counting_its_handoffs() {
+    let events = format!(
+        "{PEOPLE}{}{}{}",
+        lead("2026-03-02T14:00:00Z", HANDOFF),
+        "{\"at\":\"2026-03-02T15:00:00Z\",\"type\":\"delete\",\"lead_id\":\"00Q1\"}\n",
+        lead("2026-03-02T16:00:00Z", HANDOFF)
+    );
+    let (config, _) = config::load_str(Path::new("t.toml"), "").expect("config");
+    let mut raw = Vec::new();
+    let code = leadloop::simulate::simulate(
+        &config,
+        Path::new("e"),
+        &events,
+        Some("2026-03-02T17:00:00Z".parse().expect("at")),
+        &mut raw,
+    );
+    assert_eq!(code, 0);
+    let keys: Vec<String> = String::from_utf8(raw)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    // The restored lead's hand-off is number 2: its alert is not mistaken for the first one's.
+    assert_eq!(keys, ["sla/00Q1/1/alert", "sla/00Q1/2/alert"]);
+}
