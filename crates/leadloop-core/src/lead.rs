@@ -124,6 +124,9 @@ pub struct LeadRecord {
     /// The hand-off whose SLA is running, if any.
     #[serde(default)]
     pub handoff: Option<crate::sla::Handoff>,
+    /// Recent activities that scored, newest last (at most `scoring::MAX_EVENTS`).
+    #[serde(default)]
+    pub scored: Vec<crate::scoring::ScoredActivity>,
     pub updated_at: Timestamp,
     /// Incremented on every write; lets readers detect a concurrent change.
     pub version: u64,
@@ -139,6 +142,7 @@ impl LeadRecord {
             engagement_score: 0.0,
             handoffs: 0,
             handoff: None,
+            scored: Vec::new(),
             updated_at: now,
             version: 0,
         }

@@ -13,6 +13,8 @@ pub mod history;
 pub mod lead;
 pub mod person;
 pub mod policy;
+pub mod rules;
+pub mod scoring;
 pub mod serde_duration;
 pub mod sla;
 pub mod stage;

@@ -34,6 +34,9 @@ pub enum EngineError {
 
 pub use leadloop_core::policy::{NoRules, Policy};
 
+/// Told of each committed history event, with its lead.
+pub type Observer = Arc<dyn Fn(&LeadId, &HistoryEvent) + Send + Sync>;
+
 /// What one tick did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -58,6 +61,9 @@ pub struct Engine {
     /// Serialises read-decide-commit: a tick, an ingest, a link answer and the relay's
     /// hard-bounce write must not overwrite each other's view of a lead.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Told of every history event once it is durable (`simulate` prints stage and assign
+    /// effects from it).
+    observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -77,12 +83,19 @@ impl Engine {
             on_enqueue: None,
             people: Arc::default(),
             writer: Arc::default(),
+            observer: None,
         }
     }
 
     /// Wakes `notify` whenever a tick queues effects (the email relay's waker).
     pub fn with_waker(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
         self.on_enqueue = Some(notify);
+        self
+    }
+
+    /// Calls `observer` with every history event the engine commits, after the commit.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -105,7 +118,23 @@ impl Engine {
 
     /// Commits `batch` and wakes the relay if it queued anything.
     async fn commit(&self, batch: Batch) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let events: Vec<(LeadId, HistoryEvent)> = match &self.observer {
+            Some(_) => batch
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    leadloop_store::Op::AppendHistory(lead, event) => Some((lead.clone(), event.clone())),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let committed = self.store.commit(batch).await?;
+        if let Some(observer) = &self.observer {
+            for (lead, event) in &events {
+                observer(lead, event);
+            }
+        }
         apply::observe_queued(&committed.enqueued);
         if !committed.enqueued.is_empty()
             && let Some(notify) = &self.on_enqueue

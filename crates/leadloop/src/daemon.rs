@@ -127,7 +127,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         },
         None => None,
     };
-    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(rules));
+    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(config.rules(rules)));
     if let Err(error) = engine.load_people().await {
         tracing::error!(%error, "cannot load people from the store");
         return exit::STORE;

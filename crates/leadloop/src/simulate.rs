@@ -127,10 +127,16 @@ struct Printer<'a> {
     store: Arc<dyn Store>,
     templates: &'a Templates,
     out: &'a mut dyn Write,
+    /// Stage and assign lines collected by the engine's observer since the last print.
+    moves: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl Printer<'_> {
     async fn print(&mut self, at: Timestamp, keys: &[IdempotencyKey]) -> Result<(), String> {
+        let moves = std::mem::take(&mut *self.moves.lock().unwrap_or_else(|p| p.into_inner()));
+        for line in moves {
+            writeln!(self.out, "{line}").map_err(|e| e.to_string())?;
+        }
         for key in keys {
             let Some(entry) = self.store.outbox_entry(key).await.map_err(|e| e.to_string())? else {
                 continue;
@@ -254,11 +260,38 @@ async fn run(
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).map_err(|e| e.to_string())?;
     let start = events.first().map(|(at, _)| *at).or(until).unwrap_or_else(chrono::Utc::now);
     let clock = Arc::new(VirtualClock::new(start));
-    let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(SlaRules::new(config.sla.clone())));
+    // Stage moves and assignments are history events; they print with the effects.
+    let moves: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let observer = {
+        let moves = Arc::clone(&moves);
+        let clock = clock.clone();
+        Arc::new(move |lead: &LeadId, event: &leadloop_core::HistoryEvent| {
+            let line = match &event.kind {
+                leadloop_core::EventKind::StageChanged { from, to, reason } => json!({
+                    "at": clock.now(), "effect": "stage", "lead_id": lead, "from": from, "to": to, "reason": reason,
+                }),
+                leadloop_core::EventKind::OwnerChanged { to: Some(owner), reason, .. }
+                    if event.actor != leadloop_core::Actor::System =>
+                {
+                    json!({
+                        "at": clock.now(), "effect": "assign", "lead_id": lead, "owner_id": owner, "reason": reason,
+                    })
+                }
+                _ => return,
+            };
+            moves.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        })
+    };
+    let engine = Engine::new(
+        Arc::clone(&store),
+        clock.clone(),
+        Arc::new(config.rules(SlaRules::new(config.sla.clone()))),
+    )
+    .with_observer(observer);
     for person in config.people() {
         engine.upsert_person(person).await.map_err(|e| e.to_string())?;
     }
-    let mut printer = Printer { store: Arc::clone(&store), templates, out };
+    let mut printer = Printer { store: Arc::clone(&store), templates, out, moves };
     let last = events.last().map(|(at, _)| *at);
     for (at, event) in events {
         if until.is_some_and(|until| at > until) {

@@ -48,6 +48,19 @@ fn run(config_toml: &str, events: &str, until: Option<&str>) -> Vec<String> {
                     list("to"),
                     list("cc")
                 ),
+                Some("stage") => format!(
+                    "{} stage {} {}->{}",
+                    v["at"].as_str().unwrap_or(""),
+                    v["lead_id"].as_str().unwrap_or(""),
+                    v["from"].as_str().unwrap_or(""),
+                    v["to"].as_str().unwrap_or("")
+                ),
+                Some("assign") => format!(
+                    "{} assign {} to {}",
+                    v["at"].as_str().unwrap_or(""),
+                    v["lead_id"].as_str().unwrap_or(""),
+                    v["owner_id"].as_str().unwrap_or("")
+                ),
                 Some(other) => format!(
                     "{} {other} {}",
                     v["at"].as_str().unwrap_or(""),
@@ -385,6 +398,7 @@ actions = [{ type = "reassign", to = "manager" }]
         out,
         [
             "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T16:00:00Z assign 00Q1 to 005M",
             "2026-03-02T16:00:00Z sla.reminder to=rep@x.example cc=mgr@x.example",
             "2026-03-02T16:00:00Z crm.update {\"owner_id\":\"005M\"}",
             "2026-03-02T16:00:00Z sla.alert to=mgr@x.example cc=",
@@ -512,4 +526,99 @@ fn a_deleted_and_restored_lead_keeps_counting_its_handoffs() {
         .collect();
     // The restored lead's hand-off is number 2: its alert is not mistaken for the first one's.
     assert_eq!(keys, ["sla/00Q1/1/alert", "sla/00Q1/2/alert"]);
+}
+
+const SCORING: &str = r#"
+[scoring]
+threshold = 65
+half_life = "30days"
+
+[[scoring.fit]]
+name = "senior title"
+field = "title"
+contains = ["vp", "director", "chief"]
+points = 40
+
+[[scoring.fit]]
+name = "student"
+field = "title"
+contains = ["student"]
+points = -50
+
+[[scoring.engagement]]
+name = "demo request"
+activity = "form_submit"
+points = 20
+
+[[scoring.engagement]]
+name = "visits"
+activity = "web_visit"
+points = 3
+cap = 6
+per = "7days"
+
+[lifecycle]
+status_stages = { "Working - Contacted" = "sales_qualified", "Disqualified" = "disqualified" }
+"#;
+
+fn activity(at: &str, kind: &str) -> String {
+    format!(
+        "{{\"at\":\"{at}\",\"type\":\"activity\",\"lead_id\":\"00Q1\",\"kind\":\"{kind}\",\"detail\":{{}}}}\n"
+    )
+}
+
+#[test]
+fn activities_push_a_lead_over_the_threshold_to_marketing_qualified() {
+    // No owner yet: scoring and stages only, no hand-off.
+    let events = format!(
+        "{PEOPLE}{}{}{}{}{}",
+        lead("2026-03-02T14:00:00Z", r#""title":"VP Engineering","status":"Open - Not Contacted""#),
+        activity("2026-03-02T15:00:00Z", "web_visit"),
+        activity("2026-03-02T15:05:00Z", "web_visit"),
+        activity("2026-03-02T15:10:00Z", "web_visit"),
+        activity("2026-03-03T09:00:00Z", "form_submit")
+    );
+    // fit 40; visits 3 + 3 (the third is capped); the form makes 66 ≥ 65.
+    check(
+        SCORING,
+        &events,
+        &[
+            "2026-03-02T15:00:00Z stage 00Q1 just_a_name->engaged",
+            "2026-03-03T09:00:00Z stage 00Q1 engaged->marketing_qualified",
+        ],
+    );
+}
+
+#[test]
+fn a_crm_status_moves_the_stage_as_a_sales_action_and_ends_the_handoff() {
+    let events = format!(
+        "{PEOPLE}{}{}{}{}{}",
+        lead("2026-03-02T14:00:00Z", r#""title":"VP Engineering","status":"Open - Not Contacted""#),
+        activity("2026-03-02T14:10:00Z", "web_visit"),
+        activity("2026-03-02T14:20:00Z", "web_visit"),
+        activity("2026-03-02T14:30:00Z", "form_submit"),
+        lead("2026-03-02T15:00:00Z", r#""owner_id":"005A""#)
+    );
+    let events = format!("{events}{}", lead("2026-03-02T16:00:00Z", r#""status":"Working - Contacted""#));
+    check(
+        SCORING,
+        &events,
+        &[
+            "2026-03-02T14:10:00Z stage 00Q1 just_a_name->engaged",
+            "2026-03-02T14:30:00Z stage 00Q1 engaged->marketing_qualified",
+            "2026-03-02T15:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T16:00:00Z stage 00Q1 marketing_qualified->sales_qualified",
+        ],
+    );
+}
+
+#[test]
+fn a_student_never_qualifies() {
+    let events = format!(
+        "{PEOPLE}{}{}{}",
+        lead("2026-03-02T14:00:00Z", r#""title":"Student","status":"Open - Not Contacted""#),
+        activity("2026-03-02T15:00:00Z", "form_submit"),
+        activity("2026-03-02T15:10:00Z", "form_submit")
+    );
+    check(SCORING, &events, &["2026-03-02T15:00:00Z stage 00Q1 just_a_name->engaged"]);
 }

@@ -271,6 +271,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_outbox(&config, &mut report);
     check_sla(&config, &mut report);
     check_links(&config, &mut report);
+    check_scoring(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
     findings.extend(findings_extra);
@@ -557,6 +558,51 @@ fn check_links(config: &Config, report: &mut impl FnMut(String, String, Severity
             "must differ from daemon.admin_listen: the public listener serves only signed links".into(),
             Severity::Error,
         );
+    }
+}
+
+fn check_scoring(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    const FIELDS: [&str; 7] =
+        ["title", "industry", "country", "lead_source", "company", "company_size", "email_domain"];
+    let scoring = &config.scoring;
+    if !(scoring.threshold.is_finite() && scoring.threshold > 0.0) {
+        report("scoring.threshold".into(), "must be a positive number".into(), Severity::Error);
+    }
+    if scoring.half_life.is_zero() {
+        report("scoring.half_life".into(), "must be longer than zero".into(), Severity::Error);
+    }
+    let mut names = BTreeSet::new();
+    for (i, rule) in scoring.fit.iter().enumerate() {
+        if !FIELDS.contains(&rule.field.as_str()) && !rule.field.starts_with("custom.") {
+            report(
+                format!("scoring.fit[{i}].field"),
+                format!("unknown field `{}` (known: {}, custom.NAME)", rule.field, FIELDS.join(", ")),
+                Severity::Error,
+            );
+        }
+        if !names.insert(rule.name.clone()) {
+            report(
+                format!("scoring.fit[{i}].name"),
+                format!("rule `{}` is defined twice", rule.name),
+                Severity::Error,
+            );
+        }
+    }
+    for (i, rule) in scoring.engagement.iter().enumerate() {
+        if !names.insert(rule.name.clone()) {
+            report(
+                format!("scoring.engagement[{i}].name"),
+                format!("rule `{}` is defined twice", rule.name),
+                Severity::Error,
+            );
+        }
+        if scoring.engagement[..i].iter().any(|r| r.activity == rule.activity) {
+            report(
+                format!("scoring.engagement[{i}].activity"),
+                format!("activity `{}` already has a rule; only the first would count", rule.activity),
+                Severity::Error,
+            );
+        }
     }
 }
 

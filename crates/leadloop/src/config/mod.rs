@@ -31,6 +31,12 @@ pub struct Config {
     /// The hand-off SLA; without this table the default ladder applies.
     #[serde(default)]
     pub sla: leadloop_core::sla::SlaConfig,
+    /// Fit and engagement scoring; the threshold makes a lead Marketing Qualified.
+    #[serde(default)]
+    pub scoring: leadloop_core::scoring::ScoringConfig,
+    /// Stages from CRM statuses.
+    #[serde(default)]
+    pub lifecycle: leadloop_core::rules::LifecycleConfig,
     /// One-click links in SLA emails and the public listener that serves them.
     pub links: Option<crate::links::LinksConfig>,
 }
@@ -177,6 +183,11 @@ impl PersonConfig {
 }
 
 impl Config {
+    /// The rules the engine runs: lifecycle and scoring, then the SLA ladder.
+    pub fn rules(&self, sla: leadloop_core::sla::SlaRules) -> leadloop_core::rules::Rules {
+        leadloop_core::rules::Rules::new(sla, self.scoring.clone(), self.lifecycle.clone())
+    }
+
     /// The email connector's config with a relative `.eml` directory placed inside the state
     /// directory.
     pub fn email(&self) -> Option<leadloop_smtp::EmailConfig> {

@@ -1,0 +1,192 @@
+//! The rules leadloop runs: lifecycle stages, scoring, and the SLA ladder, composed into one
+//! [`Policy`]. Scoring and stage moves are decided first; the SLA then sees the lead as they
+//! left it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+use crate::connector::Activity;
+use crate::decision::Decision;
+use crate::history::{Actor, EventKind, HistoryEvent};
+use crate::lead::LeadRecord;
+use crate::person::OrgChart;
+use crate::policy::Policy;
+use crate::scoring::{MAX_EVENTS, ScoringConfig};
+use crate::sla::{ActionOutcome, SalesAction, SlaRules};
+use crate::stage::{Stage, check};
+use crate::timer::Timer;
+
+/// `[lifecycle]`: how CRM statuses map to stages (a sales action in the CRM).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// CRM status → stage, e.g. `"Working - Contacted" = "sales_qualified"`.
+    #[serde(default)]
+    pub status_stages: BTreeMap<String, Stage>,
+}
+
+/// Stages from which reaching the score threshold qualifies a lead.
+const QUALIFIABLE: [Stage; 5] =
+    [Stage::JustAName, Stage::Engaged, Stage::Prospect, Stage::Recycled, Stage::Deferred];
+
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub sla: SlaRules,
+    pub scoring: ScoringConfig,
+    pub lifecycle: LifecycleConfig,
+}
+
+fn rule(name: &str) -> Actor {
+    Actor::Rule { name: name.into() }
+}
+
+impl Rules {
+    pub fn new(sla: SlaRules, scoring: ScoringConfig, lifecycle: LifecycleConfig) -> Self {
+        Self { sla, scoring, lifecycle }
+    }
+
+    /// Moves `record` to `to` if the stage table allows `actor` to, recording why.
+    fn move_stage(
+        record: &mut LeadRecord,
+        to: Stage,
+        actor: Actor,
+        reason: String,
+        now: Timestamp,
+        events: &mut Vec<HistoryEvent>,
+    ) {
+        if record.stage == to || check(record.stage, to, &actor).is_err() {
+            return;
+        }
+        events.push(HistoryEvent::new(
+            now,
+            actor,
+            EventKind::StageChanged { from: record.stage, to, reason },
+        ));
+        record.stage = to;
+        record.stage_since = now;
+    }
+
+    /// Rescore at `now`; qualify at the threshold. Returns the events.
+    fn rescore(&self, record: &mut LeadRecord, reason: &str, now: Timestamp, events: &mut Vec<HistoryEvent>) {
+        let (fit, _) = self.scoring.fit(&record.lead);
+        let engagement = self.scoring.engagement(&record.scored, now);
+        let changed =
+            (fit - record.fit_score).abs() > 1e-6 || (engagement - record.engagement_score).abs() > 0.5;
+        record.fit_score = fit;
+        record.engagement_score = engagement;
+        if changed {
+            events.push(HistoryEvent::new(
+                now,
+                rule("score"),
+                EventKind::ScoreChanged { fit, engagement, reason: reason.to_owned() },
+            ));
+        }
+        let combined = fit + engagement;
+        if combined >= self.scoring.threshold && QUALIFIABLE.contains(&record.stage) {
+            let reason = format!(
+                "score {combined:.0} ≥ {:.0} (fit {fit:.0}, engagement {engagement:.0})",
+                self.scoring.threshold
+            );
+            Self::move_stage(record, Stage::MarketingQualified, rule("score"), reason, now, events);
+        }
+    }
+
+    fn merge(mut first: Vec<HistoryEvent>, mut then: Decision, record: LeadRecord) -> Decision {
+        first.append(&mut then.events);
+        then.events = first;
+        if then.lead.is_none() {
+            then.lead = Some(record);
+        }
+        then
+    }
+}
+
+impl Policy for Rules {
+    fn on_lead(
+        &self,
+        before: Option<&LeadRecord>,
+        mut after: LeadRecord,
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        let mut events = Vec::new();
+        // A status the CRM set that maps to a stage is a sales action.
+        if before.is_none_or(|b| b.lead.status != after.lead.status)
+            && let Some(stage) =
+                after.lead.status.as_ref().and_then(|s| self.lifecycle.status_stages.get(s)).copied()
+        {
+            let reason = format!("CRM status {}", after.lead.status.as_deref().unwrap_or(""));
+            let actor = Actor::Sales { person: after.lead.owner_id.clone() };
+            Self::move_stage(&mut after, stage, actor, reason, now, &mut events);
+        }
+        self.rescore(&mut after, "lead fields changed", now, &mut events);
+        let decision = self.sla.on_lead(before, after.clone(), people, now);
+        Self::merge(events, decision, after)
+    }
+
+    fn on_activity(
+        &self,
+        lead: &LeadRecord,
+        activity: &Activity,
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        let mut record = lead.clone();
+        let mut events = Vec::new();
+        if let Some(scored) = self.scoring.score_activity(&record.scored, &activity.kind, now) {
+            record.scored.push(scored);
+            if record.scored.len() > MAX_EVENTS {
+                let excess = record.scored.len() - MAX_EVENTS;
+                record.scored.drain(..excess);
+            }
+            if record.stage == Stage::JustAName {
+                let reason = format!("first engagement: {}", activity.kind);
+                Self::move_stage(&mut record, Stage::Engaged, rule("score"), reason, now, &mut events);
+            }
+            self.rescore(&mut record, &format!("activity {}", activity.kind), now, &mut events);
+        }
+        let decision = self.sla.on_activity(&record, activity, people, now);
+        if events.is_empty() && decision.lead.is_none() {
+            return decision;
+        }
+        Self::merge(events, decision, record)
+    }
+
+    fn on_delete(&self, lead: &LeadRecord, people: &OrgChart, now: Timestamp) -> Decision {
+        self.sla.on_delete(lead, people, now)
+    }
+
+    fn on_timer(
+        &self,
+        timer: &Timer,
+        lead: Option<&LeadRecord>,
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        self.sla.on_timer(timer, lead, people, now)
+    }
+
+    fn on_report(
+        &self,
+        timer: &Timer,
+        items: &[(String, serde_json::Value, Option<LeadRecord>)],
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
+        self.sla.on_report(timer, items, people, now)
+    }
+
+    fn on_sales_action(
+        &self,
+        lead: &LeadRecord,
+        handoff: u32,
+        action: SalesAction,
+        reason: Option<&str>,
+        people: &OrgChart,
+        now: Timestamp,
+    ) -> (Decision, ActionOutcome) {
+        self.sla.on_sales_action(lead, handoff, action, reason, people, now)
+    }
+}
