@@ -145,7 +145,8 @@ impl ScoringConfig {
     pub fn fit(&self, lead: &Lead) -> (f64, Vec<(String, f64)>) {
         let rules: Vec<(String, f64)> =
             self.fit.iter().filter(|r| r.matches(lead)).map(|r| (r.name.clone(), r.points)).collect();
-        (rules.iter().map(|(_, p)| p).sum(), rules)
+        // `+ 0.0`: an empty float sum is −0.0.
+        (rules.iter().map(|(_, p)| p).sum::<f64>() + 0.0, rules)
     }
 
     fn decay(&self, points: f64, age: TimeDelta) -> f64 {
@@ -156,7 +157,7 @@ impl ScoringConfig {
 
     /// Engagement now: each scored activity decayed by its age.
     pub fn engagement(&self, activities: &[ScoredActivity], now: Timestamp) -> f64 {
-        activities.iter().map(|a| self.decay(a.points, now - a.at)).sum()
+        activities.iter().map(|a| self.decay(a.points, now - a.at)).sum::<f64>() + 0.0
     }
 
     /// The points `activity` scores now, after its rule's cap; `None` if no rule scores it.
@@ -185,7 +186,7 @@ impl ScoringConfig {
             .iter()
             .map(|a| (a.rule.clone(), a.at, a.points, self.decay(a.points, now - a.at)))
             .collect();
-        let engagement = activities.iter().map(|a| a.3).sum();
+        let engagement = activities.iter().map(|a| a.3).sum::<f64>() + 0.0;
         Explanation {
             fit,
             engagement,

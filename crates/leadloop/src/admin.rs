@@ -20,6 +20,7 @@ pub struct AdminState {
     pub metrics: Option<PrometheusHandle>,
     pub store: Option<Arc<dyn Store>>,
     pub sla: Arc<leadloop_core::sla::SlaConfig>,
+    pub scoring: Arc<leadloop_core::scoring::ScoringConfig>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -59,7 +60,7 @@ async fn sla_list(
 /// `GET /sla/LEAD`: one lead's hand-off and history, as `leadloop sla show --format json`.
 async fn sla_show(State(state): State<AdminState>, Path(lead): Path<String>) -> axum::response::Response {
     let Some(store) = &state.store else { return unavailable("no store\n".into()) };
-    match crate::sla_cmd::show(store.as_ref(), &state.sla, chrono::Utc::now(), &lead).await {
+    match crate::sla_cmd::show(store.as_ref(), &state.sla, &state.scoring, chrono::Utc::now(), &lead).await {
         Ok(Some(value)) => Json(value).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(serde_json::Value::Null)).into_response(),
         Err(error) => unavailable(format!("{error}\n")),

@@ -44,6 +44,11 @@ pub enum Command {
         #[arg(long, value_name = "RFC3339")]
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Leads: one lead's stage, score (with its reasons), hand-off and history.
+    Leads {
+        #[command(subcommand)]
+        command: LeadsCommand,
+    },
     /// Open hand-offs and their SLA state.
     Sla {
         #[command(subcommand)]
@@ -76,6 +81,18 @@ pub struct ReadArgs {
     pub admin_listen: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeadsCommand {
+    /// A lead's stage, score with the rules and activities behind it, hand-off and history.
+    Show {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// The lead's id.
+        #[arg(value_name = "LEAD")]
+        lead: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,7 +200,8 @@ pub fn main() -> ExitCode {
             crate::sla_cmd::Query::List(crate::sla_cmd::Filter { overdue, rep }),
             read.format == Format::Json,
         ),
-        Command::Sla { command: SlaCommand::Show { read, lead } } => crate::sla_cmd::main(
+        Command::Sla { command: SlaCommand::Show { read, lead } }
+        | Command::Leads { command: LeadsCommand::Show { read, lead } } => crate::sla_cmd::main(
             &read.config.config,
             read.state_dir,
             read.admin_listen,

@@ -105,6 +105,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         metrics,
         store: Some(Arc::clone(&store)),
         sla: Arc::new(config.sla.clone()),
+        scoring: Arc::new(config.scoring.clone()),
     });
     let admin_task = tokio::spawn({
         let shutdown = shutdown.clone();

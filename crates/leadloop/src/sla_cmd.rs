@@ -113,6 +113,7 @@ pub async fn gauge(store: &dyn Store, sla: &SlaConfig, now: Timestamp) -> Result
 pub async fn show(
     store: &dyn Store,
     sla: &SlaConfig,
+    scoring: &leadloop_core::scoring::ScoringConfig,
     now: Timestamp,
     id: &str,
 ) -> Result<Option<Value>, StoreError> {
@@ -136,8 +137,31 @@ pub async fn show(
         "owner_id": record.lead.owner_id,
         "handoffs": record.handoffs,
         "open_handoff": describe(&SlaRules::new(sla.clone()), &chart, &record, now),
+        "score": score_json(scoring, &record, now),
         "history": history,
     })))
+}
+
+/// The lead's score now, with the rules and activities behind it and the decay applied.
+fn score_json(
+    scoring: &leadloop_core::scoring::ScoringConfig,
+    record: &leadloop_core::LeadRecord,
+    now: Timestamp,
+) -> Value {
+    let explained = scoring.explain(record, now);
+    json!({
+        "fit": explained.fit,
+        "engagement": (explained.engagement * 10.0).round() / 10.0,
+        "combined": (explained.combined * 10.0).round() / 10.0,
+        "threshold": scoring.threshold,
+        "half_life_days": explained.half_life_days,
+        "fit_rules": explained.fit_rules.iter().map(|(rule, points)| json!({ "rule": rule, "points": points })).collect::<Vec<_>>(),
+        "activities": explained
+            .activities
+            .iter()
+            .map(|(rule, at, points, now_points)| json!({ "rule": rule, "at": at, "points": points, "now": (now_points * 10.0).round() / 10.0 }))
+            .collect::<Vec<_>>(),
+    })
 }
 
 pub enum Query {
@@ -174,7 +198,9 @@ pub fn main(
                 let store: Arc<dyn Store> = store;
                 match &query {
                     Query::List(filter) => list(store.as_ref(), &config.sla, now, filter).await.map(Value::Array),
-                    Query::Show(id) => show(store.as_ref(), &config.sla, now, id).await.map(|v| v.unwrap_or(Value::Null)),
+                    Query::Show(id) => show(store.as_ref(), &config.sla, &config.scoring, now, id)
+                        .await
+                        .map(|v| v.unwrap_or(Value::Null)),
                 }
                 .map_err(|e| e.to_string())
             }
@@ -250,6 +276,32 @@ pub fn main(
             println!("stage     {}", text(&value["stage"]));
             println!("owner     {}", text(&value["owner_id"]));
             println!("hand-offs {}", text(&value["handoffs"]));
+            let score = &value["score"];
+            let num = |v: &Value| match v.as_f64() {
+                Some(x) if (x - x.round()).abs() < 1e-9 => format!("{:.0}", x + 0.0),
+                Some(x) => format!("{x:.1}"),
+                None => text(v),
+            };
+            println!(
+                "score     {} (fit {} + engagement {}; threshold {}; engagement halves every {} days)",
+                num(&score["combined"]),
+                num(&score["fit"]),
+                num(&score["engagement"]),
+                num(&score["threshold"]),
+                num(&score["half_life_days"])
+            );
+            for rule in score["fit_rules"].as_array().into_iter().flatten() {
+                println!("            fit {:>6}  {}", num(&rule["points"]), text(&rule["rule"]));
+            }
+            for activity in score["activities"].as_array().into_iter().flatten() {
+                println!(
+                    "            {} {:>6} scored, {:>6} now  {}",
+                    text(&activity["at"]),
+                    num(&activity["points"]),
+                    num(&activity["now"]),
+                    text(&activity["rule"])
+                );
+            }
             match value["open_handoff"].as_object() {
                 Some(open) => println!(
                     "open      #{} under policy {}, last step {}, next {} at {}{}",

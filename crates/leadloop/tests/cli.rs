@@ -470,6 +470,22 @@ async fn sla_list_and_show_read_the_store_or_a_running_daemon() {
         serde_json::from_slice(&list(&["--rep", "005B"]).stdout).expect("json");
     assert_eq!(other_rep, serde_json::json!([]));
 
+    // `leads show` explains the score (the example config scores titles and activities).
+    let shown = bin()
+        .args(["leads", "show", "00Q1", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(0), "{}", String::from_utf8_lossy(&shown.stderr));
+    assert!(
+        text.contains("score     0 (fit 0 + engagement 0; threshold 65; engagement halves every 30 days)"),
+        "{text}"
+    );
+    assert!(text.contains("handoff_started"), "{text}");
+
     // With a daemon holding the state directory, the same command asks its admin listener.
     let daemon = Daemon::start(&example_config(), &state);
     assert_eq!(daemon.get("/readyz").await.0, 200);
