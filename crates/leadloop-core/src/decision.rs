@@ -20,6 +20,8 @@ pub struct Decision {
     pub items: Vec<(String, String, serde_json::Value)>,
     /// Items to remove (those a digest or summary just sent): (bucket, key).
     pub remove_items: Vec<(String, String)>,
+    /// Cursors to set (a routing rule's next turn): (name, value).
+    pub cursors: Vec<(String, String)>,
 }
 
 impl Decision {
@@ -31,5 +33,6 @@ impl Decision {
             && self.effects.is_empty()
             && self.items.is_empty()
             && self.remove_items.is_empty()
+            && self.cursors.is_empty()
     }
 }

@@ -80,6 +80,9 @@ pub enum EventKind {
     HandoffEnded {
         handoff: u32,
         outcome: String,
+        /// Whose hand-off it was.
+        #[serde(default)]
+        owner: Option<PersonId>,
         /// How long the hand-off was open.
         #[serde(default)]
         open_seconds: i64,

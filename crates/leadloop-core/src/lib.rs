@@ -13,6 +13,7 @@ pub mod history;
 pub mod lead;
 pub mod person;
 pub mod policy;
+pub mod routing;
 pub mod rules;
 pub mod scoring;
 pub mod serde_duration;

@@ -67,11 +67,19 @@ pub enum OrgChartError {
 #[derive(Debug, Clone, Default)]
 pub struct OrgChart {
     people: BTreeMap<PersonId, Person>,
+    /// Open hand-offs per person, kept by the engine: routing respects `capacity` with it.
+    pub load: BTreeMap<PersonId, u32>,
+    /// Round-robin turns per routing rule, kept by the engine.
+    pub turns: BTreeMap<String, u64>,
 }
 
 impl OrgChart {
     pub fn new(people: impl IntoIterator<Item = Person>) -> Self {
-        Self { people: people.into_iter().map(|p| (p.id.clone(), p)).collect() }
+        Self {
+            people: people.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            load: BTreeMap::new(),
+            turns: BTreeMap::new(),
+        }
     }
 
     pub fn get(&self, id: &PersonId) -> Option<&Person> {
@@ -80,6 +88,16 @@ impl OrgChart {
 
     pub fn people(&self) -> impl Iterator<Item = &Person> {
         self.people.values()
+    }
+
+    /// Whether routing may give `id` one more lead: active, a person (not a queue), and under
+    /// capacity.
+    pub fn can_take(&self, id: &PersonId) -> bool {
+        self.people.get(id).is_some_and(|p| {
+            p.active
+                && p.role != Role::Queue
+                && p.capacity.is_none_or(|cap| self.load.get(id).copied().unwrap_or(0) < cap)
+        })
     }
 
     pub fn manager_of(&self, id: &PersonId) -> Option<&Person> {

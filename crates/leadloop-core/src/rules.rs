@@ -13,6 +13,7 @@ use crate::history::{Actor, EventKind, HistoryEvent};
 use crate::lead::LeadRecord;
 use crate::person::OrgChart;
 use crate::policy::Policy;
+use crate::routing::RoutingConfig;
 use crate::scoring::{MAX_EVENTS, ScoringConfig};
 use crate::sla::{ActionOutcome, SalesAction, SlaRules};
 use crate::stage::{Stage, check};
@@ -36,6 +37,12 @@ pub struct Rules {
     pub sla: SlaRules,
     pub scoring: ScoringConfig,
     pub lifecycle: LifecycleConfig,
+    pub routing: RoutingConfig,
+}
+
+/// The cursor that keeps a routing rule's next turn.
+pub fn turn_cursor(rule: &str) -> String {
+    format!("routing.turn.{rule}")
 }
 
 fn rule(name: &str) -> Actor {
@@ -43,8 +50,68 @@ fn rule(name: &str) -> Actor {
 }
 
 impl Rules {
-    pub fn new(sla: SlaRules, scoring: ScoringConfig, lifecycle: LifecycleConfig) -> Self {
-        Self { sla, scoring, lifecycle }
+    pub fn new(
+        sla: SlaRules,
+        scoring: ScoringConfig,
+        lifecycle: LifecycleConfig,
+        routing: RoutingConfig,
+    ) -> Self {
+        Self { sla, scoring, lifecycle, routing }
+    }
+
+    /// A Marketing Qualified lead with no one (or only a queue, or someone inactive) to work
+    /// it is routed: owner set, written back to the CRM, reason recorded.
+    fn route(
+        &self,
+        record: &mut LeadRecord,
+        people: &OrgChart,
+        now: Timestamp,
+        events: &mut Vec<HistoryEvent>,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        let unowned =
+            record.lead.owner_id.as_ref().is_none_or(|o| {
+                people.get(o).is_none_or(|p| !p.active || p.role == crate::person::Role::Queue)
+            });
+        let configured = !self.routing.rules.is_empty() || self.routing.fallback.is_some();
+        if record.stage != Stage::MarketingQualified || !unowned || !configured {
+            return decision;
+        }
+        let Some(route) = self.routing.route(record, people) else { return decision };
+        if record.lead.owner_id.as_ref() == Some(&route.owner) {
+            return decision;
+        }
+        events.push(HistoryEvent::new(
+            now,
+            rule("routing"),
+            EventKind::OwnerChanged {
+                from: record.lead.owner_id.clone(),
+                to: Some(route.owner.clone()),
+                reason: route.reason,
+            },
+        ));
+        record.lead.owner_id = Some(route.owner.clone());
+        let mut fields = serde_json::Map::new();
+        fields.insert("owner_id".into(), serde_json::json!(route.owner));
+        decision.effects.push((
+            crate::IdempotencyKey::from_parts([
+                "route",
+                record.lead.id.as_str(),
+                &(record.handoffs + 1).to_string(),
+            ]),
+            crate::Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
+        ));
+        if let Some((rule_name, turn)) = route.turn {
+            decision.cursors.push((turn_cursor(&rule_name), turn.to_string()));
+        }
+        decision
+    }
+
+    /// Joins a routing decision's effects and cursors into the SLA's decision.
+    fn join(mut into: Decision, routed: Decision) -> Decision {
+        into.effects.splice(0..0, routed.effects);
+        into.cursors.extend(routed.cursors);
+        into
     }
 
     /// Moves `record` to `to` if the stage table allows `actor` to, recording why.
@@ -122,8 +189,9 @@ impl Policy for Rules {
             Self::move_stage(&mut after, stage, actor, reason, now, &mut events);
         }
         self.rescore(&mut after, "lead fields changed", now, &mut events);
+        let routed = self.route(&mut after, people, now, &mut events);
         let decision = self.sla.on_lead(before, after.clone(), people, now);
-        Self::merge(events, decision, after)
+        Self::join(Self::merge(events, decision, after), routed)
     }
 
     fn on_activity(
@@ -146,6 +214,12 @@ impl Policy for Rules {
                 Self::move_stage(&mut record, Stage::Engaged, rule("score"), reason, now, &mut events);
             }
             self.rescore(&mut record, &format!("activity {}", activity.kind), now, &mut events);
+        }
+        let routed = self.route(&mut record, people, now, &mut events);
+        if !routed.is_empty() {
+            // A new owner: the SLA sees a lead handed off (its alert goes out now).
+            let decision = self.sla.on_lead(Some(lead), record.clone(), people, now);
+            return Self::join(Self::merge(events, decision, record), routed);
         }
         let decision = self.sla.on_activity(&record, activity, people, now);
         if events.is_empty() && decision.lead.is_none() {

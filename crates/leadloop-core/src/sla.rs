@@ -153,7 +153,7 @@ pub struct Match {
 }
 
 impl Match {
-    fn matches(&self, record: &LeadRecord) -> bool {
+    pub fn matches(&self, record: &LeadRecord) -> bool {
         let hit = |list: &[String], value: &Option<String>| {
             list.is_empty()
                 || value.as_deref().is_some_and(|v| list.iter().any(|l| l.eq_ignore_ascii_case(v)))
@@ -675,6 +675,7 @@ impl SlaRules {
                 now,
                 actor(),
                 EventKind::HandoffEnded {
+                    owner: Some(handoff.owner.clone()),
                     handoff: handoff.number,
                     outcome: outcome.to_owned(),
                     open_seconds: (now - handoff.started_at).num_seconds(),

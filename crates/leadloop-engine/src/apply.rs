@@ -61,6 +61,9 @@ pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timesta
             batch.set_timer(timer);
         }
     }
+    for (name, value) in decision.cursors {
+        batch.set_cursor(name, value);
+    }
     for (bucket, key) in decision.remove_items {
         batch.push(leadloop_store::Op::DeleteItem { bucket, key });
     }

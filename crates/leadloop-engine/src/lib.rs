@@ -108,8 +108,35 @@ impl Engine {
     pub async fn load_people(&self) -> Result<usize, EngineError> {
         let people = self.store.people().await?;
         let count = people.len();
-        *self.people.write().unwrap_or_else(|p| p.into_inner()) = OrgChart::new(people);
+        let mut chart = OrgChart::new(people);
+        // Open hand-offs per person, for routing's capacity check: one scan at start.
+        let mut after = None;
+        loop {
+            let page = self.store.leads(after.as_ref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.lead.id.clone());
+            for record in &page {
+                if let Some(handoff) = &record.handoff {
+                    *chart.load.entry(handoff.owner.clone()).or_default() += 1;
+                }
+            }
+        }
+        let previous = self.people.read().unwrap_or_else(|p| p.into_inner()).turns.clone();
+        chart.turns = previous;
+        *self.people.write().unwrap_or_else(|p| p.into_inner()) = chart;
         Ok(count)
+    }
+
+    /// Restores routing rules' turns from the store (so rotation continues across restarts).
+    pub async fn load_turns(&self, rules: &[String]) -> Result<(), EngineError> {
+        for rule in rules {
+            if let Some(value) = self.store.cursor(&format!("routing.turn.{rule}")).await?
+                && let Ok(turn) = value.parse()
+            {
+                self.people.write().unwrap_or_else(|p| p.into_inner()).turns.insert(rule.clone(), turn);
+            }
+        }
+        Ok(())
     }
 
     fn chart(&self) -> OrgChart {
@@ -118,18 +145,42 @@ impl Engine {
 
     /// Commits `batch` and wakes the relay if it queued anything.
     async fn commit(&self, batch: Batch) -> Result<Vec<IdempotencyKey>, EngineError> {
-        let events: Vec<(LeadId, HistoryEvent)> = match &self.observer {
-            Some(_) => batch
-                .ops
-                .iter()
-                .filter_map(|op| match op {
-                    leadloop_store::Op::AppendHistory(lead, event) => Some((lead.clone(), event.clone())),
-                    _ => None,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let events: Vec<(LeadId, HistoryEvent)> = batch
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                leadloop_store::Op::AppendHistory(lead, event) => Some((lead.clone(), event.clone())),
+                _ => None,
+            })
+            .collect();
+        let turns: Vec<(String, u64)> = batch
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                leadloop_store::Op::SetCursor { name, value } => {
+                    Some((name.strip_prefix("routing.turn.")?.to_owned(), value.parse().ok()?))
+                }
+                _ => None,
+            })
+            .collect();
         let committed = self.store.commit(batch).await?;
+        // Routing's view: open hand-offs per person and each rule's next turn.
+        {
+            let mut chart = self.people.write().unwrap_or_else(|p| p.into_inner());
+            for (_, event) in &events {
+                match &event.kind {
+                    EventKind::HandoffStarted { owner, .. } => {
+                        *chart.load.entry(owner.clone()).or_default() += 1
+                    }
+                    EventKind::HandoffEnded { owner: Some(owner), .. } => {
+                        let load = chart.load.entry(owner.clone()).or_default();
+                        *load = load.saturating_sub(1);
+                    }
+                    _ => {}
+                }
+            }
+            chart.turns.extend(turns);
+        }
         if let Some(observer) = &self.observer {
             for (lead, event) in &events {
                 observer(lead, event);
@@ -150,10 +201,12 @@ impl Engine {
         let mut batch = Batch::new();
         batch.put_person(person.clone());
         self.store.commit(batch).await?;
-        let mut chart = self.chart();
-        let mut people: Vec<Person> = chart.people().filter(|p| p.id != person.id).cloned().collect();
+        let current = self.chart();
+        let mut people: Vec<Person> = current.people().filter(|p| p.id != person.id).cloned().collect();
         people.push(person);
-        chart = OrgChart::new(people);
+        let mut chart = OrgChart::new(people);
+        chart.load = current.load;
+        chart.turns = current.turns;
         *self.people.write().unwrap_or_else(|p| p.into_inner()) = chart;
         Ok(())
     }

@@ -129,6 +129,11 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         None => None,
     };
     let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(config.rules(rules)));
+    let rule_names: Vec<String> = config.routing.rules.iter().map(|r| r.name.clone()).collect();
+    if let Err(error) = engine.load_turns(&rule_names).await {
+        tracing::error!(%error, "cannot load routing turns from the store");
+        return exit::STORE;
+    }
     if let Err(error) = engine.load_people().await {
         tracing::error!(%error, "cannot load people from the store");
         return exit::STORE;

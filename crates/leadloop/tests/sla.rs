@@ -622,3 +622,52 @@ fn a_student_never_qualifies() {
     );
     check(SCORING, &events, &["2026-03-02T15:00:00Z stage 00Q1 just_a_name->engaged"]);
 }
+
+const ROUTING: &str = r#"
+[scoring]
+threshold = 30
+[[scoring.engagement]]
+name = "demo request"
+activity = "form_submit"
+points = 40
+
+[routing]
+fallback = "005M"
+[[routing.rule]]
+name = "us"
+match = { country = ["US"] }
+pool = ["005A", "005B"]
+"#;
+
+#[test]
+fn qualified_leads_are_routed_round_robin_and_their_ladder_starts() {
+    let mut events = String::from(PEOPLE);
+    for (i, at) in ["2026-03-02T14:00:00Z", "2026-03-02T14:10:00Z", "2026-03-02T14:20:00Z"].iter().enumerate()
+    {
+        events.push_str(&format!(
+            "{{\"at\":\"{at}\",\"type\":\"lead\",\"lead\":{{\"id\":\"L{i}\",\"country\":\"US\",\"status\":\"Open - Not Contacted\"}}}}\n"
+        ));
+        events.push_str(&format!(
+            "{{\"at\":\"{at}\",\"type\":\"activity\",\"lead_id\":\"L{i}\",\"kind\":\"form_submit\",\"detail\":{{}}}}\n"
+        ));
+    }
+    // A lead no rule matches goes to the fallback.
+    events.push_str("{\"at\":\"2026-03-02T14:30:00Z\",\"type\":\"lead\",\"lead\":{\"id\":\"L9\",\"country\":\"BR\",\"status\":\"Open - Not Contacted\"}}\n");
+    events.push_str("{\"at\":\"2026-03-02T14:30:00Z\",\"type\":\"activity\",\"lead_id\":\"L9\",\"kind\":\"form_submit\",\"detail\":{}}\n");
+    let out = run(ROUTING, &events, Some("2026-03-02T15:00:00Z"));
+    let interesting: Vec<&str> =
+        out.iter().map(String::as_str).filter(|l| l.contains("assign") || l.contains("sla.alert")).collect();
+    assert_eq!(
+        interesting,
+        [
+            "2026-03-02T14:00:00Z assign L0 to 005A",
+            "2026-03-02T14:00:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T14:10:00Z assign L1 to 005B",
+            "2026-03-02T14:10:00Z sla.alert to=bo@x.example cc=",
+            "2026-03-02T14:20:00Z assign L2 to 005A",
+            "2026-03-02T14:20:00Z sla.alert to=rep@x.example cc=",
+            "2026-03-02T14:30:00Z assign L9 to 005M",
+            "2026-03-02T14:30:00Z sla.alert to=mgr@x.example cc=",
+        ]
+    );
+}

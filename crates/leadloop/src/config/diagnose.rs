@@ -272,6 +272,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_sla(&config, &mut report);
     check_links(&config, &mut report);
     check_scoring(&config, &mut report);
+    check_routing(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
     findings.extend(findings_extra);
@@ -602,6 +603,53 @@ fn check_scoring(config: &Config, report: &mut impl FnMut(String, String, Severi
                 format!("activity `{}` already has a rule; only the first would count", rule.activity),
                 Severity::Error,
             );
+        }
+    }
+}
+
+fn check_routing(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let known = |id: &PersonId| config.people.iter().any(|p| p.id.as_deref() == Some(id.as_str()));
+    let mut names = BTreeSet::new();
+    for (i, rule) in config.routing.rules.iter().enumerate() {
+        if !names.insert(rule.name.clone()) {
+            report(
+                format!("routing.rule[{i}].name"),
+                format!("rule `{}` is defined twice", rule.name),
+                Severity::Error,
+            );
+        }
+        if rule.pool.is_empty() {
+            report(
+                format!("routing.rule[{i}].pool"),
+                "a rule needs at least one person in its pool".into(),
+                Severity::Error,
+            );
+        }
+        for member in rule.pool.iter().chain(rule.weights.keys()) {
+            if !known(member) {
+                report(
+                    format!("routing.rule[{i}].pool"),
+                    format!(
+                        "`{member}` is not among the configured people; unless the CRM supplies it, it is skipped"
+                    ),
+                    Severity::Warning,
+                );
+            }
+        }
+        for (member, weight) in &rule.weights {
+            if !rule.pool.contains(member) {
+                report(
+                    format!("routing.rule[{i}].weights"),
+                    format!("`{member}` has a weight but is not in the pool"),
+                    Severity::Error,
+                );
+            } else if *weight == 0 {
+                report(
+                    format!("routing.rule[{i}].weights"),
+                    format!("`{member}` has weight 0: leave it out of the pool instead"),
+                    Severity::Error,
+                );
+            }
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Config {
     /// Stages from CRM statuses.
     #[serde(default)]
     pub lifecycle: leadloop_core::rules::LifecycleConfig,
+    /// Who gets a lead once it is Marketing Qualified.
+    #[serde(default)]
+    pub routing: leadloop_core::routing::RoutingConfig,
     /// One-click links in SLA emails and the public listener that serves them.
     pub links: Option<crate::links::LinksConfig>,
 }
@@ -185,7 +188,12 @@ impl PersonConfig {
 impl Config {
     /// The rules the engine runs: lifecycle and scoring, then the SLA ladder.
     pub fn rules(&self, sla: leadloop_core::sla::SlaRules) -> leadloop_core::rules::Rules {
-        leadloop_core::rules::Rules::new(sla, self.scoring.clone(), self.lifecycle.clone())
+        leadloop_core::rules::Rules::new(
+            sla,
+            self.scoring.clone(),
+            self.lifecycle.clone(),
+            self.routing.clone(),
+        )
     }
 
     /// The email connector's config with a relative `.eml` directory placed inside the state
