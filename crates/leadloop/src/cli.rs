@@ -49,6 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         command: LeadsCommand,
     },
+    /// Reports from the history.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Open hand-offs and their SLA state.
     Sla {
         #[command(subcommand)]
@@ -81,6 +86,23 @@ pub struct ReadArgs {
     pub admin_listen: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Per stage: inventory now, flow in and out, conversion onward, median time in stage.
+    Funnel {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The state directory; overrides the config's.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// The period, e.g. `30d`, `12w`.
+        #[arg(long, default_value = "30d", value_parser = leadloop_plugin::serde_duration::parse)]
+        since: std::time::Duration,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +230,9 @@ pub fn main() -> ExitCode {
             crate::sla_cmd::Query::Show(lead),
             read.format == Format::Json,
         ),
+        Command::Report { command: ReportCommand::Funnel { config, state_dir, since, format } } => {
+            crate::report::main(&config.config, state_dir, since, format == Format::Json)
+        }
         Command::Simulate { config, events, until } => crate::simulate::main(&config.config, &events, until),
         Command::Email { command: EmailCommand::Test { config, to } } => {
             crate::email_cmd::test(&config.config, &to)

@@ -103,6 +103,21 @@ pub async fn gauge(store: &dyn Store, sla: &SlaConfig, now: Timestamp) -> Result
         *by_step.entry(step).or_default() += 1;
     }
     metrics::gauge!("leadloop_sla_open_handoffs").set(rows.len() as f64);
+    // Funnel inventory: leads per stage now.
+    let mut stages: std::collections::BTreeMap<&'static str, u64> =
+        leadloop_core::Stage::ALL.into_iter().map(|s| (s.as_str(), 0)).collect();
+    let mut after: Option<LeadId> = None;
+    loop {
+        let page = store.leads(after.as_ref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.lead.id.clone());
+        for record in &page {
+            *stages.entry(record.stage.as_str()).or_default() += 1;
+        }
+    }
+    for (stage, count) in stages {
+        metrics::gauge!("leadloop_funnel_leads", "stage" => stage).set(count as f64);
+    }
     for (step, count) in by_step {
         metrics::gauge!("leadloop_sla_overdue_handoffs", "step" => step).set(count as f64);
     }

@@ -57,6 +57,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!("leadloop_sla_steps_total", "SLA ladder emails queued, by step");
     metrics::describe_gauge!(
+        "leadloop_funnel_leads",
+        "leads per lifecycle stage (recounted every 5 minutes)"
+    );
+    metrics::describe_gauge!(
         "leadloop_sla_open_handoffs",
         "hand-offs whose SLA is running (recounted every 5 minutes)"
     );

@@ -148,6 +148,7 @@ async fn daemon_serves_health_and_metrics_and_stops_on_sigterm() {
         metrics = daemon.get("/metrics").await.1;
     }
     assert!(metrics.contains("leadloop_sla_open_handoffs 0"), "{metrics}");
+    assert!(metrics.contains("leadloop_funnel_leads{stage=\"marketing_qualified\"} 0"), "{metrics}");
     assert!(metrics.contains("leadloop_sla_overdue_handoffs{step=\"reminder\"} 0"), "{metrics}");
     assert!(metrics.contains("leadloop_ready 1"), "{metrics}");
 
@@ -510,4 +511,80 @@ async fn sla_list_and_show_read_the_store_or_a_running_daemon() {
     let kinds: Vec<&str> =
         shown["history"].as_array().expect("history").iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"handoff_started") && kinds.contains(&"effect_queued"), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_funnel_report_counts_inventory_flow_conversion_and_time_in_stage() {
+    use leadloop_core::rules::{LifecycleConfig, Rules};
+    use leadloop_core::scoring::{EngagementRule, ScoringConfig};
+    use leadloop_core::sla::{SlaConfig, SlaRules};
+    use leadloop_core::{Lead, VirtualClock};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    {
+        let store: std::sync::Arc<dyn leadloop_store::Store> =
+            leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(&state)).expect("store");
+        let clock = std::sync::Arc::new(VirtualClock::new(chrono::Utc::now() - chrono::TimeDelta::days(2)));
+        let scoring = ScoringConfig {
+            threshold: 50.0,
+            engagement: vec![EngagementRule {
+                name: "demo".into(),
+                activity: "form_submit".into(),
+                points: 60.0,
+                cap: None,
+                per: Duration::from_secs(86_400),
+            }],
+            ..ScoringConfig::default()
+        };
+        let lifecycle = LifecycleConfig {
+            status_stages: [("Working - Contacted".to_owned(), leadloop_core::Stage::SalesQualified)].into(),
+        };
+        let rules = Rules::new(SlaRules::new(SlaConfig::default()), scoring, lifecycle, Default::default());
+        let engine = leadloop_engine::Engine::new(store, clock.clone(), std::sync::Arc::new(rules));
+        for id in ["a", "b", "c"] {
+            engine.upsert_lead(Lead::new(id)).await.expect("lead");
+        }
+        clock.advance(chrono::TimeDelta::hours(2));
+        for id in ["a", "b"] {
+            let activity = leadloop_core::connector::Activity {
+                lead_id: leadloop_core::LeadId::new(id),
+                at: chrono::Utc::now(),
+                kind: "form_submit".into(),
+                detail: Default::default(),
+            };
+            engine.record_activity(activity).await.expect("activity");
+        }
+        clock.advance(chrono::TimeDelta::hours(4));
+        let mut a = Lead::new("a");
+        a.status = Some("Working - Contacted".into());
+        engine.upsert_lead(a).await.expect("status");
+    }
+    let output = bin()
+        .args(["report", "funnel", "--since", "7d", "--format", "json", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let stage = |name: &str| {
+        report["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .find(|s| s["stage"] == name)
+            .cloned()
+            .expect("stage")
+    };
+    // a and b: Just a Name → Engaged → MQL at +2 h; a → SQL at +6 h; c stays.
+    assert_eq!(stage("just_a_name")["inventory"], 1);
+    assert_eq!(stage("just_a_name")["left"], 2);
+    assert_eq!(stage("just_a_name")["converted"], 2);
+    assert_eq!(stage("just_a_name")["median_hours_in_stage"], 2.0);
+    assert_eq!(stage("marketing_qualified")["entered"], 2);
+    assert_eq!(stage("marketing_qualified")["inventory"], 1);
+    assert_eq!(stage("marketing_qualified")["conversion_rate"], 1.0);
+    assert_eq!(stage("marketing_qualified")["median_hours_in_stage"], 4.0);
+    assert_eq!(stage("sales_qualified")["inventory"], 1);
 }
