@@ -3,6 +3,7 @@
 //! Usage: cargo run --release -p leadloop-bench -- store [--leads N] [--timers N] [--batch N]
 //!        cargo run --release -p leadloop-bench -- smtp [--messages N]
 //!        cargo run --release -p leadloop-bench -- sla [--handoffs N]
+//!        cargo run --release -p leadloop-bench -- lifecycle [--leads N] [--routes N]
 //!
 //! `store`:
 //! Figures: batched lead writes per second (each batch durable before the next), concurrent
@@ -18,6 +19,7 @@ use clap::Parser;
 use leadloop_core::{Lead, LeadRecord, Timer, TimerKey, TimerKind, Timestamp};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 
+mod lifecycle;
 mod sla;
 mod smtp;
 
@@ -29,6 +31,8 @@ enum Bench {
     Smtp(smtp::Args),
     /// SLA ticks with many open hand-offs.
     Sla(sla::Args),
+    /// Decayed scores of many leads, and routing decisions.
+    Lifecycle(lifecycle::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Store(args) => store(args).await,
         Bench::Smtp(args) => smtp::run(args).await,
         Bench::Sla(args) => sla::run(args).await,
+        Bench::Lifecycle(args) => lifecycle::run(args),
     }
 }
 
