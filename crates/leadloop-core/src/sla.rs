@@ -150,6 +150,8 @@ pub struct Match {
     pub lead_source: Vec<String>,
     pub country: Vec<String>,
     pub industry: Vec<String>,
+    /// Custom CRM fields (segment, product line, language, …): field → accepted values.
+    pub custom: BTreeMap<String, Vec<String>>,
 }
 
 impl Match {
@@ -162,6 +164,13 @@ impl Match {
         hit(&self.lead_source, &lead.lead_source)
             && hit(&self.country, &lead.country)
             && hit(&self.industry, &lead.industry)
+            && self.custom.iter().all(|(field, accepted)| {
+                let value = lead.custom.get(field).map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+                hit(accepted, &value)
+            })
     }
 }
 

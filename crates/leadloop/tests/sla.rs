@@ -671,3 +671,33 @@ fn qualified_leads_are_routed_round_robin_and_their_ladder_starts() {
         ]
     );
 }
+
+#[test]
+fn routing_rules_can_match_custom_fields_such_as_segment() {
+    let config = r#"
+[scoring]
+threshold = 30
+[[scoring.engagement]]
+name = "demo request"
+activity = "form_submit"
+points = 40
+[routing]
+[[routing.rule]]
+name = "enterprise"
+match = { custom = { segment = ["Enterprise"] } }
+pool = ["005B"]
+[[routing.rule]]
+name = "everyone else"
+pool = ["005A"]
+"#;
+    let events = format!(
+        "{PEOPLE}{}{}{}{}",
+        "{\"at\":\"2026-03-02T14:00:00Z\",\"type\":\"lead\",\"lead\":{\"id\":\"E1\",\"status\":\"Open - Not Contacted\",\"custom\":{\"segment\":\"Enterprise\"}}}\n",
+        "{\"at\":\"2026-03-02T14:00:00Z\",\"type\":\"activity\",\"lead_id\":\"E1\",\"kind\":\"form_submit\",\"detail\":{}}\n",
+        "{\"at\":\"2026-03-02T14:05:00Z\",\"type\":\"lead\",\"lead\":{\"id\":\"S1\",\"status\":\"Open - Not Contacted\",\"custom\":{\"segment\":\"SMB\"}}}\n",
+        "{\"at\":\"2026-03-02T14:05:00Z\",\"type\":\"activity\",\"lead_id\":\"S1\",\"kind\":\"form_submit\",\"detail\":{}}\n",
+    );
+    let out = run(config, &events, Some("2026-03-02T15:00:00Z"));
+    let assigns: Vec<&str> = out.iter().map(String::as_str).filter(|l| l.contains("assign")).collect();
+    assert_eq!(assigns, ["2026-03-02T14:00:00Z assign E1 to 005B", "2026-03-02T14:05:00Z assign S1 to 005A"]);
+}
