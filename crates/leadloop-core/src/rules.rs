@@ -69,10 +69,10 @@ impl Rules {
         events: &mut Vec<HistoryEvent>,
     ) -> Decision {
         let mut decision = Decision::default();
-        let unowned =
-            record.lead.owner_id.as_ref().is_none_or(|o| {
-                people.get(o).is_none_or(|p| !p.active || p.role == crate::person::Role::Queue)
-            });
+        let unowned = record.lead.owner_id.as_ref().is_none_or(|o| {
+            // An owner leadloop does not know (a CRM user outside the org chart) keeps the lead.
+            people.get(o).is_some_and(|p| !p.active || p.role == crate::person::Role::Queue)
+        });
         let configured = !self.routing.rules.is_empty() || self.routing.fallback.is_some();
         if record.stage != Stage::MarketingQualified || !unowned || !configured {
             return decision;
@@ -94,10 +94,12 @@ impl Rules {
         let mut fields = serde_json::Map::new();
         fields.insert("owner_id".into(), serde_json::json!(route.owner));
         decision.effects.push((
+            // Unique per routing of this lead (the record's version moves on every write), and
+            // the same if this very decision is made again after a crash.
             crate::IdempotencyKey::from_parts([
                 "route",
                 record.lead.id.as_str(),
-                &(record.handoffs + 1).to_string(),
+                &record.version.to_string(),
             ]),
             crate::Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
         ));
@@ -136,7 +138,17 @@ impl Rules {
     }
 
     /// Rescore at `now`; qualify at the threshold. Returns the events.
-    fn rescore(&self, record: &mut LeadRecord, reason: &str, now: Timestamp, events: &mut Vec<HistoryEvent>) {
+    /// `sales_moved`: a sales action moved the stage in this same event; the score does not
+    /// undo it.
+    fn rescore(
+        &self,
+        record: &mut LeadRecord,
+        reason: &str,
+        sales_moved: bool,
+        now: Timestamp,
+        events: &mut Vec<HistoryEvent>,
+    ) {
+        let previous = record.fit_score + record.engagement_score;
         let (fit, _) = self.scoring.fit(&record.lead);
         let engagement = self.scoring.engagement(&record.scored, now);
         let changed =
@@ -151,7 +163,15 @@ impl Rules {
             ));
         }
         let combined = fit + engagement;
-        if combined >= self.scoring.threshold && QUALIFIABLE.contains(&record.stage) {
+        // Recycled and Deferred leads qualify again only by crossing the threshold anew: a lead
+        // sales sent back is not returned to them on its old score.
+        let crossed = previous < self.scoring.threshold;
+        let from_exit = matches!(record.stage, Stage::Recycled | Stage::Deferred);
+        if combined >= self.scoring.threshold
+            && QUALIFIABLE.contains(&record.stage)
+            && !sales_moved
+            && (!from_exit || crossed)
+        {
             let reason = format!(
                 "score {combined:.0} ≥ {:.0} (fit {fit:.0}, engagement {engagement:.0})",
                 self.scoring.threshold
@@ -188,7 +208,8 @@ impl Policy for Rules {
             let actor = Actor::Sales { person: after.lead.owner_id.clone() };
             Self::move_stage(&mut after, stage, actor, reason, now, &mut events);
         }
-        self.rescore(&mut after, "lead fields changed", now, &mut events);
+        let sales_moved = !events.is_empty();
+        self.rescore(&mut after, "lead fields changed", sales_moved, now, &mut events);
         let routed = self.route(&mut after, people, now, &mut events);
         let decision = self.sla.on_lead(before, after.clone(), people, now);
         Self::join(Self::merge(events, decision, after), routed)
@@ -203,7 +224,9 @@ impl Policy for Rules {
     ) -> Decision {
         let mut record = lead.clone();
         let mut events = Vec::new();
-        if let Some(scored) = self.scoring.score_activity(&record.scored, &activity.kind, now) {
+        let scored_any = self.scoring.score_activity(&record.scored, &activity.kind, now);
+        let changed = scored_any.is_some();
+        if let Some(scored) = scored_any {
             record.scored.push(scored);
             if record.scored.len() > MAX_EVENTS {
                 let excess = record.scored.len() - MAX_EVENTS;
@@ -213,7 +236,7 @@ impl Policy for Rules {
                 let reason = format!("first engagement: {}", activity.kind);
                 Self::move_stage(&mut record, Stage::Engaged, rule("score"), reason, now, &mut events);
             }
-            self.rescore(&mut record, &format!("activity {}", activity.kind), now, &mut events);
+            self.rescore(&mut record, &format!("activity {}", activity.kind), false, now, &mut events);
         }
         let routed = self.route(&mut record, people, now, &mut events);
         if !routed.is_empty() {
@@ -222,7 +245,7 @@ impl Policy for Rules {
             return Self::join(Self::merge(events, decision, record), routed);
         }
         let decision = self.sla.on_activity(&record, activity, people, now);
-        if events.is_empty() && decision.lead.is_none() {
+        if !changed && events.is_empty() && decision.lead.is_none() {
             return decision;
         }
         Self::merge(events, decision, record)

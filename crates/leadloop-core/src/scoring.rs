@@ -170,7 +170,11 @@ impl ScoringConfig {
         let rule = self.engagement.iter().find(|r| r.activity == activity)?;
         let mut points = rule.points;
         if let Some(cap) = rule.cap {
-            let window = now - TimeDelta::from_std(rule.per).unwrap_or(TimeDelta::MAX);
+            // A period too long to subtract means "since the beginning".
+            let window = TimeDelta::from_std(rule.per)
+                .ok()
+                .and_then(|per| now.checked_sub_signed(per))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
             let used: f64 =
                 history.iter().filter(|a| a.rule == rule.name && a.at > window).map(|a| a.points).sum();
             points = points.min((cap - used).max(0.0));

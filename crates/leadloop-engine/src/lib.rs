@@ -106,6 +106,8 @@ impl Engine {
 
     /// Loads the org chart from the store; call once at start.
     pub async fn load_people(&self) -> Result<usize, EngineError> {
+        // No commit may change the load while it is being counted.
+        let _writer = self.writer.lock().await;
         let people = self.store.people().await?;
         let count = people.len();
         let mut chart = OrgChart::new(people);

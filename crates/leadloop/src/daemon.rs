@@ -302,13 +302,19 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                 tracing::warn!(%warning, "config warning");
             }
             apply_overrides(&mut next, args);
-            if next.sla != config.sla || next.email.is_some() != config.email.is_some() {
-                tracing::warn!("[sla] and [email] changes apply on restart");
+            if next.sla != config.sla
+                || next.scoring != config.scoring
+                || next.lifecycle != config.lifecycle
+                || next.routing != config.routing
+                || next.email.is_some() != config.email.is_some()
+                || next.links.is_some() != config.links.is_some()
+            {
+                tracing::warn!(
+                    "[sla], [scoring], [lifecycle], [routing], [email] and [links] changes apply on restart"
+                );
             }
             if restart_only(&next) != restart_only(config) {
-                tracing::warn!(
-                    "state_dir, admin_listen and store settings change only on restart; the rest is applied now"
-                );
+                tracing::warn!("state_dir, admin_listen and store settings change only on restart");
             }
             match write_people(store, &next).await {
                 Ok(()) => {
@@ -321,7 +327,7 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                         outbox: config.outbox.clone(),
                         ..next
                     };
-                    tracing::info!(file = %path.display(), people = config.people.len(), "config reloaded");
+                    tracing::info!(file = %path.display(), people = config.people.len(), "config reloaded; people applied");
                     metrics::counter!("leadloop_config_reloads_total", "result" => "applied").increment(1);
                 }
                 Err(error) => {

@@ -1,6 +1,7 @@
 //! `leadloop report funnel`: what a CRM cannot say — per stage, how many leads are there now,
 //! how many came in and went out over a period, how many moved on down the funnel, and how
-//! long they stayed. Computed from each lead's history.
+//! long they stayed. Computed from the history of each lead in the store (a lead deleted in
+//! the CRM leaves the report with its record, though its history is kept).
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -16,13 +17,14 @@ use crate::cli::load_reporting;
 use crate::exit;
 
 /// The funnel stages in order; a move to a later one is a conversion.
-const FUNNEL: [Stage; 6] = [
+const FUNNEL: [Stage; 7] = [
     Stage::JustAName,
     Stage::Engaged,
     Stage::Prospect,
     Stage::MarketingQualified,
     Stage::SalesQualified,
     Stage::Opportunity,
+    Stage::Customer,
 ];
 
 fn rank(stage: Stage) -> Option<usize> {
@@ -55,7 +57,14 @@ pub async fn funnel(store: &dyn Store, since: Timestamp, now: Timestamp) -> Resu
             let mut current = (Stage::JustAName, None::<Timestamp>);
             for (_, event) in store.history(&record.lead.id).await? {
                 match event.kind {
-                    EventKind::Created => current = (Stage::JustAName, Some(event.at)),
+                    EventKind::Created => {
+                        if event.at >= since
+                            && let Some(f) = figures.get_mut(&Stage::JustAName)
+                        {
+                            f.entered += 1;
+                        }
+                        current = (Stage::JustAName, Some(event.at));
+                    }
                     EventKind::StageChanged { from, to, .. } if event.at >= since => {
                         if let Some(f) = figures.get_mut(&from) {
                             f.left += 1;

@@ -65,6 +65,19 @@ impl Daemon {
         Self { child, port }
     }
 
+    /// Waits until `/readyz` answers 200 (the listener binds before the daemon is ready).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _) = self.get("/readyz").await;
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GET `path` once the listener answers (it binds before reporting ready).
     async fn get(&self, path: &str) -> (u16, String) {
         let url = format!("http://127.0.0.1:{}{path}", self.port);
@@ -136,8 +149,7 @@ async fn daemon_serves_health_and_metrics_and_stops_on_sigterm() {
     let mut daemon = Daemon::start(&example_config(), &state);
     let (status, body) = daemon.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    let (status, _) = daemon.get("/readyz").await;
-    assert_eq!(status, 200);
+    daemon.wait_ready().await;
     let (status, mut metrics) = daemon.get("/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("leadloop_build_info{version="), "{metrics}");
@@ -183,7 +195,7 @@ async fn sighup_with_a_broken_config_keeps_the_running_one() {
     let config = dir.path().join("leadloop.toml");
     std::fs::copy(example_config(), &config).expect("copy");
     let mut daemon = Daemon::start(&config, &dir.path().join("state"));
-    assert_eq!(daemon.get("/readyz").await.0, 200);
+    daemon.wait_ready().await;
 
     std::fs::write(&config, "[daemon]\nmax_idle = 5\n").expect("break config");
     signal(&daemon.child, "HUP");
@@ -241,7 +253,7 @@ async fn export_then_import_gives_equal_checksums() {
     let state = dir.path().join("state");
     // Let a daemon write the configured people, then stop it.
     let mut daemon = Daemon::start(&example_config(), &state);
-    assert_eq!(daemon.get("/readyz").await.0, 200);
+    daemon.wait_ready().await;
     signal(&daemon.child, "TERM");
     assert_eq!(wait_exit(&mut daemon.child, Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
 
@@ -489,7 +501,7 @@ async fn sla_list_and_show_read_the_store_or_a_running_daemon() {
 
     // With a daemon holding the state directory, the same command asks its admin listener.
     let daemon = Daemon::start(&example_config(), &state);
-    assert_eq!(daemon.get("/readyz").await.0, 200);
+    daemon.wait_ready().await;
     let admin = format!("127.0.0.1:{}", daemon.port);
     let output = tokio::task::spawn_blocking({
         let state = state.clone();

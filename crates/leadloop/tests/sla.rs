@@ -701,3 +701,29 @@ pool = ["005A"]
     let assigns: Vec<&str> = out.iter().map(String::as_str).filter(|l| l.contains("assign")).collect();
     assert_eq!(assigns, ["2026-03-02T14:00:00Z assign E1 to 005B", "2026-03-02T14:05:00Z assign S1 to 005A"]);
 }
+
+#[test]
+fn a_lead_sales_recycles_is_not_requalified_on_its_old_score() {
+    let config = SCORING.replace(
+        r#"status_stages = { "Working - Contacted" = "sales_qualified", "Disqualified" = "disqualified" }"#,
+        r#"status_stages = { "Working - Contacted" = "sales_qualified", "Nurture" = "recycled" }"#,
+    );
+    let events = format!(
+        "{PEOPLE}{}{}{}{}{}{}",
+        lead("2026-03-02T14:00:00Z", r#""title":"VP Engineering","status":"Open - Not Contacted""#),
+        activity("2026-03-02T14:10:00Z", "web_visit"),
+        activity("2026-03-02T14:20:00Z", "web_visit"),
+        activity("2026-03-02T14:30:00Z", "form_submit"),
+        lead("2026-03-02T15:00:00Z", r#""status":"Nurture""#),
+        activity("2026-03-02T16:00:00Z", "web_visit")
+    );
+    check(
+        &config,
+        &events,
+        &[
+            "2026-03-02T14:10:00Z stage 00Q1 just_a_name->engaged",
+            "2026-03-02T14:30:00Z stage 00Q1 engaged->marketing_qualified",
+            "2026-03-02T15:00:00Z stage 00Q1 marketing_qualified->recycled",
+        ],
+    );
+}
