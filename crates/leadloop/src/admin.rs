@@ -24,6 +24,25 @@ pub struct AdminState {
 }
 
 #[derive(Debug, serde::Deserialize)]
+struct LeadsQuery {
+    stage: Option<String>,
+}
+
+/// `GET /leads?stage=NAME`: leads with stage, status, owner and score, as `leadloop leads list --format json`.
+async fn leads_list(
+    State(state): State<AdminState>,
+    Query(query): Query<LeadsQuery>,
+) -> axum::response::Response {
+    let Some(store) = &state.store else { return unavailable("no store\n".into()) };
+    match crate::sla_cmd::leads(store.as_ref(), &state.scoring, chrono::Utc::now(), query.stage.as_deref())
+        .await
+    {
+        Ok(rows) => Json(rows).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
 struct SlaQuery {
     #[serde(default)]
     overdue: bool,
@@ -36,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/sla", get(sla_list))
+        .route("/leads", get(leads_list))
         .route("/sla/{lead}", get(sla_show))
         .with_state(state)
 }

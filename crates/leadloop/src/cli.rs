@@ -107,6 +107,14 @@ pub enum ReportCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum LeadsCommand {
+    /// Leads with their stage, score, owner and CRM status.
+    List {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// Only leads in this stage, e.g. `marketing_qualified`.
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
+    },
     /// A lead's stage, score with the rules and activities behind it, hand-off and history.
     Show {
         #[command(flatten)]
@@ -220,6 +228,13 @@ pub fn main() -> ExitCode {
             read.state_dir,
             read.admin_listen,
             crate::sla_cmd::Query::List(crate::sla_cmd::Filter { overdue, rep }),
+            read.format == Format::Json,
+        ),
+        Command::Leads { command: LeadsCommand::List { read, stage } } => crate::sla_cmd::main(
+            &read.config.config,
+            read.state_dir,
+            read.admin_listen,
+            crate::sla_cmd::Query::Leads(stage),
             read.format == Format::Json,
         ),
         Command::Sla { command: SlaCommand::Show { read, lead } }

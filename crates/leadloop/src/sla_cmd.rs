@@ -182,6 +182,38 @@ fn score_json(
 pub enum Query {
     List(Filter),
     Show(String),
+    /// Leads, optionally in one stage.
+    Leads(Option<String>),
+}
+
+/// Leads in id order (optionally only those in `stage`), with stage, status, owner and score.
+pub async fn leads(
+    store: &dyn Store,
+    scoring: &leadloop_core::scoring::ScoringConfig,
+    now: Timestamp,
+    stage: Option<&str>,
+) -> Result<Vec<Value>, StoreError> {
+    let mut out = Vec::new();
+    let mut after: Option<LeadId> = None;
+    loop {
+        let page = store.leads(after.as_ref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.lead.id.clone());
+        for record in page.iter().filter(|r| stage.is_none_or(|s| r.stage.as_str() == s)) {
+            let explained = scoring.explain(record, now);
+            out.push(json!({
+                "lead_id": record.lead.id,
+                "lead": record.lead.display_name(),
+                "company": record.lead.company,
+                "stage": record.stage.as_str(),
+                "status": record.lead.status,
+                "owner_id": record.lead.owner_id,
+                "score": (explained.combined * 10.0).round() / 10.0 + 0.0,
+                "open_handoff": record.handoff.as_ref().map(|h| h.number),
+            }));
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `query` against the store, or, when a daemon holds the state directory, against its
@@ -216,6 +248,9 @@ pub fn main(
                     Query::Show(id) => show(store.as_ref(), &config.sla, &config.scoring, now, id)
                         .await
                         .map(|v| v.unwrap_or(Value::Null)),
+                    Query::Leads(stage) => {
+                        leads(store.as_ref(), &config.scoring, now, stage.as_deref()).await.map(Value::Array)
+                    }
                 }
                 .map_err(|e| e.to_string())
             }
@@ -226,6 +261,11 @@ pub fn main(
                         let url = format!("http://{admin}/sla");
                         let mut params = vec![("overdue", filter.overdue.to_string())];
                         params.extend(filter.rep.iter().map(|rep| ("rep", rep.clone())));
+                        (url.clone(), client.get(url).query(&params))
+                    }
+                    Query::Leads(stage) => {
+                        let url = format!("http://{admin}/leads");
+                        let params: Vec<(&str, String)> = stage.iter().map(|s| ("stage", s.clone())).collect();
                         (url.clone(), client.get(url).query(&params))
                     }
                     Query::Show(id) => {
@@ -258,6 +298,25 @@ pub fn main(
         return exit::OK;
     }
     match query {
+        Query::Leads(_) => {
+            let header = ["LEAD", "NAME", "STAGE", "SCORE", "OWNER", "STATUS"];
+            println!(
+                "{:<18} {:<24} {:<20} {:>6}  {:<18} {}",
+                header[0], header[1], header[2], header[3], header[4], header[5]
+            );
+            for row in value.as_array().into_iter().flatten() {
+                let text = |k: &str| row[k].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{:<18} {:<24} {:<20} {:>6}  {:<18} {}",
+                    text("lead_id"),
+                    text("lead"),
+                    text("stage"),
+                    row["score"].as_f64().map_or("-".into(), |s| format!("{s:.0}")),
+                    text("owner_id"),
+                    text("status")
+                );
+            }
+        }
         Query::List(_) => {
             let header = ["LEAD", "NAME", "OWNER", "#", "AGE(h)", "LAST", "NEXT", "NEXT AT"];
             println!(

@@ -499,6 +499,17 @@ async fn sla_list_and_show_read_the_store_or_a_running_daemon() {
     );
     assert!(text.contains("handoff_started"), "{text}");
 
+    let listed = bin()
+        .args(["leads", "list", "--stage", "just_a_name", "--format", "json", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("run");
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(rows[0]["lead_id"], "00Q1");
+    assert_eq!(rows[0]["open_handoff"], 1);
+
     // With a daemon holding the state directory, the same command asks its admin listener.
     let daemon = Daemon::start(&example_config(), &state);
     daemon.wait_ready().await;
