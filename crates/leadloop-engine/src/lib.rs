@@ -112,11 +112,8 @@ impl Engine {
         let count = people.len();
         let mut chart = OrgChart::new(people);
         // Open hand-offs per person, for routing's capacity check: one scan at start.
-        let mut after = None;
-        loop {
-            let page = self.store.leads(after.as_ref(), 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.lead.id.clone());
+        let mut pages = leadloop_store::LeadPages::new(self.store.as_ref());
+        while let Some(page) = pages.next().await? {
             for record in &page {
                 if let Some(handoff) = &record.handoff {
                     *chart.load.entry(handoff.owner.clone()).or_default() += 1;

@@ -202,6 +202,47 @@ pub struct Stats {
     pub flushes: u64,
 }
 
+/// Every lead, a page at a time, in id order: `while let Some(page) = pages.next().await? {…}`.
+pub struct LeadPages<'a> {
+    store: &'a dyn Store,
+    after: Option<LeadId>,
+    done: bool,
+}
+
+impl std::fmt::Debug for LeadPages<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeadPages")
+            .field("after", &self.after)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> LeadPages<'a> {
+    pub const PAGE: usize = 1000;
+
+    pub fn new(store: &'a dyn Store) -> Self {
+        Self { store, after: None, done: false }
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Vec<LeadRecord>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.store.leads(self.after.as_ref(), Self::PAGE).await?;
+        match page.last() {
+            Some(last) => {
+                self.after = Some(last.lead.id.clone());
+                Ok(Some(page))
+            }
+            None => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// The engine-neutral store API.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -259,6 +259,14 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// A single-threaded runtime for the one-shot commands; a failure to start it is reported.
+pub fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("cannot start runtime: {e}");
+        exit::FAILURE
+    })
+}
+
 /// Prints findings to stderr; returns the config if it is usable.
 pub fn load_reporting(path: &Path) -> Result<Config, u8> {
     match config::load(path) {
@@ -294,12 +302,9 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         None => Config::default(),
     };
     let dir = args.state_dir.clone().unwrap_or_else(|| config.daemon.state_dir.clone());
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start runtime: {e}");
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let sled = SledConfig { dir, cache_bytes: config.store.cache_mb.saturating_mul(1024 * 1024) };

@@ -24,20 +24,13 @@ fn email_config(path: &Path) -> Result<(crate::config::Config, EmailConfig), u8>
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, u8> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        eprintln!("cannot start runtime: {e}");
-        exit::FAILURE
-    })
-}
-
 /// Sends the `sla_alert` template with sample data to `to` and prints the server's reply.
 pub fn test(path: &Path, to: &str) -> u8 {
     let (_, email) = match email_config(path) {
         Ok(found) => found,
         Err(code) => return code,
     };
-    let runtime = match runtime() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -87,7 +80,7 @@ pub fn preview(path: &Path, template: &str, lead: Option<&str>, state_dir: Optio
     };
     let mut vars = leadloop_smtp::sample_vars(template);
     if let Some(id) = lead {
-        let runtime = match runtime() {
+        let runtime = match crate::cli::runtime() {
             Ok(runtime) => runtime,
             Err(code) => return code,
         };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leadloop_core::{EventKind, LeadId, Stage, Timestamp};
+use leadloop_core::{EventKind, Stage, Timestamp};
 use leadloop_store::{SledConfig, SledStore, Store, StoreError};
 use serde_json::{Value, json};
 
@@ -44,11 +44,8 @@ struct StageFigures {
 pub async fn funnel(store: &dyn Store, since: Timestamp, now: Timestamp) -> Result<Value, StoreError> {
     let mut figures: BTreeMap<Stage, StageFigures> =
         Stage::ALL.into_iter().map(|s| (s, StageFigures::default())).collect();
-    let mut after: Option<LeadId> = None;
-    loop {
-        let page = store.leads(after.as_ref(), 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.lead.id.clone());
+    let mut pages = leadloop_store::LeadPages::new(store);
+    while let Some(page) = pages.next().await? {
         for record in &page {
             if let Some(f) = figures.get_mut(&record.stage) {
                 f.inventory += 1;
@@ -115,12 +112,9 @@ pub fn main(config_path: &Path, state_dir: Option<PathBuf>, since: Duration, jso
         Ok(config) => config,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start runtime: {e}");
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     let dir = state_dir.unwrap_or_else(|| config.daemon.state_dir.clone());
     let result = runtime.block_on(async {

@@ -233,12 +233,9 @@ pub fn simulate(
             return exit::CONFIG;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start runtime: {e}");
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(config, parsed, until, &templates, out)) {
         Ok(()) => exit::OK,

@@ -63,11 +63,8 @@ pub async fn list(
     let chart = OrgChart::new(store.people().await?);
     let rules = SlaRules::new(sla.clone());
     let mut out = Vec::new();
-    let mut after: Option<LeadId> = None;
-    loop {
-        let page = store.leads(after.as_ref(), 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.lead.id.clone());
+    let mut pages = leadloop_store::LeadPages::new(store);
+    while let Some(page) = pages.next().await? {
         for record in &page {
             if filter
                 .rep
@@ -106,11 +103,8 @@ pub async fn gauge(store: &dyn Store, sla: &SlaConfig, now: Timestamp) -> Result
     // Funnel inventory: leads per stage now.
     let mut stages: std::collections::BTreeMap<&'static str, u64> =
         leadloop_core::Stage::ALL.into_iter().map(|s| (s.as_str(), 0)).collect();
-    let mut after: Option<LeadId> = None;
-    loop {
-        let page = store.leads(after.as_ref(), 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.lead.id.clone());
+    let mut pages = leadloop_store::LeadPages::new(store);
+    while let Some(page) = pages.next().await? {
         for record in &page {
             *stages.entry(record.stage.as_str()).or_default() += 1;
         }
@@ -194,11 +188,8 @@ pub async fn leads(
     stage: Option<&str>,
 ) -> Result<Vec<Value>, StoreError> {
     let mut out = Vec::new();
-    let mut after: Option<LeadId> = None;
-    loop {
-        let page = store.leads(after.as_ref(), 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.lead.id.clone());
+    let mut pages = leadloop_store::LeadPages::new(store);
+    while let Some(page) = pages.next().await? {
         for record in page.iter().filter(|r| stage.is_none_or(|s| r.stage.as_str() == s)) {
             let explained = scoring.explain(record, now);
             out.push(json!({
@@ -229,12 +220,9 @@ pub fn main(
         Ok(config) => config,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start runtime: {e}");
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     let dir = state_dir.unwrap_or_else(|| config.daemon.state_dir.clone());
     let admin = admin.unwrap_or(config.daemon.admin_listen);
