@@ -69,6 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect();
     let routing = RoutingConfig {
+        account_owner: true,
         fallback: Some(PersonId::new("queue")),
         rules: vec![
             RouteRule {

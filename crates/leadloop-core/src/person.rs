@@ -71,6 +71,9 @@ pub struct OrgChart {
     pub load: BTreeMap<PersonId, u32>,
     /// Round-robin turns per routing rule, kept by the engine.
     pub turns: BTreeMap<String, u64>,
+    /// Account owners by account id and by company domain (`domain:acme.example`), kept by
+    /// the engine from the CRM's accounts.
+    pub accounts: BTreeMap<String, PersonId>,
 }
 
 impl OrgChart {
@@ -79,6 +82,7 @@ impl OrgChart {
             people: people.into_iter().map(|p| (p.id.clone(), p)).collect(),
             load: BTreeMap::new(),
             turns: BTreeMap::new(),
+            accounts: BTreeMap::new(),
         }
     }
 
@@ -98,6 +102,13 @@ impl OrgChart {
                 && p.role != Role::Queue
                 && p.capacity.is_none_or(|cap| self.load.get(id).copied().unwrap_or(0) < cap)
         })
+    }
+
+    /// The owner of the lead's account: by account id, else by the email's domain.
+    pub fn account_owner(&self, account_id: Option<&str>, email_domain: Option<&str>) -> Option<&PersonId> {
+        account_id
+            .and_then(|id| self.accounts.get(id))
+            .or_else(|| email_domain.and_then(|d| self.accounts.get(&format!("domain:{d}"))))
     }
 
     pub fn manager_of(&self, id: &PersonId) -> Option<&Person> {

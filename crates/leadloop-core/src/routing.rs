@@ -12,9 +12,13 @@ use crate::person::{OrgChart, PersonId};
 use crate::sla::Match;
 
 /// `[routing]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
+    /// First give the lead to the owner of its account (by account id or email domain), if
+    /// they can take it.
+    #[serde(default = "yes")]
+    pub account_owner: bool,
     /// Who gets a lead no rule could place (a person or a queue).
     pub fallback: Option<PersonId>,
     /// Tried in order; the first whose `match` holds and whose pool has someone free wins.
@@ -43,6 +47,16 @@ pub struct Route {
     pub turn: Option<(String, u64)>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self { account_owner: true, fallback: None, rules: Vec::new() }
+    }
+}
+
 impl RouteRule {
     /// The pool in turn order, each member repeated by its weight.
     fn turns(&self) -> Vec<&PersonId> {
@@ -56,6 +70,24 @@ impl RouteRule {
 impl RoutingConfig {
     /// Where `record` goes, given who can take more (`people.can_take`) and each rule's turn.
     pub fn route(&self, record: &LeadRecord, people: &OrgChart) -> Option<Route> {
+        if self.account_owner {
+            let domain = record.lead.email_domain();
+            if let Some(owner) = people.account_owner(record.lead.account_id.as_deref(), domain.as_deref())
+                && people.can_take(owner)
+            {
+                let by =
+                    if record.lead.account_id.as_deref().is_some_and(|id| people.accounts.contains_key(id)) {
+                        "account"
+                    } else {
+                        "company domain"
+                    };
+                return Some(Route {
+                    owner: owner.clone(),
+                    reason: format!("owner of the lead's account (by {by})"),
+                    turn: None,
+                });
+            }
+        }
         for rule in self.rules.iter().filter(|r| r.when.matches(record)) {
             let turns = rule.turns();
             if turns.is_empty() {
@@ -108,6 +140,7 @@ mod tests {
 
     fn config() -> RoutingConfig {
         RoutingConfig {
+            account_owner: true,
             fallback: Some(PersonId::new("queue")),
             rules: vec![RouteRule {
                 name: "emea".into(),
@@ -144,6 +177,23 @@ mod tests {
                 && counts["c"].abs_diff(5_000) <= 1,
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn the_account_owner_comes_first_while_they_can_take_leads() {
+        let mut chart =
+            OrgChart::new([person("a", true, None), person("b", true, None), person("owner", true, Some(1))]);
+        chart.accounts.insert("domain:acme.example".into(), PersonId::new("owner"));
+        let mut lead = record("DE");
+        lead.lead.email = Some("ana@Acme.example".into());
+        let route = config().route(&lead, &chart).expect("route");
+        assert_eq!(
+            (route.owner.as_str(), route.reason.as_str()),
+            ("owner", "owner of the lead's account (by company domain)")
+        );
+        // At capacity: the rules take over.
+        chart.load.insert(PersonId::new("owner"), 1);
+        assert_eq!(config().route(&lead, &chart).map(|r| r.owner.0), Some("a".into()));
     }
 
     #[test]

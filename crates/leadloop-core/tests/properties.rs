@@ -192,6 +192,7 @@ proptest! {
         chart.load = load;
         chart.turns.insert("r".into(), turn);
         let config = RoutingConfig {
+            account_owner: true,
             fallback: Some(PersonId::new("fallback")),
             rules: vec![RouteRule { name: "r".into(), when: Match::default(), pool, weights: BTreeMap::new() }],
         };

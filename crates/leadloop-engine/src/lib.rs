@@ -122,6 +122,11 @@ impl Engine {
         }
         let previous = self.people.read().unwrap_or_else(|p| p.into_inner()).turns.clone();
         chart.turns = previous;
+        for (_, value) in self.store.items("accounts").await? {
+            if let Ok(account) = serde_json::from_value::<leadloop_core::connector::Account>(value) {
+                remember_account(&mut chart, &account);
+            }
+        }
         *self.people.write().unwrap_or_else(|p| p.into_inner()) = chart;
         Ok(count)
     }
@@ -194,6 +199,22 @@ impl Engine {
         Ok(committed.enqueued)
     }
 
+    /// An account from the CRM: its owner routes the account's leads first. Stored in the
+    /// `accounts` bucket and kept in memory by id and by domain.
+    pub async fn upsert_account(
+        &self,
+        account: leadloop_core::connector::Account,
+    ) -> Result<(), EngineError> {
+        let _writer = self.writer.lock().await;
+        let mut batch = Batch::new();
+        let value = serde_json::to_value(&account).unwrap_or(serde_json::Value::Null);
+        batch.put_item("accounts", account.id.clone(), value);
+        self.store.commit(batch).await?;
+        let mut chart = self.people.write().unwrap_or_else(|p| p.into_inner());
+        remember_account(&mut chart, &account);
+        Ok(())
+    }
+
     /// A person from the CRM or config: stored, and the org chart updated.
     pub async fn upsert_person(&self, person: Person) -> Result<(), EngineError> {
         let _writer = self.writer.lock().await;
@@ -206,6 +227,7 @@ impl Engine {
         let mut chart = OrgChart::new(people);
         chart.load = current.load;
         chart.turns = current.turns;
+        chart.accounts = current.accounts;
         *self.people.write().unwrap_or_else(|p| p.into_inner()) = chart;
         Ok(())
     }
@@ -423,6 +445,21 @@ impl Engine {
                 until.min(max_idle)
             }
             _ => max_idle,
+        }
+    }
+}
+
+/// Indexes an account's owner by its id and by its domain (`domain:acme.example`).
+fn remember_account(chart: &mut OrgChart, account: &leadloop_core::connector::Account) {
+    match &account.owner_id {
+        Some(owner) => {
+            chart.accounts.insert(account.id.clone(), owner.clone());
+            if let Some(domain) = &account.domain {
+                chart.accounts.insert(format!("domain:{}", domain.to_ascii_lowercase()), owner.clone());
+            }
+        }
+        None => {
+            chart.accounts.remove(&account.id);
         }
     }
 }

@@ -41,6 +41,8 @@ struct Line {
     _unused: Option<Value>,
     #[serde(default)]
     detail: Option<Map<String, Value>>,
+    #[serde(default)]
+    account: Option<leadloop_core::connector::Account>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +73,7 @@ enum Event {
     User(Person),
     Activity(String, String, Map<String, Value>),
     Delete(String),
+    Account(leadloop_core::connector::Account),
 }
 
 fn parse(number: usize, text: &str) -> Result<(Timestamp, Event), String> {
@@ -114,9 +117,14 @@ fn parse(number: usize, text: &str) -> Result<(Timestamp, Event), String> {
             Event::Activity(need_lead_id()?, kind, line.detail.clone().unwrap_or_default())
         }
         "delete" => Event::Delete(need_lead_id()?),
+        "account" => Event::Account(
+            line.account
+                .clone()
+                .ok_or_else(|| format!("line {number}: `account` needs an `account` object"))?,
+        ),
         other => {
             return Err(format!(
-                "line {number}: unknown type `{other}` (known: lead, user, activity, delete)"
+                "line {number}: unknown type `{other}` (known: lead, user, activity, delete, account)"
             ));
         }
     };
@@ -319,6 +327,7 @@ async fn run(
                 engine.record_activity(activity).await
             }
             Event::Delete(lead_id) => engine.delete_lead(&LeadId::new(lead_id)).await,
+            Event::Account(account) => engine.upsert_account(account).await.map(|()| Vec::new()),
         }
         .map_err(|e| e.to_string())?;
         printer.print(clock.now(), &keys).await?;

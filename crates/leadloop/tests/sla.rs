@@ -727,3 +727,21 @@ fn a_lead_sales_recycles_is_not_requalified_on_its_old_score() {
         ],
     );
 }
+
+#[test]
+fn the_accounts_owner_gets_its_leads_first() {
+    let events = format!(
+        "{PEOPLE}{}{}{}",
+        "{\"at\":\"2026-03-02T14:00:00Z\",\"type\":\"account\",\"account\":{\"id\":\"001A\",\"name\":\"Acme\",\"owner_id\":\"005B\",\"domain\":\"acme.example\"}}\n",
+        "{\"at\":\"2026-03-02T14:00:00Z\",\"type\":\"lead\",\"lead\":{\"id\":\"L1\",\"email\":\"ana@acme.example\",\"country\":\"US\",\"status\":\"Open - Not Contacted\"}}\n",
+        "{\"at\":\"2026-03-02T14:00:00Z\",\"type\":\"activity\",\"lead_id\":\"L1\",\"kind\":\"form_submit\",\"detail\":{}}\n",
+    );
+    let out = run(ROUTING, &events, Some("2026-03-02T15:00:00Z"));
+    let assigns: Vec<&str> =
+        out.iter().map(String::as_str).filter(|l| l.contains("assign") || l.contains("sla.alert")).collect();
+    // The "us" rule would pick 005A; the account's owner comes first.
+    assert_eq!(
+        assigns,
+        ["2026-03-02T14:00:00Z assign L1 to 005B", "2026-03-02T14:00:00Z sla.alert to=bo@x.example cc="]
+    );
+}
