@@ -422,8 +422,14 @@ impl Engine {
                     failures = 0;
                     self.idle_for(max_idle).await
                 }
+                // A full disk leaves sled refusing every write until the store is reopened:
+                // stop, so the daemon exits and its supervisor restarts it.
+                Err(EngineError::Store(error @ StoreError::NoSpace { .. })) => {
+                    tracing::error!(%error, "state directory full; stopping");
+                    return Err(EngineError::Store(error));
+                }
                 Err(error) => {
-                    // A full disk or a failing engine: acknowledge nothing, back off, retry.
+                    // A failing engine: acknowledge nothing, back off, retry.
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)));
                     tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "tick failed");

@@ -39,7 +39,7 @@ pub enum StoreError {
     #[error("cannot use state directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
     #[error(
-        "no space left in state directory {path}; free space and leadloop resumes (nothing was acknowledged that is not on disk)"
+        "no space left in state directory {path}; free space and restart leadloop (nothing was acknowledged that is not on disk)"
     )]
     NoSpace { path: PathBuf },
     #[error("storage engine error in {path}: {message}")]

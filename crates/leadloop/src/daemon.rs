@@ -223,6 +223,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         }
     };
     let mut engine_ended = false;
+    let mut engine_exit = exit::FAILURE;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received; draining"); break; }
@@ -237,7 +238,12 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
                 engine_ended = true;
                 match result {
                     Ok(Ok(())) => tracing::error!("engine stopped unexpectedly"),
-                    Ok(Err(error)) => tracing::error!(%error, "engine failed"),
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "engine failed");
+                        if matches!(error, leadloop_engine::EngineError::Store(leadloop_store::StoreError::NoSpace { .. })) {
+                            engine_exit = exit::STORE;
+                        }
+                    }
                     Err(error) => tracing::error!(%error, "engine task panicked"),
                 }
                 break;
@@ -277,7 +283,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     drop(engine);
     drop(store);
     tracing::info!("leadloop stopped");
-    if engine_ended { exit::FAILURE } else { exit::OK }
+    if engine_ended { engine_exit } else { exit::OK }
 }
 
 async fn write_people(store: &dyn Store, config: &Config) -> Result<(), leadloop_store::StoreError> {

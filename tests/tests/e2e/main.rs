@@ -2,4 +2,5 @@
 
 mod crash;
 mod email;
+mod nospace;
 mod sla;
