@@ -15,6 +15,7 @@ pub mod person;
 pub mod policy;
 pub mod routing;
 pub mod rules;
+pub mod schedule;
 pub mod scoring;
 pub mod serde_duration;
 pub mod sla;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::TimeDelta;
+use chrono::{TimeDelta, TimeZone};
 use leadloop_core::connector::Activity;
 use leadloop_core::policy::Policy;
 use leadloop_core::routing::{RouteRule, RoutingConfig};
@@ -201,6 +201,65 @@ proptest! {
             prop_assert!(chart.people().all(|p| !chart.can_take(&p.id)), "fell back while someone was free");
         } else {
             prop_assert!(chart.can_take(&route.owner));
+        }
+    }
+}
+
+const ZONES: [&str; 20] = [
+    "UTC",
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "America/Santiago",
+    "Europe/London",
+    "Europe/Berlin",
+    "Europe/Moscow",
+    "Africa/Cairo",
+    "Asia/Tehran",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "Australia/Adelaide",
+    "Australia/Lord_Howe",
+    "Pacific/Auckland",
+    "Pacific/Chatham",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+
+    /// A daily schedule, in any of 20 zones, any time from 2026 to 2036: fires strictly
+    /// increase, once per local day, at the scheduled local time — or, on a day that skips it,
+    /// at the first valid instant after the gap.
+    #[test]
+    fn daily_schedules_are_dst_safe(zone in 0usize..20, hour in 0u32..24, minute in 0u32..60, days in 0i64..3650) {
+        use chrono::{NaiveTime, Timelike};
+        let tz: chrono_tz::Tz = ZONES[zone].parse().expect("zone");
+        let schedule = leadloop_core::schedule::Schedule::parse(&format!("{minute} {hour} * * *"), tz).expect("parses");
+        let target = NaiveTime::from_hms_opt(hour, minute, 0).expect("time");
+        let mut cursor = t0() + TimeDelta::days(days);
+        let mut last_day = None;
+        // Over a year of days: every zone's DST changes (if it has any) are crossed.
+        for _ in 0..370 {
+            let next = schedule.next_after(cursor).expect("next");
+            prop_assert!(next > cursor, "never backwards");
+            let local = next.with_timezone(&tz);
+            let day = local.date_naive();
+            prop_assert!(last_day != Some(day), "fired twice on {}", day);
+            if local.time() != target {
+                // Only a skipped local time moves, and only forward, to the end of the gap.
+                let scheduled = day.and_time(target);
+                prop_assert!(tz.from_local_datetime(&scheduled).earliest().is_none(), "{} fired at {} instead of {}", ZONES[zone], local, target);
+                prop_assert!(local.naive_local() > scheduled);
+                let just_before = next - TimeDelta::seconds(1);
+                prop_assert!(just_before.with_timezone(&tz).naive_local() < scheduled, "not the first instant after the gap");
+            }
+            prop_assert_eq!(local.second(), 0);
+            last_day = Some(day);
+            cursor = next;
         }
     }
 }
