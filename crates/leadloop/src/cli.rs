@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use leadloop_store::{SledConfig, SledStore, Store};
+use leadloop_store::{SledStore, Store};
 
 use crate::config::{self, Config, LogFormat};
 use crate::{daemon, exit};
@@ -301,13 +301,12 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         },
         None => Config::default(),
     };
-    let dir = args.state_dir.clone().unwrap_or_else(|| config.daemon.state_dir.clone());
+    let sled = config.sled(args.state_dir.clone());
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let sled = SledConfig { dir, cache_bytes: config.store.cache_mb.saturating_mul(1024 * 1024) };
         let store: Arc<dyn Store> = match SledStore::open(&sled) {
             Ok(store) => store,
             Err(e) => {

@@ -16,7 +16,7 @@ use leadloop_core::Mailer;
 use leadloop_core::SystemClock;
 use leadloop_core::sla::SlaRules;
 use leadloop_engine::{EmailRelay, Engine};
-use leadloop_store::{Batch, SledConfig, SledStore, Store};
+use leadloop_store::{Batch, SledStore, Store};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -74,11 +74,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         }
     };
 
-    let sled = SledConfig {
-        dir: config.daemon.state_dir.clone(),
-        cache_bytes: config.store.cache_mb.saturating_mul(1024 * 1024),
-    };
-    let store: Arc<dyn Store> = match SledStore::open(&sled) {
+    let store: Arc<dyn Store> = match SledStore::open(&config.sled(None)) {
         Ok(store) => store,
         Err(error) => {
             tracing::error!(%error, "cannot open the store");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use leadloop_core::sla::{SlaConfig, SlaRules};
 use leadloop_core::{LeadId, OrgChart, Timestamp};
-use leadloop_store::{SledConfig, SledStore, Store, StoreError};
+use leadloop_store::{SledStore, Store, StoreError};
 use serde_json::{Value, json};
 
 use crate::cli::load_reporting;
@@ -224,11 +224,11 @@ pub fn main(
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let dir = state_dir.unwrap_or_else(|| config.daemon.state_dir.clone());
+    let sled = config.sled(state_dir);
     let admin = admin.unwrap_or(config.daemon.admin_listen);
     let result: Result<Value, String> = runtime.block_on(async {
         let now = chrono::Utc::now();
-        match SledStore::open(&SledConfig::new(&dir)) {
+        match SledStore::open(&sled) {
             Ok(store) => {
                 let store: Arc<dyn Store> = store;
                 match &query {

@@ -186,6 +186,14 @@ impl PersonConfig {
 }
 
 impl Config {
+    /// The store settings for state directory `dir` (`--state-dir`, or `daemon.state_dir`).
+    pub fn sled(&self, dir: Option<PathBuf>) -> leadloop_store::SledConfig {
+        leadloop_store::SledConfig {
+            dir: dir.unwrap_or_else(|| self.daemon.state_dir.clone()),
+            cache_bytes: self.store.cache_mb.saturating_mul(1024 * 1024),
+        }
+    }
+
     /// The rules the engine runs: lifecycle and scoring, then the SLA ladder.
     pub fn rules(&self, sla: leadloop_core::sla::SlaRules) -> leadloop_core::rules::Rules {
         leadloop_core::rules::Rules::new(
