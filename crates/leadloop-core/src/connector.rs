@@ -33,7 +33,7 @@ impl ConnectorError {
 }
 
 /// The objects a CRM sync reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CrmObject {
     Lead,
@@ -63,10 +63,25 @@ pub struct Account {
     pub domain: Option<String>,
 }
 
+/// A CRM contact: a person already in a customer relationship. leadloop never scores,
+/// routes or nurtures contacts; it keeps them so their addresses and accounts are known.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Contact {
+    pub id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub account_id: Option<String>,
+    pub owner_id: Option<PersonId>,
+    pub opted_out: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CrmRecord {
     Lead(Box<Lead>),
+    Contact(Contact),
     User(Person),
     Activity(Activity),
     Account(Account),
@@ -111,17 +126,70 @@ pub enum CrmWrite {
     },
 }
 
+impl CrmObject {
+    /// Every object, in the order a sync pass ingests them: people and accounts before the
+    /// leads that name them as owners, activities last.
+    pub const ALL: [CrmObject; 5] =
+        [CrmObject::User, CrmObject::Account, CrmObject::Lead, CrmObject::Contact, CrmObject::Task];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrmObject::Lead => "lead",
+            CrmObject::Contact => "contact",
+            CrmObject::User => "user",
+            CrmObject::Task => "task",
+            CrmObject::Account => "account",
+        }
+    }
+}
+
+impl std::fmt::Display for CrmObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One object's next page, asked of [`Crm::pull`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullRequest {
+    pub object: CrmObject,
+    /// What the last durable page returned as `next_cursor`; `None` reads from the beginning.
+    pub cursor: Option<String>,
+}
+
+/// The CRM's API allowance as the connector last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ApiUsage {
+    /// Calls this connector made since it was built.
+    pub calls: u64,
+    /// The CRM's count of calls used in its current window (e.g. Salesforce's rolling 24 h).
+    pub used: Option<u64>,
+    pub max: Option<u64>,
+    /// Calls the connector will still spend on bulk sync before keeping the rest in reserve.
+    pub bulk_left: Option<u64>,
+}
+
 /// The CRM: the system of record for leads, users and activity.
 #[async_trait]
 pub trait Crm: Send + Sync {
     /// The connector's name, for logs and metrics.
     fn name(&self) -> &str;
 
-    /// Reads changes to `object` after `cursor` (`None`: from the beginning).
-    async fn pull(&self, object: CrmObject, cursor: Option<&str>) -> Result<ChangePage, ConnectorError>;
+    /// Reads the next page of changes for each object asked, in one call where the CRM allows
+    /// (the first pages of a pass share one request). One result per request, in order: a
+    /// failure of one object does not fail the others.
+    async fn pull(
+        &self,
+        requests: &[PullRequest],
+    ) -> Result<Vec<Result<ChangePage, ConnectorError>>, ConnectorError>;
 
     /// Writes back; one result per write, in order.
     async fn push(&self, writes: &[CrmWrite]) -> Result<Vec<Result<(), ConnectorError>>, ConnectorError>;
+
+    /// The API allowance, for `sync --once`, metrics and the budget governor's log lines.
+    fn usage(&self) -> ApiUsage {
+        ApiUsage::default()
+    }
 }
 
 /// A message for the mailer: which template, for whom, with what data. The mailer renders it.
@@ -153,31 +221,59 @@ pub trait Mailer: Send + Sync {
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, ConnectorError>;
 }
 
-/// A calendar entry, reduced to what routing and the SLA need.
+/// A calendar entry, reduced to what routing and the SLA need. Recurring events arrive
+/// expanded: one entry per occurrence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalendarEvent {
+    /// The iCalendar `UID` (shared by every occurrence of a recurring event).
+    pub uid: String,
     pub start: Timestamp,
     pub end: Timestamp,
+    /// A whole-day event (`DTSTART;VALUE=DATE`), placed in the person's time zone.
     pub all_day: bool,
     pub summary: String,
-    /// Attendee and organizer addresses.
+    /// Attendee and organizer addresses, lowercased.
     pub attendees: Vec<String>,
-    /// Marked out of office (or transparent all-day busy time).
+    /// Takes time (`TRANSP:OPAQUE`, the default); transparent entries block nothing.
+    pub busy: bool,
+    /// Time away: an all-day busy entry, or one marked out of office.
     pub away: bool,
 }
 
-/// Reads reps' calendars and books holds.
+/// A calendar entry that could not be read, kept with the reason instead of failing the read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    /// Where it lives (the resource's URL).
+    pub href: String,
+    pub reason: String,
+}
+
+/// What one read of a person's calendars returned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CalendarRead {
+    pub events: Vec<CalendarEvent>,
+    /// Entries skipped as unreadable (malformed iCalendar, unknown time zone, …).
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Reads people's calendars and books holds.
 #[async_trait]
 pub trait Calendar: Send + Sync {
     fn name(&self) -> &str;
 
-    /// The person's events overlapping `[from, to)`, recurring ones expanded.
+    /// The people this connector has a calendar for.
+    fn people(&self) -> Vec<PersonId>;
+
+    /// The person's events overlapping `[from, to)`, recurring ones expanded; all-day
+    /// entries and floating times are placed in `time_zone` (the person's). Unreadable
+    /// entries are skipped and listed; an unreachable calendar is an error.
     async fn events(
         &self,
         person: &PersonId,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<CalendarEvent>, ConnectorError>;
+        time_zone: chrono_tz::Tz,
+    ) -> Result<CalendarRead, ConnectorError>;
 
     /// Books a hold; returns the calendar's id for it. Booking the same `key` twice keeps one.
     async fn place_hold(
