@@ -27,6 +27,11 @@ pub enum SecretError {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret obtained at run time (a session token from a login).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     /// A secret from a literal, for tests.
     #[doc(hidden)]
     pub fn for_tests(value: &str) -> Self {
