@@ -127,6 +127,9 @@ pub struct LeadRecord {
     /// Recent activities that scored, newest last (at most `scoring::MAX_EVENTS`).
     #[serde(default)]
     pub scored: Vec<crate::scoring::ScoredActivity>,
+    /// Nurture tracks the lead is in, its recent nurture sends and its opt-out.
+    #[serde(default, skip_serializing_if = "crate::nurture::NurtureState::is_empty")]
+    pub nurture: crate::nurture::NurtureState,
     pub updated_at: Timestamp,
     /// Incremented on every write; lets readers detect a concurrent change.
     pub version: u64,
@@ -143,6 +146,7 @@ impl LeadRecord {
             handoffs: 0,
             handoff: None,
             scored: Vec::new(),
+            nurture: crate::nurture::NurtureState::default(),
             updated_at: now,
             version: 0,
         }

@@ -5,12 +5,14 @@
 //! Nothing in this crate performs I/O. Decisions are functions of (state, event, now, policy)
 //! that return a [`Decision`]; the engine persists it and performs its effects.
 
+pub mod calendar;
 pub mod clock;
 pub mod connector;
 pub mod decision;
 pub mod effect;
 pub mod history;
 pub mod lead;
+pub mod nurture;
 pub mod person;
 pub mod policy;
 pub mod routing;

@@ -1,6 +1,6 @@
-//! The rules leadloop runs: lifecycle stages, scoring, and the SLA ladder, composed into one
-//! [`Policy`]. Scoring and stage moves are decided first; the SLA then sees the lead as they
-//! left it.
+//! The rules leadloop runs: lifecycle stages, scoring, the SLA ladder and nurture tracks,
+//! composed into one [`Policy`]. Scoring and stage moves are decided first; the SLA then sees
+//! the lead as they left it, and nurture last (a lead that just qualified leaves its tracks).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,7 @@ use crate::connector::Activity;
 use crate::decision::Decision;
 use crate::history::{Actor, EventKind, HistoryEvent};
 use crate::lead::LeadRecord;
+use crate::nurture::NurtureRules;
 use crate::person::OrgChart;
 use crate::policy::Policy;
 use crate::routing::RoutingConfig;
@@ -38,6 +39,7 @@ pub struct Rules {
     pub scoring: ScoringConfig,
     pub lifecycle: LifecycleConfig,
     pub routing: RoutingConfig,
+    pub nurture: NurtureRules,
 }
 
 /// The cursor that keeps a routing rule's next turn.
@@ -56,7 +58,42 @@ impl Rules {
         lifecycle: LifecycleConfig,
         routing: RoutingConfig,
     ) -> Self {
-        Self { sla, scoring, lifecycle, routing }
+        Self { sla, scoring, lifecycle, routing, nurture: NurtureRules::default() }
+    }
+
+    /// Adds nurture tracks.
+    pub fn with_nurture(mut self, nurture: NurtureRules) -> Self {
+        self.nurture = nurture;
+        self
+    }
+
+    /// Lets nurture see the lead as the other rules left it in `decision` (or as `fallback`
+    /// if they left it unchanged); the lead is stored only if something changed.
+    fn nurture_after(
+        &self,
+        before: Option<&LeadRecord>,
+        fallback: &LeadRecord,
+        activity: Option<&Activity>,
+        mut decision: Decision,
+        now: Timestamp,
+    ) -> Decision {
+        let had = decision.lead.is_some();
+        let mut record = decision.lead.take().unwrap_or_else(|| fallback.clone());
+        let mut nurture = Decision::default();
+        let changed = match (activity, before) {
+            (Some(activity), Some(before)) => {
+                self.nurture.on_activity(before, &mut record, activity, now, &mut nurture)
+            }
+            _ => self.nurture.on_change(before, &mut record, now, &mut nurture),
+        };
+        if had || changed {
+            decision.lead = Some(record);
+        }
+        decision.events.extend(nurture.events);
+        decision.effects.extend(nurture.effects);
+        decision.set_timers.extend(nurture.set_timers);
+        decision.cancel_timers.extend(nurture.cancel_timers);
+        decision
     }
 
     /// A Marketing Qualified lead with no one (or only a queue, or someone inactive) to work
@@ -77,7 +114,7 @@ impl Rules {
         if record.stage != Stage::MarketingQualified || !unowned || !configured {
             return decision;
         }
-        let Some(route) = self.routing.route(record, people) else { return decision };
+        let Some(route) = self.routing.route_at(record, people, now) else { return decision };
         if record.lead.owner_id.as_ref() == Some(&route.owner) {
             return decision;
         }
@@ -212,7 +249,8 @@ impl Policy for Rules {
         self.rescore(&mut after, "lead fields changed", sales_moved, now, &mut events);
         let routed = self.route(&mut after, people, now, &mut events);
         let decision = self.sla.on_lead(before, after.clone(), people, now);
-        Self::join(Self::merge(events, decision, after), routed)
+        let decision = Self::join(Self::merge(events, decision, after.clone()), routed);
+        self.nurture_after(before, &after, None, decision, now)
     }
 
     fn on_activity(
@@ -242,17 +280,23 @@ impl Policy for Rules {
         if !routed.is_empty() {
             // A new owner: the SLA sees a lead handed off (its alert goes out now).
             let decision = self.sla.on_lead(Some(lead), record.clone(), people, now);
-            return Self::join(Self::merge(events, decision, record), routed);
+            let decision = Self::join(Self::merge(events, decision, record.clone()), routed);
+            return self.nurture_after(Some(lead), &record, Some(activity), decision, now);
         }
         let decision = self.sla.on_activity(&record, activity, people, now);
         if !changed && events.is_empty() && decision.lead.is_none() {
-            return decision;
+            return self.nurture_after(Some(lead), &record, Some(activity), decision, now);
         }
-        Self::merge(events, decision, record)
+        let decision = Self::merge(events, decision, record.clone());
+        self.nurture_after(Some(lead), &record, Some(activity), decision, now)
     }
 
     fn on_delete(&self, lead: &LeadRecord, people: &OrgChart, now: Timestamp) -> Decision {
-        self.sla.on_delete(lead, people, now)
+        let mut decision = self.sla.on_delete(lead, people, now);
+        if !lead.nurture.tracks.is_empty() {
+            decision.cancel_timers.push(crate::nurture::timer_key(lead.lead.id.as_str()));
+        }
+        decision
     }
 
     fn on_timer(
@@ -262,6 +306,15 @@ impl Policy for Rules {
         people: &OrgChart,
         now: Timestamp,
     ) -> Decision {
+        if let crate::timer::TimerKind::NurtureStep { .. } = timer.kind {
+            let mut decision = Decision::default();
+            if let Some(record) = lead {
+                let mut record = record.clone();
+                self.nurture.on_timer(&mut record, now, &mut decision);
+                decision.lead = Some(record);
+            }
+            return decision;
+        }
         self.sla.on_timer(timer, lead, people, now)
     }
 
@@ -284,6 +337,11 @@ impl Policy for Rules {
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
-        self.sla.on_sales_action(lead, handoff, action, reason, people, now)
+        let (decision, outcome) = self.sla.on_sales_action(lead, handoff, action, reason, people, now);
+        if outcome != ActionOutcome::Done {
+            return (decision, outcome);
+        }
+        // A lead recycled from an email link re-enters nurture at once.
+        (self.nurture_after(Some(lead), lead, None, decision, now), outcome)
     }
 }

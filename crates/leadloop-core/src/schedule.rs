@@ -105,40 +105,140 @@ impl Schedule {
         self.tz
     }
 
-    /// The instant a local wall-clock time happens: a time in a gap moves to the first
-    /// instant after it; a time in an overlap is its first occurrence.
-    fn instant(&self, local: NaiveDateTime) -> Timestamp {
-        for minutes in 0..=180 {
-            if let Some(at) = self.tz.from_local_datetime(&(local + TimeDelta::minutes(minutes))).earliest() {
-                return if minutes == 0 {
-                    at.with_timezone(&Utc)
-                } else {
-                    // The first valid instant after the gap: the gap's end.
-                    let after = at.with_timezone(&Utc);
-                    let end = (1..=60 * minutes).rev().map(|s| after - TimeDelta::seconds(s)).find(|t| {
-                        let naive = t.with_timezone(&self.tz).naive_local();
-                        naive >= local && self.tz.from_local_datetime(&naive).earliest().is_some()
-                    });
-                    end.unwrap_or(after)
-                };
-            }
-        }
-        Utc.from_utc_datetime(&local)
-    }
-
     /// The first firing strictly after `after`.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        self.next_after_in(after, self.tz)
+    }
+
+    /// The first firing strictly after `after`, with the fields read on the wall clock of
+    /// `tz` instead of the schedule's own zone (a nurture step "10:00 in the lead's local
+    /// time" parses once and is evaluated in each lead's zone).
+    pub fn next_after_in(&self, after: Timestamp, tz: Tz) -> Option<Timestamp> {
         // Walk the schedule on the local wall clock, starting a little before `after`'s local
         // time (an overlap makes local time repeat), and return the first instant past it.
-        let local = after.with_timezone(&self.tz).naive_local() - TimeDelta::hours(3);
+        let local = after.with_timezone(&tz).naive_local() - TimeDelta::hours(3);
         let fake = Utc.from_utc_datetime(&local);
         for candidate in self.inner.after(&fake).take(10_000) {
-            let at = self.instant(candidate.naive_utc());
+            let at = local_instant(tz, candidate.naive_utc());
             if at > after {
                 return Some(at);
             }
         }
         None
+    }
+}
+
+/// The instant a local wall-clock time happens in `tz`: a time in a spring-forward gap moves
+/// to the first instant after the gap; a time in a fall-back overlap is its first occurrence.
+pub fn local_instant(tz: Tz, local: NaiveDateTime) -> Timestamp {
+    for minutes in 0..=180 {
+        if let Some(at) = tz.from_local_datetime(&(local + TimeDelta::minutes(minutes))).earliest() {
+            return if minutes == 0 {
+                at.with_timezone(&Utc)
+            } else {
+                // The first valid instant after the gap: the gap's end.
+                let after = at.with_timezone(&Utc);
+                let end = (1..=60 * minutes).rev().map(|s| after - TimeDelta::seconds(s)).find(|t| {
+                    let naive = t.with_timezone(&tz).naive_local();
+                    naive >= local && tz.from_local_datetime(&naive).earliest().is_some()
+                });
+                end.unwrap_or(after)
+            };
+        }
+    }
+    Utc.from_utc_datetime(&local)
+}
+
+/// A calendar interval such as `30d`, `2w`, `3mo` or `1y`, added on the local wall clock of a
+/// time zone: `1d` across a DST change keeps the time of day, and months keep the day of the
+/// month, clamped to the month's end (31 January + 1 month is 28 or 29 February).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval {
+    pub months: u32,
+    pub days: u32,
+    pub seconds: u32,
+}
+
+impl Interval {
+    /// Parses `N` + unit, units `s`, `min`, `h`, `d`, `w`, `mo`, `y`; parts may be combined
+    /// (`1mo15d`).
+    pub fn parse(text: &str) -> Result<Self, ScheduleError> {
+        let error = |reason: &str| ScheduleError { expression: text.to_owned(), reason: reason.to_owned() };
+        let mut interval = Interval { months: 0, days: 0, seconds: 0 };
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err(error("empty interval"));
+        }
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(error("expected a number, e.g. `30d` or `3mo`"));
+            }
+            let n: u32 = rest[..digits].parse().map_err(|_| error("number too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit = rest[..unit_len].trim();
+            rest = &rest[unit_len..];
+            let add = |a: u32, b: u32| a.checked_add(b).ok_or_else(|| error("interval too large"));
+            match unit {
+                "s" => interval.seconds = add(interval.seconds, n)?,
+                "m" => return Err(error("ambiguous unit `m`: write `min` for minutes or `mo` for months")),
+                "min" => interval.seconds = add(interval.seconds, n.saturating_mul(60))?,
+                "h" => interval.seconds = add(interval.seconds, n.saturating_mul(3600))?,
+                "d" => interval.days = add(interval.days, n)?,
+                "w" => interval.days = add(interval.days, n.saturating_mul(7))?,
+                "mo" => interval.months = add(interval.months, n)?,
+                "y" => interval.months = add(interval.months, n.saturating_mul(12))?,
+                "" => return Err(error("missing unit (s, min, h, d, w, mo, y)")),
+                _ => return Err(error("unknown unit (use s, min, h, d, w, mo, y)")),
+            }
+        }
+        Ok(interval)
+    }
+
+    /// `at` + this interval on `tz`'s wall clock: months first (clamped to the month's end),
+    /// then days, then seconds; the local result is mapped to an instant with the DST rules of
+    /// [`local_instant`].
+    pub fn add_to(&self, at: Timestamp, tz: Tz) -> Timestamp {
+        let local = at.with_timezone(&tz).naive_local();
+        let date = add_months(local.date(), self.months) + TimeDelta::days(i64::from(self.days));
+        let shifted = date.and_time(local.time()) + TimeDelta::seconds(i64::from(self.seconds));
+        let out = local_instant(tz, shifted);
+        // Never before `at` (an interval of zero, or an overlap folding the result back).
+        out.max(at)
+    }
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut wrote = false;
+        for (n, unit) in [(self.months, "mo"), (self.days, "d"), (self.seconds, "s")] {
+            if n > 0 {
+                write!(f, "{n}{unit}")?;
+                wrote = true;
+            }
+        }
+        if !wrote {
+            f.write_str("0s")?;
+        }
+        Ok(())
+    }
+}
+
+/// `date` plus `months`, the day clamped to the last day of the target month.
+pub fn add_months(date: chrono::NaiveDate, months: u32) -> chrono::NaiveDate {
+    use chrono::Datelike;
+    let total = date.year() * 12 + date.month0() as i32 + months as i32;
+    let (year, month0) = (total.div_euclid(12), total.rem_euclid(12) as u32);
+    let mut day = date.day();
+    loop {
+        if let Some(d) = chrono::NaiveDate::from_ymd_opt(year, month0 + 1, day) {
+            return d;
+        }
+        if day <= 28 {
+            return date;
+        }
+        day -= 1;
     }
 }
 
@@ -216,5 +316,40 @@ mod tests {
             ["2026-11-01 01:00:00 EDT", "2026-11-01 01:15:00 EDT", "2026-11-01 01:30:00 EDT"]
         );
         assert!(every.iter().all(|f| !f.contains("01:15:00 EST")), "{every:?}");
+    }
+
+    #[test]
+    fn intervals_parse_and_add_months_clamped_to_the_month_end() {
+        let mo = Interval::parse("1mo").expect("parses");
+        assert_eq!(mo, Interval { months: 1, days: 0, seconds: 0 });
+        assert_eq!(Interval::parse("1mo15d").expect("parses"), Interval { months: 1, days: 15, seconds: 0 });
+        assert_eq!(Interval::parse("2w").expect("parses").days, 14);
+        assert_eq!(Interval::parse("1y").expect("parses").months, 12);
+        assert!(Interval::parse("3").expect_err("no unit").reason.contains("missing unit"));
+        assert!(Interval::parse("3m").expect_err("ambiguous").reason.contains("ambiguous"));
+        assert!(Interval::parse("3q").expect_err("bad unit").reason.contains("unknown unit"));
+        assert!(Interval::parse("").is_err());
+        let utc = Tz::UTC;
+        assert_eq!(mo.add_to(at("2026-01-31T10:00:00Z"), utc), at("2026-02-28T10:00:00Z"));
+        assert_eq!(mo.add_to(at("2028-01-31T10:00:00Z"), utc), at("2028-02-29T10:00:00Z"));
+        assert_eq!(mo.add_to(at("2026-12-31T10:00:00Z"), utc), at("2027-01-31T10:00:00Z"));
+        let three = Interval::parse("3mo").expect("parses");
+        assert_eq!(three.add_to(at("2026-11-30T10:00:00Z"), utc), at("2027-02-28T10:00:00Z"));
+        assert_eq!(
+            Interval::parse("12mo").expect("parses").add_to(at("2028-02-29T10:00:00Z"), utc),
+            at("2029-02-28T10:00:00Z")
+        );
+    }
+
+    #[test]
+    fn intervals_keep_the_local_time_across_dst() {
+        let ny: Tz = "America/New_York".parse().expect("zone");
+        // 10:00 EST on 7 March + 1 day = 10:00 EDT on 8 March (23 hours later).
+        let day = Interval::parse("1d").expect("parses");
+        assert_eq!(day.add_to(at("2026-03-07T15:00:00Z"), ny), at("2026-03-08T14:00:00Z"));
+        // 02:30 on 7 March + 1 day falls in the gap: the gap's end, 03:00 EDT.
+        assert_eq!(day.add_to(at("2026-03-07T07:30:00Z"), ny), at("2026-03-08T07:00:00Z"));
+        // 01:30 on 31 October + 1 day is in the overlap: the first 01:30 (EDT).
+        assert_eq!(day.add_to(at("2026-10-31T05:30:00Z"), ny), at("2026-11-01T05:30:00Z"));
     }
 }
