@@ -74,6 +74,9 @@ pub struct OrgChart {
     /// Account owners by account id and by company domain (`domain:acme.example`), kept by
     /// the engine from the CRM's accounts.
     pub accounts: BTreeMap<String, PersonId>,
+    /// What people's calendars say (meetings, time away, busy time), kept by the engine from
+    /// the calendar poller; empty without a calendar.
+    pub calendar: std::sync::Arc<crate::calendar::CalendarSignals>,
 }
 
 impl OrgChart {
@@ -83,6 +86,7 @@ impl OrgChart {
             load: BTreeMap::new(),
             turns: BTreeMap::new(),
             accounts: BTreeMap::new(),
+            calendar: std::sync::Arc::default(),
         }
     }
 

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
 use crate::lead::LeadRecord;
-use crate::person::{OrgChart, PersonId};
+use crate::person::{OrgChart, PersonId, Role};
 use crate::sla::Match;
 
 /// `[routing]`.
@@ -68,12 +69,28 @@ impl RouteRule {
 }
 
 impl RoutingConfig {
-    /// Where `record` goes, given who can take more (`people.can_take`) and each rule's turn.
+    /// Where `record` goes, given who can take more (`people.can_take`) and each rule's turn,
+    /// without calendar signals.
     pub fn route(&self, record: &LeadRecord, people: &OrgChart) -> Option<Route> {
+        self.route_with(record, people, None)
+    }
+
+    /// As [`RoutingConfig::route`], at `now` with the calendar signals in `people.calendar`:
+    /// anyone away now is skipped, and after the account owner, a rep meeting someone at the
+    /// lead's company domain within the look-ahead window is preferred (the earliest meeting
+    /// wins).
+    pub fn route_at(&self, record: &LeadRecord, people: &OrgChart, now: Timestamp) -> Option<Route> {
+        self.route_with(record, people, Some(now))
+    }
+
+    fn route_with(&self, record: &LeadRecord, people: &OrgChart, now: Option<Timestamp>) -> Option<Route> {
+        let free = |id: &PersonId| {
+            people.can_take(id) && now.is_none_or(|n| people.calendar.away_until(id, n).is_none())
+        };
         if self.account_owner {
             let domain = record.lead.email_domain();
             if let Some(owner) = people.account_owner(record.lead.account_id.as_deref(), domain.as_deref())
-                && people.can_take(owner)
+                && free(owner)
             {
                 let by =
                     if record.lead.account_id.as_deref().is_some_and(|id| people.accounts.contains_key(id)) {
@@ -88,6 +105,22 @@ impl RoutingConfig {
                 });
             }
         }
+        if let (Some(now), Some(domain)) = (now, record.lead.email_domain()) {
+            let meeting = people
+                .people()
+                .filter(|p| p.role == Role::Rep && free(&p.id))
+                .filter_map(|p| people.calendar.meeting_with(&p.id, &domain, now).map(|at| (at, p)))
+                .min_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+            if let Some((at, rep)) = meeting {
+                let tz: chrono_tz::Tz =
+                    rep.time_zone.as_deref().and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::Tz::UTC);
+                return Some(Route {
+                    owner: rep.id.clone(),
+                    reason: format!("meets {domain} on {}", at.with_timezone(&tz).format("%Y-%m-%d")),
+                    turn: None,
+                });
+            }
+        }
         for rule in self.rules.iter().filter(|r| r.when.matches(record)) {
             let turns = rule.turns();
             if turns.is_empty() {
@@ -96,7 +129,7 @@ impl RoutingConfig {
             let start = people.turns.get(&rule.name).copied().unwrap_or(0);
             for step in 0..turns.len() as u64 {
                 let candidate = turns[((start + step) % turns.len() as u64) as usize];
-                if people.can_take(candidate) {
+                if free(candidate) {
                     return Some(Route {
                         owner: candidate.clone(),
                         reason: format!("rule {}: next in the pool", rule.name),
@@ -117,7 +150,7 @@ impl RoutingConfig {
 mod tests {
     use super::*;
     use crate::lead::Lead;
-    use crate::person::{Person, Role};
+    use crate::person::Person;
 
     fn person(id: &str, active: bool, capacity: Option<u32>) -> Person {
         Person {
@@ -206,5 +239,77 @@ mod tests {
         assert_eq!((counts["b"], counts["c"], counts["queue"]), (2, 1, 3));
         // No rule matches: the fallback.
         assert_eq!(config().route(&record("US"), &chart).map(|r| r.owner.0), Some("queue".into()));
+    }
+
+    fn signals(rep: &str, events: &[crate::connector::CalendarEvent]) -> crate::calendar::PersonSignals {
+        crate::calendar::PersonSignals::from_events(events, Some(&format!("{rep}@x.example")))
+    }
+
+    fn event(start: &str, end: &str, attendee: &str, all_day: bool) -> crate::connector::CalendarEvent {
+        crate::connector::CalendarEvent {
+            uid: start.into(),
+            start: start.parse().expect("instant"),
+            end: end.parse().expect("instant"),
+            all_day,
+            summary: String::new(),
+            attendees: vec![attendee.into()],
+            busy: true,
+            away: all_day,
+        }
+    }
+
+    #[test]
+    fn a_rep_meeting_the_leads_domain_is_preferred_and_reps_away_are_skipped() {
+        let now: crate::Timestamp = "2026-11-23T09:00:00Z".parse().expect("instant");
+        let mut b = person("b", true, None);
+        b.time_zone = Some("America/New_York".into());
+        let mut chart = OrgChart::new([person("a", true, None), b, person("c", true, None)]);
+        let mut lead = record("DE");
+        lead.lead.email = Some("ana@acme.example".into());
+        // Without signals: round-robin.
+        assert_eq!(config().route_at(&lead, &chart, now).map(|r| r.owner.0), Some("a".into()));
+        chart.calendar = std::sync::Arc::new(crate::calendar::CalendarSignals {
+            look_ahead: chrono::TimeDelta::weeks(2),
+            taken_at: Some(now),
+            people: BTreeMap::from([
+                // b meets Acme on Monday 30 Nov at 00:30 UTC: Sunday 29 Nov in New York.
+                (
+                    PersonId::new("b"),
+                    signals(
+                        "b",
+                        &[event("2026-11-30T00:30:00Z", "2026-11-30T01:00:00Z", "bo@acme.example", false)],
+                    ),
+                ),
+                // a is away all day today.
+                (
+                    PersonId::new("a"),
+                    signals(
+                        "a",
+                        &[event("2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z", "a@x.example", true)],
+                    ),
+                ),
+            ]),
+        });
+        let route = config().route_at(&lead, &chart, now).expect("route");
+        assert_eq!(
+            (route.owner.as_str(), route.reason.as_str(), route.turn),
+            ("b", "meets acme.example on 2026-11-29", None)
+        );
+        // Another company: the rules, skipping a (away) for b.
+        lead.lead.email = Some("eve@other.example".into());
+        let route = config().route_at(&lead, &chart, now).expect("route");
+        assert_eq!((route.owner.as_str(), route.turn), ("b", Some(("emea".into(), 2))));
+        // Past the look-ahead, or without `now`, the meeting does not count.
+        lead.lead.email = Some("ana@acme.example".into());
+        let later = "2026-12-01T00:00:00Z".parse().expect("instant");
+        assert_eq!(config().route_at(&lead, &chart, later).map(|r| r.owner.0), Some("a".into()));
+        assert_eq!(config().route(&lead, &chart).map(|r| r.owner.0), Some("a".into()));
+        // The account owner comes first, unless away.
+        chart.accounts.insert("domain:acme.example".into(), PersonId::new("a"));
+        assert_eq!(config().route_at(&lead, &chart, now).map(|r| r.owner.0), Some("b".into()));
+        assert_eq!(
+            config().route_at(&lead, &chart, later).map(|r| r.reason),
+            Some("owner of the lead's account (by company domain)".into())
+        );
     }
 }

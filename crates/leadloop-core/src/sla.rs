@@ -396,7 +396,7 @@ pub fn next_local(now: Timestamp, tz: Tz, time: NaiveTime, day: Option<Weekday>)
 
 /// The instant of local `time` on `day`; a time in a DST gap moves to the first instant after
 /// it, and a time in an overlap is its first occurrence.
-fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Timestamp {
+pub(crate) fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Timestamp {
     let local = day.and_time(time);
     for minutes in 0..=180 {
         if let Some(at) = tz.from_local_datetime(&(local + TimeDelta::minutes(minutes))).earliest() {
