@@ -78,6 +78,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     started_at: started,
                     policy: "default".into(),
                     next_step: 1,
+                    paused_seconds: 0,
+                    hold: None,
                 });
                 let id = record.lead.id.clone();
                 batch.put_lead(record).set_timer(Timer {

@@ -64,6 +64,8 @@ pub enum Effect {
     CrmUpdate { lead_id: LeadId, fields: serde_json::Map<String, serde_json::Value> },
     /// Create a follow-up task in the CRM.
     CrmTask { lead_id: LeadId, owner_id: PersonId, subject: String, due: Option<Timestamp> },
+    /// Book a hold in a person's calendar (a follow-up call at hand-off).
+    CalendarHold { person: PersonId, lead_id: LeadId, start: Timestamp, end: Timestamp, summary: String },
 }
 
 /// Which relay performs an effect; each has its own ready queue, so a CRM outage does not
@@ -73,15 +75,17 @@ pub enum Effect {
 pub enum Channel {
     Email,
     Crm,
+    Calendar,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::Email, Channel::Crm];
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Crm, Channel::Calendar];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",
             Channel::Crm => "crm",
+            Channel::Calendar => "calendar",
         }
     }
 }
@@ -100,6 +104,7 @@ impl Effect {
         match self {
             Effect::Email { .. } => Channel::Email,
             Effect::CrmUpdate { .. } | Effect::CrmTask { .. } => Channel::Crm,
+            Effect::CalendarHold { .. } => Channel::Calendar,
         }
     }
 
@@ -109,13 +114,16 @@ impl Effect {
             Effect::Email { .. } => "email",
             Effect::CrmUpdate { .. } => "crm.update",
             Effect::CrmTask { .. } => "crm.task",
+            Effect::CalendarHold { .. } => "calendar.hold",
         }
     }
 
     pub fn lead_id(&self) -> Option<&LeadId> {
         match self {
             Effect::Email { lead_id, .. } => lead_id.as_ref(),
-            Effect::CrmUpdate { lead_id, .. } | Effect::CrmTask { lead_id, .. } => Some(lead_id),
+            Effect::CrmUpdate { lead_id, .. }
+            | Effect::CrmTask { lead_id, .. }
+            | Effect::CalendarHold { lead_id, .. } => Some(lead_id),
         }
     }
 }

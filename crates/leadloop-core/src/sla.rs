@@ -42,6 +42,26 @@ pub struct Handoff {
     pub policy: String,
     /// Index of the next step to send.
     pub next_step: usize,
+    /// Seconds the ladder was paused while the rep was away; steps fall due this much later.
+    #[serde(default)]
+    pub paused_seconds: i64,
+    /// The follow-up hold planned in the rep's calendar at hand-off.
+    #[serde(default)]
+    pub hold: Option<(Timestamp, Timestamp)>,
+}
+
+/// What the ladder does while the rep's calendar says they are away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenAway {
+    /// Hold the escalation steps until the rep is back; later steps move by the same time.
+    /// The alert still goes out at hand-off.
+    #[default]
+    Pause,
+    /// Send the steps meant for the rep to the policy's `backup` instead.
+    Backup,
+    /// Carry on as if the rep were in.
+    Ignore,
 }
 
 /// Who receives a step.
@@ -239,6 +259,11 @@ pub struct SlaPolicy {
     pub stop_on_task: bool,
     /// Managers and/or executives get one digest a day instead of a copy per lead.
     pub digest: Option<Digest>,
+    /// While the rep's calendar says they are away (all-day busy, out of office).
+    #[serde(default)]
+    pub when_away: WhenAway,
+    /// Who gets the rep's steps under `when_away = "backup"`: `manager` or a person's id.
+    pub backup: Option<String>,
     #[serde(rename = "step")]
     pub steps: Vec<Step>,
 }
@@ -262,6 +287,8 @@ pub fn default_policy() -> SlaPolicy {
         business_hours: None,
         stop_on_task: false,
         digest: None,
+        when_away: WhenAway::Pause,
+        backup: None,
         steps: vec![
             step("alert", hours(0), "sla_alert", vec![Recipient::Rep], vec![]),
             step("reminder", hours(24), "sla_reminder", vec![Recipient::Rep], vec![]),
@@ -455,6 +482,8 @@ pub struct SlaRules {
     /// `config.policies()`, resolved once.
     policies: Vec<SlaPolicy>,
     links: Option<std::sync::Arc<dyn LinkMaker>>,
+    /// Book a follow-up hold this long in the rep's calendar at hand-off.
+    hold: Option<Duration>,
 }
 
 fn timer_key(lead: &str) -> TimerKey {
@@ -482,7 +511,22 @@ fn human_duration(d: TimeDelta) -> String {
 impl SlaRules {
     pub fn new(config: SlaConfig) -> Self {
         let policies = config.policies();
-        Self { config, policies, links: None }
+        Self { config, policies, links: None, hold: None }
+    }
+
+    /// At hand-off, plans a "Call <lead>" hold of `length` in the rep's next free slot in
+    /// business hours (the policy's, else 09:00–17:00 Monday to Friday) when the rep's
+    /// calendar is known; the alert mentions it.
+    pub fn with_hold(mut self, length: Duration) -> Self {
+        self.hold = Some(length);
+        self
+    }
+
+    /// Where the rep is away at `now` under a `backup` policy: who gets their steps.
+    fn backup<'a>(&self, policy: &SlaPolicy, owner: &PersonId, people: &'a OrgChart) -> Option<&'a Person> {
+        let to = policy.backup.as_deref()?;
+        let person = if to == "manager" { people.manager_of(owner) } else { people.get(&PersonId::new(to)) };
+        person.filter(|p| p.active && p.role != Role::Queue && &p.id != owner)
     }
 
     /// Puts one-click Accept / Recycle / Disqualify links in the ladder's emails.
@@ -633,8 +677,9 @@ impl SlaRules {
         people: &OrgChart,
     ) -> Option<Timestamp> {
         let step = policy.steps.get(index)?;
+        let started_at = handoff.started_at + TimeDelta::seconds(handoff.paused_seconds);
         Some(match &policy.business_hours {
-            None => handoff.started_at + TimeDelta::from_std(step.after).unwrap_or(TimeDelta::MAX),
+            None => started_at + TimeDelta::from_std(step.after).unwrap_or(TimeDelta::MAX),
             Some(hours) => {
                 let holidays = hours
                     .holidays
@@ -643,7 +688,7 @@ impl SlaRules {
                     .map(Vec::as_slice)
                     .unwrap_or(&[]);
                 add_business_time(
-                    handoff.started_at,
+                    started_at,
                     step.after,
                     Self::tz_of(people.get(&handoff.owner)),
                     hours,
@@ -710,6 +755,32 @@ impl SlaRules {
             due.push(index);
             index += 1;
         }
+        // The rep is away: escalations wait until they are back, and later steps move with them.
+        let away = people.calendar.away_until(&handoff.owner, now);
+        let mut resume_at = None;
+        if let (WhenAway::Pause, Some(back), Some(cut)) =
+            (policy.when_away, away, due.iter().position(|i| *i >= 1))
+        {
+            let first = due[cut];
+            if let Some(was_due) = self.due(policy, &handoff, first, people) {
+                handoff.paused_seconds += (back - was_due).num_seconds().max(0);
+            }
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor(),
+                EventKind::Activity {
+                    activity: "sla_paused".into(),
+                    detail: BTreeMap::from([
+                        ("step".to_owned(), json!(policy.steps[first].name)),
+                        ("until".to_owned(), json!(back)),
+                        ("reason".to_owned(), json!("the rep's calendar says they are away")),
+                    ]),
+                },
+            ));
+            due.truncate(cut);
+            index = first;
+            resume_at = Some(back);
+        }
         let send: Vec<usize> = match policy.catch_up {
             CatchUp::All => due.clone(),
             // Skip only steps due before the latest one: steps due at the same instant are
@@ -770,7 +841,7 @@ impl SlaRules {
         if let Some(next) = self.due(policy, &handoff, index, people) {
             decision.set_timers.push(Timer {
                 key: timer_key(record.lead.id.as_str()),
-                due: next,
+                due: resume_at.map_or(next, |back| next.max(back)),
                 lead_id: Some(record.lead.id.clone()),
                 kind: TimerKind::SlaStep { handoff: handoff.number, step: index as u32 },
             });
@@ -791,6 +862,10 @@ impl SlaRules {
     ) -> Option<PersonId> {
         let step = &policy.steps[index];
         let owner = people.get(&handoff.owner);
+        let away = people.calendar.away_until(&handoff.owner, now);
+        let backup = away
+            .filter(|_| policy.when_away == WhenAway::Backup)
+            .and_then(|_| self.backup(policy, &handoff.owner, people));
         // An inactive manager or executive is treated as missing: the fallback gets the copy.
         let manager = people.manager_of(&handoff.owner).filter(|p| p.active);
         let executive = self.executive(&handoff.owner, people);
@@ -802,7 +877,7 @@ impl SlaRules {
             let mut out = Vec::new();
             for recipient in recipients {
                 let address = match recipient {
-                    Recipient::Rep => owner.map(|p| p.email.clone()),
+                    Recipient::Rep => backup.or(owner).map(|p| p.email.clone()),
                     Recipient::Manager
                         if manager.is_some() && digest_roles.contains(&DigestRole::Manager) =>
                     {
@@ -863,6 +938,31 @@ impl SlaRules {
         });
         if let Some(map) = vars.as_object_mut() {
             map.insert("step".into(), Value::String(step.name.clone()));
+            map.insert(
+                "hold".into(),
+                handoff.hold.map_or(Value::Null, |(s, e)| json!({ "start": local(s), "end": local(e) })),
+            );
+            map.insert(
+                "away".into(),
+                away.map_or(
+                    Value::Null,
+                    |back| json!({ "until": local(back), "backup": backup.map(vars::person) }),
+                ),
+            );
+        }
+        if let Some(backup) = backup {
+            decision.events.push(HistoryEvent::new(
+                now,
+                actor(),
+                EventKind::Activity {
+                    activity: "sla_backup".into(),
+                    detail: BTreeMap::from([
+                        ("step".to_owned(), json!(step.name)),
+                        ("to".to_owned(), json!(backup.id)),
+                        ("reason".to_owned(), json!("the rep's calendar says they are away")),
+                    ]),
+                },
+            ));
         }
         missing.sort_unstable();
         missing.dedup();
@@ -1005,7 +1105,46 @@ impl SlaRules {
             started_at: now,
             policy: policy.name.clone(),
             next_step: 0,
+            paused_seconds: 0,
+            hold: None,
         };
+        let mut handoff = handoff;
+        if let Some(length) = self.hold {
+            let hours = policy.business_hours.clone().unwrap_or(BusinessHours {
+                start: nine(),
+                end: five(),
+                days: weekdays(),
+                holidays: None,
+            });
+            let holidays = hours
+                .holidays
+                .as_ref()
+                .and_then(|name| self.config.holidays.get(name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let length = TimeDelta::from_std(length).unwrap_or(TimeDelta::minutes(30));
+            let tz = Self::tz_of(people.get(&owner));
+            if let Some((start, end)) =
+                people.calendar.next_free_slot(&owner, now, length, tz, &hours, holidays)
+            {
+                handoff.hold = Some((start, end));
+                let company = record.lead.company.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+                decision.effects.push((
+                    IdempotencyKey::from_parts([
+                        "hold",
+                        record.lead.id.as_str(),
+                        &handoff.number.to_string(),
+                    ]),
+                    Effect::CalendarHold {
+                        person: owner.clone(),
+                        lead_id: record.lead.id.clone(),
+                        start,
+                        end,
+                        summary: format!("Call {}{company}", record.lead.display_name()),
+                    },
+                ));
+            }
+        }
         decision.events.push(HistoryEvent::new(
             now,
             actor(),

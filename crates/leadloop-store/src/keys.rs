@@ -11,6 +11,7 @@
 //! O <idempotency key>           → OutboxEntry
 //! R <next attempt u64><seq><key> → ()                ready index of pending email effects
 //! W <next attempt u64><seq><key> → ()                ready index of pending CRM write-backs
+//! K <next attempt u64><seq><key> → ()                ready index of pending calendar holds
 //! M outbox_seq                  → u64 BE             last queue-order number given out
 //! C <cursor name>               → cursor value
 //! S <lowercased address>        → Suppression        opted out or hard-bounced
@@ -31,6 +32,7 @@ pub const TIMER_BY_KEY: u8 = b't';
 pub const OUTBOX: u8 = b'O';
 pub const READY_EMAIL: u8 = b'R';
 pub const READY_CRM: u8 = b'W';
+pub const READY_CALENDAR: u8 = b'K';
 pub const SUPPRESSION: u8 = b'S';
 pub const ITEM: u8 = b'B';
 
@@ -64,6 +66,7 @@ pub fn ready(channel: leadloop_core::Channel) -> u8 {
     match channel {
         leadloop_core::Channel::Email => READY_EMAIL,
         leadloop_core::Channel::Crm => READY_CRM,
+        leadloop_core::Channel::Calendar => READY_CALENDAR,
     }
 }
 

@@ -171,6 +171,10 @@ impl Printer<'_> {
                     "at": at, "effect": "crm.task", "key": key, "lead_id": lead_id, "owner_id": owner_id,
                     "subject": subject, "due": due,
                 }),
+                Effect::CalendarHold { person, lead_id, start, end, summary } => json!({
+                    "at": at, "effect": "calendar.hold", "key": key, "lead_id": lead_id, "person": person,
+                    "start": start, "end": end, "summary": summary,
+                }),
             };
             writeln!(self.out, "{line}").map_err(|e| e.to_string())?;
         }
