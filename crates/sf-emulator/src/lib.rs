@@ -1,0 +1,456 @@
+//! A Salesforce REST API emulator for leadloop's tests, benchmarks and `leadloop demo`.
+//!
+//! One base URL serves both the login endpoint (`/services/oauth2/token`: JWT bearer, client
+//! credentials, refresh token) and the instance (`/services/data/vXX.X/...`: SOQL queries with
+//! query locators, getDeleted, sObject Collections, single records, Composite, limits), with the
+//! daily API limit and `Sforce-Limit-Info`, Salesforce-shaped error bodies, a clock that tests
+//! can move, and injectable faults. `docs/salesforce-emulator.md` says what it does and does not
+//! emulate.
+
+mod api;
+mod http;
+mod oauth;
+pub mod seed;
+mod soql;
+mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use seed::{SeedIds, SeedSpec};
+
+/// What the emulator accepts and advertises.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The version the emulator advertises (any `vNN.N` is accepted on requests).
+    pub api_version: String,
+    /// The default query batch size (`Sforce-Query-Options: batchSize` may ask for 200..=2000).
+    pub batch_size: usize,
+    /// The daily API request allowance (`Sforce-Limit-Info: api-usage=USED/MAX`).
+    pub daily_api_limit: u64,
+    /// The connected app's consumer key: the JWT `iss` and the `client_id` of the other grants.
+    pub consumer_key: String,
+    pub client_secret: String,
+    /// The certificate's public key (PEM) that JWT assertions must be signed for.
+    pub jwt_public_key_pem: Option<String>,
+    /// Usernames accepted as JWT `sub`.
+    pub usernames: Vec<String>,
+    /// Refresh tokens accepted by the `refresh_token` grant.
+    pub refresh_tokens: Vec<String>,
+    /// Sessions expire after this much emulator time (never, when `None`).
+    pub session_ttl: Option<Duration>,
+    /// The values of the restricted `Lead.Status` picklist.
+    pub lead_statuses: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api_version: "v62.0".to_owned(),
+            batch_size: 2000,
+            daily_api_limit: 100_000,
+            consumer_key: "leadloop-consumer-key".to_owned(),
+            client_secret: "leadloop-client-secret".to_owned(),
+            jwt_public_key_pem: None,
+            usernames: vec!["integration@example.com".to_owned()],
+            refresh_tokens: Vec::new(),
+            session_ttl: None,
+            lead_statuses: [
+                "Open - Not Contacted",
+                "Working - Contacted",
+                "Closed - Converted",
+                "Closed - Not Converted",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        }
+    }
+}
+
+/// A fault to inject; queued, and consumed as it fires.
+///
+/// Over the control endpoint (`POST /__emulator/fault`) a fault is JSON tagged by `kind`:
+/// `{"kind":"status","status":503,"retry_after":2,"times":1,"path_contains":"/query"}`,
+/// `{"kind":"limit_exceeded","times":1}`, `{"kind":"fail_page","nth":2}`,
+/// `{"kind":"slow","delay_ms":500,"times":1}`,
+/// `{"kind":"record_error","id":"00Q…","status_code":"UNABLE_TO_LOCK_ROW","message":"…","times":1}`,
+/// `{"kind":"malformed","times":1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "FaultWire")]
+pub enum Fault {
+    /// Answer `status` (429, 500, 503, …) with an error body and, if set, `Retry-After: secs`,
+    /// to the next `times` data requests whose path contains `path_contains` (None: any).
+    Status { status: u16, retry_after: Option<u64>, times: u32, path_contains: Option<String> },
+    /// 403 REQUEST_LIMIT_EXCEEDED for the next `times` data requests.
+    LimitExceeded { times: u32 },
+    /// 500 on the `nth` (1-based) fetch of a follow-up page (`/query/<locator>-<offset>`) from now.
+    FailPage { nth: u32 },
+    /// Delay the next `times` data requests by `delay`.
+    Slow { delay: Duration, times: u32 },
+    /// The next write (collections or a single-record PATCH) touching record `id` fails with
+    /// `status_code`/`message` for that record.
+    RecordError { id: String, status_code: String, message: String, times: u32 },
+    /// The next `times` data responses have a truncated JSON body.
+    Malformed { times: u32 },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum FaultWire {
+    Status {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<u64>,
+        #[serde(default = "one")]
+        times: u32,
+        #[serde(default)]
+        path_contains: Option<String>,
+    },
+    LimitExceeded {
+        #[serde(default = "one")]
+        times: u32,
+    },
+    FailPage {
+        nth: u32,
+    },
+    Slow {
+        delay_ms: u64,
+        #[serde(default = "one")]
+        times: u32,
+    },
+    RecordError {
+        id: String,
+        status_code: String,
+        message: String,
+        #[serde(default = "one")]
+        times: u32,
+    },
+    Malformed {
+        #[serde(default = "one")]
+        times: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl TryFrom<FaultWire> for Fault {
+    type Error = String;
+
+    fn try_from(w: FaultWire) -> Result<Self, String> {
+        Ok(match w {
+            FaultWire::Status { status, retry_after, times, path_contains } => {
+                if !(400..=599).contains(&status) {
+                    return Err(format!("status {status} is not an error status (400..=599)"));
+                }
+                Fault::Status { status, retry_after, times, path_contains }
+            }
+            FaultWire::LimitExceeded { times } => Fault::LimitExceeded { times },
+            FaultWire::FailPage { nth } => Fault::FailPage { nth: nth.max(1) },
+            FaultWire::Slow { delay_ms, times } => {
+                Fault::Slow { delay: Duration::from_millis(delay_ms), times }
+            }
+            FaultWire::RecordError { id, status_code, message, times } => {
+                Fault::RecordError { id, status_code, message, times }
+            }
+            FaultWire::Malformed { times } => Fault::Malformed { times },
+        })
+    }
+}
+
+/// One request the emulator answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestLog {
+    pub method: String,
+    /// The path with its query string.
+    pub path: String,
+    pub status: u16,
+}
+
+/// A session issued by the token endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub issued_ms: i64,
+}
+
+/// A query's result set, fixed when the query ran.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    pub object: usize,
+    pub fields: Arc<Vec<u16>>,
+    pub slots: Arc<Vec<store::Slot>>,
+    pub batch: usize,
+    pub last_used_ms: i64,
+}
+
+/// How many request log entries are kept (oldest dropped first).
+const REQUEST_LOG_CAP: usize = 100_000;
+
+/// State shared by the handle and the HTTP handlers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Config,
+    pub url: String,
+    pub db: RwLock<store::Db>,
+    pub offset_ms: AtomicI64,
+    pub sessions: Mutex<HashMap<String, Session>>,
+    pub cursors: Mutex<HashMap<String, Cursor>>,
+    pub api_used: AtomicU64,
+    pub api_calls: AtomicU64,
+    pub logins: AtomicU64,
+    pub requests: Mutex<VecDeque<RequestLog>>,
+    pub faults: Mutex<Vec<Fault>>,
+    pub seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis() + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn db(&self) -> RwLockReadGuard<'_, store::Db> {
+        self.db.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn db_mut(&self) -> RwLockWriteGuard<'_, store::Db> {
+        self.db.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        lock(&self.sessions)
+    }
+
+    pub fn cursors(&self) -> MutexGuard<'_, HashMap<String, Cursor>> {
+        lock(&self.cursors)
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Vec<Fault>> {
+        lock(&self.faults)
+    }
+
+    pub fn log(&self, entry: RequestLog) {
+        let mut log = lock(&self.requests);
+        if log.len() >= REQUEST_LOG_CAP {
+            log.pop_front();
+        }
+        log.push_back(entry);
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes one firing of a `RecordError` fault for `id`, if one is queued.
+    pub fn take_record_error(&self, id: &str) -> Option<(String, String)> {
+        let mut faults = self.faults();
+        let pos = faults.iter().position(|f| matches!(f, Fault::RecordError { id: fid, .. } if fid == id))?;
+        let mut out = None;
+        if let Some(Fault::RecordError { status_code, message, times, .. }) = faults.get_mut(pos) {
+            out = Some((status_code.clone(), message.clone()));
+            *times = times.saturating_sub(1);
+            if *times == 0 {
+                faults.remove(pos);
+            }
+        }
+        out
+    }
+
+    pub fn insert(&self, object: &str, fields: Map<String, Value>) -> Option<String> {
+        let now = self.now_ms();
+        self.db_mut().insert(object, fields, now).map(|id| id.to_string())
+    }
+}
+
+/// A running emulator: a cheap handle (an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct Emulator {
+    shared: Arc<Shared>,
+    server: Arc<Mutex<Option<ServerTask>>>,
+}
+
+/// The running server: its shutdown trigger and its task.
+type ServerTask = (oneshot::Sender<()>, JoinHandle<()>);
+
+impl Emulator {
+    /// Starts the emulator on `127.0.0.1` on a free port.
+    pub async fn start(config: Config) -> std::io::Result<Emulator> {
+        Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the emulator on `addr`.
+    pub async fn start_on(config: Config, addr: SocketAddr) -> std::io::Result<Emulator> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let url = format!("http://{local}");
+        let shared = Arc::new(Shared {
+            config,
+            url,
+            db: RwLock::new(store::Db::new()),
+            offset_ms: AtomicI64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
+            api_used: AtomicU64::new(0),
+            api_calls: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
+            requests: Mutex::new(VecDeque::new()),
+            faults: Mutex::new(Vec::new()),
+            seq: AtomicU64::new(1),
+        });
+        let (tx, rx) = oneshot::channel();
+        let router = http::router(shared.clone());
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "salesforce emulator server stopped");
+            }
+        });
+        tracing::info!(url = %shared.url, "salesforce emulator listening");
+        Ok(Emulator { shared, server: Arc::new(Mutex::new(Some((tx, task)))) })
+    }
+
+    /// The base URL, for login and instance alike: `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.shared.url.clone()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Inserts a record without validation; returns its Id (generated unless `"Id"` is given).
+    /// Fields ending in `__c` (or any unknown name) become fields of the object.
+    ///
+    /// # Panics
+    /// Never; an unknown object or a duplicate Id is logged and yields an empty Id.
+    pub fn insert(&self, object: &str, fields: Map<String, Value>) -> String {
+        match self.shared.insert(object, fields) {
+            Some(id) => id,
+            None => {
+                tracing::warn!(object, "emulator insert refused: unknown object or duplicate id");
+                String::new()
+            }
+        }
+    }
+
+    /// Inserts many records under one lock; returns their Ids in order.
+    pub fn insert_many(&self, object: &str, records: Vec<Map<String, Value>>) -> Vec<String> {
+        let now = self.shared.now_ms();
+        let mut db = self.shared.db_mut();
+        records
+            .into_iter()
+            .map(|fields| db.insert(object, fields, now).map(|id| id.to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    /// Updates a live record, bumping `LastModifiedDate` and `SystemModstamp`.
+    pub fn update(&self, object: &str, id: &str, fields: Map<String, Value>) -> bool {
+        let now = self.shared.now_ms();
+        self.shared.db_mut().update(object, id, &fields, now)
+    }
+
+    /// Deletes a record into the delete log (`deletedDate` = now).
+    pub fn delete(&self, object: &str, id: &str) -> bool {
+        let now = self.shared.now_ms();
+        self.shared.db_mut().delete(object, id, now)
+    }
+
+    /// Declares a custom field on an object (so queries and API writes may name it).
+    pub fn declare_field(&self, object: &str, field: &str) -> bool {
+        self.shared.db_mut().object_mut(object).map(|o| o.declare(field)).is_some()
+    }
+
+    /// A live record with its system fields and every set field.
+    pub fn get(&self, object: &str, id: &str) -> Option<Map<String, Value>> {
+        let db = self.shared.db();
+        let obj = db.object(object)?;
+        obj.live(id).map(|rec| obj.to_map(rec))
+    }
+
+    /// Every live record of an object, in `(SystemModstamp, Id)` order.
+    pub fn all(&self, object: &str) -> Vec<Map<String, Value>> {
+        let db = self.shared.db();
+        let Some(obj) = db.object(object) else { return Vec::new() };
+        obj.index.values().filter_map(|&slot| obj.record(slot)).map(|rec| obj.to_map(rec)).collect()
+    }
+
+    /// How many live records an object has.
+    pub fn count(&self, object: &str) -> usize {
+        self.shared.db().object(object).map_or(0, |o| o.index.len())
+    }
+
+    /// Data calls counted against the daily limit.
+    pub fn api_calls(&self) -> u64 {
+        self.shared.api_calls.load(Ordering::Relaxed)
+    }
+
+    /// Token requests.
+    pub fn logins(&self) -> u64 {
+        self.shared.logins.load(Ordering::Relaxed)
+    }
+
+    /// Every request answered, oldest first (the last 100,000).
+    pub fn requests(&self) -> Vec<RequestLog> {
+        lock(&self.shared.requests).iter().cloned().collect()
+    }
+
+    /// Sets the used part of the daily allowance (what `Sforce-Limit-Info` reports).
+    pub fn set_api_usage(&self, used: u64) {
+        self.shared.api_used.store(used, Ordering::Relaxed);
+    }
+
+    /// Queues a fault.
+    pub fn fault(&self, fault: Fault) {
+        tracing::debug!(?fault, "emulator fault queued");
+        self.shared.faults().push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.faults().clear();
+    }
+
+    /// Every issued access token now answers 401 INVALID_SESSION_ID.
+    pub fn expire_sessions(&self) {
+        self.shared.sessions().clear();
+    }
+
+    /// Moves the emulator's clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
+        self.shared.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// The emulator's clock: real time plus what [`Emulator::advance`] added.
+    pub fn now(&self) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp_millis(self.shared.now_ms()).unwrap_or_else(Utc::now)
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(self) {
+        let server = lock(&self.server).take();
+        if let Some((tx, task)) = server {
+            let _ = tx.send(());
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "salesforce emulator task ended abnormally");
+            }
+        }
+    }
+}
