@@ -21,6 +21,35 @@ pub fn observe(decision: &Decision) {
                 }
                 metrics::counter!("leadloop_sla_handoffs_ended_total", "outcome" => outcome).increment(1);
             }
+            EventKind::Activity { activity, detail } if activity.starts_with("nurture_") => {
+                let track = detail.get("track").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+                match activity.as_str() {
+                    "nurture_enrolled" => {
+                        metrics::counter!("leadloop_nurture_enrolled_total", "track" => track).increment(1)
+                    }
+                    "nurture_exited" => {
+                        let reason = detail.get("reason").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+                        metrics::counter!("leadloop_nurture_exited_total", "track" => track, "reason" => reason)
+                            .increment(1)
+                    }
+                    "nurture_skipped" => {
+                        let steps = detail.get("steps").and_then(|v| v.as_array()).map_or(0, Vec::len);
+                        tracing::info!(
+                            track,
+                            steps,
+                            catch_up = detail.get("catch_up").and_then(|v| v.as_str()).unwrap_or(""),
+                            late_seconds = detail.get("late_seconds").and_then(|v| v.as_i64()).unwrap_or(0),
+                            "nurture steps skipped after a late tick"
+                        );
+                        metrics::counter!("leadloop_nurture_skipped_total", "track" => track)
+                            .increment(steps as u64)
+                    }
+                    "nurture_capped" => {
+                        metrics::counter!("leadloop_nurture_capped_total", "track" => track).increment(1)
+                    }
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }
@@ -32,6 +61,10 @@ fn outcome_detail_is_status(event: &leadloop_core::HistoryEvent) -> bool {
 
 /// Counts SLA steps among the effects a commit actually queued (duplicates excluded).
 pub fn observe_queued(keys: &[leadloop_core::IdempotencyKey]) {
+    let nurture = keys.iter().filter(|k| k.as_str().starts_with("nurture/")).count();
+    if nurture > 0 {
+        metrics::counter!("leadloop_nurture_sends_total").increment(nurture as u64);
+    }
     for key in keys {
         if let Some(step) = key.as_str().strip_prefix("sla/").and_then(|rest| rest.rsplit('/').next())
             && !key.as_str().contains("/action/")

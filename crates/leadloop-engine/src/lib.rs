@@ -7,7 +7,7 @@
 //! tests in virtual time: call [`Engine::tick`] after moving the clock.
 
 mod apply;
-pub mod calendar;
+mod nurture;
 pub mod relay;
 
 use std::sync::Arc;
@@ -65,8 +65,6 @@ pub struct Engine {
     /// Told of every history event once it is durable (`simulate` prints stage and assign
     /// effects from it).
     observer: Option<Observer>,
-    /// The latest calendar signals (from the calendar poller), given to every decision.
-    calendar: Arc<std::sync::RwLock<Arc<leadloop_core::calendar::CalendarSignals>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -87,7 +85,6 @@ impl Engine {
             people: Arc::default(),
             writer: Arc::default(),
             observer: None,
-            calendar: Arc::default(),
         }
     }
 
@@ -148,19 +145,7 @@ impl Engine {
     }
 
     fn chart(&self) -> OrgChart {
-        let mut chart = self.people.read().unwrap_or_else(|p| p.into_inner()).clone();
-        chart.calendar = Arc::clone(&self.calendar.read().unwrap_or_else(|p| p.into_inner()));
-        chart
-    }
-
-    /// The org chart as decisions see it (with the calendar signals).
-    pub fn org_chart(&self) -> OrgChart {
-        self.chart()
-    }
-
-    /// Replaces the calendar signals decisions see (the calendar poller calls this).
-    pub fn set_calendar(&self, signals: leadloop_core::calendar::CalendarSignals) {
-        *self.calendar.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signals);
+        self.people.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Commits `batch` and wakes the relay if it queued anything.
@@ -390,6 +375,7 @@ impl Engine {
         let mut report = TickReport { more: due.len() == TICK_LIMIT, ..TickReport::default() };
         let people = self.chart();
         let mut batch = Batch::new();
+        let mut fresh: std::collections::HashMap<LeadId, LeadRecord> = std::collections::HashMap::new();
         for timer in &due {
             if let leadloop_core::TimerKind::Report { bucket } = &timer.kind {
                 // What the bucket collected, each item with its lead as it is now.
@@ -407,11 +393,19 @@ impl Engine {
                 report.fired += 1;
                 continue;
             }
+            // A lead that an earlier timer of this tick changed is seen as that decision left
+            // it (a lead may have an SLA and a nurture timer due at once).
             let lead = match &timer.lead_id {
-                Some(id) => self.store.lead(id).await?,
+                Some(id) => match fresh.get(id) {
+                    Some(record) => Some(record.clone()),
+                    None => self.store.lead(id).await?,
+                },
                 None => None,
             };
             let decision = self.policy.on_timer(timer, lead.as_ref(), &people, now);
+            if let (Some(id), Some(record)) = (&timer.lead_id, &decision.lead) {
+                fresh.insert(id.clone(), record.clone());
+            }
             observe(&decision);
             batch.cancel_timer(timer.key.clone());
             batch.ops.extend(decision_batch(decision, timer.lead_id.as_ref(), now).ops);
