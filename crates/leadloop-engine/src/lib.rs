@@ -8,6 +8,7 @@
 
 mod apply;
 mod nurture;
+pub mod calendar;
 pub mod relay;
 
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct Engine {
     /// Told of every history event once it is durable (`simulate` prints stage and assign
     /// effects from it).
     observer: Option<Observer>,
+    /// The latest calendar signals (from the calendar poller), given to every decision.
+    calendar: Arc<std::sync::RwLock<Arc<leadloop_core::calendar::CalendarSignals>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -85,6 +88,7 @@ impl Engine {
             people: Arc::default(),
             writer: Arc::default(),
             observer: None,
+            calendar: Arc::default(),
         }
     }
 
@@ -145,7 +149,19 @@ impl Engine {
     }
 
     fn chart(&self) -> OrgChart {
-        self.people.read().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut chart = self.people.read().unwrap_or_else(|p| p.into_inner()).clone();
+        chart.calendar = Arc::clone(&self.calendar.read().unwrap_or_else(|p| p.into_inner()));
+        chart
+    }
+
+    /// The org chart as decisions see it (with the calendar signals).
+    pub fn org_chart(&self) -> OrgChart {
+        self.chart()
+    }
+
+    /// Replaces the calendar signals decisions see (the calendar poller calls this).
+    pub fn set_calendar(&self, signals: leadloop_core::calendar::CalendarSignals) {
+        *self.calendar.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signals);
     }
 
     /// Commits `batch` and wakes the relay if it queued anything.
