@@ -7,8 +7,9 @@
 //! tests in virtual time: call [`Engine::tick`] after moving the clock.
 
 mod apply;
-mod nurture;
 pub mod calendar;
+pub mod crm;
+mod nurture;
 pub mod relay;
 
 use std::sync::Arc;
@@ -185,22 +186,9 @@ impl Engine {
             })
             .collect();
         let committed = self.store.commit(batch).await?;
-        // Routing's view: open hand-offs per person and each rule's next turn.
         {
             let mut chart = self.people.write().unwrap_or_else(|p| p.into_inner());
-            for (_, event) in &events {
-                match &event.kind {
-                    EventKind::HandoffStarted { owner, .. } => {
-                        *chart.load.entry(owner.clone()).or_default() += 1
-                    }
-                    EventKind::HandoffEnded { owner: Some(owner), .. } => {
-                        let load = chart.load.entry(owner.clone()).or_default();
-                        *load = load.saturating_sub(1);
-                    }
-                    _ => {}
-                }
-            }
-            chart.turns.extend(turns);
+            advance_chart(&mut chart, events.iter().map(|(_, e)| e), turns);
         }
         if let Some(observer) = &self.observer {
             for (lead, event) in &events {
@@ -255,12 +243,26 @@ impl Engine {
         let _writer = self.writer.lock().await;
         let now = self.clock.now();
         let before = self.store.lead(&lead.id).await?;
+        let Some(batch) = self.lead_batch(before, lead, &self.chart(), now).await? else {
+            return Ok(Vec::new());
+        };
+        self.commit(batch).await
+    }
+
+    /// What storing `lead` over `before` does, as one batch; `None` when nothing changed.
+    pub(crate) async fn lead_batch(
+        &self,
+        before: Option<LeadRecord>,
+        lead: Lead,
+        chart: &OrgChart,
+        now: leadloop_core::Timestamp,
+    ) -> Result<Option<Batch>, EngineError> {
         let mut events = Vec::new();
         let after = match &before {
             Some(old) => {
                 let fields = old.lead.changed_fields(&lead);
                 if fields.is_empty() {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 }
                 if old.lead.status != lead.status {
                     events.push(EventKind::StatusChanged {
@@ -298,13 +300,13 @@ impl Engine {
             }
         };
         let id = after.lead.id.clone();
-        let mut decision = self.policy.on_lead(before.as_ref(), after, &self.chart(), now);
+        let mut decision = self.policy.on_lead(before.as_ref(), after, chart, now);
         let mut history: Vec<HistoryEvent> =
             events.into_iter().map(|e| HistoryEvent::new(now, Actor::System, e)).collect();
         history.append(&mut decision.events);
         decision.events = history;
         observe(&decision);
-        self.commit(decision_batch(decision, Some(&id), now)).await
+        Ok(Some(decision_batch(decision, Some(&id), now)))
     }
 
     /// An activity on a lead; unknown leads are ignored (and logged).
@@ -482,6 +484,25 @@ impl Engine {
 }
 
 /// Indexes an account's owner by its id and by its domain (`domain:acme.example`).
+/// Routing's view after a commit: open hand-offs per person and each rule's next turn.
+pub(crate) fn advance_chart<'a>(
+    chart: &mut OrgChart,
+    events: impl IntoIterator<Item = &'a HistoryEvent>,
+    turns: impl IntoIterator<Item = (String, u64)>,
+) {
+    for event in events {
+        match &event.kind {
+            EventKind::HandoffStarted { owner, .. } => *chart.load.entry(owner.clone()).or_default() += 1,
+            EventKind::HandoffEnded { owner: Some(owner), .. } => {
+                let load = chart.load.entry(owner.clone()).or_default();
+                *load = load.saturating_sub(1);
+            }
+            _ => {}
+        }
+    }
+    chart.turns.extend(turns);
+}
+
 fn remember_account(chart: &mut OrgChart, account: &leadloop_core::connector::Account) {
     match &account.owner_id {
         Some(owner) => {

@@ -64,6 +64,19 @@ pub enum Command {
         #[command(subcommand)]
         command: EmailCommand,
     },
+    /// One sync pass against the configured CRM (and one round of write-back), with counts.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The state directory; overrides the config's.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Run one pass and exit (required: the daemon syncs continuously).
+        #[arg(long)]
+        once: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -247,6 +260,9 @@ pub fn main() -> ExitCode {
         ),
         Command::Report { command: ReportCommand::Funnel { config, state_dir, since, format } } => {
             crate::report::main(&config.config, state_dir, since, format == Format::Json)
+        }
+        Command::Sync { config, state_dir, once, format } => {
+            crate::sync_cmd::main(&config.config, state_dir, once, format)
         }
         Command::Simulate { config, events, until } => crate::simulate::main(&config.config, &events, until),
         Command::Email { command: EmailCommand::Test { config, to } } => {

@@ -161,6 +161,30 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             None
         }
     };
+    // The CRM: a sync pass every poll interval, and the write-back relay. A CRM outage
+    // only delays them; nothing else waits on the CRM.
+    let mut crm_tasks = Vec::new();
+    if let Some(crm_config) = &config.crm {
+        let cx = leadloop_plugin::BuildContext { clock: Arc::clone(&clock), shutdown: engine_stop.clone() };
+        let crm = match crm_config.build(&cx) {
+            Ok(crm) => crm,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the crm connector");
+                return exit::CONFIG;
+            }
+        };
+        tracing::info!(
+            crm = crm.name(),
+            poll_interval_s = crm_config.poll_interval.as_secs(),
+            "crm connector started"
+        );
+        let sync = leadloop_engine::crm::CrmSync::new(engine.clone(), Arc::clone(&crm), &crm_config.objects);
+        let relay = leadloop_engine::crm::CrmRelay::new(&engine, crm, crm_config.relay(&config.outbox));
+        let (stop, interval) = (engine_stop.clone(), crm_config.poll_interval);
+        crm_tasks.push(tokio::spawn(async move { sync.run(stop, interval).await }));
+        let (stop, max_idle) = (engine_stop.clone(), config.daemon.max_idle);
+        crm_tasks.push(tokio::spawn(async move { relay.run(stop, max_idle).await }));
+    }
     let mut engine_task = tokio::spawn({
         let engine = engine.clone();
         let stop = engine_stop.clone();
@@ -265,6 +289,12 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             tracing::warn!("email relay did not stop within the drain deadline");
         }
     }
+    for task in crm_tasks {
+        // A page in flight is either committed with its cursor or read again after restart.
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!("crm sync did not stop within the drain deadline");
+        }
+    }
     shutdown.cancel();
     if let Some(public) = public_task
         && tokio::time::timeout(Duration::from_secs(2), public).await.is_err()
@@ -282,7 +312,10 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     if engine_ended { engine_exit } else { exit::OK }
 }
 
-async fn write_people(store: &dyn Store, config: &Config) -> Result<(), leadloop_store::StoreError> {
+pub(crate) async fn write_people(
+    store: &dyn Store,
+    config: &Config,
+) -> Result<(), leadloop_store::StoreError> {
     let mut batch = Batch::new();
     for person in config.people() {
         batch.put_person(person);

@@ -12,4 +12,5 @@ pub mod links;
 pub mod report;
 pub mod simulate;
 pub mod sla_cmd;
+pub mod sync_cmd;
 pub mod telemetry;

@@ -268,6 +268,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     };
     check_people(&config, &mut report);
     check_email(&config, &mut report, &mut findings_extra);
+    check_crm(&config, &mut report);
     check_outbox(&config, &mut report);
     check_sla(&config, &mut report);
     check_links(&config, &mut report);
@@ -390,6 +391,47 @@ fn check_email(
                     severity: Severity::Error,
                 });
             }
+        }
+    }
+}
+
+fn check_crm(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let Some(crm) = &config.crm else { return };
+    if !super::CRM_TYPES.contains(&crm.kind.as_str()) {
+        report(
+            "crm.type".into(),
+            format!("unknown CRM `{}`; known: {}", crm.kind, super::CRM_TYPES.join(", ")),
+            Severity::Error,
+        );
+        return;
+    }
+    if crm.poll_interval < std::time::Duration::from_secs(10) {
+        report(
+            "crm.poll_interval".into(),
+            "polls more often than every 10 s spend the CRM's API allowance for little".into(),
+            Severity::Warning,
+        );
+    }
+    let Some(salesforce) = &crm.salesforce else {
+        report(
+            "crm.salesforce".into(),
+            "type = \"salesforce\" needs a [crm.salesforce] table".into(),
+            Severity::Error,
+        );
+        return;
+    };
+    let problems = salesforce.check();
+    for (key, message) in &problems {
+        report(format!("crm.salesforce.{key}"), message.clone(), Severity::Error);
+    }
+    if problems.is_empty() {
+        // Reads the secrets and parses the key, without calling Salesforce.
+        let cx = leadloop_plugin::BuildContext {
+            clock: std::sync::Arc::new(leadloop_core::SystemClock),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        if let Err(e) = salesforce.build(&cx) {
+            report(format!("crm.salesforce.{}", e.key), e.message, Severity::Error);
         }
     }
 }

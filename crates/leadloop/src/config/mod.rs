@@ -42,6 +42,80 @@ pub struct Config {
     pub routing: leadloop_core::routing::RoutingConfig,
     /// One-click links in SLA emails and the public listener that serves them.
     pub links: Option<crate::links::LinksConfig>,
+    /// The CRM connector; without it, leads arrive only through `simulate` and CRM effects
+    /// wait in the outbox.
+    pub crm: Option<CrmConfig>,
+}
+
+/// The CRM connectors this build knows, for `[crm] type`.
+pub const CRM_TYPES: &[&str] = &["salesforce"];
+
+/// `[crm]`: which CRM, which objects, how often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrmConfig {
+    /// The connector: one of [`CRM_TYPES`]; its settings are in the table of that name.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// How often the daemon asks the CRM for changes.
+    #[serde(default = "default_poll_interval", with = "leadloop_plugin::serde_duration")]
+    pub poll_interval: Duration,
+    /// The objects synced.
+    #[serde(default = "default_crm_objects")]
+    pub objects: Vec<leadloop_core::connector::CrmObject>,
+    /// A write-back the CRM refuses is tried this many times in all, then dead-lettered.
+    #[serde(default = "default_max_write_attempts")]
+    pub max_write_attempts: u32,
+    pub salesforce: Option<leadloop_salesforce::SalesforceConfig>,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_crm_objects() -> Vec<leadloop_core::connector::CrmObject> {
+    leadloop_core::connector::CrmObject::ALL.to_vec()
+}
+
+fn default_max_write_attempts() -> u32 {
+    5
+}
+
+impl CrmConfig {
+    /// Builds the configured connector.
+    pub fn build(
+        &self,
+        cx: &leadloop_plugin::BuildContext,
+    ) -> Result<std::sync::Arc<dyn leadloop_core::Crm>, leadloop_plugin::BuildError> {
+        use leadloop_plugin::BuildError;
+        match self.kind.as_str() {
+            "salesforce" => {
+                let Some(salesforce) = &self.salesforce else {
+                    return Err(BuildError::new(
+                        "crm.salesforce",
+                        "type = \"salesforce\" needs a [crm.salesforce] table",
+                    ));
+                };
+                let connector = salesforce
+                    .build(cx)
+                    .map_err(|e| BuildError::new(format!("crm.salesforce.{}", e.key), e.message))?;
+                Ok(std::sync::Arc::new(connector))
+            }
+            other => Err(BuildError::new(
+                "crm.type",
+                format!("unknown CRM `{other}`; known: {}", CRM_TYPES.join(", ")),
+            )),
+        }
+    }
+
+    pub fn relay(&self, outbox: &OutboxConfig) -> leadloop_engine::crm::CrmRelayConfig {
+        leadloop_engine::crm::CrmRelayConfig {
+            retry_base: outbox.retry_base,
+            retry_max: outbox.retry_max,
+            max_attempts: self.max_write_attempts.max(1),
+            ..leadloop_engine::crm::CrmRelayConfig::default()
+        }
+    }
 }
 
 /// `[outbox]`: how queued effects are paced and retried.

@@ -1,0 +1,655 @@
+//! The CRM side of the engine: sync passes that read pages of changes through a [`Crm`]
+//! connector and ingest each page in one durable batch together with its cursor, and the
+//! write-back relay that performs CRM effects from the outbox.
+//!
+//! - A page's records, its quarantined records, its deletes and the cursor after it commit
+//!   together: the cursor never passes data that is not durable, and a restart resumes from
+//!   the last durable page.
+//! - Re-read records (the connector's overlap window, a page read twice after a crash) are
+//!   harmless: an unchanged lead changes nothing, and an activity already in the lead's
+//!   history (same CRM id and modification stamp) is skipped.
+//! - A record that cannot be taken (unmappable, or naming an owner leadloop does not know) is
+//!   quarantined with its reason in the `quarantine` bucket while the rest of the page syncs;
+//!   it leaves quarantine when a later version of it syncs.
+//! - Write-back: per-record errors are retried a bounded number of times, then dead-lettered
+//!   with the CRM's reason; a failing call (CRM down, 429, budget spent) keeps the work and
+//!   retries with backoff, honouring `Retry-After`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use leadloop_core::connector::{
+    ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest,
+};
+use leadloop_core::{
+    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, LeadId, LeadRecord, OrgChart, OutboxEntry,
+    OutboxState, Person, PersonId, Timestamp,
+};
+use leadloop_store::{Batch, Op, Store};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::{RelayConfig, backoff};
+use crate::{Engine, EngineError, advance_chart, decision_batch, observe, remember_account};
+
+/// The store bucket of records the sync could not take, keyed `OBJECT/ID`.
+pub const QUARANTINE: &str = "quarantine";
+/// The store bucket of CRM contacts, keyed by id.
+pub const CONTACTS: &str = "contacts";
+
+/// What ingesting pages did; added up over a pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    /// Records read from the CRM, quarantined ones included.
+    pub fetched: usize,
+    /// Records that changed leadloop's state.
+    pub stored: usize,
+    /// Records read again that changed nothing.
+    pub unchanged: usize,
+    pub quarantined: usize,
+    pub deleted: usize,
+    /// Effects queued by the policy (alerts, hand-offs).
+    pub enqueued: usize,
+}
+
+impl IngestReport {
+    fn add(&mut self, other: &IngestReport) {
+        self.fetched += other.fetched;
+        self.stored += other.stored;
+        self.unchanged += other.unchanged;
+        self.quarantined += other.quarantined;
+        self.deleted += other.deleted;
+        self.enqueued += other.enqueued;
+    }
+}
+
+/// A queue id (`00G…`) may own leads without being a user leadloop knows.
+fn owner_known(chart: &OrgChart, owner: &PersonId) -> bool {
+    chart.get(owner).is_some() || owner.as_str().starts_with("00G")
+}
+
+impl Engine {
+    /// Ingests one page of `object` and stores `page.next_cursor` under `cursor_name`, all in
+    /// one durable batch.
+    pub async fn ingest(
+        &self,
+        object: CrmObject,
+        page: ChangePage,
+        cursor_name: &str,
+    ) -> Result<IngestReport, EngineError> {
+        let _writer = self.writer.lock().await;
+        let now = self.clock.now();
+        let mut chart = self.chart();
+        let mut batch = Batch::new();
+        let mut report =
+            IngestReport { fetched: page.records.len() + page.quarantined.len(), ..IngestReport::default() };
+        let quarantined_before: BTreeSet<String> =
+            self.store.items(QUARANTINE).await?.into_iter().map(|(key, _)| key).collect();
+        let release = |batch: &mut Batch, id: &str| {
+            let key = format!("{object}/{id}");
+            if quarantined_before.contains(&key) {
+                batch.push(Op::DeleteItem { bucket: QUARANTINE.into(), key });
+            }
+        };
+        // Leads decided in this page, so a second record about the same lead sees the first.
+        let mut overlay: HashMap<LeadId, Option<LeadRecord>> = HashMap::new();
+        let mut people: Option<Vec<Person>> = None;
+        let mut accounts = Vec::new();
+        let mut seen_activities = HashSet::new();
+
+        for record in page.records {
+            match record {
+                CrmRecord::User(mut person) => {
+                    if let Some(old) = chart.get(&person.id) {
+                        // Role and capacity are leadloop's own (from config), not the CRM's.
+                        person.role = old.role;
+                        person.capacity = old.capacity;
+                        if *old == person {
+                            report.unchanged += 1;
+                            continue;
+                        }
+                    }
+                    release(&mut batch, person.id.as_str());
+                    batch.put_person(person.clone());
+                    let list = people.get_or_insert_with(|| chart.people().cloned().collect());
+                    list.retain(|p| p.id != person.id);
+                    list.push(person);
+                    report.stored += 1;
+                }
+                CrmRecord::Account(account) => {
+                    release(&mut batch, &account.id);
+                    let value = serde_json::to_value(&account).unwrap_or(serde_json::Value::Null);
+                    batch.put_item("accounts", account.id.clone(), value);
+                    remember_account(&mut chart, &account);
+                    accounts.push(account);
+                    report.stored += 1;
+                }
+                CrmRecord::Contact(contact) => {
+                    release(&mut batch, &contact.id);
+                    let value = serde_json::to_value(&contact).unwrap_or(serde_json::Value::Null);
+                    batch.put_item(CONTACTS, contact.id.clone(), value);
+                    report.stored += 1;
+                }
+                CrmRecord::Lead(lead) => {
+                    let lead = *lead;
+                    if let Some(owner) = &lead.owner_id
+                        && !owner_known(&chart, owner)
+                    {
+                        quarantine(
+                            &mut batch,
+                            object,
+                            Some(lead.id.as_str()),
+                            &format!("unknown owner {owner}: not a user leadloop knows"),
+                            serde_json::to_value(&lead).unwrap_or_default(),
+                            now,
+                        );
+                        report.quarantined += 1;
+                        continue;
+                    }
+                    release(&mut batch, lead.id.as_str());
+                    let id = lead.id.clone();
+                    let before = match overlay.get(&id) {
+                        Some(record) => record.clone(),
+                        None => self.store.lead(&id).await?,
+                    };
+                    match self.lead_batch(before, lead, &chart, now).await? {
+                        None => report.unchanged += 1,
+                        Some(sub) => {
+                            take(&mut chart, &mut overlay, &mut batch, sub);
+                            report.stored += 1;
+                        }
+                    }
+                }
+                CrmRecord::Activity(activity) => {
+                    let id = activity.lead_id.clone();
+                    let lead = match overlay.get(&id) {
+                        Some(record) => record.clone(),
+                        None => self.store.lead(&id).await?,
+                    };
+                    let Some(lead) = lead else {
+                        tracing::debug!(lead_id = %id, kind = %activity.kind, "activity for a lead leadloop does not hold; skipped");
+                        report.unchanged += 1;
+                        continue;
+                    };
+                    let crm_key =
+                        (activity.detail.get("task_id").cloned(), activity.detail.get("modstamp").cloned());
+                    if crm_key.0.is_some() {
+                        let seen_here = !seen_activities.insert((id.clone(), crm_key.clone()));
+                        if seen_here || self.activity_recorded(&id, &crm_key).await? {
+                            report.unchanged += 1;
+                            continue;
+                        }
+                    }
+                    let mut decision = self.policy.on_activity(&lead, &activity, &chart, now);
+                    decision.events.insert(
+                        0,
+                        HistoryEvent::new(
+                            now,
+                            Actor::System,
+                            EventKind::Activity {
+                                activity: activity.kind.clone(),
+                                detail: activity.detail.clone(),
+                            },
+                        ),
+                    );
+                    observe(&decision);
+                    take(&mut chart, &mut overlay, &mut batch, decision_batch(decision, Some(&id), now));
+                    report.stored += 1;
+                }
+            }
+        }
+
+        for id in &page.deleted {
+            match object {
+                CrmObject::Lead => {
+                    let lead_id = LeadId::new(id.clone());
+                    let current = match overlay.get(&lead_id) {
+                        Some(record) => record.clone(),
+                        None => self.store.lead(&lead_id).await?,
+                    };
+                    let Some(lead) = current else { continue };
+                    let mut decision = self.policy.on_delete(&lead, &chart, now);
+                    decision.lead = None;
+                    decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
+                    observe(&decision);
+                    let mut sub = decision_batch(decision, Some(&lead_id), now);
+                    sub.push(Op::DeleteLead(lead_id));
+                    take(&mut chart, &mut overlay, &mut batch, sub);
+                }
+                CrmObject::Account => {
+                    batch.push(Op::DeleteItem { bucket: "accounts".into(), key: id.clone() });
+                }
+                CrmObject::Contact => {
+                    batch.push(Op::DeleteItem { bucket: CONTACTS.into(), key: id.clone() });
+                }
+                CrmObject::User | CrmObject::Task => continue,
+            }
+            release(&mut batch, id);
+            report.deleted += 1;
+        }
+
+        for q in &page.quarantined {
+            quarantine(&mut batch, q.object, q.id.as_deref(), &q.reason, q.raw.clone(), now);
+            report.quarantined += 1;
+        }
+        if let Some(cursor) = page.next_cursor {
+            batch.set_cursor(cursor_name, cursor);
+        }
+        report.enqueued = self.commit(batch).await?.len();
+
+        if !accounts.is_empty() {
+            let mut live = self.people.write().unwrap_or_else(|p| p.into_inner());
+            for account in &accounts {
+                remember_account(&mut live, account);
+            }
+        }
+        if let Some(people) = people {
+            let current = self.chart();
+            let mut rebuilt = OrgChart::new(people);
+            rebuilt.load = current.load;
+            rebuilt.turns = current.turns;
+            rebuilt.accounts = current.accounts;
+            *self.people.write().unwrap_or_else(|p| p.into_inner()) = rebuilt;
+        }
+        metrics::counter!("leadloop_crm_records_total", "object" => object.as_str())
+            .increment(report.fetched as u64);
+        if report.quarantined > 0 {
+            metrics::counter!("leadloop_crm_quarantined_total", "object" => object.as_str())
+                .increment(report.quarantined as u64);
+        }
+        Ok(report)
+    }
+
+    /// Whether the lead's history already holds the CRM activity with this id and stamp.
+    async fn activity_recorded(
+        &self,
+        lead: &LeadId,
+        key: &(Option<serde_json::Value>, Option<serde_json::Value>),
+    ) -> Result<bool, EngineError> {
+        Ok(self.store.history(lead).await?.iter().any(|(_, event)| match &event.kind {
+            EventKind::Activity { detail, .. } => {
+                detail.get("task_id") == key.0.as_ref() && detail.get("modstamp") == key.1.as_ref()
+            }
+            _ => false,
+        }))
+    }
+}
+
+/// Folds one decision's batch into the page's: the lead's new state goes into the overlay and
+/// routing's view moves on, so the next record in the page is decided on current state.
+fn take(
+    chart: &mut OrgChart,
+    overlay: &mut HashMap<LeadId, Option<LeadRecord>>,
+    batch: &mut Batch,
+    sub: Batch,
+) {
+    let mut events = Vec::new();
+    let mut turns = Vec::new();
+    for op in &sub.ops {
+        match op {
+            Op::PutLead(record) => {
+                overlay.insert(record.lead.id.clone(), Some((**record).clone()));
+            }
+            Op::DeleteLead(id) => {
+                overlay.insert(id.clone(), None);
+            }
+            Op::AppendHistory(_, event) => events.push(event.clone()),
+            Op::SetCursor { name, value } => {
+                if let (Some(rule), Ok(turn)) = (name.strip_prefix("routing.turn."), value.parse::<u64>()) {
+                    turns.push((rule.to_owned(), turn));
+                }
+            }
+            _ => {}
+        }
+    }
+    advance_chart(chart, events.iter(), turns);
+    batch.ops.extend(sub.ops);
+}
+
+fn quarantine(
+    batch: &mut Batch,
+    object: CrmObject,
+    id: Option<&str>,
+    reason: &str,
+    raw: serde_json::Value,
+    now: Timestamp,
+) {
+    tracing::warn!(object = %object, id = id.unwrap_or("(none)"), %reason, "crm record quarantined");
+    let key = match id {
+        Some(id) => format!("{object}/{id}"),
+        None => format!("{object}/(no id) {}", now.timestamp_nanos_opt().unwrap_or_default()),
+    };
+    let value = serde_json::json!({"object": object, "id": id, "reason": reason, "at": now, "raw": raw});
+    batch.put_item(QUARANTINE, key, value);
+}
+
+/// What one sync pass did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    #[serde(flatten)]
+    pub records: IngestReport,
+    /// Pages ingested.
+    pub pages: usize,
+    /// Objects that could not be read this pass, with why; their cursors did not move.
+    pub errors: Vec<(CrmObject, String)>,
+    /// The shortest `Retry-After` the CRM asked for, if it asked.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+    /// API calls this pass made.
+    pub api_calls: u64,
+    pub api: ApiUsage,
+}
+
+/// Sync passes over the CRM's objects.
+pub struct CrmSync {
+    engine: Engine,
+    crm: Arc<dyn Crm>,
+    objects: Vec<CrmObject>,
+}
+
+impl std::fmt::Debug for CrmSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrmSync").field("crm", &self.crm.name()).field("objects", &self.objects).finish()
+    }
+}
+
+impl CrmSync {
+    /// Syncs `objects` (in [`CrmObject::ALL`]'s order whatever the order given).
+    pub fn new(engine: Engine, crm: Arc<dyn Crm>, objects: &[CrmObject]) -> Self {
+        let objects = CrmObject::ALL.into_iter().filter(|o| objects.contains(o)).collect();
+        Self { engine, crm, objects }
+    }
+
+    pub fn cursor_name(&self, object: CrmObject) -> String {
+        format!("crm.{}.{}", self.crm.name(), object)
+    }
+
+    /// Reads every object until no page is left, each page durable before the next is asked.
+    pub async fn pass(&self) -> Result<SyncReport, EngineError> {
+        let calls_before = self.crm.usage().calls;
+        let mut report = SyncReport::default();
+        let mut pending = self.objects.clone();
+        while !pending.is_empty() {
+            let mut requests = Vec::with_capacity(pending.len());
+            for object in &pending {
+                let cursor = self.engine.store().cursor(&self.cursor_name(*object)).await?;
+                requests.push(PullRequest { object: *object, cursor });
+            }
+            let results = match self.crm.pull(&requests).await {
+                Ok(results) => results,
+                Err(error) => {
+                    for object in &pending {
+                        report.errors.push((*object, error.to_string()));
+                    }
+                    note_retry(&mut report, &error);
+                    break;
+                }
+            };
+            let mut next = Vec::new();
+            for (object, result) in pending.iter().zip(results) {
+                match result {
+                    Ok(page) => {
+                        let more = page.more;
+                        let ingested = self.engine.ingest(*object, page, &self.cursor_name(*object)).await?;
+                        report.records.add(&ingested);
+                        report.pages += 1;
+                        if more {
+                            next.push(*object);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(object = %object, %error, "crm sync of this object failed; its cursor stays");
+                        note_retry(&mut report, &error);
+                        report.errors.push((*object, error.to_string()));
+                    }
+                }
+            }
+            pending = next;
+        }
+        report.api = self.crm.usage();
+        report.api_calls = report.api.calls.saturating_sub(calls_before);
+        metrics::counter!("leadloop_crm_sync_passes_total").increment(1);
+        Ok(report)
+    }
+
+    /// Passes every `interval` until `shutdown`; after a failure, waits as the CRM asked
+    /// (`Retry-After`) or backs off, never longer than `interval`.
+    pub async fn run(&self, shutdown: CancellationToken, interval: Duration) {
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.pass().await {
+                Ok(report) => {
+                    tracing::info!(
+                        fetched = report.records.fetched,
+                        stored = report.records.stored,
+                        quarantined = report.records.quarantined,
+                        deleted = report.records.deleted,
+                        api_calls = report.api_calls,
+                        errors = report.errors.len(),
+                        "crm sync pass done"
+                    );
+                    if report.errors.is_empty() {
+                        failures = 0;
+                        interval
+                    } else {
+                        failures += 1;
+                        report.retry_after.unwrap_or_else(|| backoff_after(failures)).min(interval)
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(%error, "crm sync pass could not write to the store");
+                    backoff_after(failures).min(interval)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn note_retry(report: &mut SyncReport, error: &ConnectorError) {
+    if let ConnectorError::Transient { retry_after: Some(after), .. } = error {
+        report.retry_after = Some(report.retry_after.map_or(*after, |r| r.min(*after)));
+    }
+}
+
+fn backoff_after(failures: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << failures.min(8)))
+}
+
+/// How the CRM relay retries.
+#[derive(Debug, Clone)]
+pub struct CrmRelayConfig {
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// A record the CRM refuses is tried this many times in all, then dead-lettered.
+    pub max_attempts: u32,
+    /// Writes taken per round (the connector splits them into calls of its own limit).
+    pub batch: usize,
+}
+
+impl Default for CrmRelayConfig {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(3600),
+            max_attempts: 5,
+            batch: 1000,
+        }
+    }
+}
+
+/// What one relay round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CrmRelayReport {
+    pub written: usize,
+    pub retried: usize,
+    pub dead_lettered: usize,
+}
+
+/// Performs CRM effects from the outbox.
+pub struct CrmRelay {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    crm: Arc<dyn Crm>,
+    config: CrmRelayConfig,
+    wake: Arc<Notify>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for CrmRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrmRelay").field("crm", &self.crm.name()).field("config", &self.config).finish()
+    }
+}
+
+impl CrmRelay {
+    pub fn new(engine: &Engine, crm: Arc<dyn Crm>, config: CrmRelayConfig) -> Self {
+        Self {
+            store: engine.store().clone(),
+            clock: engine.clock().clone(),
+            crm,
+            config,
+            wake: Arc::new(Notify::new()),
+            writer: engine.writer_lock(),
+        }
+    }
+
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// One round: every CRM write ready now.
+    pub async fn run_once(&self) -> Result<CrmRelayReport, EngineError> {
+        let now = self.clock.now();
+        let ready = self.store.outbox_ready(Channel::Crm, now, self.config.batch).await?;
+        let mut report = CrmRelayReport::default();
+        if ready.is_empty() {
+            return Ok(report);
+        }
+        let writes: Vec<CrmWrite> = ready
+            .iter()
+            .filter_map(|entry| match &entry.effect {
+                Effect::CrmUpdate { lead_id, fields } => Some(CrmWrite::UpdateLead {
+                    key: entry.key.clone(),
+                    lead_id: lead_id.clone(),
+                    fields: fields.clone(),
+                }),
+                Effect::CrmTask { lead_id, owner_id, subject, due } => Some(CrmWrite::CreateTask {
+                    key: entry.key.clone(),
+                    lead_id: lead_id.clone(),
+                    owner_id: owner_id.clone(),
+                    subject: subject.clone(),
+                    due: *due,
+                }),
+                Effect::Email { .. } | Effect::CalendarHold { .. } => None,
+            })
+            .collect();
+        let outcomes: Vec<Result<(), ConnectorError>> = match self.crm.push(&writes).await {
+            Ok(results) => results,
+            Err(error) => {
+                // The call failed as a whole: nothing was written, the work stays.
+                tracing::warn!(%error, writes = writes.len(), "crm write-back failed; will retry");
+                let _writer = self.writer.lock().await;
+                let mut batch = Batch::new();
+                for mut entry in ready {
+                    entry.attempts += 1;
+                    let delay = match &error {
+                        ConnectorError::Transient { retry_after: Some(after), .. } => *after,
+                        _ => self.backoff(&entry),
+                    };
+                    entry.next_attempt_at = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+                    entry.last_error = Some(error.to_string());
+                    batch.update_outbox(entry);
+                    report.retried += 1;
+                }
+                self.store.commit(batch).await?;
+                metrics::counter!("leadloop_crm_writes_retried_total").increment(report.retried as u64);
+                return Ok(report);
+            }
+        };
+        let _writer = self.writer.lock().await;
+        let mut batch = Batch::new();
+        for (mut entry, outcome) in ready.into_iter().zip(outcomes) {
+            entry.attempts += 1;
+            let lead_id = entry.effect.lead_id().cloned();
+            let event = match outcome {
+                Ok(()) => {
+                    entry.state = OutboxState::Done { at: now };
+                    entry.last_error = None;
+                    report.written += 1;
+                    Some(EventKind::EffectDone { key: entry.key.clone() })
+                }
+                Err(error) if entry.attempts >= self.config.max_attempts => {
+                    let reason = format!("refused {} times; last: {error}", entry.attempts);
+                    tracing::error!(key = %entry.key, %reason, "crm write dead-lettered");
+                    entry.state = OutboxState::Failed { at: now, reason: reason.clone() };
+                    report.dead_lettered += 1;
+                    Some(EventKind::EffectFailed { key: entry.key.clone(), reason })
+                }
+                Err(error) => {
+                    let delay = self.backoff(&entry);
+                    tracing::warn!(key = %entry.key, attempts = entry.attempts, retry_in_s = delay.as_secs(), %error, "crm refused a write; will retry");
+                    entry.next_attempt_at = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+                    entry.last_error = Some(error.to_string());
+                    report.retried += 1;
+                    None
+                }
+            };
+            if let (Some(event), Some(id)) = (event, lead_id) {
+                batch.append_history(id, HistoryEvent::new(now, Actor::System, event));
+            }
+            batch.update_outbox(entry);
+        }
+        self.store.commit(batch).await?;
+        metrics::counter!("leadloop_crm_writes_total").increment(report.written as u64);
+        metrics::counter!("leadloop_crm_writes_retried_total").increment(report.retried as u64);
+        metrics::counter!("leadloop_crm_writes_dead_lettered_total").increment(report.dead_lettered as u64);
+        Ok(report)
+    }
+
+    fn backoff(&self, entry: &OutboxEntry) -> Duration {
+        let config = RelayConfig {
+            retry_base: self.config.retry_base,
+            retry_max: self.config.retry_max,
+            ..RelayConfig::default()
+        };
+        backoff(&config, entry.key.as_str(), entry.attempts)
+    }
+
+    /// Rounds until `shutdown`, sleeping until woken or the next retry is due.
+    pub async fn run(&self, shutdown: CancellationToken, max_idle: Duration) {
+        loop {
+            let wait = match self.run_once().await {
+                Ok(report) if report.written + report.dead_lettered > 0 => Duration::ZERO,
+                Ok(_) => match self.store.outbox_pending(Channel::Crm).await {
+                    Ok((_, Some(next))) => {
+                        (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO).min(max_idle)
+                    }
+                    _ => max_idle,
+                },
+                Err(error) => {
+                    tracing::error!(%error, "crm relay round failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            if wait.is_zero() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
