@@ -64,6 +64,11 @@ pub enum Command {
         #[command(subcommand)]
         command: EmailCommand,
     },
+    /// Nurture tracks: list them, preview a lead's upcoming sends.
+    Nurture {
+        #[command(subcommand)]
+        command: NurtureCommand,
+    },
     /// One sync pass against the configured CRM (and one round of write-back), with counts.
     Sync {
         #[command(flatten)]
@@ -158,6 +163,41 @@ pub enum SlaCommand {
         /// The lead's id.
         #[arg(value_name = "LEAD")]
         lead: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NurtureCommand {
+    /// The configured tracks: steps and schedules, catch-up, exits, and how many leads are in
+    /// each.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The state directory; overrides the config's.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A lead's upcoming sends on a track, with dates and times in the lead's zone (from its
+    /// enrolment, or as if it enrolled now).
+    Preview {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The track's name.
+        #[arg(value_name = "TRACK")]
+        track: String,
+        /// The lead's id.
+        #[arg(long, value_name = "ID")]
+        lead: String,
+        /// How many sends to show.
+        #[arg(long, default_value_t = 12)]
+        count: usize,
+        /// The state directory; overrides the config's.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
@@ -265,6 +305,12 @@ pub fn main() -> ExitCode {
             crate::sync_cmd::main(&config.config, state_dir, once, format)
         }
         Command::Simulate { config, events, until } => crate::simulate::main(&config.config, &events, until),
+        Command::Nurture { command: NurtureCommand::List { config, state_dir, format } } => {
+            crate::nurture_cmd::list(&config.config, state_dir, format == Format::Json)
+        }
+        Command::Nurture { command: NurtureCommand::Preview { config, track, lead, count, state_dir, format } } => {
+            crate::nurture_cmd::preview(&config.config, &track, &lead, count, state_dir, format == Format::Json)
+        }
         Command::Email { command: EmailCommand::Test { config, to } } => {
             crate::email_cmd::test(&config.config, &to)
         }

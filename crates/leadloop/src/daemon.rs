@@ -113,7 +113,10 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     let signer = match &config.links {
         Some(links) => match links.key() {
             Ok(key) => {
-                let signer = Arc::new(crate::links::Signer::new(key, &links.public_url, links.ttl));
+                let signer = Arc::new(
+                    crate::links::Signer::new(key, &links.public_url, links.ttl)
+                        .with_nurture_ttl(links.nurture_ttl),
+                );
                 rules = rules.with_links(signer.clone());
                 Some(signer)
             }
@@ -124,7 +127,9 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         },
         None => None,
     };
-    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(config.rules(rules)));
+    let nurture_links = signer.clone().map(|s| s as Arc<dyn leadloop_core::nurture::NurtureLinks>);
+    let rules = config.rules(rules).with_nurture(config.nurture_rules(nurture_links));
+    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(rules));
     let rule_names: Vec<String> = config.routing.rules.iter().map(|r| r.name.clone()).collect();
     if let Err(error) = engine.load_turns(&rule_names).await {
         tracing::error!(%error, "cannot load routing turns from the store");
@@ -341,11 +346,12 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                 || next.scoring != config.scoring
                 || next.lifecycle != config.lifecycle
                 || next.routing != config.routing
+                || next.nurture != config.nurture
                 || next.email.is_some() != config.email.is_some()
                 || next.links.is_some() != config.links.is_some()
             {
                 tracing::warn!(
-                    "[sla], [scoring], [lifecycle], [routing], [email] and [links] changes apply on restart"
+                    "[sla], [scoring], [lifecycle], [routing], [nurture], [email] and [links] changes apply on restart"
                 );
             }
             if restart_only(&next) != restart_only(config) {

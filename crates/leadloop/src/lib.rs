@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod email_cmd;
 pub mod exit;
 pub mod links;
+pub mod nurture_cmd;
 pub mod report;
 pub mod simulate;
 pub mod sla_cmd;

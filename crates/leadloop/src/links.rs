@@ -1,11 +1,15 @@
-//! Signed, expiring one-click links (Accept / Recycle / Disqualify) and the public listener
-//! that serves them.
+//! Signed, expiring links — one-click Accept / Recycle / Disqualify in SLA mail, unsubscribe
+//! and tracked redirects in nurture mail — and the public listener that serves them.
 //!
-//! A token is `PAYLOAD.MAC`: the payload `ACTION.LEAD.HANDOFF.EXPIRES` in base64url, and an
-//! HMAC-SHA256 of it under the configured key. The listener exposes only `/l/TOKEN`: a GET shows
-//! a confirmation page with a form (mail scanners that fetch links change nothing), the POST
-//! performs the action. It is meant to sit behind the company's reverse proxy, apart from the
-//! admin listener.
+//! A token is `PAYLOAD.MAC`: the payload in base64url, and an HMAC-SHA256 of it under the
+//! configured key. SLA payloads are `ACTION.LEAD.HANDOFF.EXPIRES`; nurture payloads are a small
+//! JSON object (`{"k":"u",…}` to unsubscribe, `{"k":"c",…}` for a click, whose target URL is
+//! inside the signed payload, so the redirect is never open). The listener exposes only
+//! `/l/TOKEN`: a GET shows a confirmation page with a form (mail scanners that fetch links
+//! change nothing), the POST performs the action — for unsubscribe links that POST is the
+//! RFC 8058 one-click (`List-Unsubscribe=One-Click`). A click GET records the click and
+//! redirects. It is meant to sit behind the company's reverse proxy, apart from the admin
+//! listener.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,11 +19,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use leadloop_core::nurture::NurtureLinks;
 use leadloop_core::sla::{ActionOutcome, LinkMaker, SalesAction};
 use leadloop_core::{LeadId, Timestamp};
 use leadloop_engine::Engine;
@@ -44,10 +49,18 @@ pub struct LinksConfig {
     /// How long a link works.
     #[serde(default = "default_ttl", with = "leadloop_plugin::serde_duration")]
     pub ttl: Duration,
+    /// How long unsubscribe and tracked links in nurture mail work (long: an unsubscribe link
+    /// in an old email must still work).
+    #[serde(default = "default_nurture_ttl", with = "leadloop_plugin::serde_duration")]
+    pub nurture_ttl: Duration,
 }
 
 fn default_ttl() -> Duration {
     Duration::from_secs(14 * 24 * 3600)
+}
+
+fn default_nurture_ttl() -> Duration {
+    Duration::from_secs(400 * 24 * 3600)
 }
 
 /// The smallest key accepted, in bytes.
@@ -90,12 +103,58 @@ pub enum TokenError {
     Expired,
 }
 
-/// Signs and verifies tokens, and makes the URLs the ladder puts in emails.
+/// What a verified nurture token says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(tag = "k")]
+pub enum NurtureClaim {
+    /// Unsubscribe `l` from nurture mail.
+    #[serde(rename = "u")]
+    Unsubscribe {
+        #[serde(rename = "l")]
+        lead: LeadId,
+        #[serde(rename = "e")]
+        expires: i64,
+    },
+    /// A click on link `n` of `t`'s step `s`, redirecting to `u`.
+    #[serde(rename = "c")]
+    Click {
+        #[serde(rename = "l")]
+        lead: LeadId,
+        #[serde(rename = "t")]
+        track: String,
+        #[serde(rename = "s")]
+        step: String,
+        #[serde(rename = "n")]
+        link: String,
+        #[serde(rename = "u")]
+        url: String,
+        #[serde(rename = "e")]
+        expires: i64,
+    },
+}
+
+impl NurtureClaim {
+    fn expires(&self) -> i64 {
+        match self {
+            NurtureClaim::Unsubscribe { expires, .. } | NurtureClaim::Click { expires, .. } => *expires,
+        }
+    }
+}
+
+/// Any verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyClaim {
+    Sales(Claim),
+    Nurture(NurtureClaim),
+}
+
+/// Signs and verifies tokens, and makes the URLs the ladder and nurture put in emails.
 #[derive(Clone)]
 pub struct Signer {
     key: Secret,
     base: String,
     ttl: chrono::TimeDelta,
+    nurture_ttl: chrono::TimeDelta,
 }
 
 impl std::fmt::Debug for Signer {
@@ -110,7 +169,50 @@ impl Signer {
             key,
             base: public_url.trim_end_matches('/').to_owned(),
             ttl: chrono::TimeDelta::from_std(ttl).unwrap_or(chrono::TimeDelta::days(14)),
+            nurture_ttl: chrono::TimeDelta::days(400),
         }
+    }
+
+    /// How long nurture links (unsubscribe, tracked redirects) work.
+    pub fn with_nurture_ttl(mut self, ttl: Duration) -> Self {
+        self.nurture_ttl = chrono::TimeDelta::from_std(ttl).unwrap_or(chrono::TimeDelta::days(400));
+        self
+    }
+
+    fn sign(&self, payload: &str) -> String {
+        let encoded = URL_SAFE_NO_PAD.encode(payload.as_bytes());
+        let mut mac = self.mac();
+        mac.update(encoded.as_bytes());
+        format!("{encoded}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// The token of a nurture link.
+    pub fn nurture_token(&self, claim: &NurtureClaim) -> String {
+        self.sign(&serde_json::to_string(claim).unwrap_or_default())
+    }
+
+    /// Verifies any token: an SLA action or a nurture link.
+    pub fn verify_any(&self, token: &str, now: Timestamp) -> Result<AnyClaim, TokenError> {
+        let payload = self.payload(token)?;
+        if payload.starts_with('{') {
+            let claim: NurtureClaim = serde_json::from_str(&payload).map_err(|_| TokenError::Invalid)?;
+            if claim.expires() <= now.timestamp() {
+                return Err(TokenError::Expired);
+            }
+            return Ok(AnyClaim::Nurture(claim));
+        }
+        self.verify(token, now).map(AnyClaim::Sales)
+    }
+
+    /// The payload of a token whose MAC is right.
+    fn payload(&self, token: &str) -> Result<String, TokenError> {
+        let (encoded, signature) = token.split_once('.').ok_or(TokenError::Invalid)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
+        let mut mac = self.mac();
+        mac.update(encoded.as_bytes());
+        mac.verify_slice(&signature).map_err(|_| TokenError::Invalid)?;
+        String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).map_err(|_| TokenError::Invalid)?)
+            .map_err(|_| TokenError::Invalid)
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -126,10 +228,7 @@ impl Signer {
             claim.handoff,
             claim.expires.timestamp()
         );
-        let encoded = URL_SAFE_NO_PAD.encode(payload.as_bytes());
-        let mut mac = self.mac();
-        mac.update(encoded.as_bytes());
-        format!("{encoded}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        self.sign(&payload)
     }
 
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<Claim, TokenError> {
@@ -173,6 +272,34 @@ impl LinkMaker for Signer {
     }
 }
 
+impl NurtureLinks for Signer {
+    fn unsubscribe(&self, lead: &LeadId, now: Timestamp) -> String {
+        let claim =
+            NurtureClaim::Unsubscribe { lead: lead.clone(), expires: (now + self.nurture_ttl).timestamp() };
+        format!("{}/l/{}", self.base, self.nurture_token(&claim))
+    }
+
+    fn click(
+        &self,
+        lead: &LeadId,
+        track: &str,
+        step: &str,
+        link: &str,
+        target: &str,
+        now: Timestamp,
+    ) -> String {
+        let claim = NurtureClaim::Click {
+            lead: lead.clone(),
+            track: track.to_owned(),
+            step: step.to_owned(),
+            link: link.to_owned(),
+            url: target.to_owned(),
+            expires: (now + self.nurture_ttl).timestamp(),
+        };
+        format!("{}/l/{}", self.base, self.nurture_token(&claim))
+    }
+}
+
 #[derive(Clone)]
 struct PublicState {
     signer: Arc<Signer>,
@@ -204,8 +331,9 @@ fn refused(error: TokenError) -> Response {
 }
 
 async fn confirm(State(state): State<PublicState>, Path(token): Path<String>) -> Response {
-    let claim = match state.signer.verify(&token, state.engine.clock().now()) {
-        Ok(claim) => claim,
+    let claim = match state.signer.verify_any(&token, state.engine.clock().now()) {
+        Ok(AnyClaim::Sales(claim)) => claim,
+        Ok(AnyClaim::Nurture(claim)) => return nurture_get(&state, claim).await,
         Err(error) => return refused(error),
     };
     let lead = state.engine.store().lead(&claim.lead).await.ok().flatten();
@@ -232,8 +360,9 @@ async fn perform(
     Path(token): Path<String>,
     Form(answer): Form<Answer>,
 ) -> Response {
-    let claim = match state.signer.verify(&token, state.engine.clock().now()) {
-        Ok(claim) => claim,
+    let claim = match state.signer.verify_any(&token, state.engine.clock().now()) {
+        Ok(AnyClaim::Sales(claim)) => claim,
+        Ok(AnyClaim::Nurture(claim)) => return nurture_post(&state, claim).await,
         Err(error) => return refused(error),
     };
     let reason: Option<String> = answer
@@ -265,6 +394,46 @@ async fn perform(
     }
 }
 
+/// A nurture link opened: an unsubscribe shows its confirmation form (a mail scanner fetching
+/// it changes nothing); a click is recorded and redirected to its signed target.
+async fn nurture_get(state: &PublicState, claim: NurtureClaim) -> Response {
+    match claim {
+        NurtureClaim::Unsubscribe { .. } => page(
+            StatusCode::OK,
+            "Unsubscribe?",
+            "<p>You will receive no more of these emails.</p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>",
+        ),
+        NurtureClaim::Click { lead, track, step, link, url, .. } => {
+            // The redirect goes out even if recording fails: the reader wanted the page.
+            if let Err(error) = state.engine.record_click(&lead, &track, &step, &link, &url).await {
+                tracing::warn!(%error, lead_id = %lead, track, link, "cannot record a tracked click");
+            }
+            Redirect::to(&url).into_response()
+        }
+    }
+}
+
+/// A nurture link's POST: the one-click unsubscribe (RFC 8058) or the confirmation form's.
+async fn nurture_post(state: &PublicState, claim: NurtureClaim) -> Response {
+    let NurtureClaim::Unsubscribe { lead, .. } = claim else {
+        return page(StatusCode::METHOD_NOT_ALLOWED, "Not here", "<p>Nothing to do.</p>");
+    };
+    match state.engine.unsubscribe(&lead, "one-click").await {
+        Ok(_) => {
+            tracing::info!(lead_id = %lead, "lead unsubscribed from nurture mail");
+            page(StatusCode::OK, "Unsubscribed", "<p>You will receive no more of these emails.</p>")
+        }
+        Err(error) => {
+            tracing::error!(%error, lead_id = %lead, "unsubscribe failed");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Please try again",
+                "<p>This could not be recorded just now. Nothing was lost; try again in a minute.</p>",
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +457,34 @@ mod tests {
         assert_eq!(s.verify(&format!("{forged}.{mac}"), now), Err(TokenError::Invalid));
         assert_eq!(s.verify(payload, now), Err(TokenError::Invalid));
         assert_eq!(s.verify("", now), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn nurture_tokens_carry_their_target_and_refuse_tampering() {
+        let now: Timestamp = "2026-03-02T14:00:00Z".parse().expect("instant");
+        let s = signer("0123456789abcdef0123456789abcdef");
+        let url =
+            s.click(&LeadId::new("00Q.1"), "welcome", "step 1", "pricing", "https://example.com/p?a=1", now);
+        let token = url.strip_prefix("https://leads.example.com/l/").expect("base url");
+        let Ok(AnyClaim::Nurture(NurtureClaim::Click { lead, url, .. })) = s.verify_any(token, now) else {
+            panic!("a click claim")
+        };
+        assert_eq!((lead.as_str(), url.as_str()), ("00Q.1", "https://example.com/p?a=1"));
+        // Another target under the same MAC is refused: no open redirect.
+        let (_, mac) = token.split_once('.').expect("two parts");
+        let forged = URL_SAFE_NO_PAD.encode(
+            r#"{"k":"c","l":"00Q.1","t":"welcome","s":"step 1","n":"pricing","u":"https://evil.example","e":9999999999}"#,
+        );
+        assert_eq!(s.verify_any(&format!("{forged}.{mac}"), now), Err(TokenError::Invalid));
+        let unsubscribe = s.unsubscribe(&LeadId::new("00Q1"), now);
+        let token = unsubscribe.strip_prefix("https://leads.example.com/l/").expect("base url");
+        assert!(matches!(s.verify_any(token, now), Ok(AnyClaim::Nurture(NurtureClaim::Unsubscribe { .. }))));
+        // Nurture links outlive SLA links (400 days by default).
+        assert!(s.verify_any(token, now + chrono::TimeDelta::days(300)).is_ok());
+        assert_eq!(s.verify_any(token, now + chrono::TimeDelta::days(401)), Err(TokenError::Expired));
+        // An SLA token still verifies through the same door.
+        let sla = s.link(SalesAction::Accept, &LeadId::new("00Q1"), 1, now);
+        let token = sla.strip_prefix("https://leads.example.com/l/").expect("base url");
+        assert!(matches!(s.verify_any(token, now), Ok(AnyClaim::Sales(_))));
     }
 }

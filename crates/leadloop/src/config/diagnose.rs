@@ -274,6 +274,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_links(&config, &mut report);
     check_scoring(&config, &mut report);
     check_routing(&config, &mut report);
+    check_nurture(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
     findings.extend(findings_extra);
@@ -693,6 +694,39 @@ fn check_routing(config: &Config, report: &mut impl FnMut(String, String, Severi
                 );
             }
         }
+    }
+}
+
+fn check_nurture(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let rules = match leadloop_core::nurture::NurtureRules::new(config.nurture.clone()) {
+        Ok(rules) => rules,
+        Err(problems) => {
+            for problem in problems {
+                report(problem.key, problem.message, Severity::Error);
+            }
+            return;
+        }
+    };
+    let templates = match config.email.as_ref().map(|e| e.templates()) {
+        Some(Ok(templates)) => Some(templates),
+        Some(Err(_)) => None, // reported with the email settings
+        None => leadloop_smtp::Templates::load(None).ok(),
+    };
+    if let Some(templates) = templates {
+        let names = templates.names();
+        for (path, template) in rules.templates() {
+            if !names.contains(&template) {
+                let known = names.iter().cloned().collect::<Vec<_>>().join(", ");
+                report(path, format!("no template `{template}` (known: {known})"), Severity::Error);
+            }
+        }
+    }
+    if !rules.is_empty() && config.links.is_none() {
+        report(
+            "nurture".into(),
+            "no [links]: nurture mail goes out without an unsubscribe link or tracked links; configure the public listener".into(),
+            Severity::Warning,
+        );
     }
 }
 

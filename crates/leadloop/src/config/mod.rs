@@ -42,6 +42,9 @@ pub struct Config {
     pub routing: leadloop_core::routing::RoutingConfig,
     /// One-click links in SLA emails and the public listener that serves them.
     pub links: Option<crate::links::LinksConfig>,
+    /// Nurture tracks for leads not ready for sales.
+    #[serde(default)]
+    pub nurture: leadloop_core::nurture::NurtureConfig,
     /// The CRM connector; without it, leads arrive only through `simulate` and CRM effects
     /// wait in the outbox.
     pub crm: Option<CrmConfig>,
@@ -268,7 +271,8 @@ impl Config {
         }
     }
 
-    /// The rules the engine runs: lifecycle and scoring, then the SLA ladder.
+    /// The rules the engine runs: lifecycle and scoring, then the SLA ladder, then nurture
+    /// (without signed links; the daemon adds them with [`Config::nurture_rules`]).
     pub fn rules(&self, sla: leadloop_core::sla::SlaRules) -> leadloop_core::rules::Rules {
         leadloop_core::rules::Rules::new(
             sla,
@@ -276,6 +280,20 @@ impl Config {
             self.lifecycle.clone(),
             self.routing.clone(),
         )
+        .with_nurture(self.nurture_rules(None))
+    }
+
+    /// The nurture tracks, compiled (validation has checked them; a config that did not pass
+    /// it runs no tracks), with signed unsubscribe and tracked links if `links` is given.
+    pub fn nurture_rules(
+        &self,
+        links: Option<std::sync::Arc<dyn leadloop_core::nurture::NurtureLinks>>,
+    ) -> leadloop_core::nurture::NurtureRules {
+        let rules = leadloop_core::nurture::NurtureRules::new(self.nurture.clone()).unwrap_or_default();
+        match links {
+            Some(links) => rules.with_links(links),
+            None => rules,
+        }
     }
 
     /// The email connector's config with a relative `.eml` directory placed inside the state
