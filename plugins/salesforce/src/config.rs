@@ -49,8 +49,9 @@ pub struct SalesforceConfig {
     /// Records per query page (200–2000).
     #[serde(default = "default_page_size")]
     pub page_size: usize,
-    /// Each incremental query reaches this far behind the cursor, so a record committed late
-    /// with an earlier `SystemModstamp` is not skipped; re-read records are deduplicated.
+    /// How late a transaction may commit after its `SystemModstamp`: a query that started at
+    /// T moves the watermark only to T minus this, so such a record is read by the next
+    /// query instead of skipped; records read twice are deduplicated.
     #[serde(default = "default_overlap", with = "leadloop_plugin::serde_duration")]
     pub overlap: Duration,
     /// Share of the daily API allowance kept for SLA-critical writes: bulk sync stops when

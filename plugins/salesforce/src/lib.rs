@@ -39,12 +39,22 @@ const DELETE_WINDOW_DAYS: i64 = 15;
 /// after the records read up to it are durable.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cursor {
-    /// The newest `SystemModstamp` read so far.
+    /// The watermark: every record with a `SystemModstamp` at or before it has been read. The
+    /// next query asks for `SystemModstamp > stamp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<String>,
     /// The rest of a query in progress (`nextRecordsUrl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// The query in progress started at this instant minus the overlap: once it is read to
+    /// the end, everything stamped up to here was visible to it, so this becomes the
+    /// watermark. Records stamped later are read again by the next query (and deduplicated),
+    /// which is what catches a transaction that committed after its stamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// The newest stamp read by the query in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<String>,
     /// Deletes are known up to this instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<String>,
@@ -244,8 +254,7 @@ impl Salesforce {
         let mut soql = format!("SELECT {} FROM {}", self.mapping(object).select_list(), sobject(object));
         let mut conditions = Vec::new();
         if let Some(since) = cursor.stamp.as_deref().and_then(parse_datetime) {
-            let from = since - chrono::Duration::from_std(self.config.overlap).unwrap_or_default();
-            conditions.push(format!("SystemModstamp > {}", format_datetime(from)));
+            conditions.push(format!("SystemModstamp > {}", format_datetime(since)));
         }
         if object == CrmObject::Task {
             conditions.push("WhoId != null".to_owned());
@@ -279,18 +288,28 @@ impl Salesforce {
         let mapping = self.mapping(object);
         let mut page = ChangePage::default();
         let mut next = cursor.clone();
-        let mut newest = cursor.stamp.as_deref().and_then(parse_datetime);
+        let mut seen = cursor.seen.as_deref().and_then(parse_datetime);
         for raw in &result.records {
             if let Some(stamp) = raw.get("SystemModstamp").and_then(Value::as_str).and_then(parse_datetime) {
-                newest = Some(newest.map_or(stamp, |n| n.max(stamp)));
+                seen = Some(seen.map_or(stamp, |n| n.max(stamp)));
             }
             match mapping.map(raw) {
                 Ok(record) => page.records.push(record),
                 Err(quarantined) => page.quarantined.push(quarantined),
             }
         }
-        next.stamp = newest.map(format_datetime);
-        next.next = if result.done { None } else { result.next_records_url };
+        if result.done {
+            // The query is read to the end: its start (minus the overlap) is the watermark.
+            let started = cursor.started.as_deref().and_then(parse_datetime);
+            let current = cursor.stamp.as_deref().and_then(parse_datetime);
+            next.stamp = max_opt(current, started).map(format_datetime);
+            next.next = None;
+            next.started = None;
+            next.seen = None;
+        } else {
+            next.seen = seen.map(format_datetime);
+            next.next = result.next_records_url;
+        }
         page.more = next.next.is_some();
         page.next_cursor = Some(next.encode());
         page
@@ -304,6 +323,7 @@ impl Salesforce {
         let now = self.clock.now();
         let mut subrequests = Vec::new();
         let mut delete_windows = BTreeMap::new();
+        let started = now - chrono::Duration::from_std(self.config.overlap).unwrap_or_default();
         for (i, object, cursor) in asks {
             subrequests.push(json!({
                 "method": "GET",
@@ -349,7 +369,7 @@ impl Salesforce {
                 ));
                 continue;
             };
-            let mut cursor = cursor.clone();
+            let mut cursor = Cursor { started: Some(format_datetime(started)), seen: None, ..cursor.clone() };
             let mut deleted = Vec::new();
             let mut resync = false;
             if let Some(item) = items.remove(&format!("d{i}")) {
@@ -399,7 +419,7 @@ impl Salesforce {
             if resync {
                 tracing::warn!(object = %object, "deletes are older than salesforce keeps them (15 days); reading the whole object again");
                 metrics::counter!("leadloop_crm_full_resyncs_total").increment(1);
-                let restart = Cursor { stamp: None, next: None, deleted: Some(format_datetime(now)) };
+                let restart = Cursor { deleted: Some(format_datetime(now)), ..Cursor::default() };
                 out.push((
                     *i,
                     Ok(ChangePage {
@@ -466,7 +486,26 @@ impl Salesforce {
             Err(ApiError { code: Some(code), .. }) if code == "INVALID_QUERY_LOCATOR" => {
                 // The query expired (a long pause, a restart): run it again from the cursor.
                 tracing::info!(object = %object, "query locator expired; querying again from the cursor");
-                let restart = Cursor { next: None, ..cursor.clone() };
+                // Everything before the newest stamp read, and visible when the query
+                // started, is in; resume from there.
+                let started = cursor.started.as_deref().and_then(parse_datetime);
+                let seen = cursor
+                    .seen
+                    .as_deref()
+                    .and_then(parse_datetime)
+                    .map(|s| s - chrono::Duration::milliseconds(1));
+                let resume = match (started, seen) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                };
+                let current = cursor.stamp.as_deref().and_then(parse_datetime);
+                let restart = Cursor {
+                    stamp: max_opt(current, resume).map(format_datetime),
+                    next: None,
+                    started: None,
+                    seen: None,
+                    deleted: cursor.deleted.clone(),
+                };
                 Ok(ChangePage { more: true, next_cursor: Some(restart.encode()), ..ChangePage::default() })
             }
             Err(e) => Err(e.error),
@@ -629,6 +668,13 @@ impl Crm for Salesforce {
     }
 }
 
+fn max_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Percent-encodes a query-string value (RFC 3986 unreserved characters stay).
 fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3 / 2);
@@ -647,7 +693,7 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_tolerates_garbage() {
-        let cursor = Cursor { stamp: Some("2026-11-23T16:35:33.000Z".into()), next: None, deleted: None };
+        let cursor = Cursor { stamp: Some("2026-11-23T16:35:33.000Z".into()), ..Cursor::default() };
         assert_eq!(Cursor::parse(Some(&cursor.encode())), cursor);
         assert_eq!(Cursor::parse(Some("not json")), Cursor::default());
         assert_eq!(Cursor::parse(None), Cursor::default());

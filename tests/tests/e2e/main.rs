@@ -1,6 +1,8 @@
 //! leadloop's end-to-end tests: one integration-test binary, one module per area.
 
+mod caldav;
 mod crash;
 mod email;
 mod nospace;
+mod salesforce;
 mod sla;

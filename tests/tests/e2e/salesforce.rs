@@ -1,0 +1,355 @@
+//! The Salesforce connector against the emulator, over HTTP: initial and incremental sync,
+//! deletes, write-back batching and per-record errors, session expiry mid-sync, the API
+//! budget and `Retry-After`, a 5xx in the middle of paging, quarantine, and a restart in the
+//! middle of a sync.
+
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use leadloop_core::connector::{Crm, CrmObject};
+use leadloop_core::rules::{LifecycleConfig, Rules};
+use leadloop_core::sla::{SlaConfig, SlaRules};
+use leadloop_core::{Clock, Effect, EventKind, IdempotencyKey, LeadId, OutboxEntry, VirtualClock};
+use leadloop_engine::Engine;
+use leadloop_engine::crm::{CrmRelay, CrmRelayConfig, CrmSync, QUARANTINE};
+use leadloop_salesforce::{AuthFlow, SalesforceConfig};
+use leadloop_sf_emulator::{Emulator, Fault, SeedSpec, seed};
+use leadloop_store::{Batch, LeadPages, SledConfig, SledStore, Store};
+use serde_json::{Map, Value, json};
+
+struct Rig {
+    emu: Emulator,
+    clock: Arc<VirtualClock>,
+    dir: tempfile::TempDir,
+    secret: std::path::PathBuf,
+    engine: Engine,
+    crm: Arc<leadloop_salesforce::Salesforce>,
+}
+
+impl Rig {
+    async fn start(spec: Option<SeedSpec>) -> Rig {
+        let emu = Emulator::start(leadloop_sf_emulator::Config::default()).await.expect("emulator");
+        if let Some(spec) = spec {
+            seed::populate(&emu, &spec);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("client-secret");
+        std::fs::write(&secret, &emu.config().client_secret).expect("secret file");
+        let clock = Arc::new(VirtualClock::new(emu.now()));
+        let (engine, crm) = Self::open(&emu, &clock, dir.path(), &secret);
+        Rig { emu, clock, dir, secret, engine, crm }
+    }
+
+    fn open(
+        emu: &Emulator,
+        clock: &Arc<VirtualClock>,
+        dir: &std::path::Path,
+        secret: &std::path::Path,
+    ) -> (Engine, Arc<leadloop_salesforce::Salesforce>) {
+        let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.join("state"))).expect("store");
+        let rules = Rules::new(
+            SlaRules::new(SlaConfig::default()),
+            Default::default(),
+            LifecycleConfig::default(),
+            Default::default(),
+        );
+        let engine = Engine::new(store, clock.clone(), Arc::new(rules));
+        let mut config =
+            SalesforceConfig::new(emu.url(), emu.config().consumer_key.clone(), AuthFlow::ClientCredentials);
+        config.client_secret_file = Some(secret.to_path_buf());
+        config.fields.lead.insert("Interests__c".into(), "interests".into());
+        let cx = leadloop_plugin::BuildContext {
+            clock: clock.clone(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let crm = Arc::new(config.build(&cx).expect("connector"));
+        (engine, crm)
+    }
+
+    /// Closes the store and opens it again, as a restart does.
+    fn restart(self) -> Rig {
+        let Rig { emu, clock, dir, secret, engine, crm } = self;
+        drop(engine);
+        drop(crm);
+        let (engine, crm) = Self::open(&emu, &clock, dir.path(), &secret);
+        Rig { emu, clock, dir, secret, engine, crm }
+    }
+
+    fn sync(&self) -> CrmSync {
+        CrmSync::new(self.engine.clone(), self.crm.clone(), &CrmObject::ALL)
+    }
+
+    /// Moves both clocks (leadloop's and Salesforce's) on.
+    fn advance(&self, by: std::time::Duration) {
+        self.emu.advance(by);
+        self.clock.set(self.emu.now());
+    }
+
+    async fn lead_count(&self) -> usize {
+        let mut pages = LeadPages::new(self.engine.store().as_ref());
+        let mut n = 0;
+        while let Some(page) = pages.next().await.expect("page") {
+            n += page.len();
+        }
+        n
+    }
+
+    async fn created_events(&self, id: &str) -> usize {
+        let history = self.engine.store().history(&LeadId::new(id)).await.expect("history");
+        history.iter().filter(|(_, e)| matches!(e.kind, EventKind::Created)).count()
+    }
+}
+
+fn spec(leads: usize) -> SeedSpec {
+    SeedSpec { seed: 7, managers: 2, reps: 6, accounts: 20, leads, tasks: 40 }
+}
+
+fn fields(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn initial_sync_of_ten_thousand_leads_takes_a_call_per_page_then_one_per_poll() {
+    let rig = Rig::start(Some(spec(10_000))).await;
+    // The load finished a while before the first sync.
+    rig.advance(std::time::Duration::from_secs(10));
+    let report = rig.sync().pass().await.expect("pass");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(rig.lead_count().await, 10_000);
+    // ⌈10,000 / 2,000⌉ pages of leads, the first of them in the composite with every other
+    // object's first page.
+    assert!(report.api_calls <= 5 + 5, "initial sync took {} calls", report.api_calls);
+    assert_eq!(rig.emu.logins(), 1, "one login shared by every call");
+
+    // Nothing changed: one call.
+    rig.advance(std::time::Duration::from_secs(300));
+    let idle = rig.sync().pass().await.expect("idle pass");
+    assert_eq!(idle.api_calls, 1);
+    assert_eq!(idle.records.stored, 0);
+
+    // Three leads change: only they (and whatever the overlap window re-reads) are fetched.
+    let leads = rig.emu.all("Lead");
+    for lead in leads.iter().take(3) {
+        let id = lead["Id"].as_str().expect("id");
+        assert!(rig.emu.update("Lead", id, fields(json!({"Title": "Chief Data Officer"}))));
+    }
+    let changed = rig.sync().pass().await.expect("incremental pass");
+    assert_eq!(changed.api_calls, 1);
+    assert_eq!(changed.records.stored, 3, "{changed:?}");
+    assert!(changed.records.fetched < 50, "fetched {}", changed.records.fetched);
+    let id = leads[0]["Id"].as_str().expect("id");
+    let stored = rig.engine.store().lead(&LeadId::new(id)).await.expect("read").expect("lead");
+    assert_eq!(stored.lead.title.as_deref(), Some("Chief Data Officer"));
+}
+
+#[tokio::test]
+async fn deletes_remove_the_lead_and_keep_its_history() {
+    let rig = Rig::start(Some(spec(50))).await;
+    rig.sync().pass().await.expect("pass");
+    let id = rig.emu.all("Lead")[0]["Id"].as_str().expect("id").to_owned();
+    assert!(rig.emu.delete("Lead", &id));
+    rig.advance(std::time::Duration::from_secs(120));
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(report.records.deleted, 1, "{report:?}");
+    assert_eq!(report.api_calls, 1, "the delete check rides in the composite");
+    assert!(rig.engine.store().lead(&LeadId::new(&id)).await.expect("read").is_none());
+    let history = rig.engine.store().history(&LeadId::new(&id)).await.expect("history");
+    assert!(history.iter().any(|(_, e)| matches!(e.kind, EventKind::Deleted)));
+}
+
+#[tokio::test]
+async fn quarantines_bad_records_while_the_rest_syncs_and_releases_them_when_fixed() {
+    let rig = Rig::start(Some(spec(20))).await;
+    let bad_email = rig.emu.insert(
+        "Lead",
+        fields(json!({"LastName": "Broken", "Company": "X", "Email": "not an address", "Status": "Open - Not Contacted"})),
+    );
+    let unknown_owner = rig.emu.insert(
+        "Lead",
+        fields(json!({"LastName": "Orphan", "Company": "X", "OwnerId": "005000000000999AAA"})),
+    );
+    let no_name = rig.emu.insert("Lead", fields(json!({"Company": "X"})));
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(report.records.quarantined, 3, "{report:?}");
+    assert_eq!(rig.lead_count().await, 20);
+    let items: std::collections::BTreeMap<String, Value> =
+        rig.engine.store().items(QUARANTINE).await.expect("items").into_iter().collect();
+    assert!(
+        items[&format!("lead/{bad_email}")]["reason"].as_str().expect("reason").contains("not a valid email")
+    );
+    assert!(
+        items[&format!("lead/{unknown_owner}")]["reason"].as_str().expect("reason").contains("unknown owner")
+    );
+    assert!(items.contains_key(&format!("lead/{no_name}")));
+
+    rig.advance(std::time::Duration::from_secs(60));
+    rig.emu.update("Lead", &bad_email, fields(json!({"Email": "fixed@example.com"})));
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(report.records.quarantined, 2, "{report:?}");
+    let items = rig.engine.store().items(QUARANTINE).await.expect("items");
+    assert!(!items.iter().any(|(k, _)| k == &format!("lead/{bad_email}")));
+    assert_eq!(rig.lead_count().await, 21);
+}
+
+#[tokio::test]
+async fn expired_session_mid_sync_logs_in_once_more_and_finishes() {
+    let rig = Rig::start(Some(spec(5_000))).await;
+    rig.emu.fault(Fault::Slow { delay: std::time::Duration::from_millis(1), times: 1 });
+    // First page of everything, by hand, then the session dies.
+    let sync = rig.sync();
+    let first = rig
+        .crm
+        .pull(&[leadloop_core::connector::PullRequest { object: CrmObject::Lead, cursor: None }])
+        .await
+        .expect("pull");
+    let page = first.into_iter().next().expect("one").expect("page");
+    assert!(page.more);
+    rig.engine.ingest(CrmObject::Lead, page, &sync.cursor_name(CrmObject::Lead)).await.expect("ingest");
+    rig.emu.expire_sessions();
+    let report = sync.pass().await.expect("pass");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(rig.emu.logins(), 2);
+    assert_eq!(rig.lead_count().await, 5_000);
+}
+
+#[tokio::test]
+async fn a_5xx_mid_page_keeps_the_cursor_and_a_restart_resumes_without_loss_or_duplicates() {
+    let rig = Rig::start(Some(spec(9_000))).await;
+    rig.emu.fault(Fault::FailPage { nth: 2 });
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert_eq!(report.errors[0].0, CrmObject::Lead);
+    // Pages 1 and 2 of 5 are durable; page 3 failed.
+    let partial = rig.lead_count().await;
+    assert_eq!(partial, 4_000);
+    let cursor = rig.engine.store().cursor(&rig.sync().cursor_name(CrmObject::Lead)).await.expect("cursor");
+    assert!(cursor.expect("cursor").contains("\"next\""), "the cursor still points into the query");
+
+    // The daemon is killed here; a new one opens the same state directory.
+    let rig = rig.restart();
+    let report = rig.sync().pass().await.expect("pass after restart");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(rig.lead_count().await, 9_000);
+    for lead in rig.emu.all("Lead").iter().step_by(97) {
+        assert_eq!(rig.created_events(lead["Id"].as_str().expect("id")).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_the_budget_reserve_defers_bulk_sync_not_writes() {
+    let rig = Rig::start(Some(spec(6_000))).await;
+    rig.emu.fault(Fault::Status {
+        status: 429,
+        retry_after: Some(7),
+        times: 1,
+        path_contains: Some("/composite".into()),
+    });
+    let report = rig.sync().pass().await.expect("pass");
+    assert!(!report.errors.is_empty());
+    assert_eq!(report.retry_after, Some(std::time::Duration::from_secs(7)));
+    assert_eq!(rig.lead_count().await, 0);
+    assert_eq!(
+        rig.engine.store().cursor(&rig.sync().cursor_name(CrmObject::Lead)).await.expect("cursor"),
+        None
+    );
+
+    // 85 % of the day's allowance is gone; 20 % is kept for SLA writes.
+    rig.emu.set_api_usage(85_000);
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(rig.lead_count().await, 2_000, "the first page came back with the budget in it");
+    assert!(report.errors.iter().any(|(_, e)| e.contains("api budget low")), "{:?}", report.errors);
+    let usage = rig.crm.usage();
+    assert_eq!(usage.bulk_left, Some(0));
+
+    // A status write still goes out.
+    let lead = rig.emu.all("Lead")[0]["Id"].as_str().expect("id").to_owned();
+    let mut batch = Batch::new();
+    let mut update = Map::new();
+    update.insert("status".into(), json!("Working - Contacted"));
+    batch.enqueue(OutboxEntry::new(
+        IdempotencyKey(String::from("w1")),
+        Effect::CrmUpdate { lead_id: LeadId::new(&lead), fields: update },
+        rig.clock.now(),
+    ));
+    rig.engine.store().commit(batch).await.expect("enqueue");
+    let relay = CrmRelay::new(&rig.engine, rig.crm.clone(), CrmRelayConfig::default());
+    let written = relay.run_once().await.expect("relay");
+    assert_eq!(written.written, 1);
+    assert_eq!(rig.emu.get("Lead", &lead).expect("lead")["Status"], json!("Working - Contacted"));
+}
+
+#[tokio::test]
+async fn write_back_batches_200_a_call_retries_record_errors_and_dead_letters_what_keeps_failing() {
+    let rig = Rig::start(Some(spec(450))).await;
+    rig.sync().pass().await.expect("pass");
+    let ids: Vec<String> =
+        rig.emu.all("Lead").iter().map(|l| l["Id"].as_str().expect("id").to_owned()).collect();
+    let mut batch = Batch::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut update = Map::new();
+        // One write names a status the org's picklist refuses.
+        let status = if i == 5 { "Maybe Later" } else { "Working - Contacted" };
+        update.insert("status".into(), json!(status));
+        batch.enqueue(OutboxEntry::new(
+            IdempotencyKey(format!("w{i}")),
+            Effect::CrmUpdate { lead_id: LeadId::new(id), fields: update },
+            rig.clock.now(),
+        ));
+    }
+    let rep =
+        rig.emu.all("User").iter().find(|u| u["Title"] == json!("Account Executive")).expect("rep")["Id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+    batch.enqueue(OutboxEntry::new(
+        IdempotencyKey(String::from("task-1")),
+        Effect::CrmTask {
+            lead_id: LeadId::new(&ids[0]),
+            owner_id: leadloop_core::PersonId::new(&rep),
+            subject: "Call Ada".into(),
+            due: Some(rig.clock.now()),
+        },
+        rig.clock.now(),
+    ));
+    rig.engine.store().commit(batch).await.expect("enqueue");
+    // A lock conflict on one record, once: retried and then written.
+    rig.emu.fault(Fault::RecordError {
+        id: ids[7].clone(),
+        status_code: "UNABLE_TO_LOCK_ROW".into(),
+        message: "unable to obtain exclusive access to this record".into(),
+        times: 1,
+    });
+    let calls = rig.emu.api_calls();
+    let relay = CrmRelay::new(
+        &rig.engine,
+        rig.crm.clone(),
+        CrmRelayConfig { max_attempts: 2, ..CrmRelayConfig::default() },
+    );
+    let first = relay.run_once().await.expect("round 1");
+    assert_eq!(first.written, 449, "{first:?}");
+    assert_eq!(first.retried, 2);
+    assert_eq!(rig.emu.api_calls() - calls, 3 + 1, "450 updates in calls of 200, and one for the task");
+    let tasks: Vec<Map<String, Value>> =
+        rig.emu.all("Task").into_iter().filter(|t| t["Subject"] == json!("Call Ada")).collect();
+    assert_eq!(tasks.len(), 1);
+
+    rig.clock.advance(TimeDelta::hours(2));
+    let second = relay.run_once().await.expect("round 2");
+    assert_eq!((second.written, second.dead_lettered), (1, 1), "{second:?}");
+    let dead = rig
+        .engine
+        .store()
+        .outbox_entry(&IdempotencyKey(String::from("w5")))
+        .await
+        .expect("entry")
+        .expect("w5");
+    match dead.state {
+        leadloop_core::OutboxState::Failed { reason, .. } => {
+            assert!(reason.contains("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"), "{reason}")
+        }
+        other => panic!("not dead-lettered: {other:?}"),
+    }
+    rig.clock.advance(TimeDelta::hours(2));
+    let third = relay.run_once().await.expect("round 3");
+    assert_eq!((third.written, third.retried, third.dead_lettered), (0, 0, 0), "never retried forever");
+}
