@@ -522,6 +522,16 @@ impl CaldavConnector {
         }
     }
 
+    /// Per calendar of `person` read so far: whether it is kept current with
+    /// `sync-collection` (`Some(true)`), by time-range queries (`Some(false)`), or not yet read.
+    pub async fn sync_modes(&self, person: &PersonId) -> Vec<(Url, Option<bool>)> {
+        let state = self.state.lock().await;
+        state
+            .get(person)
+            .map(|s| s.collections.iter().map(|(url, c)| (url.clone(), c.sync)).collect())
+            .unwrap_or_default()
+    }
+
     async fn hold_url(&self, person: &PersonId) -> Result<Url, ConnectorError> {
         let mut state = self.state.lock().await;
         let entry = state.entry(person.clone()).or_default();
