@@ -110,6 +110,9 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
 
     let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
     let mut rules = SlaRules::new(config.sla.clone());
+    if let Some(calendar) = config.calendar.as_ref().filter(|c| c.hold) {
+        rules = rules.with_hold(calendar.hold_length);
+    }
     let signer = match &config.links {
         Some(links) => match links.key() {
             Ok(key) => {
@@ -189,6 +192,11 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         crm_tasks.push(tokio::spawn(async move { sync.run(stop, interval).await }));
         let (stop, max_idle) = (engine_stop.clone(), config.daemon.max_idle);
         crm_tasks.push(tokio::spawn(async move { relay.run(stop, max_idle).await }));
+    }
+    // The calendar: a poller feeding routing and the SLA, and the hold relay. A calendar
+    // outage degrades both; it never holds up a hand-off.
+    if let Some(code) = spawn_calendar(&config, &engine, &store, &clock, &engine_stop) {
+        return code;
     }
     let mut engine_task = tokio::spawn({
         let engine = engine.clone();
@@ -392,6 +400,50 @@ fn notify(states: &[NotifyState<'_>]) {
 
 /// Pings systemd's watchdog at half its interval, but only while the engine loop turns: a
 /// wedged loop stops the pings and systemd restarts the service.
+/// Starts the calendar poller and hold relay when `[calendar]` is configured; an exit code if
+/// the connector cannot be built.
+fn spawn_calendar(
+    config: &Config,
+    engine: &Engine,
+    store: &Arc<dyn Store>,
+    clock: &Arc<dyn leadloop_core::Clock>,
+    stop: &CancellationToken,
+) -> Option<u8> {
+    let calendar_config = config.calendar.as_ref()?;
+    let cx = leadloop_plugin::BuildContext { clock: Arc::clone(clock), shutdown: stop.clone() };
+    let connector = match calendar_config.build(&cx) {
+        Ok(connector) => connector,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the calendar connector");
+            return Some(exit::CONFIG);
+        }
+    };
+    let calendar: Arc<dyn leadloop_core::Calendar> = connector;
+    tracing::info!(
+        people = calendar.people().len(),
+        hold = calendar_config.hold,
+        "calendar connector started"
+    );
+    let poller = leadloop_engine::calendar::CalendarPoller::new(
+        Arc::clone(&calendar),
+        engine.clone(),
+        Arc::clone(clock),
+        calendar_config.look_ahead(),
+        calendar_config.poll_interval,
+    );
+    let relay = leadloop_engine::calendar::CalendarRelay::new(
+        Arc::clone(store),
+        Arc::clone(clock),
+        calendar,
+        config.outbox.relay(),
+    );
+    let (poll_stop, relay_stop) = (stop.clone(), stop.clone());
+    let max_idle = config.daemon.max_idle;
+    tokio::spawn(async move { poller.run(poll_stop).await });
+    tokio::spawn(async move { relay.run(relay_stop, max_idle).await });
+    None
+}
+
 fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) {
     let mut usec = 0u64;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {

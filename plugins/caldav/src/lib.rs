@@ -236,10 +236,7 @@ fn credential_problems(
         out.push((format!("{prefix}username"), "a password needs a username".into()));
     }
     if username.is_some() && !has_password {
-        out.push((
-            format!("{prefix}password_file"),
-            "a username needs `password_file` or `password_env`".into(),
-        ));
+        out.push((format!("{prefix}username"), "a username needs `password_file` or `password_env`".into()));
     }
     out
 }

@@ -274,6 +274,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_links(&config, &mut report);
     check_scoring(&config, &mut report);
     check_routing(&config, &mut report);
+    check_calendar(&config, &mut report);
     check_nurture(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
@@ -749,6 +750,43 @@ fn check_outbox(config: &Config, report: &mut impl FnMut(String, String, Severit
     }
 }
 
+fn check_calendar(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let known = |id: &str| config.people.iter().any(|p| p.id.as_deref() == Some(id));
+    for (i, policy) in config.sla.policies.iter().enumerate() {
+        match (policy.when_away, &policy.backup) {
+            (leadloop_core::sla::WhenAway::Backup, None) => report(
+                format!("sla.policy[{i}].backup"),
+                "when_away = \"backup\" needs a backup: `manager` or a person's id".into(),
+                Severity::Error,
+            ),
+            (_, Some(backup)) if backup != "manager" && !known(backup) => report(
+                format!("sla.policy[{i}].backup"),
+                format!(
+                    "`{backup}` is not among the configured people; unless the CRM supplies it, the rep keeps their steps"
+                ),
+                Severity::Warning,
+            ),
+            _ => {}
+        }
+    }
+    let Some(calendar) = &config.calendar else { return };
+    for (key, message) in calendar.check() {
+        report(format!("calendar.{key}"), message, Severity::Error);
+    }
+    for (i, person) in calendar.people.iter().enumerate() {
+        if !known(&person.id) {
+            report(
+                format!("calendar.person[{i}].id"),
+                format!(
+                    "`{}` is not among the configured people; unless the CRM supplies it, this calendar is read for nobody",
+                    person.id
+                ),
+                Severity::Warning,
+            );
+        }
+    }
+}
+
 fn plausible_email(email: &str) -> bool {
     let Some((local, domain)) = email.rsplit_once('@') else {
         return false;
@@ -785,6 +823,44 @@ email = "mgr@x.example"
 name = "Manager M"
 role = "manager"
 "#;
+
+    #[test]
+    fn calendar_problems_are_reported_at_their_keys() {
+        let input = format!(
+            "{PEOPLE}\n[calendar]\ntype = \"caldav\"\nurl = \"ftp://cal.example\"\nusername = \"leadloop\"\nlook_ahead_weeks = 0\n\n[[calendar.person]]\nid = \"ghost\"\ncalendar = \"/ghost/work/\"\nprincipal = \"/ghost/\"\n\n[[sla.policy]]\nname = \"p\"\nwhen_away = \"backup\"\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\n"
+        );
+        let rendered: Vec<String> = match parse_and_check(Path::new("t.toml"), &input) {
+            Ok((_, diagnostics)) | Err(diagnostics) => diagnostics.iter().map(ToString::to_string).collect(),
+        };
+        let line = |key: &str| input.lines().position(|l| l.starts_with(key)).map_or(0, |i| i + 1);
+        for expected in [
+            format!("t.toml:{}:1: calendar.url: must be an http or https URL", line("url =")),
+            format!(
+                "t.toml:{}:1: calendar.username: a username needs `password_file` or `password_env`",
+                line("username")
+            ),
+            format!(
+                "t.toml:{}:1: calendar.look_ahead_weeks: must be between 1 and 52",
+                line("look_ahead_weeks")
+            ),
+            format!(
+                "t.toml:{}:1: calendar.person[0]: set `calendar` or `principal`, not both",
+                line("[[calendar.person]]")
+            ),
+            format!(
+                "t.toml:{}:1: calendar.person[0].id: warning: `ghost` is not among the configured people; unless the CRM supplies it, this calendar is read for nobody",
+                line("id = \"ghost\"")
+            ),
+        ] {
+            assert!(rendered.iter().any(|r| r == &expected), "missing {expected}\nin {rendered:#?}");
+        }
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("sla.policy[0].backup: when_away = \"backup\" needs a backup")),
+            "{rendered:#?}"
+        );
+    }
 
     #[test]
     fn a_valid_file_has_no_findings() {

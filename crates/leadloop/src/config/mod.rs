@@ -42,6 +42,9 @@ pub struct Config {
     pub routing: leadloop_core::routing::RoutingConfig,
     /// One-click links in SLA emails and the public listener that serves them.
     pub links: Option<crate::links::LinksConfig>,
+    /// The calendar connector (CalDAV): meeting signals for routing, time away for routing and
+    /// the SLA, follow-up holds at hand-off.
+    pub calendar: Option<leadloop_caldav::CalendarConfig>,
     /// Nurture tracks for leads not ready for sales.
     #[serde(default)]
     pub nurture: leadloop_core::nurture::NurtureConfig,
