@@ -258,6 +258,10 @@ pub fn sample_vars(template: &str) -> Value {
             "missed_steps": 0,
         },
         "crm_url": "https://example.my.salesforce.com/00QSAMPLE",
+        // A follow-up call held in the rep's calendar at hand-off, and the rep's time away
+        // (with who gets their steps instead); null when there is none.
+        "hold": { "start": "2026-03-03 10:00 EST", "end": "2026-03-03 10:30 EST" },
+        "away": { "until": "2026-03-04 00:00 EST", "backup": person("Backup Sample", "backup@example.com") },
         "unsubscribe_url": "https://leadloop.example.com/u/SAMPLE",
         "person": person("Manager Sample", "manager@example.com"),
         "date": "2026-03-03",
@@ -345,6 +349,30 @@ mod tests {
             rendered.html
         );
         assert!(rendered.text.contains("<script>Acme & Co</script>"));
+    }
+
+    #[test]
+    fn the_alert_names_the_held_call_slot_and_an_away_reps_backup() {
+        let templates = Templates::load(None).expect("load");
+        let mut vars = sample_vars("sla_alert");
+        vars["hold"] = Value::Null;
+        vars["away"] = Value::Null;
+        let plain = templates.render("sla_alert", &vars).expect("render");
+        assert!(!plain.text.contains("held in your calendar"), "{}", plain.text);
+        vars["hold"] = json!({ "start": "2026-11-24 10:00 CET", "end": "2026-11-24 10:30 CET" });
+        vars["away"] = json!({ "until": "2026-11-25 00:00 CET", "backup": { "name": "Lee Backup" } });
+        let rendered = templates.render("sla_alert", &vars).expect("render");
+        assert!(
+            rendered.text.contains(
+                "A call slot is held in your calendar: 2026-11-24 10:00 CET to 2026-11-24 10:30 CET."
+            ),
+            "{}",
+            rendered.text
+        );
+        assert!(
+            rendered.text.contains("is away until 2026-11-25 00:00 CET, so this goes to you, Lee Backup.")
+        );
+        assert!(rendered.html.contains("held in your calendar: 2026-11-24 10:00 CET"), "{}", rendered.html);
     }
 
     #[test]
