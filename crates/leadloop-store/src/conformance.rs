@@ -88,12 +88,25 @@ pub async fn channels_have_separate_queues(store: Arc<dyn Store>) {
         Effect::CrmUpdate { lead_id: LeadId::new("00Q1"), fields: Default::default() },
         t0() - TimeDelta::minutes(5),
     );
+    let hold = OutboxEntry::new(
+        IdempotencyKey("h1".into()),
+        Effect::CalendarHold {
+            person: leadloop_core::PersonId::new("005A"),
+            lead_id: LeadId::new("00Q1"),
+            start: t0() + TimeDelta::hours(1),
+            end: t0() + TimeDelta::hours(2),
+            summary: "Call Ana".into(),
+        },
+        t0(),
+    );
     let mut batch = Batch::new();
-    batch.enqueue(email("e1")).enqueue(write).enqueue(email("e2"));
+    batch.enqueue(email("e1")).enqueue(write).enqueue(hold).enqueue(email("e2"));
     store.commit(batch).await.expect("commit");
     let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
     assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["e1", "e2"]);
     assert_eq!(keys(store.outbox_ready(Channel::Crm, t0(), 10).await.expect("ready")), ["w1"]);
+    assert_eq!(keys(store.outbox_ready(Channel::Calendar, t0(), 10).await.expect("ready")), ["h1"]);
+    assert_eq!(store.outbox_pending(Channel::Calendar).await.expect("pending"), (1, Some(t0())));
     assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending"), (2, Some(t0())));
     assert_eq!(
         store.outbox_pending(Channel::Crm).await.expect("pending"),
