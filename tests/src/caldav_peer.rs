@@ -148,6 +148,25 @@ impl CaldavPeer {
         Ok(())
     }
 
+    /// The entity tag of resource `name` in `user`'s calendar `calendar`, if it exists.
+    pub async fn etag(&self, user: &str, calendar: &str, name: &str) -> anyhow::Result<Option<String>> {
+        let url = format!("{}{name}", self.calendar_url(user, calendar));
+        let response = self
+            .client
+            .request(Method::from_bytes(b"PROPFIND")?, &url)
+            .basic_auth(user, Some(password(user)))
+            .header("Depth", "0")
+            .body(r#"<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getetag/></D:prop></D:propfind>"#)
+            .send()
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let listing =
+            leadloop_caldav::dav::parse_multistatus(&response.text().await?).map_err(anyhow::Error::msg)?;
+        Ok(listing.responses.into_iter().find_map(|r| r.etag))
+    }
+
     /// The resources of a calendar: (name, text), via GET of each listed href.
     pub async fn items(&self, user: &str, calendar: &str) -> anyhow::Result<Vec<(String, String)>> {
         let url = self.calendar_url(user, calendar);

@@ -370,6 +370,16 @@ END:VCALENDAR&#13;
     }
 
     #[test]
+    fn basic_auth_and_bearer_tokens_make_their_headers() {
+        let basic = Auth::Basic { username: "ana".into(), password: Secret::for_tests("pw") };
+        assert_eq!(basic.header().as_deref(), Some("Basic YW5hOnB3"));
+        assert_eq!(Auth::Bearer(Secret::for_tests("tok")).header().as_deref(), Some("Bearer tok"));
+        assert_eq!(Auth::None.header(), None);
+        // Debug output never shows a secret.
+        assert!(!format!("{basic:?}").contains("pw\""), "{basic:?}");
+    }
+
+    #[test]
     fn statuses_are_classified() {
         let url: Url = "http://127.0.0.1/cal/".parse().unwrap();
         let answer = |code: u16, retry: Option<&str>| {

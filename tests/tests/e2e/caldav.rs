@@ -418,3 +418,41 @@ async fn a_malformed_entry_is_skipped_with_its_reason_and_the_rest_keeps_working
         .expect("route");
     assert_eq!(route.owner.as_str(), "bo", "the good entry still counts");
 }
+
+#[tokio::test]
+async fn free_busy_reports_busy_time_and_a_hold_is_removed_only_as_booked() {
+    let rig = rig(sla(WhenAway::Pause, None), USERS[1].1).await;
+    let meeting = ics(
+        "BEGIN:VEVENT\r\nUID:fb1\r\nDTSTAMP:20261101T000000Z\r\nDTSTART;TZID=Europe/Berlin:20261124T100000\r\nDTEND;TZID=Europe/Berlin:20261124T110000\r\nSUMMARY:Review\r\nEND:VEVENT\r\n",
+    );
+    rig.peer.put_event("ana", "work", "fb1.ics", &meeting).await.expect("put");
+    let ana = PersonId::new("ana");
+    let busy = rig
+        .connector
+        .free_busy(
+            &ana,
+            "2026-11-24T00:00:00Z".parse().expect("instant"),
+            "2026-11-25T00:00:00Z".parse().expect("instant"),
+        )
+        .await
+        .expect("free-busy");
+    assert_eq!(
+        busy,
+        [(
+            "2026-11-24T09:00:00Z".parse().expect("instant"),
+            "2026-11-24T10:00:00Z".parse().expect("instant")
+        )]
+    );
+    // A hold, then its removal with If-Match: a stale etag leaves it, the current one removes it.
+    let key = IdempotencyKey("hold/00Q9/1".into());
+    let (start, end) =
+        ("2026-11-24T13:00:00Z".parse().expect("instant"), "2026-11-24T13:30:00Z".parse().expect("instant"));
+    rig.connector.place_hold(&ana, &key, start, end, "Call Eve").await.expect("hold");
+    let name = "leadloop-hold-00Q9-1.ics";
+    let etag = rig.peer.etag("ana", "work", name).await.expect("etag").expect("booked");
+    let stale = rig.connector.cancel_hold(&ana, &key, "\"stale\"").await.expect_err("stale etag");
+    assert!(stale.to_string().contains("changed since leadloop booked it"), "{stale}");
+    assert!(rig.peer.etag("ana", "work", name).await.expect("etag").is_some());
+    rig.connector.cancel_hold(&ana, &key, &etag).await.expect("cancel");
+    assert_eq!(rig.peer.etag("ana", "work", name).await.expect("etag"), None);
+}
