@@ -66,9 +66,10 @@ impl IngestReport {
     }
 }
 
-/// A queue id (`00G…`) may own leads without being a user leadloop knows.
+/// Owners must be in the org chart (connectors add the CRM's queues as people with the
+/// queue role).
 fn owner_known(chart: &OrgChart, owner: &PersonId) -> bool {
-    chart.get(owner).is_some() || owner.as_str().starts_with("00G")
+    chart.get(owner).is_some()
 }
 
 impl Engine {
@@ -100,9 +101,28 @@ impl Engine {
         let mut accounts = Vec::new();
         let mut seen_activities = HashSet::new();
 
+        let mut chart_stale = false;
         for record in page.records {
+            if chart_stale && !matches!(record, CrmRecord::User(_)) {
+                // People changed earlier in this page: decide the rest with them in the chart.
+                if let Some(list) = &people {
+                    let mut rebuilt = OrgChart::new(list.clone());
+                    rebuilt.load = std::mem::take(&mut chart.load);
+                    rebuilt.turns = std::mem::take(&mut chart.turns);
+                    rebuilt.accounts = std::mem::take(&mut chart.accounts);
+                    chart = rebuilt;
+                }
+                chart_stale = false;
+            }
             match record {
                 CrmRecord::User(mut person) => {
+                    if let Some(known) = chart.get(&person.id)
+                        && person.role == leadloop_core::Role::Queue
+                        && known.role == leadloop_core::Role::Queue
+                    {
+                        report.unchanged += 1;
+                        continue;
+                    }
                     if let Some(old) = chart.get(&person.id) {
                         // Role and capacity are leadloop's own (from config), not the CRM's.
                         person.role = old.role;
@@ -117,6 +137,7 @@ impl Engine {
                     let list = people.get_or_insert_with(|| chart.people().cloned().collect());
                     list.retain(|p| p.id != person.id);
                     list.push(person);
+                    chart_stale = true;
                     report.stored += 1;
                 }
                 CrmRecord::Account(account) => {

@@ -26,6 +26,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Run(RunArgs),
+    /// See the whole loop in a minute: a sample Salesforce org on loopback, accelerated time,
+    /// no config needed.
+    Demo(crate::demo::DemoArgs),
     /// Check a config file: syntax, types, unknown keys, references. Exit 78 if invalid.
     Validate(ConfigArg),
     /// Write a portable, checksummed backup of the state directory.
@@ -274,6 +277,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Validate(args) => validate(&args.config),
         Command::Run(args) => daemon::main(args),
+        Command::Demo(args) => crate::demo::main(args),
         Command::Export(args) => backup(args, true),
         Command::Import(args) => backup(args, false),
         Command::Sla { command: SlaCommand::List { read, overdue, rep } } => crate::sla_cmd::main(
@@ -308,9 +312,16 @@ pub fn main() -> ExitCode {
         Command::Nurture { command: NurtureCommand::List { config, state_dir, format } } => {
             crate::nurture_cmd::list(&config.config, state_dir, format == Format::Json)
         }
-        Command::Nurture { command: NurtureCommand::Preview { config, track, lead, count, state_dir, format } } => {
-            crate::nurture_cmd::preview(&config.config, &track, &lead, count, state_dir, format == Format::Json)
-        }
+        Command::Nurture {
+            command: NurtureCommand::Preview { config, track, lead, count, state_dir, format },
+        } => crate::nurture_cmd::preview(
+            &config.config,
+            &track,
+            &lead,
+            count,
+            state_dir,
+            format == Format::Json,
+        ),
         Command::Email { command: EmailCommand::Test { config, to } } => {
             crate::email_cmd::test(&config.config, &to)
         }

@@ -109,29 +109,13 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     });
 
     let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
-    let mut rules = SlaRules::new(config.sla.clone());
-    if let Some(calendar) = config.calendar.as_ref().filter(|c| c.hold) {
-        rules = rules.with_hold(calendar.hold_length);
-    }
-    let signer = match &config.links {
-        Some(links) => match links.key() {
-            Ok(key) => {
-                let signer = Arc::new(
-                    crate::links::Signer::new(key, &links.public_url, links.ttl)
-                        .with_nurture_ttl(links.nurture_ttl),
-                );
-                rules = rules.with_links(signer.clone());
-                Some(signer)
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot start the one-click links");
-                return exit::CONFIG;
-            }
-        },
-        None => None,
+    let (rules, signer) = match engine_rules(&config) {
+        Ok(built) => built,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the one-click links");
+            return exit::CONFIG;
+        }
     };
-    let nurture_links = signer.clone().map(|s| s as Arc<dyn leadloop_core::nurture::NurtureLinks>);
-    let rules = config.rules(rules).with_nurture(config.nurture_rules(nurture_links));
     let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(rules));
     let rule_names: Vec<String> = config.routing.rules.iter().map(|r| r.name.clone()).collect();
     if let Err(error) = engine.load_turns(&rule_names).await {
@@ -323,6 +307,32 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     drop(store);
     tracing::info!("leadloop stopped");
     if engine_ended { engine_exit } else { exit::OK }
+}
+
+/// The rules the engine runs, as config says (the SLA with holds and signed links, lifecycle,
+/// scoring, routing, nurture), and the link signer when `[links]` is set. Shared by the
+/// daemon, `sync --once` and `demo`, so each decides exactly as the daemon would.
+pub(crate) fn engine_rules(
+    config: &Config,
+) -> Result<(leadloop_core::rules::Rules, Option<Arc<crate::links::Signer>>), String> {
+    let mut rules = SlaRules::new(config.sla.clone());
+    if let Some(calendar) = config.calendar.as_ref().filter(|c| c.hold) {
+        rules = rules.with_hold(calendar.hold_length);
+    }
+    let signer = match &config.links {
+        Some(links) => {
+            let key = links.key().map_err(|e| e.to_string())?;
+            let signer = Arc::new(
+                crate::links::Signer::new(key, &links.public_url, links.ttl)
+                    .with_nurture_ttl(links.nurture_ttl),
+            );
+            rules = rules.with_links(signer.clone());
+            Some(signer)
+        }
+        None => None,
+    };
+    let nurture_links = signer.clone().map(|s| s as Arc<dyn leadloop_core::nurture::NurtureLinks>);
+    Ok((config.rules(rules).with_nurture(config.nurture_rules(nurture_links)), signer))
 }
 
 pub(crate) async fn write_people(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod email_cmd;
 pub mod exit;
 pub mod links;

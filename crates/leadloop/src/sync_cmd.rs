@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use leadloop_core::SystemClock;
-use leadloop_core::sla::SlaRules;
 use leadloop_engine::Engine;
 use leadloop_engine::crm::{CrmRelay, CrmSync, SyncReport};
 use leadloop_store::{SledStore, Store};
@@ -47,7 +46,14 @@ pub fn main(config_path: &Path, state_dir: Option<PathBuf>, once: bool, format: 
             return exit::STORE;
         }
         let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
-        let engine = Engine::new(store.clone(), clock.clone(), Arc::new(config.rules(SlaRules::new(config.sla.clone()))));
+        let rules = match crate::daemon::engine_rules(&config) {
+            Ok((rules, _)) => rules,
+            Err(error) => {
+                eprintln!("{}: links: {error}", config_path.display());
+                return exit::CONFIG;
+            }
+        };
+        let engine = Engine::new(store.clone(), clock.clone(), Arc::new(rules));
         let rule_names: Vec<String> = config.routing.rules.iter().map(|r| r.name.clone()).collect();
         if let Err(error) = engine.load_turns(&rule_names).await {
             eprintln!("cannot load routing turns: {error}");

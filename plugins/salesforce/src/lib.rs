@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use leadloop_core::connector::{ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmWrite, PullRequest};
+use leadloop_core::connector::{
+    ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest,
+};
 use leadloop_core::{Clock, Timestamp};
 use leadloop_plugin::{BuildContext, BuildError, secret_from};
 use reqwest::Method;
@@ -297,6 +299,33 @@ impl Salesforce {
                 Ok(record) => page.records.push(record),
                 Err(quarantined) => page.quarantined.push(quarantined),
             }
+        }
+        // A lead owned by a queue (`00G…`) is not yet a person's: the queue joins the org
+        // chart as such, so routing may assign the lead and no SLA runs against the queue.
+        let mut queues: Vec<leadloop_core::PersonId> = Vec::new();
+        for record in &page.records {
+            if let CrmRecord::Lead(lead) = record
+                && let Some(owner) = &lead.owner_id
+                && owner.as_str().starts_with("00G")
+                && !queues.contains(owner)
+            {
+                queues.push(owner.clone());
+            }
+        }
+        if !queues.is_empty() {
+            let people = queues.into_iter().map(|id| {
+                CrmRecord::User(leadloop_core::Person {
+                    name: format!("queue {id}"),
+                    id,
+                    email: String::new(),
+                    manager: None,
+                    time_zone: None,
+                    role: leadloop_core::Role::Queue,
+                    active: true,
+                    capacity: None,
+                })
+            });
+            page.records.splice(0..0, people);
         }
         if result.done {
             // The query is read to the end: its start (minus the overlap) is the watermark.

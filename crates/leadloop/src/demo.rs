@@ -1,0 +1,583 @@
+//! `leadloop demo`: the whole loop on one machine in about a minute, with no config. It starts
+//! the Salesforce emulator on loopback with a sample org (an executive, managers, reps,
+//! accounts, a few hundred leads), and runs the real engine, the real Salesforce connector
+//! (over HTTP), the real email relay and CRM write-back against it, in accelerated virtual
+//! time. Leads engage (web visits, downloads, demo requests), are scored, qualify, are routed
+//! to reps, alerted, reminded and escalated; some reps answer in Salesforce and close the loop;
+//! the rest are nurtured. It prints a timeline and a summary, and leaves the emails (`.eml`
+//! files, or delivered to `--smtp HOST:PORT`) and the state directory behind for a look.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Timelike};
+use clap::Args;
+use leadloop_core::connector::Activity;
+use leadloop_core::{Clock, EventKind, HistoryEvent, LeadId, Stage, Timestamp, VirtualClock};
+use leadloop_engine::crm::{CrmRelay, CrmSync};
+use leadloop_engine::{EmailRelay, Engine};
+use leadloop_sf_emulator::{Emulator, SeedSpec, seed};
+use leadloop_store::{SledStore, Store};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Virtual seconds per real second: 3600 runs an hour a second, so the 72-hour ladder
+    /// takes about a minute.
+    #[arg(long, default_value_t = 3600.0)]
+    pub speed: f64,
+    /// How much virtual time to run.
+    #[arg(long, default_value = "80h", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Leads in the sample org.
+    #[arg(long, default_value_t = 300)]
+    pub leads: usize,
+    /// Deliver the emails to this SMTP server (plain, no auth) instead of writing .eml files.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub smtp: Option<String>,
+    /// Where to put the state and the emails; default: a new directory under the system's
+    /// temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The sample org's random seed (the same seed, the same story).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// The timeline reports in windows of this much virtual time.
+const WINDOW: TimeDelta = TimeDelta::hours(12);
+
+/// What the timeline counts, per window.
+#[derive(Debug, Default)]
+struct Tally {
+    lines: BTreeMap<&'static str, usize>,
+    routes: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    by_stage: BTreeMap<String, usize>,
+    emails: BTreeMap<String, usize>,
+    handoffs: usize,
+    satisfied: usize,
+    crm_writes: usize,
+}
+
+pub fn main(args: DemoArgs) -> u8 {
+    if args.speed.is_nan() || args.speed < 1.0 {
+        eprintln!("leadloop demo: --speed must be at least 1");
+        return exit::USAGE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("leadloop demo: {e:#}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn config_text(
+    dir: &std::path::Path,
+    url: &str,
+    ids: &leadloop_sf_emulator::SeedIds,
+    smtp: Option<&str>,
+    public: &str,
+) -> String {
+    let pool = |range: std::ops::Range<usize>| {
+        ids.reps
+            .get(range)
+            .unwrap_or_default()
+            .iter()
+            .map(|id| format!("\"{id}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let half = ids.reps.len() / 2;
+    let email = match smtp {
+        Some(addr) => {
+            let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "25"));
+            format!("deliver = \"smtp\"\n[email.smtp]\nhost = \"{host}\"\nport = {port}\ntls = \"plain\"\n")
+        }
+        None => "deliver = \"directory\"\ndirectory = \"mail\"\n".to_owned(),
+    };
+    format!(
+        r#"
+[daemon]
+state_dir = "{state}"
+
+[crm]
+type = "salesforce"
+poll_interval = "10m"
+
+[crm.salesforce]
+login_url = "{url}"
+auth = "client_credentials"
+client_id = "{client}"
+client_secret_file = "{secret}"
+[crm.salesforce.fields.lead]
+Interests__c = "interests"
+
+[links]
+public_listen = "{public}"
+public_url = "http://{public}"
+signing_key_file = "{key}"
+
+[email]
+from = "leadloop demo <leadloop@example.com>"
+nurture_from = "Example Marketing <marketing@example.com>"
+{email}
+[scoring]
+threshold = 65
+[[scoring.fit]]
+name = "senior title"
+field = "title"
+contains = ["vp", "director", "chief", "head of", "cto", "cio"]
+points = 40
+[[scoring.fit]]
+name = "mid-size company"
+field = "company_size"
+min = 200
+max = 5000
+points = 15
+[[scoring.engagement]]
+name = "web visits"
+activity = "web_visit"
+points = 3
+cap = 15
+per = "7days"
+[[scoring.engagement]]
+name = "content downloads"
+activity = "content_download"
+points = 10
+cap = 20
+per = "30days"
+[[scoring.engagement]]
+name = "demo request"
+activity = "form_submit"
+points = 30
+
+[lifecycle]
+status_stages = {{ "Working - Contacted" = "sales_qualified", "Closed - Not Converted" = "disqualified" }}
+
+[routing]
+fallback = "{fallback}"
+[[routing.rule]]
+name = "americas"
+match = {{ country = ["US", "CA", "BR"] }}
+pool = [{americas}]
+[[routing.rule]]
+name = "rest of world"
+match = {{ country = ["DE", "FR", "GB", "NL", "AU", "JP", "IN"] }}
+pool = [{world}]
+
+[sla]
+open_statuses = ["Open - Not Contacted"]
+accept_status = "Working - Contacted"
+recycle_status = "Open - Not Contacted"
+disqualify_status = "Closed - Not Converted"
+
+[nurture]
+default_time_zone = "America/New_York"
+frequency_cap = {{ max = 2, per = "7days" }}
+quiet_hours = {{ start = "20:00", end = "08:00", weekends = false }}
+[[nurture.tracks]]
+name = "welcome"
+enrol = {{ stages = ["engaged", "prospect", "recycled"], recycled = true }}
+exit = ["mql", "converted", "end"]
+time_zone = "lead"
+[[nurture.tracks.steps]]
+name = "day 1"
+after = "1d"
+from = "enrolment"
+at = "10:00"
+template = "nurture_example"
+[[nurture.tracks.steps]]
+name = "day 3"
+after = "2d"
+from = "previous"
+at = "10:00"
+template = "nurture_example"
+"#,
+        state = dir.join("state").display(),
+        client = leadloop_sf_emulator::Config::default().consumer_key,
+        secret = dir.join("salesforce-secret").display(),
+        key = dir.join("links-key").display(),
+        fallback = ids.reps.first().map(String::as_str).unwrap_or_default(),
+        americas = pool(0..half),
+        world = pool(half..ids.reps.len()),
+    )
+}
+
+async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            std::env::temp_dir().join(format!("leadloop-demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if dir.join("state").exists() {
+        anyhow::bail!("{} already holds a demo; pass another --dir", dir.display());
+    }
+
+    // The sample org, in Salesforce's shapes, on loopback.
+    let emu = Emulator::start(leadloop_sf_emulator::Config::default())
+        .await
+        .context("cannot start the Salesforce emulator")?;
+    let spec = SeedSpec {
+        seed: args.seed,
+        managers: 2,
+        reps: 6,
+        accounts: 30,
+        leads: args.leads,
+        tasks: args.leads / 4,
+    };
+    let ids = seed::populate(&emu, &spec);
+    // Virtual time starts at the next whole hour; the emulator's clock follows it.
+    let now = emu.now();
+    let start = now + TimeDelta::seconds(3600 - i64::from(now.minute() * 60 + now.second()));
+    let clock = Arc::new(VirtualClock::new(start));
+    sync_emulator(&emu, clock.now());
+
+    std::fs::write(dir.join("salesforce-secret"), &emu.config().client_secret)?;
+    let mut key = [0u8; 32];
+    StdRng::seed_from_u64(args.seed ^ 0x5eed).fill(&mut key);
+    std::fs::write(dir.join("links-key"), key.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
+    let public =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("no free port")?;
+    let text = config_text(&dir, &emu.url(), &ids, args.smtp.as_deref(), &public.to_string());
+    let config = match crate::config::load_str(std::path::Path::new("(demo config)"), &text) {
+        Ok((config, _)) => config,
+        Err(errors) => anyhow::bail!("the demo's own config is invalid:\n{errors}"),
+    };
+
+    let store: Arc<dyn Store> = SledStore::open(&config.sled(None)).context("cannot open the demo store")?;
+    let (rules, signer) = crate::daemon::engine_rules(&config).map_err(|e| anyhow::anyhow!(e))?;
+    let events: Arc<Mutex<Vec<(LeadId, HistoryEvent)>>> = Arc::default();
+    let observer_events = events.clone();
+    let engine = Engine::new(store.clone(), clock.clone(), Arc::new(rules)).with_observer(Arc::new(
+        move |lead: &LeadId, event: &HistoryEvent| {
+            observer_events.lock().unwrap_or_else(|p| p.into_inner()).push((lead.clone(), event.clone()));
+        },
+    ));
+    let cx = leadloop_plugin::BuildContext {
+        clock: clock.clone(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let crm_config = config.crm.clone().context("demo config has no [crm]")?;
+    let crm = crm_config.build(&cx).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let email = config.email().context("demo config has no [email]")?;
+    let mailer = email.build(&cx).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let email_relay = EmailRelay::new(store.clone(), clock.clone(), mailer, config.outbox.relay())
+        .with_writer_lock(engine.writer_lock());
+    let crm_relay = CrmRelay::new(&engine, crm.clone(), crm_config.relay(&config.outbox));
+    let sync = CrmSync::new(engine.clone(), crm.clone(), &crm_config.objects);
+    if let Some(signer) = signer {
+        let listener = tokio::net::TcpListener::bind(public).await?;
+        let router = crate::links::router(signer, engine.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+
+    let mail_dir = dir.join("state").join("mail");
+    println!("leadloop demo — the whole loop, {}× faster than real time", args.speed);
+    println!(
+        "  Salesforce emulator  {} ({} leads, {} reps, {} managers, 1 executive)",
+        emu.url(),
+        ids.leads.len(),
+        ids.reps.len(),
+        ids.managers.len()
+    );
+    println!("  state directory      {}", dir.join("state").display());
+    match &args.smtp {
+        Some(addr) => println!("  emails               to the SMTP server at {addr}"),
+        None => println!("  emails               {}", mail_dir.display()),
+    }
+    println!("  one-click links      http://{public}/l/… (while the demo runs)");
+    println!();
+
+    // The first sync: the org's users, accounts, leads and tasks.
+    let started = Instant::now();
+    let first = sync.pass().await?;
+    let synced = |object: &str| emu.count(object);
+    line(
+        clock.now(),
+        &format!(
+            "synced from Salesforce: {} leads, {} users, {} accounts, {} tasks in {} API call(s){}",
+            synced("Lead"),
+            synced("User"),
+            synced("Account"),
+            synced("Task"),
+            first.api_calls,
+            if first.records.quarantined > 0 {
+                format!(" ({} quarantined)", first.records.quarantined)
+            } else {
+                String::new()
+            }
+        ),
+    );
+
+    // What the leads will do: marketing activity over the first day, and reps answering some
+    // alerts in Salesforce.
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut planned: Vec<(Timestamp, Activity)> = Vec::new();
+    for id in &ids.leads {
+        let roll: f64 = rng.random();
+        let kinds: &[&str] = if roll < 0.25 {
+            &["web_visit", "content_download", "form_submit"]
+        } else if roll < 0.8 {
+            &["web_visit", "web_visit", "content_download"]
+        } else {
+            &[]
+        };
+        for kind in kinds {
+            let at = start + TimeDelta::minutes(rng.random_range(5..(20 * 60)));
+            planned.push((
+                at,
+                Activity { lead_id: LeadId::new(id), at, kind: (*kind).to_owned(), detail: BTreeMap::new() },
+            ));
+        }
+    }
+    planned.sort_by_key(|(at, _)| *at);
+    let mut planned = planned.into_iter().peekable();
+    let mut answers: Vec<(Timestamp, String)> = Vec::new();
+
+    let end = start + TimeDelta::from_std(args.duration).unwrap_or(TimeDelta::hours(80));
+    let poll = TimeDelta::from_std(crm_config.poll_interval).unwrap_or(TimeDelta::minutes(10));
+    let mut next_poll = start + poll;
+    let mut tally = Tally::default();
+    let mut totals = Totals::default();
+    let mut hour = start;
+    let mut last_progress = start;
+    let real_start = Instant::now();
+    let mut last_real = real_start;
+    loop {
+        // Move time on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let real = Instant::now();
+        let step = TimeDelta::from_std((real - last_real).mul_f64(args.speed)).unwrap_or(TimeDelta::hours(1));
+        last_real = real;
+        let target = (clock.now() + step).min(end);
+        // Walk through the step in slices no longer than a poll, so syncs and activities
+        // happen at their times.
+        while clock.now() < target {
+            let next = [
+                target,
+                next_poll,
+                planned.peek().map_or(target, |(at, _)| *at),
+                answers.iter().map(|(at, _)| *at).min().unwrap_or(target),
+            ]
+            .into_iter()
+            .filter(|t| *t > clock.now())
+            .min()
+            .unwrap_or(target)
+            .min(target);
+            clock.set(next);
+            sync_emulator(&emu, clock.now());
+            while let Some((at, _)) = planned.peek() {
+                if *at > clock.now() {
+                    break;
+                }
+                if let Some((_, activity)) = planned.next() {
+                    engine.record_activity(activity).await?;
+                }
+            }
+            let (due, later): (Vec<_>, Vec<_>) = answers.drain(..).partition(|(at, _)| *at <= clock.now());
+            answers = later;
+            for (_, lead) in due {
+                let mut fields = serde_json::Map::new();
+                fields.insert("Status".into(), serde_json::json!("Working - Contacted"));
+                emu.update("Lead", &lead, fields);
+            }
+            if clock.now() >= next_poll {
+                sync.pass().await?;
+                next_poll = clock.now() + poll;
+            }
+            loop {
+                let report = engine.tick().await?;
+                if !report.more {
+                    break;
+                }
+            }
+            email_relay.run_once().await?;
+            totals.crm_writes += crm_relay.run_once().await?.written;
+            let drained: Vec<(LeadId, HistoryEvent)> =
+                std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
+            for (lead, event) in drained {
+                while event.at >= hour + WINDOW {
+                    flush(hour, &mut tally);
+                    hour += WINDOW;
+                }
+                record(&lead, &event, &mut tally, &mut totals, &mut answers, &mut rng);
+            }
+        }
+        if clock.now() - last_progress >= TimeDelta::hours(12) && clock.now() < end {
+            last_progress = clock.now();
+            let done = (clock.now() - start).num_hours();
+            eprintln!("  … {done} of {} hours", (end - start).num_hours());
+        }
+        if clock.now() >= end {
+            break;
+        }
+    }
+    flush(hour, &mut tally);
+    // What is still queued goes out.
+    email_relay.run_once().await?;
+    totals.crm_writes += crm_relay.run_once().await?.written;
+
+    // Summary.
+    let mut pages = leadloop_store::LeadPages::new(store.as_ref());
+    while let Some(page) = pages.next().await? {
+        for record in page {
+            *totals.by_stage.entry(stage_name(record.stage)).or_default() += 1;
+        }
+    }
+    println!();
+    println!(
+        "summary after {} virtual hours ({:.0} s real):",
+        (end - start).num_hours(),
+        started.elapsed().as_secs_f64()
+    );
+    let stages: Vec<String> = totals.by_stage.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("  leads by stage       {}", stages.join(", "));
+    println!(
+        "  hand-offs            {} started, {} answered by the rep in Salesforce",
+        totals.handoffs, totals.satisfied
+    );
+    let emails: Vec<String> = totals.emails.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!(
+        "  emails               {}",
+        if emails.is_empty() { "none".to_owned() } else { emails.join(", ") }
+    );
+    println!("  written to the CRM   {} updates and tasks", totals.crm_writes);
+    println!("  Salesforce API calls {} (of {} a day)", emu.api_calls(), emu.config().daily_api_limit);
+    match &args.smtp {
+        Some(addr) => println!("  the emails went to   {addr}"),
+        None => println!("  the emails are in    {}", mail_dir.display()),
+    }
+    println!(
+        "  look closer          leadloop leads list --config /dev/null --state-dir {}",
+        dir.join("state").display()
+    );
+    println!(
+        "                       leadloop report funnel --config /dev/null --state-dir {}",
+        dir.join("state").display()
+    );
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+/// The emulator's clock follows the virtual one, so records changed in Salesforce during the
+/// demo carry the demo's time.
+fn sync_emulator(emu: &Emulator, now: Timestamp) {
+    let ahead = now - emu.now();
+    if let Ok(ahead) = ahead.to_std() {
+        emu.advance(ahead);
+    }
+}
+
+fn stage_name(stage: Stage) -> String {
+    serde_json::to_value(stage)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{stage:?}"))
+}
+
+fn record(
+    lead: &LeadId,
+    event: &HistoryEvent,
+    tally: &mut Tally,
+    totals: &mut Totals,
+    answers: &mut Vec<(Timestamp, String)>,
+    rng: &mut StdRng,
+) {
+    let mut bump = |key: &'static str| *tally.lines.entry(key).or_default() += 1;
+    match &event.kind {
+        EventKind::StageChanged { to: Stage::MarketingQualified, .. } => bump("qualified"),
+        EventKind::StageChanged { to: Stage::SalesQualified, .. } => bump("sales qualified"),
+        EventKind::OwnerChanged { reason, .. } => {
+            let reason = reason.split(':').next().unwrap_or(reason).trim().to_owned();
+            *tally.routes.entry(reason).or_default() += 1;
+        }
+        EventKind::HandoffStarted { .. } => {
+            totals.handoffs += 1;
+            // Two reps in five answer, between one and twenty hours later.
+            if rng.random_bool(0.4) {
+                answers
+                    .push((event.at + TimeDelta::minutes(rng.random_range(60..20 * 60)), lead.to_string()));
+            }
+        }
+        EventKind::HandoffEnded { outcome, .. } if outcome.starts_with("satisfied") => {
+            totals.satisfied += 1;
+            bump("answered");
+        }
+        EventKind::EffectQueued { key, effect } if effect == "email" => {
+            let parts: Vec<&str> = key.as_str().split('/').collect();
+            let kind: &'static str = match (parts.first().copied(), parts.last().copied()) {
+                (Some("sla"), Some("alert")) => "alert",
+                (Some("sla"), Some("reminder")) => "reminder",
+                (Some("sla"), Some("manager")) => "manager",
+                (Some("sla"), Some("executive")) => "executive",
+                (Some("nurture"), _) => "nurture",
+                _ => "other email",
+            };
+            *totals.emails.entry(kind.to_owned()).or_default() += 1;
+            bump(kind);
+        }
+        _ => {}
+    }
+}
+
+fn flush(from: Timestamp, tally: &mut Tally) {
+    let lines = std::mem::take(&mut tally.lines);
+    let routes = std::mem::take(&mut tally.routes);
+    if lines.is_empty() && routes.is_empty() {
+        return;
+    }
+    println!("{} → {}", from.format("%a %d %b %H:%M"), (from + WINDOW).format("%a %H:%M"));
+    let line = |_: Timestamp, text: &str| println!("    {text}");
+    let hour = from;
+    let n = |k: &str| lines.get(k).copied().unwrap_or(0);
+    if n("qualified") > 0 {
+        line(hour, &format!("{} leads became Marketing Qualified (score ≥ 65)", n("qualified")));
+    }
+    if !routes.is_empty() {
+        let total: usize = routes.values().sum();
+        let why: Vec<String> = routes.iter().map(|(r, k)| format!("{k} by {r}")).collect();
+        line(hour, &format!("routed {total} to reps: {}", why.join(", ")));
+    }
+    let sentences = [
+        ("alert", "alerted the rep by email"),
+        ("answered", "answered by the rep (status changed in Salesforce): SLA met"),
+        ("sales qualified", "accepted by sales (Sales Qualified)"),
+        ("reminder", "reminded the rep: no status change in 24 h"),
+        ("manager", "escalated to the manager: 48 h"),
+        ("executive", "escalated to the executive: 72 h"),
+        ("nurture", "nurture emails queued for leads not ready for sales"),
+    ];
+    for (key, sentence) in sentences {
+        if n(key) > 0 {
+            line(hour, &format!("{} {sentence}", n(key)));
+        }
+    }
+}
+
+fn line(at: Timestamp, text: &str) {
+    println!("{}  {text}", at.format("%a %d %b %H:%M"));
+}

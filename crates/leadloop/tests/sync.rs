@@ -1,0 +1,98 @@
+//! `leadloop sync --once` as an operator runs it, against the Salesforce emulator: counts on
+//! stdout (human and JSON), a second pass that fetches nothing new, a config error that names
+//! the key, and a CRM that refuses the login.
+
+use std::path::Path;
+use std::process::Command;
+
+use leadloop_sf_emulator::{Config, Emulator, SeedSpec, seed};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leadloop"))
+}
+
+fn write_config(dir: &Path, url: &str, secret: &str) -> std::path::PathBuf {
+    let secret_file = dir.join("sf-secret");
+    std::fs::write(&secret_file, secret).expect("secret");
+    let path = dir.join("leadloop.toml");
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{state}"
+
+[crm]
+type = "salesforce"
+
+[crm.salesforce]
+login_url = "{url}"
+auth = "client_credentials"
+client_id = "{client}"
+client_secret_file = "{secret}"
+
+[crm.salesforce.fields.lead]
+Interests__c = "interests"
+"#,
+        state = dir.join("state").display(),
+        client = Config::default().consumer_key,
+        secret = secret_file.display(),
+    );
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+#[tokio::test]
+async fn sync_once_prints_counts_and_a_second_pass_finds_nothing_new() {
+    let emu = Emulator::start(Config::default()).await.expect("emulator");
+    seed::populate(&emu, &SeedSpec { seed: 3, managers: 1, reps: 3, accounts: 5, leads: 300, tasks: 10 });
+    emu.insert(
+        "Lead",
+        serde_json::json!({"LastName": "Bad", "Email": "nope"}).as_object().cloned().unwrap_or_default(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &emu.url(), &Config::default().client_secret);
+
+    let run = |format: &'static str| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            bin().args(["sync", "--once", "--format", format, "--config"]).arg(&config).output().expect("run")
+        })
+    };
+    let out = run("json").await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["quarantined"], 1);
+    assert!(report["stored"].as_u64().expect("stored") >= 300, "{report}");
+    assert!(report["api_calls"].as_u64().expect("calls") <= 3, "{report}");
+    assert_eq!(report["api_max"], 100_000);
+
+    let out = run("human").await.expect("join");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("quarantined   1"), "{text}");
+    assert!(text.contains("api calls     1"), "{text}");
+    assert!(text.contains("left for bulk sync"), "{text}");
+}
+
+#[tokio::test]
+async fn refused_login_and_bad_config_are_clear() {
+    let emu = Emulator::start(Config::default()).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &emu.url(), "wrong-secret");
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || bin().args(["sync", "--once", "--config"]).arg(&config).output().expect("run")
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains("wrong-secret") && !String::from_utf8_lossy(&out.stderr).contains("wrong-secret"));
+
+    let text = std::fs::read_to_string(&config).expect("read").replace("client_credentials", "password");
+    std::fs::write(&config, text).expect("write");
+    let out = bin().args(["sync", "--once", "--config"]).arg(&config).output().expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("leadloop.toml:") && stderr.contains("crm.salesforce.auth"), "{stderr}");
+}
