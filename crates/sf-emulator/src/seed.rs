@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 
 use crate::Emulator;
+use crate::store::BlobBuilder;
 
 /// How big an org to make.
 #[derive(Debug, Clone)]
@@ -181,6 +182,106 @@ fn user(
     m
 }
 
+/// Writes the leads straight into record blobs, in chunks so the lock is released now and then:
+/// a million leads take seconds.
+fn insert_leads(
+    emu: &Emulator,
+    count: usize,
+    rng: &mut StdRng,
+    domains: &[String],
+    account_names: &[String],
+    queue: &str,
+) -> Vec<String> {
+    const FIELDS: [&str; 15] = [
+        "FirstName",
+        "LastName",
+        "Name",
+        "Email",
+        "Company",
+        "Title",
+        "Industry",
+        "NumberOfEmployees",
+        "Country",
+        "LeadSource",
+        "Status",
+        "OwnerId",
+        "HasOptedOutOfEmail",
+        "IsConverted",
+        "Interests__c",
+    ];
+    let mut ids = Vec::with_capacity(count);
+    let (oi, f) = {
+        let mut db = emu.shared.db_mut();
+        let Some(oi) = db.object_index("Lead") else { return ids };
+        let obj = &mut db.objects[oi];
+        let f: Vec<u16> = FIELDS.iter().map(|name| obj.declare(name)).collect();
+        (oi, f)
+    };
+    let mut blob = BlobBuilder::with_capacity(512);
+    let mut email = String::with_capacity(96);
+    let mut name = String::with_capacity(48);
+    let mut company = String::with_capacity(48);
+    let mut interests = String::with_capacity(64);
+    let mut done = 0;
+    while done < count {
+        let chunk = (count - done).min(20_000);
+        let now = emu.shared.now_ms();
+        let mut db = emu.shared.db_mut();
+        for i in done..done + chunk {
+            use std::fmt::Write;
+            let first = pick(rng, FIRST);
+            let last = pick(rng, LAST);
+            company.clear();
+            email.clear();
+            let _ = write!(email, "{}.{}{i}@", slug(first), slug(last));
+            if !domains.is_empty() && rng.random_bool(0.3) {
+                let a = rng.random_range(0..domains.len());
+                company.push_str(&account_names[a]);
+                email.push_str(&domains[a]);
+            } else {
+                let _ = write!(company, "{} {}", pick(rng, COMPANY_A), pick(rng, COMPANY_B));
+                let _ = write!(email, "{}{}.example", slug(&company), i % 997);
+            }
+            let n = rng.random_range(1..=3);
+            interests.clear();
+            let mut taken = 0;
+            while taken < n {
+                let x = pick(rng, INTERESTS);
+                if !interests.split(';').any(|p| p == x) {
+                    if taken > 0 {
+                        interests.push(';');
+                    }
+                    interests.push_str(x);
+                    taken += 1;
+                }
+            }
+            name.clear();
+            let _ = write!(name, "{first} {last}");
+            blob.text(f[0], first)
+                .text(f[1], last)
+                .text(f[2], &name)
+                .text(f[3], &email)
+                .text(f[4], &company)
+                .text(f[5], pick(rng, TITLES))
+                .text(f[6], pick(rng, INDUSTRIES))
+                .int(f[7], rng.random_range(1..=5000))
+                .text(f[8], pick(rng, COUNTRIES))
+                .text(f[9], pick(rng, SOURCES))
+                .text(f[10], "Open - Not Contacted")
+                .text(f[11], queue)
+                .boolean(f[12], rng.random_bool(0.05))
+                .boolean(f[13], false)
+                .text(f[14], &interests);
+            if let Some(id) = db.insert_blob(oi, blob.finish(), now) {
+                ids.push(id.to_string());
+            }
+        }
+        drop(db);
+        done += chunk;
+    }
+    ids
+}
+
 /// Fills `emu` with an org made from `spec`.
 pub fn populate(emu: &Emulator, spec: &SeedSpec) -> SeedIds {
     let mut rng = StdRng::seed_from_u64(spec.seed);
@@ -240,52 +341,7 @@ pub fn populate(emu: &Emulator, spec: &SeedSpec) -> SeedIds {
         account_names.push(name);
     }
     ids.accounts = emu.insert_many("Account", accounts);
-    // Leads are inserted in chunks so a huge seed never holds every map in memory at once.
-    let mut chunk = Vec::with_capacity(10_000.min(spec.leads));
-    for i in 0..spec.leads {
-        let first = pick(&mut rng, FIRST);
-        let last = pick(&mut rng, LAST);
-        let (company, domain) = if !domains.is_empty() && rng.random_bool(0.3) {
-            let a = rng.random_range(0..domains.len());
-            (account_names[a].clone(), domains[a].clone())
-        } else {
-            let company = format!("{} {}", pick(&mut rng, COMPANY_A), pick(&mut rng, COMPANY_B));
-            let domain = format!("{}{}.example", slug(&company), i % 997);
-            (company, domain)
-        };
-        let n = rng.random_range(1..=3);
-        let mut interests: Vec<&str> = Vec::with_capacity(n);
-        while interests.len() < n {
-            let x = pick(&mut rng, INTERESTS);
-            if !interests.contains(&x) {
-                interests.push(x);
-            }
-        }
-        let lead = map(vec![
-            ("FirstName", Value::from(first)),
-            ("LastName", Value::from(last)),
-            ("Email", Value::from(format!("{}.{}{i}@{domain}", slug(first), slug(last)))),
-            ("Company", Value::from(company)),
-            ("Title", Value::from(pick(&mut rng, TITLES))),
-            ("Industry", Value::from(pick(&mut rng, INDUSTRIES))),
-            ("NumberOfEmployees", Value::from(rng.random_range(1..=5000))),
-            ("Country", Value::from(pick(&mut rng, COUNTRIES))),
-            ("LeadSource", Value::from(pick(&mut rng, SOURCES))),
-            ("Status", Value::from("Open - Not Contacted")),
-            ("OwnerId", Value::from(ids.queue.as_str())),
-            ("HasOptedOutOfEmail", Value::Bool(rng.random_bool(0.05))),
-            ("IsConverted", Value::Bool(false)),
-            ("Interests__c", Value::from(interests.join(";"))),
-        ]);
-        chunk.push(lead);
-        if chunk.len() == chunk.capacity() {
-            ids.leads.extend(emu.insert_many("Lead", std::mem::take(&mut chunk)));
-            chunk.reserve(10_000.min(spec.leads));
-        }
-    }
-    if !chunk.is_empty() {
-        ids.leads.extend(emu.insert_many("Lead", chunk));
-    }
+    ids.leads = insert_leads(emu, spec.leads, &mut rng, &domains, &account_names, &ids.queue);
     if !ids.leads.is_empty() {
         let today = emu.now().date_naive();
         let mut tasks = Vec::with_capacity(spec.tasks);

@@ -158,6 +158,43 @@ fn push_text(out: &mut Vec<u8>, tag: u8, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// Builds a record blob directly (the seeding fast path: no intermediate maps or values).
+#[derive(Debug, Default)]
+pub(crate) struct BlobBuilder {
+    out: Vec<u8>,
+}
+
+impl BlobBuilder {
+    pub fn with_capacity(n: usize) -> Self {
+        BlobBuilder { out: Vec::with_capacity(n) }
+    }
+
+    pub fn text(&mut self, field: u16, s: &str) -> &mut Self {
+        self.out.extend_from_slice(&field.to_le_bytes());
+        push_text(&mut self.out, TAG_STR, s);
+        self
+    }
+
+    pub fn int(&mut self, field: u16, i: i64) -> &mut Self {
+        self.out.extend_from_slice(&field.to_le_bytes());
+        self.out.push(TAG_INT);
+        self.out.extend_from_slice(&i.to_le_bytes());
+        self
+    }
+
+    pub fn boolean(&mut self, field: u16, b: bool) -> &mut Self {
+        self.out.extend_from_slice(&field.to_le_bytes());
+        self.out.push(if b { TAG_TRUE } else { TAG_FALSE });
+        self
+    }
+
+    pub fn finish(&mut self) -> Box<[u8]> {
+        let out = std::mem::take(&mut self.out).into_boxed_slice();
+        self.out = Vec::with_capacity(out.len() + 16);
+        out
+    }
+}
+
 /// Turns a borrowed value back into JSON.
 pub(crate) fn val_to_json(v: Val<'_>) -> Value {
     match v {
@@ -665,6 +702,25 @@ impl Db {
         obj.records.push(Record { id: id.clone(), created, modified, stamp, deleted: false, data });
         obj.ids.insert(id.clone(), slot);
         obj.index.insert((stamp, id.clone()), slot);
+        self.record_undo(Undo::Inserted { object: oi, slot });
+        Some(id)
+    }
+
+    /// Inserts a record whose blob was built directly (fields already declared); returns its Id.
+    pub fn insert_blob(&mut self, oi: usize, data: Box<[u8]>, now: i64) -> Option<Arc<str>> {
+        let obj = self.objects.get_mut(oi)?;
+        let id: Arc<str> = Arc::from(obj.new_id());
+        let slot = obj.records.len() as Slot;
+        obj.records.push(Record {
+            id: id.clone(),
+            created: now,
+            modified: now,
+            stamp: now,
+            deleted: false,
+            data,
+        });
+        obj.ids.insert(id.clone(), slot);
+        obj.index.insert((now, id.clone()), slot);
         self.record_undo(Undo::Inserted { object: oi, slot });
         Some(id)
     }
