@@ -52,7 +52,10 @@ impl CaldavPeer {
             .arg(self.dir.join("config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // Radicale logs every start; kept in its directory, quoted if it fails to start.
+            .stderr(
+                std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("radicale.log"))?,
+            )
             .spawn()?;
         self.child = Some(child);
         // Readiness: the port accepts connections (a process start, not a test's timing).
@@ -61,7 +64,8 @@ impl CaldavPeer {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                anyhow::bail!("radicale exited at start: {status}");
+                let log = std::fs::read_to_string(self.dir.join("radicale.log")).unwrap_or_default();
+                anyhow::bail!("radicale exited at start: {status}\n{log}");
             }
             anyhow::ensure!(
                 Instant::now() < deadline,

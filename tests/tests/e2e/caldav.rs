@@ -132,7 +132,9 @@ async fn rig(sla: SlaRules, ana_password: &str) -> Rig {
     peer.create_calendar("bo", "work").await.expect("bo's calendar");
     let clock = Arc::new(VirtualClock::new(t0()));
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path().join("state"))).expect("store");
-    let rules = leadloop_core::rules::Rules::new(sla, Default::default(), Default::default(), routing());
+    // Threshold 0: a lead is Marketing Qualified on arrival, so an unowned one is routed at once.
+    let scoring = leadloop_core::scoring::ScoringConfig { threshold: 0.0, ..Default::default() };
+    let rules = leadloop_core::rules::Rules::new(sla, scoring, Default::default(), routing());
     let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules));
     for p in people() {
         engine.upsert_person(p).await.expect("person");
@@ -236,6 +238,19 @@ async fn a_weekly_meeting_with_the_leads_domain_in_another_zone_routes_to_that_r
     // Another company: the rule's round-robin, starting with ana.
     let route = routing().route_at(&record("eve@globex.example"), &chart, rig.clock.now()).expect("route");
     assert_eq!((route.owner.as_str(), route.reason.as_str()), ("ana", "rule all: next in the pool"));
+    // Through the engine: an unowned lead from Acme arrives, is routed to bo, and the reason is
+    // in its history; bo gets the alert.
+    rig.engine.upsert_lead(lead("ana.lima@acme.example", None)).await.expect("lead");
+    let history = rig.store.history(&LeadId::new("00Q1")).await.expect("history");
+    let routed = history.iter().find_map(|(_, e)| match &e.kind {
+        EventKind::OwnerChanged { to, reason, .. } => Some((to.clone(), reason.clone())),
+        _ => None,
+    });
+    assert_eq!(routed, Some((Some(PersonId::new("bo")), "meets acme.example on 2026-11-23".to_owned())));
+    assert_eq!(
+        emails(rig.store.as_ref(), rig.clock.now()).await,
+        [("sla.alert".to_owned(), vec!["bo@corp.example".to_owned()])]
+    );
     // A change on the server reaches the next poll (sync-collection): the meeting is gone.
     rig.peer
         .put_event(
