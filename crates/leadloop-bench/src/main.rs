@@ -4,6 +4,7 @@
 //!        cargo run --release -p leadloop-bench -- smtp [--messages N]
 //!        cargo run --release -p leadloop-bench -- sla [--handoffs N]
 //!        cargo run --release -p leadloop-bench -- lifecycle [--leads N] [--routes N]
+//!        cargo run --release -p leadloop-bench -- nurture [--leads N] [--cache-mb N]
 //!
 //! `store`:
 //! Figures: batched lead writes per second (each batch durable before the next), concurrent
@@ -20,6 +21,7 @@ use leadloop_core::{Lead, LeadRecord, Timer, TimerKey, TimerKind, Timestamp};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 
 mod lifecycle;
+mod nurture;
 mod sla;
 mod smtp;
 
@@ -33,6 +35,8 @@ enum Bench {
     Sla(sla::Args),
     /// Decayed scores of many leads, and routing decisions.
     Lifecycle(lifecycle::Args),
+    /// One nurture step due for many enrolled leads at once.
+    Nurture(nurture::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Smtp(args) => smtp::run(args).await,
         Bench::Sla(args) => sla::run(args).await,
         Bench::Lifecycle(args) => lifecycle::run(args),
+        Bench::Nurture(args) => nurture::run(args).await,
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -408,7 +408,15 @@ async fn nurture_get(state: &PublicState, claim: NurtureClaim) -> Response {
             if let Err(error) = state.engine.record_click(&lead, &track, &step, &link, &url).await {
                 tracing::warn!(%error, lead_id = %lead, track, link, "cannot record a tracked click");
             }
-            Redirect::to(&url).into_response()
+            // 302 Found: the target is the signed one, so this is never an open redirect.
+            match axum::http::HeaderValue::from_str(&url) {
+                Ok(location) => {
+                    (StatusCode::FOUND, [(axum::http::header::LOCATION, location)]).into_response()
+                }
+                Err(_) => {
+                    page(StatusCode::BAD_REQUEST, "Broken link", "<p>This link's target is not valid.</p>")
+                }
+            }
         }
     }
 }

@@ -4,5 +4,6 @@ mod caldav;
 mod crash;
 mod email;
 mod nospace;
+mod nurture;
 mod salesforce;
 mod sla;

@@ -1,0 +1,120 @@
+//! Nurture through the binary's pieces: nurture mail carries signed unsubscribe and tracked
+//! links; a tracked link records an `email_click` that scoring counts and redirects to the
+//! signed target (a forged target is refused); `nurture preview` plans the sends in the lead's
+//! zone; `[nurture]` problems are reported with file, line and key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leadloop::links::{Signer, router};
+use leadloop_core::sla::{SlaConfig, SlaRules};
+use leadloop_core::{Channel, Clock, Effect, Lead, LeadId, VirtualClock};
+use leadloop_engine::Engine;
+use leadloop_plugin::Secret;
+use leadloop_store::{SledConfig, SledStore, Store};
+
+const CONFIG: &str = r#"
+[[scoring.engagement]]
+name = "clicks"
+activity = "email_click"
+points = 10
+
+[nurture]
+quiet_hours = { start = "20:00", end = "08:00", weekends = true }
+
+[[nurture.tracks]]
+name = "long-term"
+[[nurture.tracks.steps]]
+after = "1mo"
+from = "enrolment"
+at = "10:00"
+template = "nurture_example"
+links = { guide = "https://www.example.com/guide?x=1" }
+[[nurture.tracks.steps]]
+after = "3mo"
+from = "enrolment"
+at = "10:00"
+template = "nurture_example"
+"#;
+
+#[tokio::test]
+async fn tracked_links_record_a_click_and_redirect_to_the_signed_target() {
+    let path = std::path::Path::new("t.toml");
+    let (config, _) = leadloop::config::load_str(path, CONFIG).expect("valid config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("store");
+    // Friday 30 January 2026, 16:00 in Berlin.
+    let clock = Arc::new(VirtualClock::new("2026-01-30T15:00:00Z".parse().expect("instant")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let signer = Arc::new(Signer::new(
+        Secret::for_tests("a test key that is at least 32 bytes long"),
+        &base,
+        Duration::from_secs(3600),
+    ));
+    let rules = config
+        .rules(SlaRules::new(SlaConfig::default()))
+        .with_nurture(config.nurture_rules(Some(signer.clone())));
+    let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules.clone()));
+    tokio::spawn({
+        let app = router(signer, engine.clone());
+        async move { axum::serve(listener, app).await }
+    });
+    let mut lead = Lead::new("00Q1");
+    lead.email = Some("ana@acme.example".into());
+    lead.time_zone = Some("Europe/Berlin".into());
+    engine.upsert_lead(lead).await.expect("lead");
+
+    // Preview: 30 January + 1 month is 28 February, a Saturday: quiet, so Monday 08:00.
+    let record = store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead");
+    let preview = leadloop::nurture_cmd::preview_json(&rules.nurture, "long-term", &record, clock.now(), 5)
+        .expect("track exists");
+    let local: Vec<&str> =
+        preview["sends"].as_array().expect("sends").iter().filter_map(|s| s["local"].as_str()).collect();
+    assert_eq!(local, ["2026-03-02 08:00 CET", "2026-04-30 10:00 CEST"]);
+    assert_eq!(preview["enrolled"], true);
+    assert!(leadloop::nurture_cmd::preview_json(&rules.nurture, "nope", &record, clock.now(), 5).is_none());
+
+    clock.set("2026-03-02T07:00:00Z".parse().expect("instant"));
+    engine.tick().await.expect("tick");
+    let email = store.outbox_ready(Channel::Email, clock.now(), 10).await.expect("outbox");
+    let Effect::Email { vars, .. } = &email[0].effect else { panic!("an email") };
+    let guide = vars["links"]["guide"].as_str().expect("tracked guide link").to_owned();
+    let unsubscribe = vars["unsubscribe_url"].as_str().expect("unsubscribe url");
+    assert!(guide.starts_with(&format!("{base}/l/")) && unsubscribe.starts_with(&format!("{base}/l/")));
+    assert!(!guide.contains("example.com"), "the target is inside the signed token: {guide}");
+
+    let client =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let response = client.get(&guide).send().await.expect("GET");
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers().get("location").and_then(|l| l.to_str().ok()),
+        Some("https://www.example.com/guide?x=1")
+    );
+    let record = store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead");
+    assert!(record.engagement_score >= 9.9, "the click scored: {}", record.engagement_score);
+    let history = store.history(&LeadId::new("00Q1")).await.expect("history");
+    assert!(
+        history
+            .iter()
+            .any(|(_, e)| matches!(&e.kind, leadloop_core::EventKind::Activity { activity, detail }
+        if activity == "email_click" && detail.get("link") == Some(&serde_json::json!("guide"))))
+    );
+
+    // A token with its MAC cut off is refused, and nothing is recorded.
+    let (forged, _) = guide.rsplit_once('.').expect("token");
+    assert_eq!(client.get(format!("{forged}.AAAA")).send().await.expect("GET").status(), 403);
+}
+
+#[test]
+fn nurture_config_problems_name_file_line_and_key() {
+    let text = "[[nurture.tracks]]\nname = \"t\"\ntime_zone = \"Mars/Base\"\n[[nurture.tracks.steps]]\nafter = \"3q\"\ntemplate = \"nope\"\n";
+    let errors = leadloop::config::load_str(std::path::Path::new("t.toml"), text).expect_err("invalid");
+    let text = errors.to_string();
+    assert!(
+        text.contains("t.toml:3:1: nurture.tracks[0].time_zone: unknown time zone `Mars/Base`"),
+        "{text}"
+    );
+    assert!(text.contains("t.toml:5:1: nurture.tracks[0].steps[0].after:"), "{text}");
+}
