@@ -50,6 +50,9 @@ pub struct Config {
     pub session_ttl: Option<Duration>,
     /// The values of the restricted `Lead.Status` picklist.
     pub lead_statuses: Vec<String>,
+    /// The login URL JWT assertions must name as `aud` (default: the emulator's own URL);
+    /// `https://login.salesforce.com` and `https://test.salesforce.com` are always accepted.
+    pub login_url: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             .into_iter()
             .map(str::to_owned)
             .collect(),
+            login_url: None,
         }
     }
 }

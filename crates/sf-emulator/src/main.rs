@@ -58,6 +58,9 @@ struct Args {
     /// Sessions expire after this many seconds of emulator time.
     #[arg(long)]
     session_ttl_secs: Option<u64>,
+    /// The login URL JWT assertions must name as `aud` (default: the emulator's own URL).
+    #[arg(long)]
+    login_url: Option<String>,
     /// Log filter (RUST_LOG syntax); logs go to stderr.
     #[arg(long, default_value = "warn")]
     log: String,
@@ -87,6 +90,7 @@ async fn run(args: Args) -> Result<(), String> {
         client_secret: args.client_secret,
         refresh_tokens: args.refresh_tokens,
         session_ttl: args.session_ttl_secs.map(std::time::Duration::from_secs),
+        login_url: args.login_url,
         ..Config::default()
     };
     if !args.usernames.is_empty() {

@@ -80,7 +80,8 @@ fn jwt_bearer(shared: &Shared, form: &[(String, String)]) -> Reply {
     };
     let aud_ok = auds.iter().any(|a| {
         let a = a.trim_end_matches('/');
-        a == shared.url || LOGIN_HOSTS.contains(&a)
+        let login = shared.config.login_url.as_deref().unwrap_or(&shared.url).trim_end_matches('/');
+        a == login || LOGIN_HOSTS.contains(&a)
     });
     if !aud_ok {
         return oauth_error("invalid_grant", "audience is invalid");
