@@ -155,6 +155,7 @@ async fn data(shared: &Shared, method: &Method, target: &str, headers: &HeaderMa
     let mut reply = match fire_fault(shared, target) {
         Some(Fired::Status(status, retry_after)) => {
             let (code, message) = match status {
+                401 => ("INVALID_SESSION_ID", "Session expired or invalid"),
                 429 => ("REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."),
                 503 => ("SERVER_UNAVAILABLE", "Server temporarily unavailable, please try again later."),
                 s if s >= 500 => (

@@ -458,3 +458,47 @@ impl Emulator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_from_their_json_form() {
+        let cases = [
+            (
+                r#"{"kind":"status","status":503,"retry_after":2,"path_contains":"/query"}"#,
+                Fault::Status {
+                    status: 503,
+                    retry_after: Some(2),
+                    times: 1,
+                    path_contains: Some("/query".into()),
+                },
+            ),
+            (r#"{"kind":"limit_exceeded","times":3}"#, Fault::LimitExceeded { times: 3 }),
+            (r#"{"kind":"fail_page","nth":2}"#, Fault::FailPage { nth: 2 }),
+            (
+                r#"{"kind":"slow","delay_ms":250}"#,
+                Fault::Slow { delay: Duration::from_millis(250), times: 1 },
+            ),
+            (
+                r#"{"kind":"record_error","id":"00Q1","status_code":"UNABLE_TO_LOCK_ROW","message":"locked"}"#,
+                Fault::RecordError {
+                    id: "00Q1".into(),
+                    status_code: "UNABLE_TO_LOCK_ROW".into(),
+                    message: "locked".into(),
+                    times: 1,
+                },
+            ),
+            (r#"{"kind":"malformed","times":2}"#, Fault::Malformed { times: 2 }),
+        ];
+        for (json, want) in cases {
+            assert_eq!(serde_json::from_str::<Fault>(json).expect(json), want);
+        }
+        for bad in
+            [r#"{"kind":"status","status":200}"#, r#"{"kind":"nope"}"#, r#"{"kind":"malformed","x":1}"#]
+        {
+            assert!(serde_json::from_str::<Fault>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -877,6 +877,53 @@ pub(crate) fn execute(db: &Db, oi: usize, q: &Query) -> Vec<Slot> {
 mod tests {
     use super::*;
 
+    /// The index range scan returns exactly what evaluating the filter on every record does.
+    #[test]
+    fn range_scans_agree_with_full_evaluation() {
+        let mut db = Db::new();
+        let base = 1_700_000_000_000i64;
+        for i in 0..60i64 {
+            let mut m = serde_json::Map::new();
+            m.insert("LastName".into(), serde_json::Value::from(format!("L{}", i % 7)));
+            db.insert("Lead", m, base + (i / 3) * 1000);
+        }
+        let at = |ms: i64| crate::store::format_datetime(base + ms);
+        let filters = [
+            format!("SystemModstamp > {}", at(5000)),
+            format!("SystemModstamp >= {}", at(5000)),
+            format!("SystemModstamp < {}", at(5000)),
+            format!("SystemModstamp <= {}", at(5000)),
+            format!("SystemModstamp = {}", at(7000)),
+            format!("SystemModstamp > {} AND SystemModstamp <= {}", at(2500), at(9000)),
+            format!("SystemModstamp > {} AND SystemModstamp < {}", at(9000), at(2000)),
+            format!("SystemModstamp > {} AND LastName = 'L3'", at(1000)),
+            format!("SystemModstamp > {} OR LastName = 'L3'", at(15000)),
+            format!("NOT SystemModstamp > {}", at(4000)),
+        ];
+        for filter in filters {
+            for tail in ["", " ORDER BY SystemModstamp, Id", " ORDER BY SystemModstamp, Id LIMIT 4 OFFSET 2"]
+            {
+                let src = format!("SELECT Id FROM Lead WHERE {filter}{tail}");
+                let mut q = parse(&src).expect("parse");
+                let oi = q.bind(&db).expect("bind");
+                let got = execute(&db, oi, &q);
+                let obj = &db.objects[oi];
+                let cond = q.cond.clone().expect("cond");
+                let all: Vec<Slot> = obj
+                    .index
+                    .values()
+                    .copied()
+                    .filter(|&s| obj.record(s).is_some_and(|r| eval(&cond, r)))
+                    .collect();
+                let want: Vec<Slot> = match (q.offset, q.limit) {
+                    (Some(o), Some(l)) => all.into_iter().skip(o).take(l).collect(),
+                    _ => all,
+                };
+                assert_eq!(got, want, "{src}");
+            }
+        }
+    }
+
     #[test]
     fn like_patterns() {
         assert!(like("Acme Corp", "%corp"));
