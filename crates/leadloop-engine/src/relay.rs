@@ -12,6 +12,8 @@
 //!   recipient is dropped with the reason.
 //! - Global and per-recipient-domain rate limits hold messages back without counting an
 //!   attempt.
+//! - Failpoints (testing only, see [`failpoint`]): `relay.before_send` and `relay.after_send`
+//!   abort the process at those two points when `LEADLOOP_FAILPOINTS` names them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -225,7 +227,13 @@ impl EmailRelay {
         let mailer = &self.mailer;
         let mut results = futures::stream::iter(sends)
             .map(|(entry, email)| async move {
+                // Taken from the ready queue, nothing sent yet.
+                failpoint("relay.before_send");
                 let result = mailer.send(&email).await;
+                if result.is_ok() {
+                    // The server said 250; the outcome is not recorded yet.
+                    failpoint("relay.after_send");
+                }
                 (entry, email, result)
             })
             .buffer_unordered(self.config.concurrency.max(1))
@@ -439,6 +447,63 @@ impl EmailRelay {
     }
 }
 
+/// The environment variable that arms failpoints: a comma-separated list of `NAME` (abort at
+/// the first hit) or `NAME@N` (abort at the N-th hit), e.g.
+/// `LEADLOOP_FAILPOINTS=relay.after_send@5`. Testing only; see docs/operations.md.
+pub const FAILPOINTS_ENV: &str = "LEADLOOP_FAILPOINTS";
+
+/// A failpoint armed from [`FAILPOINTS_ENV`].
+#[derive(Debug)]
+struct Armed {
+    name: String,
+    at: u64,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+static ARMED: std::sync::OnceLock<Vec<Armed>> = std::sync::OnceLock::new();
+
+/// Parses a failpoint list; entries that do not parse are ignored (with a log line).
+fn parse_failpoints(spec: &str) -> Vec<(String, u64)> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|item| match item.split_once('@') {
+            None => Some((item.to_owned(), 1)),
+            Some((name, n)) => match n.parse::<u64>() {
+                Ok(n) if n >= 1 => Some((name.to_owned(), n)),
+                _ => {
+                    tracing::warn!(failpoint = item, "failpoint count is not a positive number; ignored");
+                    None
+                }
+            },
+        })
+        .collect()
+}
+
+/// Aborts the process (no destructors, no flush: as SIGKILL would) when the failpoint `name`
+/// is armed in [`FAILPOINTS_ENV`] and this is its chosen hit. The variable is read once; when
+/// it is unset this is a load and a length check.
+pub fn failpoint(name: &str) {
+    let armed = ARMED.get_or_init(|| {
+        let spec = std::env::var(FAILPOINTS_ENV).unwrap_or_default();
+        parse_failpoints(&spec)
+            .into_iter()
+            .map(|(name, at)| Armed { name, at, hits: std::sync::atomic::AtomicU64::new(0) })
+            .collect()
+    });
+    if armed.is_empty() {
+        return;
+    }
+    for point in armed.iter().filter(|p| p.name == name) {
+        let hit = point.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if hit == point.at {
+            tracing::error!(failpoint = name, hit, "failpoint armed; aborting");
+            eprintln!("failpoint {name} hit {hit}: aborting");
+            std::process::abort();
+        }
+    }
+}
+
 fn age(entry: &OutboxEntry, now: Timestamp) -> Duration {
     (now - entry.created_at).to_std().unwrap_or_default()
 }
@@ -524,6 +589,17 @@ mod tests {
         assert_eq!(hard_bounced("554 5.7.1 message refused", &email(&["ana@acme.example"])), None);
         // A rep's address bounced on an alert: the lead is not at fault.
         assert_eq!(hard_bounced("550 5.1.1 <rep@x.example>: user unknown", &email(&["rep@x.example"])), None);
+    }
+
+    #[test]
+    fn failpoint_lists_parse_names_and_hit_counts() {
+        assert_eq!(
+            parse_failpoints("relay.after_send, relay.before_send@3,,bad@0,bad@x"),
+            [("relay.after_send".to_owned(), 1), ("relay.before_send".to_owned(), 3)]
+        );
+        assert!(parse_failpoints("").is_empty());
+        // Unarmed in this process: a failpoint is a no-op.
+        failpoint("relay.after_send");
     }
 
     #[test]

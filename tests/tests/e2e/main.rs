@@ -3,6 +3,7 @@
 mod caldav;
 mod crash;
 mod email;
+mod faults;
 mod nospace;
 mod nurture;
 mod salesforce;
