@@ -5,6 +5,7 @@
 //!        cargo run --release -p leadloop-bench -- sla [--handoffs N]
 //!        cargo run --release -p leadloop-bench -- lifecycle [--leads N] [--routes N]
 //!        cargo run --release -p leadloop-bench -- nurture [--leads N] [--cache-mb N]
+//!        cargo run --release -p leadloop-bench -- sync [--leads N] [--idle-polls N]
 //!
 //! `store`:
 //! Figures: batched lead writes per second (each batch durable before the next), concurrent
@@ -20,10 +21,15 @@ use clap::Parser;
 use leadloop_core::{Lead, LeadRecord, Timer, TimerKey, TimerKind, Timestamp};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 
+/// The allocator the `leadloop` binary uses, so figures match the daemon.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod lifecycle;
 mod nurture;
 mod sla;
 mod smtp;
+mod sync;
 
 #[derive(Debug, Parser)]
 enum Bench {
@@ -37,6 +43,8 @@ enum Bench {
     Lifecycle(lifecycle::Args),
     /// One nurture step due for many enrolled leads at once.
     Nurture(nurture::Args),
+    /// The initial Salesforce sync of many leads from the emulator, then idle polls.
+    Sync(sync::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Sla(args) => sla::run(args).await,
         Bench::Lifecycle(args) => lifecycle::run(args),
         Bench::Nurture(args) => nurture::run(args).await,
+        Bench::Sync(args) => sync::run(args).await,
     }
 }
 

@@ -361,6 +361,9 @@ pub struct SyncReport {
     pub retry_after: Option<Duration>,
     /// API calls this pass made.
     pub api_calls: u64,
+    /// Time spent waiting for the CRM, and storing what it sent.
+    pub pull_seconds: f64,
+    pub ingest_seconds: f64,
     pub api: ApiUsage,
 }
 
@@ -392,48 +395,111 @@ impl CrmSync {
     pub async fn pass(&self) -> Result<SyncReport, EngineError> {
         let calls_before = self.crm.usage().calls;
         let mut report = SyncReport::default();
-        let mut pending = self.objects.clone();
-        while !pending.is_empty() {
+        let pending = self.objects.clone();
+        {
             let mut requests = Vec::with_capacity(pending.len());
             for object in &pending {
                 let cursor = self.engine.store().cursor(&self.cursor_name(*object)).await?;
                 requests.push(PullRequest { object: *object, cursor });
             }
-            let results = match self.crm.pull(&requests).await {
+            let pulling = std::time::Instant::now();
+            let pulled = self.crm.pull(&requests).await;
+            report.pull_seconds += pulling.elapsed().as_secs_f64();
+            let results = match pulled {
                 Ok(results) => results,
                 Err(error) => {
                     for object in &pending {
                         report.errors.push((*object, error.to_string()));
                     }
                     note_retry(&mut report, &error);
-                    break;
+                    return Ok(self.finish(report, calls_before));
                 }
             };
-            let mut next = Vec::new();
+            // In object order (owners before what they own); an object with more pages is
+            // read to its end before the next, each page fetched while the one before it is
+            // stored, and stored (with its cursor) strictly in order.
             for (object, result) in pending.iter().zip(results) {
                 match result {
-                    Ok(page) => {
-                        let more = page.more;
-                        let ingested = self.engine.ingest(*object, page, &self.cursor_name(*object)).await?;
-                        report.records.add(&ingested);
-                        report.pages += 1;
-                        if more {
-                            next.push(*object);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(object = %object, %error, "crm sync of this object failed; its cursor stays");
-                        note_retry(&mut report, &error);
-                        report.errors.push((*object, error.to_string()));
-                    }
+                    Ok(page) => self.follow(*object, page, &mut report).await?,
+                    Err(error) => self.failed(*object, error, &mut report),
                 }
             }
-            pending = next;
         }
+        Ok(self.finish(report, calls_before))
+    }
+
+    fn finish(&self, mut report: SyncReport, calls_before: u64) -> SyncReport {
         report.api = self.crm.usage();
         report.api_calls = report.api.calls.saturating_sub(calls_before);
         metrics::counter!("leadloop_crm_sync_passes_total").increment(1);
-        Ok(report)
+        report
+    }
+
+    async fn ingest(
+        &self,
+        object: CrmObject,
+        page: ChangePage,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let ingesting = std::time::Instant::now();
+        let ingested = self.engine.ingest(object, page, &self.cursor_name(object)).await?;
+        report.ingest_seconds += ingesting.elapsed().as_secs_f64();
+        report.records.add(&ingested);
+        report.pages += 1;
+        Ok(())
+    }
+
+    fn failed(&self, object: CrmObject, error: ConnectorError, report: &mut SyncReport) {
+        tracing::warn!(object = %object, %error, "crm sync of this object failed; its cursor stays");
+        note_retry(report, &error);
+        report.errors.push((object, error.to_string()));
+    }
+
+    /// Stores `page` and every page after it, fetching each next page while the current one
+    /// is being stored.
+    async fn follow(
+        &self,
+        object: CrmObject,
+        first: ChangePage,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let mut page = first;
+        loop {
+            let prefetch = page.more.then(|| {
+                let crm = self.crm.clone();
+                let request = PullRequest { object, cursor: page.next_cursor.clone() };
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let result = crm.pull(std::slice::from_ref(&request)).await;
+                    (result, started.elapsed().as_secs_f64())
+                })
+            });
+            self.ingest(object, page, report).await?;
+            let Some(prefetch) = prefetch else { return Ok(()) };
+            let (result, waited) = match prefetch.await {
+                Ok(done) => done,
+                Err(error) => {
+                    self.failed(
+                        object,
+                        ConnectorError::Transient {
+                            message: format!("page fetch stopped: {error}"),
+                            retry_after: None,
+                        },
+                        report,
+                    );
+                    return Ok(());
+                }
+            };
+            report.pull_seconds += waited;
+            match result.map(|mut r| r.pop()) {
+                Ok(Some(Ok(next))) => page = next,
+                Ok(Some(Err(error))) | Err(error) => {
+                    self.failed(object, error, report);
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+            }
+        }
     }
 
     /// Passes every `interval` until `shutdown`; after a failure, waits as the CRM asked
