@@ -5,6 +5,8 @@
 //!
 //! Usage: leadloop-sync-worker STATE_DIR SALESFORCE_URL CLIENT_ID SECRET_FILE
 
+#![allow(clippy::print_stdout)]
+
 use std::sync::Arc;
 
 use leadloop_core::SystemClock;
