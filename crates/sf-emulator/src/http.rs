@@ -152,6 +152,10 @@ async fn data(shared: &Shared, method: &Method, target: &str, headers: &HeaderMa
         tokio::time::sleep(delay).await;
     }
     let max = shared.config.daily_api_limit;
+    // The versions list needs no session and is not an API call, as in Salesforce.
+    if *method == Method::GET && matches!(target, "/services/data" | "/services/data/") {
+        return api::dispatch(shared, "GET", target, None, body, false);
+    }
     let mut reply = match fire_fault(shared, target) {
         Some(Fired::Status(status, retry_after)) => {
             let (code, message) = match status {

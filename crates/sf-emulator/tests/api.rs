@@ -276,6 +276,11 @@ async fn sessions_are_required_and_can_expire() {
     assert_eq!(status, 401);
     assert_eq!(body, json!([{ "message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID" }]));
 
+    let calls = emu.api_calls();
+    let (status, versions) = anonymous.get("/services/data").await;
+    assert_eq!((status, versions[0]["version"].as_str()), (200, Some("62.0")));
+    assert_eq!(emu.api_calls(), calls, "the versions list is not an API call");
+
     emu.advance(Duration::from_secs(3599));
     assert_eq!(api.get(&format!("/services/data/{V}/limits")).await.0, 200);
     emu.advance(Duration::from_secs(2));
@@ -791,6 +796,24 @@ async fn composite_runs_subrequests_with_references_as_one_call() {
     assert_eq!(subs[1]["body"][0]["errorCode"], "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST");
     assert_eq!(subs[2]["body"][0]["errorCode"], "PROCESSING_HALTED");
     assert_eq!(emu.count("Lead"), count);
+
+    // Without all-or-none, a subrequest that refers to a failed one fails; the others run.
+    let body = json!({ "allOrNone": false, "compositeRequest": [
+        { "method": "POST", "url": format!("/services/data/{V}/sobjects/Lead"), "referenceId": "Bad", "body": { "LastName": "x" } },
+        { "method": "GET", "url": format!("/services/data/{V}/sobjects/Lead/@{{Bad.id}}"), "referenceId": "Dep" },
+        { "method": "GET", "url": format!("/services/data/{V}/limits"), "referenceId": "Ok" },
+    ]});
+    let (_, out) = api.send(reqwest::Method::POST, &format!("/services/data/{V}/composite"), &body).await;
+    let subs = out["compositeResponse"].as_array().expect("responses");
+    assert_eq!(
+        (subs[0]["httpStatusCode"].as_u64(), subs[0]["body"][0]["errorCode"].as_str()),
+        (Some(400), Some("REQUIRED_FIELD_MISSING"))
+    );
+    assert_eq!(
+        (subs[1]["httpStatusCode"].as_u64(), subs[1]["body"][0]["errorCode"].as_str()),
+        (Some(400), Some("PROCESSING_HALTED"))
+    );
+    assert_eq!(subs[2]["httpStatusCode"], 200);
 
     let too_many: Vec<Value> = (0..26).map(|i| json!({ "method": "GET", "url": format!("/services/data/{V}/limits"), "referenceId": format!("r{i}") })).collect();
     let (status, _) = api
