@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
@@ -62,7 +63,8 @@ impl Reply {
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new().fallback(handle).with_state(shared)
+    // Control inserts may carry many records; Salesforce's own limits are enforced per resource.
+    Router::new().fallback(handle).layer(DefaultBodyLimit::max(512 * 1024 * 1024)).with_state(shared)
 }
 
 async fn handle(

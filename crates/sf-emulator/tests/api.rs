@@ -938,6 +938,14 @@ async fn control_endpoints_drive_an_emulator_from_outside() {
         .await
         .expect("ids");
     assert_eq!(ids.as_array().map(Vec::len), Some(2));
+    // Bulk inserts larger than axum's default 2 MB body limit are accepted.
+    let many: Vec<Value> = (0..20_000)
+        .map(|i| json!({ "LastName": format!("Bulk{i}"), "Company": "Co", "Description": "x".repeat(100) }))
+        .collect();
+    let resp =
+        http.post(format!("{base}/__emulator/insert/Contact")).json(&many).send().await.expect("bulk insert");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(emu.count("Contact"), 20_000);
     let api = Api::login(&emu).await;
     let resp = http
         .post(format!("{base}/__emulator/fault"))
