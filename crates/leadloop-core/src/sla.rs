@@ -821,6 +821,14 @@ impl SlaRules {
             if let Some(target) = self.send_step(record, policy, &handoff, i, missed, people, now, decision) {
                 reassign_to = Some(target);
             }
+            // A status leadloop writes to the CRM itself is not the rep's answer: record it
+            // here too, so its echo from the next sync changes nothing.
+            for action in &policy.steps[i].actions {
+                if let StepAction::SetStatus { status } = action {
+                    record.lead.status = Some(status.clone());
+                    handoff.status = Some(status.clone());
+                }
+            }
         }
         record.handoff = Some(handoff.clone());
         if let Some(target) = reassign_to {
