@@ -749,6 +749,18 @@ impl NurtureRules {
                 Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
             ));
             record.lead.opted_out = true;
+            // Every track ends here, with the reason the lead gave.
+            let enrolments = std::mem::take(&mut record.nurture.tracks);
+            if !enrolments.is_empty() {
+                decision.cancel_timers.push(timer_key(record.lead.id.as_str()));
+            }
+            for enrolment in enrolments {
+                decision.events.push(event(
+                    now,
+                    "nurture_exited",
+                    json!({ "track": enrolment.track, "round": enrolment.round, "reason": "unsubscribed" }),
+                ));
+            }
             self.on_change(Some(before), record, now, decision);
             return true;
         }

@@ -487,6 +487,8 @@ fn unsubscribe_stops_everything_and_writes_back_the_opt_out() {
             .any(|(_, _, e)| matches!(e, Effect::CrmUpdate { fields, .. } if fields["opted_out"] == true))
     );
     assert!(world.timers.is_empty());
+    let exits: Vec<_> = world.activities("nurture_exited").iter().map(|d| d["reason"].clone()).collect();
+    assert_eq!(exits, ["unsubscribed", "unsubscribed"]);
     // Even if the CRM clears the flag, nothing more goes out.
     world.edit("00Q1", |l| l.opted_out = false);
     world.edit("00Q1", |l| l.status = Some("Nurture".into()));
