@@ -118,3 +118,36 @@ fn nurture_config_problems_name_file_line_and_key() {
     );
     assert!(text.contains("t.toml:5:1: nurture.tracks[0].steps[0].after:"), "{text}");
 }
+
+#[test]
+fn nurture_list_and_preview_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("leadloop.toml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let state = dir.path().join("state");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leadloop"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("run leadloop")
+    };
+    let list = run(&["nurture", "list", "--format", "json"]);
+    assert_eq!(list.status.code(), Some(0), "{}", String::from_utf8_lossy(&list.stderr));
+    let tracks: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert_eq!(tracks[0]["name"], "long-term");
+    assert_eq!(tracks[0]["enrolled"], 0);
+    assert_eq!(tracks[0]["steps"][0]["schedule"], "1mo after enrolment at 10:00");
+    let human = run(&["nurture", "list"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("long-term  (2 steps, zone lead"));
+
+    let unknown_track = run(&["nurture", "preview", "nope", "--lead", "00Q1"]);
+    assert_eq!(unknown_track.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&unknown_track.stderr).contains("no track `nope` (known: long-term)"));
+    let unknown_lead = run(&["nurture", "preview", "long-term", "--lead", "00Q9"]);
+    assert_eq!(unknown_lead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown_lead.stderr).contains("no such lead: 00Q9"));
+}
