@@ -1,7 +1,8 @@
 //! Harnesses shared by leadloop's end-to-end tests: the crash-test writer's record shape, a
-//! test PKI, and real peers started on loopback.
+//! store of many open hand-offs (`handoffs`), a test PKI, and real peers started on loopback.
 
 pub mod caldav_peer;
+pub mod handoffs;
 pub mod pki;
 pub mod smtp_peer;
 

@@ -6,6 +6,8 @@
 //!        cargo run --release -p leadloop-bench -- lifecycle [--leads N] [--routes N]
 //!        cargo run --release -p leadloop-bench -- nurture [--leads N] [--cache-mb N]
 //!        cargo run --release -p leadloop-bench -- sync [--leads N] [--idle-polls N]
+//!        cargo run --release -p leadloop-bench -- report [--only NAME]…   (all of them, into BENCHMARKS.md)
+//!        cargo run --release -p leadloop-bench -- restart [--timers N] [--due N] [--cache-mb N]
 //!
 //! `store`:
 //! Figures: batched lead writes per second (each batch durable before the next), concurrent
@@ -27,6 +29,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod lifecycle;
 mod nurture;
+mod report;
+mod restart;
 mod sla;
 mod smtp;
 mod sync;
@@ -45,6 +49,10 @@ enum Bench {
     Nurture(nurture::Args),
     /// The initial Salesforce sync of many leads from the emulator, then idle polls.
     Sync(sync::Args),
+    /// Every benchmark at full size, written into BENCHMARKS.md.
+    Report(report::Args),
+    /// A restart with many pending timers: reopen → first due email queued and sent.
+    Restart(restart::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
         Bench::Lifecycle(args) => lifecycle::run(args),
         Bench::Nurture(args) => nurture::run(args).await,
         Bench::Sync(args) => sync::run(args).await,
+        Bench::Report(args) => report::run(args),
+        Bench::Restart(args) => restart::run(args).await,
     }
 }
 

@@ -77,6 +77,20 @@ async fn state(rig: &Rig, key: &IdempotencyKey) -> OutboxState {
     rig.store.outbox_entry(key).await.expect("read").expect("entry").state
 }
 
+/// Prints the fault line (issue 9, case 5): of the `keys` queued, how many the server never
+/// received (lost) and how many extra copies it received (duplicated), and whether every copy
+/// of a message carried the same Message-ID.
+async fn fault_line(rig: &Rig, injected: &str, keys: &[IdempotencyKey]) -> (usize, usize) {
+    let messages = rig.peer.messages().await.expect("messages");
+    let ids: Vec<&str> = messages.iter().filter_map(|m| m["message_id"].as_str()).collect();
+    let expected: Vec<String> = keys.iter().map(|k| message_id(k, "corp.example")).collect();
+    let lost = expected.iter().filter(|id| !ids.contains(&id.as_str())).count();
+    let same_ids = ids.iter().all(|id| expected.iter().any(|e| e == id));
+    let duplicated = ids.len() - (expected.len() - lost);
+    eprintln!("fault 5: {injected} — lost {lost}, duplicated {duplicated} (same Message-ID: {same_ids})");
+    (lost, duplicated)
+}
+
 fn header<'a>(message: &'a Value, name: &str) -> Option<&'a str> {
     let data = message["data"].as_str()?;
     let head = data.split("\r\n\r\n").next().unwrap_or(data);
@@ -140,6 +154,8 @@ async fn temporary_failures_are_retried_with_backoff_and_nothing_is_lost() {
     assert_eq!(rig.relay.run_once().await.expect("round").sent, 1);
     assert_eq!(rig.peer.messages().await.expect("messages").len(), 1);
     assert_eq!(rig.store.outbox_entry(&key("alert")).await.expect("read").expect("entry").attempts, 3);
+    let counts = fault_line(&rig, "SMTP 451 at DATA ×2", &[key("alert")]).await;
+    assert_eq!(counts, (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,6 +167,8 @@ async fn service_unavailable_421_is_retried() {
     rig.clock.advance(TimeDelta::hours(1));
     assert_eq!(rig.relay.run_once().await.expect("round").sent, 1);
     assert_eq!(rig.peer.messages().await.expect("messages").len(), 1);
+    let counts = fault_line(&rig, "SMTP 421 and close at MAIL ×1", &[key("alert")]).await;
+    assert_eq!(counts, (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +186,9 @@ async fn connection_dropped_after_data_resends_once_with_the_same_message_id() {
     assert_eq!(messages.len(), 2, "one resend");
     assert_eq!(messages[0]["message_id"], messages[1]["message_id"]);
     assert_eq!(messages[0]["message_id"], message_id(&key("alert"), "corp.example"));
+    let counts =
+        fault_line(&rig, "connection dropped after \".\" (message stored, no 250) ×1", &[key("alert")]).await;
+    assert_eq!(counts, (0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! The fault-injection suite (issue 9), cases 2, 3, 7 and 9; docs/faults.md lists all ten and
-//! where the others live. Each case prints one `fault N: …` line on stderr saying what was
+//! The fault-injection suite (issue 9), cases 2, 3, 5 (for hours), 7 and 9; docs/faults.md
+//! lists all ten and where the others live. Each case prints one `fault N: …` line on stderr saying what was
 //! injected and how many effects were lost and duplicated, and asserts those counts.
 //!
 //! - 2, 3: a child process (`leadloop-relay-worker`) relays queued emails to a real SMTP server
@@ -7,6 +7,9 @@
 //!   the server's 250 and before the outcome is recorded, or after the claim and before the
 //!   SMTP transaction; a second, unarmed run finishes the outbox. What the server received is
 //!   counted by `Message-ID`.
+//! - 5: the SMTP server answers 421 and 451 for hours of virtual time, then drops a
+//!   connection after the final "."; every message arrives, one of them twice with the same
+//!   `Message-ID`.
 //! - 7: the clock jumps ±2 h around every SLA step, in virtual time, with the real engine and
 //!   rules; each step is queued once, when the policy says.
 //! - 9: a restart with many pending timers (50,000 here; `LEADLOOP_FAULT_TIMERS` to run the
@@ -22,14 +25,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::TimeDelta;
-use leadloop_core::sla::{Handoff, SlaConfig, SlaRules, step_key};
+use leadloop_core::sla::{SlaConfig, SlaRules, step_key};
 use leadloop_core::{
-    Channel, Clock, Effect, IdempotencyKey, Lead, LeadRecord, OutboxEntry, OutboxState, Person, PersonId,
-    Role, SystemClock, Timer, TimerKey, TimerKind, Timestamp, VirtualClock,
+    Channel, Clock, Effect, IdempotencyKey, Lead, OutboxEntry, OutboxState, PersonId, SystemClock, Timestamp,
+    VirtualClock,
 };
 use leadloop_engine::Engine;
 use leadloop_smtp::{message_id, sample_vars};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
+use leadloop_tests::handoffs::{handoff_lead, people, write_handoffs};
 use leadloop_tests::pki::TestPki;
 use leadloop_tests::smtp_peer::SmtpPeer;
 use rand::Rng;
@@ -207,30 +211,92 @@ async fn fault_3_killed_after_the_claim_before_the_send_sends_after_restart_and_
 }
 
 // ---------------------------------------------------------------------------------------------
+// Case 5, for hours: the in-process relay in virtual time against the real peer, which answers
+// 421 (and closes) then 451 for hours, then drops one connection after the final ".".
+// tests/e2e/email.rs has the single-fault versions.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_5_smtp_421_and_451_for_hours_then_a_drop_after_data_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::create(dir.path()).expect("pki");
+    let peer = SmtpPeer::start(Some(&pki)).expect("smtp peer");
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path().join("state"))).expect("store");
+    let clock = Arc::new(VirtualClock::new(t0()));
+    let cx = leadloop_plugin::BuildContext { clock: clock.clone(), shutdown: Default::default() };
+    let mailer = leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port)
+        .expect("password file")
+        .build(&cx)
+        .expect("mailer");
+    let relay = leadloop_engine::EmailRelay::new(
+        Arc::clone(&store),
+        clock.clone(),
+        mailer,
+        leadloop_engine::RelayConfig::default(),
+    );
+    let mut batch = Batch::new();
+    let keys: Vec<IdempotencyKey> = (0..5).map(|n| step_key(&format!("00Q5{n:03}"), 1, "alert")).collect();
+    for (n, key) in keys.iter().enumerate() {
+        let effect = Effect::Email {
+            kind: "sla.alert".into(),
+            template: "sla_alert".into(),
+            to: vec![format!("rep{n}@corp.example")],
+            cc: vec![],
+            lead_id: None,
+            vars: sample_vars("sla_alert"),
+        };
+        batch.enqueue(OutboxEntry::new(key.clone(), effect, t0()));
+    }
+    store.commit(batch).await.expect("queue");
+    let (unavailable, tempfail) = (40, 40);
+    peer.faults(serde_json::json!({
+        "unavailable": unavailable, "tempfail": tempfail, "tempfail_code": 451, "drop_after_data": 1
+    }))
+    .await
+    .expect("faults");
+
+    let mut rounds = 0;
+    let mut retried = 0;
+    loop {
+        let report = relay.run_once().await.expect("round");
+        retried += report.retried;
+        assert_eq!(report.failed + report.dropped, 0, "transient failures are never final: {report:?}");
+        let (pending, next) = store.outbox_pending(Channel::Email).await.expect("pending");
+        if pending == 0 {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 500, "still {pending} pending after {rounds} rounds");
+        // Nothing sleeps: the clock moves to the next retry.
+        if let Some(next) = next {
+            clock.set(next.max(clock.now()));
+        }
+    }
+    let hours = (clock.now() - t0()).num_minutes() as f64 / 60.0;
+    let messages = peer.messages().await.expect("messages");
+    let (lost, duplicated, received) = tally(&messages, &keys);
+    let twice: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "fault 5: SMTP 421+close ×{unavailable}, 451 ×{tempfail} over {hours:.1} h (virtual), then a drop after \
+         \".\" ×1 — lost {lost}, duplicated {duplicated} (same Message-ID: {}); {retried} retries",
+        twice.len() == duplicated
+    );
+    assert!(hours >= 2.0, "the faults lasted hours: {hours:.1} h");
+    assert_eq!(lost, 0, "nothing lost");
+    assert!(duplicated <= 1, "at most one duplicate: {received:?}");
+    assert_eq!(duplicated, 1, "the dropped connection had stored the message once already");
+    assert_eq!(twice.len(), 1, "the duplicate carries the same Message-ID");
+    for key in &keys {
+        let entry = store.outbox_entry(key).await.expect("read").expect("entry");
+        assert!(matches!(entry.state, OutboxState::Done { .. }), "{key}: {:?}", entry.state);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shared by cases 7 and 9: an org chart and the default SLA ladder (alert at 0 h, reminder at
 // 24 h, manager at 48 h, executive at 72 h; catch-up: the latest step only).
 
 fn t0() -> Timestamp {
     "2026-03-02T14:00:00Z".parse().expect("instant")
-}
-
-fn person(id: &str, manager: Option<&str>) -> Person {
-    Person {
-        id: PersonId::new(id),
-        email: format!("{id}@x.example"),
-        name: id.to_owned(),
-        manager: manager.map(PersonId::new),
-        time_zone: Some("America/New_York".into()),
-        role: Role::Rep,
-        active: true,
-        capacity: None,
-    }
-}
-
-fn people() -> Vec<Person> {
-    let mut people = vec![person("exec", None), person("mgr", Some("exec"))];
-    people.extend((0..10).map(|i| person(&format!("rep{i}"), Some("mgr"))));
-    people
 }
 
 fn engine(dir: &Path, clock: Arc<VirtualClock>) -> Engine {
@@ -359,58 +425,6 @@ fn pending_timers() -> u64 {
     std::env::var("LEADLOOP_FAULT_TIMERS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000)
 }
 
-fn lead_id(i: u64) -> String {
-    format!("00Q{i:012}")
-}
-
-/// Writes `total` open hand-offs (a lead and its SLA timer each): the first `DUE_AT_RESTART`
-/// with the 24 h reminder overdue at `t0`, the others with it due within the next 24 h.
-async fn write_handoffs(store: &dyn Store, total: u64) {
-    let mut batch = Batch::new();
-    for p in people() {
-        batch.put_person(p);
-    }
-    store.commit(batch).await.expect("people");
-    let mut n = 0;
-    while n < total {
-        let mut batch = Batch::new();
-        for i in n..(n + 5_000).min(total) {
-            let owner = PersonId::new(format!("rep{}", i % 10));
-            let started = if i < DUE_AT_RESTART {
-                t0() - TimeDelta::hours(24) - TimeDelta::seconds(10 * (i as i64 + 1))
-            } else {
-                t0() - TimeDelta::seconds((i % 86_399) as i64)
-            };
-            let mut lead = Lead::new(lead_id(i));
-            lead.email = Some(format!("lead{i}@acme{}.example", i % 1000));
-            lead.company = Some(format!("Acme {}", i % 1000));
-            lead.status = Some("Open - Not Contacted".into());
-            lead.owner_id = Some(owner.clone());
-            let mut record = LeadRecord::new(lead, started);
-            record.handoffs = 1;
-            record.handoff = Some(Handoff {
-                number: 1,
-                owner,
-                status: record.lead.status.clone(),
-                started_at: started,
-                policy: "default".into(),
-                next_step: 1,
-                paused_seconds: 0,
-                hold: None,
-            });
-            let id = record.lead.id.clone();
-            batch.put_lead(record).set_timer(Timer {
-                key: TimerKey::new(format!("sla/{id}")),
-                due: started + TimeDelta::hours(24),
-                lead_id: Some(id),
-                kind: TimerKind::SlaStep { handoff: 1, step: 1 },
-            });
-        }
-        store.commit(batch).await.expect("hand-offs");
-        n += 5_000;
-    }
-}
-
 /// Ticks until nothing more is due; returns how many timers fired.
 async fn tick_to_completion(engine: &Engine) -> usize {
     let mut fired = 0;
@@ -430,7 +444,7 @@ async fn fault_9_restart_with_many_pending_timers_fires_each_due_one_once() {
     let written = Instant::now();
     {
         let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("store");
-        write_handoffs(store.as_ref(), total).await;
+        write_handoffs(store.as_ref(), t0(), total, DUE_AT_RESTART).await.expect("write hand-offs");
         // The daemon stops here.
     }
     let written = written.elapsed();
@@ -450,7 +464,7 @@ async fn fault_9_restart_with_many_pending_timers_fires_each_due_one_once() {
         .filter(|(_, kind, _)| kind == "sla.reminder")
         .map(|(lead, _, _)| lead.clone())
         .collect();
-    let expected: BTreeSet<String> = (0..DUE_AT_RESTART).map(lead_id).collect();
+    let expected: BTreeSet<String> = (0..DUE_AT_RESTART).map(handoff_lead).collect();
     assert_eq!(fired_at_restart as u64, DUE_AT_RESTART, "every due timer fires once, no other");
     assert_eq!(reminders, expected, "the reminder of every overdue hand-off is queued");
     assert_eq!(at_restart.len() as u64, DUE_AT_RESTART);
@@ -466,7 +480,7 @@ async fn fault_9_restart_with_many_pending_timers_fires_each_due_one_once() {
         .filter(|(_, kind, _)| kind == "sla.executive")
         .map(|(lead, _, _)| lead.as_str())
         .collect();
-    let lost = (0..total).filter(|i| !escalated.contains(lead_id(*i).as_str())).count();
+    let lost = (0..total).filter(|i| !escalated.contains(handoff_lead(*i).as_str())).count();
     let fired = fired_at_restart + fired_later;
     eprintln!(
         "fault 9: restart with {total} pending timers ({DUE_AT_RESTART} due) ×1 — lost {lost}, duplicated \
@@ -480,7 +494,7 @@ async fn fault_9_restart_with_many_pending_timers_fires_each_due_one_once() {
     assert_eq!(queued as u64, total + DUE_AT_RESTART, "a reminder for the overdue, an escalation for all");
     assert_eq!(engine.store().next_timer_due().await.expect("next"), None, "no timer left behind");
     for i in [0, DUE_AT_RESTART, total - 1] {
-        let key = step_key(&lead_id(i), 1, "executive");
+        let key = step_key(&handoff_lead(i), 1, "executive");
         assert!(engine.store().outbox_entry(&key).await.expect("read").is_some(), "{key}");
     }
 }

@@ -229,10 +229,19 @@ async fn a_5xx_mid_page_keeps_the_cursor_and_a_restart_resumes_without_loss_or_d
     let rig = rig.restart();
     let report = rig.sync().pass().await.expect("pass after restart");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_eq!(rig.lead_count().await, 9_000);
+    let stored = rig.lead_count().await;
+    let mut twice = 0;
     for lead in rig.emu.all("Lead").iter().step_by(97) {
-        assert_eq!(rig.created_events(lead["Id"].as_str().expect("id")).await, 1);
+        let created = rig.created_events(lead["Id"].as_str().expect("id")).await;
+        assert_eq!(created, 1);
+        twice += created.saturating_sub(1);
     }
+    eprintln!(
+        "fault 6: CRM 5xx mid-page (page 3 of 5), then restart ×1 — lost {}, duplicated {twice} (created \
+         events, every 97th lead); cursor kept on the partial page: {partial} of 9000 stored before",
+        9_000usize.saturating_sub(stored)
+    );
+    assert_eq!(stored, 9_000);
 }
 
 #[tokio::test]
@@ -248,10 +257,14 @@ async fn retry_after_is_honoured_and_the_budget_reserve_defers_bulk_sync_not_wri
     assert!(!report.errors.is_empty());
     assert_eq!(report.retry_after, Some(std::time::Duration::from_secs(7)));
     assert_eq!(rig.lead_count().await, 0);
-    assert_eq!(
-        rig.engine.store().cursor(&rig.sync().cursor_name(CrmObject::Lead)).await.expect("cursor"),
-        None
+    let cursor = rig.engine.store().cursor(&rig.sync().cursor_name(CrmObject::Lead)).await.expect("cursor");
+    eprintln!(
+        "fault 6: CRM 429 with Retry-After: 7 ×1 — lost 0, duplicated 0 (nothing acknowledged: {} leads \
+         stored, cursor {cursor:?}); retry after {:?}",
+        rig.lead_count().await,
+        report.retry_after
     );
+    assert_eq!(cursor, None);
 
     // 85 % of the day's allowance is gone; 20 % is kept for SLA writes.
     rig.emu.set_api_usage(85_000);
