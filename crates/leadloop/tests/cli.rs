@@ -274,6 +274,15 @@ async fn export_then_import_gives_equal_checksums() {
         .output()
         .expect("export");
     let second: serde_json::Value = serde_json::from_slice(&again.stdout).expect("summary json");
+    let records = |v: &serde_json::Value| v["records"].as_i64().unwrap_or(-1);
+    eprintln!(
+        "fault 10: export then import ×1 — lost {}, duplicated {} (records {} → {}; equal checksums: {})",
+        (records(&first) - records(&second)).max(0),
+        (records(&second) - records(&first)).max(0),
+        records(&first),
+        records(&second),
+        first == second
+    );
     assert_eq!(first, second);
 
     // Importing again into the now non-empty directory is refused.
