@@ -58,7 +58,7 @@ pub struct Engine {
     /// Unix seconds of the loop's last turn; the systemd watchdog pings only while it moves.
     heartbeat: Arc<AtomicI64>,
     /// Woken after a commit queued effects, so the relay sends at once.
-    on_enqueue: Option<Arc<tokio::sync::Notify>>,
+    on_enqueue: Vec<Arc<tokio::sync::Notify>>,
     /// The org chart, loaded from the store and kept current as people are synced.
     people: Arc<std::sync::RwLock<OrgChart>>,
     /// Serialises read-decide-commit: a tick, an ingest, a link answer and the relay's
@@ -85,7 +85,7 @@ impl Engine {
             clock,
             policy,
             heartbeat,
-            on_enqueue: None,
+            on_enqueue: Vec::new(),
             people: Arc::default(),
             writer: Arc::default(),
             observer: None,
@@ -93,9 +93,10 @@ impl Engine {
         }
     }
 
-    /// Wakes `notify` whenever a tick queues effects (the email relay's waker).
+    /// Wakes `notify` whenever a commit queues effects (a relay's waker; each relay adds
+    /// its own).
     pub fn with_waker(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
-        self.on_enqueue = Some(notify);
+        self.on_enqueue.push(notify);
         self
     }
 
@@ -196,10 +197,10 @@ impl Engine {
             }
         }
         apply::observe_queued(&committed.enqueued);
-        if !committed.enqueued.is_empty()
-            && let Some(notify) = &self.on_enqueue
-        {
-            notify.notify_one();
+        if !committed.enqueued.is_empty() {
+            for notify in &self.on_enqueue {
+                notify.notify_one();
+            }
         }
         Ok(committed.enqueued)
     }

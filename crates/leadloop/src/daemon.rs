@@ -170,8 +170,10 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             poll_interval_s = crm_config.poll_interval.as_secs(),
             "crm connector started"
         );
-        let sync = leadloop_engine::crm::CrmSync::new(engine.clone(), Arc::clone(&crm), &crm_config.objects);
-        let relay = leadloop_engine::crm::CrmRelay::new(&engine, crm, crm_config.relay(&config.outbox));
+        let relay =
+            leadloop_engine::crm::CrmRelay::new(&engine, Arc::clone(&crm), crm_config.relay(&config.outbox));
+        engine = engine.with_waker(relay.waker());
+        let sync = leadloop_engine::crm::CrmSync::new(engine.clone(), crm, &crm_config.objects);
         let (stop, interval) = (engine_stop.clone(), crm_config.poll_interval);
         crm_tasks.push(tokio::spawn(async move { sync.run(stop, interval).await }));
         let (stop, max_idle) = (engine_stop.clone(), config.daemon.max_idle);

@@ -96,3 +96,61 @@ async fn refused_login_and_bad_config_are_clear() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("leadloop.toml:") && stderr.contains("crm.salesforce.auth"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_daemon_syncs_on_start_and_writes_back_owner_changes() {
+    let emu = Emulator::start(Config::default()).await.expect("emulator");
+    let ids =
+        seed::populate(&emu, &SeedSpec { seed: 5, managers: 1, reps: 2, accounts: 3, leads: 40, tasks: 0 });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &emu.url(), &Config::default().client_secret);
+    // Every lead qualifies on its source alone and leaves the queue for a rep.
+    let mut text = std::fs::read_to_string(&config).expect("read");
+    text.push_str(&format!(
+        "\n[scoring]\nthreshold = 10\n[[scoring.fit]]\nname = \"any source\"\nfield = \"lead_source\"\ncontains = [\"\"]\npoints = 20\n\n[routing]\nfallback = \"{}\"\n",
+        ids.reps[0]
+    ));
+    std::fs::write(&config, text).expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let mut child = bin()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--admin-listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut owned = 0;
+    while std::time::Instant::now() < deadline {
+        // Routed: to the owner of the lead's account, or by the fallback; out of the queue.
+        owned = emu
+            .all("Lead")
+            .iter()
+            .filter(|l| l["OwnerId"].as_str().is_some_and(|o| ids.reps.iter().any(|r| r == o)))
+            .count();
+        if owned == 40 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut metrics = String::new();
+    while std::time::Instant::now() < deadline {
+        metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if metrics.contains("leadloop_crm_sync_passes_total") && metrics.contains("leadloop_crm_writes_total")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    assert_eq!(owned, 40, "the routed owners were written back to Salesforce");
+    assert!(metrics.contains("leadloop_crm_sync_passes_total"), "{metrics}");
+    assert!(metrics.contains("leadloop_crm_writes_total"), "{metrics}");
+    assert_eq!(status.code(), Some(0));
+}
