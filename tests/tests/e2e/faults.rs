@@ -1,6 +1,7 @@
 //! The fault-injection suite (issue 9), cases 2, 3, 5 (for hours), 7 and 9; docs/faults.md
-//! lists all ten and where the others live. Each case prints one `fault N: …` line on stderr saying what was
-//! injected and how many effects were lost and duplicated, and asserts those counts.
+//! lists all ten and where the others live. Each case prints one `fault N: …` line on stderr
+//! saying what was injected and how many effects were lost and duplicated, and asserts those
+//! counts.
 //!
 //! - 2, 3: a child process (`leadloop-relay-worker`) relays queued emails to a real SMTP server
 //!   (aiosmtpd, STARTTLS and AUTH) and is killed by a failpoint (`LEADLOOP_FAILPOINTS`) after
@@ -276,8 +277,8 @@ async fn fault_5_smtp_421_and_451_for_hours_then_a_drop_after_data_lose_nothing(
     let (lost, duplicated, received) = tally(&messages, &keys);
     let twice: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
     eprintln!(
-        "fault 5: SMTP 421+close ×{unavailable}, 451 ×{tempfail} over {hours:.1} h (virtual), then a drop after \
-         \".\" ×1 — lost {lost}, duplicated {duplicated} (same Message-ID: {}); {retried} retries",
+        "fault 5: SMTP 421+close ×{unavailable}, 451 ×{tempfail} over {hours:.1} h (virtual), then a drop \
+         after \".\" ×1 — lost {lost}, duplicated {duplicated} (same Message-ID: {}); {retried} retries",
         twice.len() == duplicated
     );
     assert!(hours >= 2.0, "the faults lasted hours: {hours:.1} h");
