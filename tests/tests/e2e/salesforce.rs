@@ -366,3 +366,74 @@ async fn write_back_batches_200_a_call_retries_record_errors_and_dead_letters_wh
     let third = relay.run_once().await.expect("round 3");
     assert_eq!((third.written, third.retried, third.dead_lettered), (0, 0, 0), "never retried forever");
 }
+
+/// A key pair for the JWT bearer flow, made by `openssl` for this test only.
+fn rsa_key_pair(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let private = dir.join("jwt-key.pem");
+    let public = dir.join("jwt-pub.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&private)
+        .status()
+        .expect("openssl genpkey")
+        .success();
+    assert!(ok);
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("openssl pkey")
+        .success();
+    assert!(ok);
+    (private, std::fs::read_to_string(public).expect("public key"))
+}
+
+async fn sync_with(
+    emu: &Emulator,
+    config: SalesforceConfig,
+    dir: &std::path::Path,
+) -> leadloop_engine::crm::SyncReport {
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.join("state"))).expect("store");
+    let clock = Arc::new(VirtualClock::new(emu.now()));
+    let engine = Engine::new(store, clock.clone(), Arc::new(leadloop_core::policy::NoRules));
+    let cx = leadloop_plugin::BuildContext { clock, shutdown: tokio_util::sync::CancellationToken::new() };
+    let crm = Arc::new(config.build(&cx).expect("connector"));
+    CrmSync::new(engine, crm, &CrmObject::ALL).pass().await.expect("pass")
+}
+
+#[tokio::test]
+async fn logs_in_with_a_signed_jwt_and_with_a_refresh_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (private, public) = rsa_key_pair(dir.path());
+    let emu = Emulator::start(leadloop_sf_emulator::Config {
+        jwt_public_key_pem: Some(public),
+        refresh_tokens: vec!["refresh-1".into()],
+        ..leadloop_sf_emulator::Config::default()
+    })
+    .await
+    .expect("emulator");
+    seed::populate(&emu, &spec(30));
+
+    let mut jwt = SalesforceConfig::new(emu.url(), emu.config().consumer_key.clone(), AuthFlow::Jwt);
+    jwt.username = Some("integration@example.com".into());
+    jwt.private_key_file = Some(private.clone());
+    let report = sync_with(&emu, jwt.clone(), &dir.path().join("a")).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(emu.logins(), 1);
+
+    // The assertion is refused for an unknown user: an authentication error, not a retry loop.
+    jwt.username = Some("nobody@example.com".into());
+    let report = sync_with(&emu, jwt, &dir.path().join("b")).await;
+    assert!(report.errors.iter().all(|(_, e)| e.contains("authentication failed")), "{:?}", report.errors);
+
+    let token = dir.path().join("refresh");
+    std::fs::write(&token, "refresh-1").expect("token");
+    let mut refresh =
+        SalesforceConfig::new(emu.url(), emu.config().consumer_key.clone(), AuthFlow::RefreshToken);
+    refresh.refresh_token_file = Some(token);
+    let report = sync_with(&emu, refresh, &dir.path().join("c")).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.records.fetched >= 30);
+}
