@@ -42,6 +42,15 @@ async fn leads_list(
     }
 }
 
+/// Records the CRM sync set aside, with their reasons.
+async fn quarantine_list(State(state): State<AdminState>) -> axum::response::Response {
+    let Some(store) = &state.store else { return unavailable("no store\n".into()) };
+    match crate::sync_cmd::quarantined(store.as_ref()).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct SlaQuery {
     #[serde(default)]
@@ -55,6 +64,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/sla", get(sla_list))
+        .route("/quarantine", get(quarantine_list))
         .route("/leads", get(leads_list))
         .route("/sla/{lead}", get(sla_show))
         .with_state(state)

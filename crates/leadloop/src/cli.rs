@@ -72,6 +72,8 @@ pub enum Command {
         #[command(subcommand)]
         command: NurtureCommand,
     },
+    /// Records the CRM sync set aside (unmappable, unknown owner), with the reason.
+    Quarantine(ReadArgs),
     /// One sync pass against the configured CRM (and one round of write-back), with counts.
     Sync {
         #[command(flatten)]
@@ -305,6 +307,7 @@ pub fn main() -> ExitCode {
         Command::Report { command: ReportCommand::Funnel { config, state_dir, since, format } } => {
             crate::report::main(&config.config, state_dir, since, format == Format::Json)
         }
+        Command::Quarantine(read) => crate::sync_cmd::quarantine(&read),
         Command::Sync { config, state_dir, once, format } => {
             crate::sync_cmd::main(&config.config, state_dir, once, format)
         }

@@ -150,3 +150,67 @@ fn print_human(
         println!("  error         {object}: {error}");
     }
 }
+
+/// The quarantine, oldest first: `{object, id, reason, at, raw}` per record.
+pub async fn quarantined(store: &dyn Store) -> Result<Vec<serde_json::Value>, leadloop_store::StoreError> {
+    let mut rows: Vec<serde_json::Value> =
+        store.items(leadloop_engine::crm::QUARANTINE).await?.into_iter().map(|(_, v)| v).collect();
+    rows.sort_by(|a, b| a["at"].as_str().cmp(&b["at"].as_str()));
+    Ok(rows)
+}
+
+/// `leadloop quarantine`: what the CRM sync set aside and why; from the store, or from the
+/// running daemon's admin listener when it holds the state directory.
+pub fn quarantine(read: &crate::cli::ReadArgs) -> u8 {
+    let config = match load_reporting(&read.config.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let admin = read.admin_listen.unwrap_or(config.daemon.admin_listen);
+    let rows: Result<Vec<serde_json::Value>, String> = rt.block_on(async {
+        match SledStore::open(&config.sled(read.state_dir.clone())) {
+            Ok(store) => quarantined(store.as_ref()).await.map_err(|e| e.to_string()),
+            Err(leadloop_store::StoreError::Locked { .. }) => {
+                let url = format!("http://{admin}/quarantine");
+                let response = reqwest::get(&url).await.map_err(|e| {
+                    format!("the store is locked by a running daemon and {url} did not answer: {e}")
+                })?;
+                response.json().await.map_err(|e| format!("{url}: {e}"))
+            }
+            Err(error) => Err(format!("cannot open the store: {error}")),
+        }
+    });
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(error) => {
+            eprintln!("{error}");
+            return exit::STORE;
+        }
+    };
+    match read.format {
+        Format::Json => {
+            for row in &rows {
+                println!("{row}");
+            }
+        }
+        Format::Human => {
+            if rows.is_empty() {
+                println!("nothing in quarantine");
+            }
+            for row in &rows {
+                println!(
+                    "{:<8} {:<18} {}  {}",
+                    row["object"].as_str().unwrap_or("?"),
+                    row["id"].as_str().unwrap_or("(no id)"),
+                    row["at"].as_str().unwrap_or(""),
+                    row["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    exit::OK
+}

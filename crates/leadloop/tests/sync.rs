@@ -71,6 +71,18 @@ async fn sync_once_prints_counts_and_a_second_pass_finds_nothing_new() {
     assert!(text.contains("quarantined   1"), "{text}");
     assert!(text.contains("api calls     1"), "{text}");
     assert!(text.contains("left for bulk sync"), "{text}");
+
+    let out = bin().args(["quarantine", "--format", "json", "--config"]).arg(&config).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["object"], "lead");
+    assert!(
+        rows[0]["reason"].as_str().expect("reason").contains("Email: `nope` is not a valid email address")
+    );
 }
 
 #[tokio::test]
