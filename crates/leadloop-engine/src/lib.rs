@@ -19,12 +19,18 @@ use std::time::Duration;
 use leadloop_core::connector::Activity;
 use leadloop_core::{
     Actor, Clock, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OrgChart, Person,
+    PersonId,
 };
 use leadloop_store::{Batch, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub use apply::{decision_batch, observe};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
+
+/// The store bucket of open hand-offs: lead id → owner, kept with every hand-off event.
+pub const OPEN_HANDOFFS: &str = "open_handoffs";
+/// Set once the bucket above covers every lead (stores from before it are indexed on start).
+pub const OPEN_HANDOFFS_INDEXED: &str = "engine.open_handoffs.indexed";
 
 /// The most timers handled in one tick; the rest wait for the next, which follows at once.
 pub const TICK_LIMIT: usize = 512;
@@ -118,14 +124,35 @@ impl Engine {
         let people = self.store.people().await?;
         let count = people.len();
         let mut chart = OrgChart::new(people);
-        // Open hand-offs per person, for routing's capacity check: one scan at start.
-        let mut pages = leadloop_store::LeadPages::new(self.store.as_ref());
-        while let Some(page) = pages.next().await? {
-            for record in &page {
-                if let Some(handoff) = &record.handoff {
-                    *chart.load.entry(handoff.owner.clone()).or_default() += 1;
+        // Open hand-offs per person, for routing's capacity check, from the open hand-off
+        // index (a restart reads what is open, not every lead). A store from before the index
+        // is scanned once and the index written.
+        if self.store.cursor(OPEN_HANDOFFS_INDEXED).await?.is_some() {
+            for (_, owner) in self.store.items(OPEN_HANDOFFS).await? {
+                if let Some(owner) = owner.as_str() {
+                    *chart.load.entry(PersonId::new(owner)).or_default() += 1;
                 }
             }
+        } else {
+            let mut pages = leadloop_store::LeadPages::new(self.store.as_ref());
+            let mut batch = Batch::new();
+            while let Some(page) = pages.next().await? {
+                for record in &page {
+                    if let Some(handoff) = &record.handoff {
+                        *chart.load.entry(handoff.owner.clone()).or_default() += 1;
+                        batch.put_item(
+                            OPEN_HANDOFFS,
+                            record.lead.id.to_string(),
+                            serde_json::json!(handoff.owner),
+                        );
+                    }
+                }
+                if batch.len() >= 10_000 {
+                    self.store.commit(std::mem::take(&mut batch)).await?;
+                }
+            }
+            batch.set_cursor(OPEN_HANDOFFS_INDEXED, "1");
+            self.store.commit(batch).await?;
         }
         let previous = self.people.read().unwrap_or_else(|p| p.into_inner()).turns.clone();
         chart.turns = previous;
@@ -186,6 +213,22 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        // The open hand-off index moves with the events, in the same batch.
+        let mut batch = batch;
+        for (lead, event) in &events {
+            match &event.kind {
+                EventKind::HandoffStarted { owner, .. } => {
+                    batch.put_item(OPEN_HANDOFFS, lead.to_string(), serde_json::json!(owner));
+                }
+                EventKind::HandoffEnded { .. } => {
+                    batch.push(leadloop_store::Op::DeleteItem {
+                        bucket: OPEN_HANDOFFS.into(),
+                        key: lead.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
         let committed = self.store.commit(batch).await?;
         {
             let mut chart = self.people.write().unwrap_or_else(|p| p.into_inner());

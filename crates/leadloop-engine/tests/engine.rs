@@ -123,3 +123,51 @@ async fn run_stops_on_shutdown() {
     task.await.expect("join").expect("run ends cleanly");
     assert_eq!(engine.heartbeat(), start().timestamp());
 }
+
+/// Open hand-offs per rep survive a restart through the open hand-off index: the restart reads
+/// what is open, and a hand-off that ended no longer counts.
+#[tokio::test]
+async fn open_handoff_counts_survive_a_restart() {
+    use leadloop_core::sla::{SlaConfig, SlaRules};
+    use leadloop_core::{Lead, Person, PersonId, Role};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(VirtualClock::new(start()));
+    let open = |clock: &Arc<VirtualClock>| {
+        let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("store");
+        Engine::new(store, clock.clone(), Arc::new(SlaRules::new(SlaConfig::default())))
+    };
+    let rep = Person {
+        id: PersonId::new("rep"),
+        email: "rep@x.example".into(),
+        name: "Rep".into(),
+        manager: None,
+        time_zone: None,
+        role: Role::Rep,
+        active: true,
+        capacity: None,
+    };
+    let lead = |id: &str| {
+        let mut lead = Lead::new(id);
+        lead.owner_id = Some(PersonId::new("rep"));
+        lead.status = Some("Open - Not Contacted".into());
+        lead
+    };
+    {
+        let engine = open(&clock);
+        engine.upsert_person(rep).await.expect("person");
+        for id in ["00Q1", "00Q2", "00Q3"] {
+            engine.upsert_lead(lead(id)).await.expect("lead");
+        }
+        assert_eq!(engine.org_chart().load.get(&PersonId::new("rep")), Some(&3));
+        let mut answered = lead("00Q2");
+        answered.status = Some("Working - Contacted".into());
+        engine.upsert_lead(answered).await.expect("answer");
+        assert_eq!(engine.org_chart().load.get(&PersonId::new("rep")), Some(&2));
+    }
+    let engine = open(&clock);
+    engine.load_people().await.expect("load");
+    assert_eq!(engine.org_chart().load.get(&PersonId::new("rep")), Some(&2));
+    let indexed = engine.store().items(leadloop_engine::OPEN_HANDOFFS).await.expect("items");
+    let keys: Vec<&str> = indexed.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["00Q1", "00Q3"]);
+}
