@@ -132,7 +132,8 @@ impl Composer {
         }
         // The signed one-click URL (RFC 8058) that leadloop's public listener serves.
         if nurture
-            && let Some(url) = email.vars.get("unsubscribe_url").and_then(|v| v.as_str()).filter(|u| !u.is_empty())
+            && let Some(url) =
+                email.vars.get("unsubscribe_url").and_then(|v| v.as_str()).filter(|u| !u.is_empty())
         {
             if url.chars().any(|c| c.is_control() || c == '>' || c == '<' || c.is_whitespace()) {
                 return Err(permanent(format!("unsubscribe URL {url:?} is not a plain URL")));

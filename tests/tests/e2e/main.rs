@@ -7,5 +7,5 @@ mod faults;
 mod nospace;
 mod nurture;
 mod salesforce;
-mod sync_crash;
 mod sla;
+mod sync_crash;
