@@ -151,3 +151,44 @@ fn nurture_list_and_preview_from_the_command_line() {
     assert_eq!(unknown_lead.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown_lead.stderr).contains("no such lead: 00Q9"));
 }
+
+#[test]
+fn simulate_prints_nurture_sends_as_email_effects_of_kind_nurture() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("leadloop.toml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"at":"2026-01-30T15:00:00Z","type":"lead","lead":{"id":"00Q1","first_name":"Ana","email":"ana@acme.example","time_zone":"Europe/Berlin"}}"#,
+            "\n",
+            r#"{"at":"2026-03-10T12:00:00Z","type":"activity","lead_id":"00Q1","kind":"unsubscribe"}"#,
+            "\n",
+        ),
+    )
+    .expect("write events");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_leadloop"))
+        .args(["simulate", "--config"])
+        .arg(&config)
+        .arg("--events")
+        .arg(&events)
+        .args(["--until", "2026-12-31T00:00:00Z"])
+        .output()
+        .expect("simulate");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    // The 1-month step (28 February is a Saturday: Monday 08:00 CET), then the unsubscribe's
+    // CRM write-back, and nothing after it.
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["effect"], "email");
+    assert_eq!(lines[0]["kind"], "nurture");
+    assert_eq!(lines[0]["key"], "nurture/00Q1/long-term/1/0");
+    assert_eq!(lines[0]["at"], "2026-03-02T07:00:00Z");
+    assert_eq!(lines[0]["to"], serde_json::json!(["ana@acme.example"]));
+    assert_eq!(lines[1]["effect"], "crm.update");
+    assert_eq!(lines[1]["fields"], serde_json::json!({ "opted_out": true }));
+}
