@@ -53,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "Command: `cargo run --release -p leadloop-bench -- {name}` (run by `report`, {took:.0} s). \
                  Measured {} at commit {commit}.\n\n{}",
                 chrono::Utc::now().format("%Y-%m-%d"),
-                stdout.trim_end()
+                with_table_headers(stdout.trim_end())
             )
         } else {
             let stderr = String::from_utf8_lossy(&output.stderr);
@@ -71,6 +71,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&args.out, &text)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// Gives every Markdown table in `text` a header row (some benchmarks print bare rows).
+fn with_table_headers(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let starts_table = line.starts_with('|') && (i == 0 || !lines[i - 1].starts_with('|'));
+        let has_header =
+            lines.get(i + 1).is_some_and(|next| next.starts_with("|---") || next.starts_with("| ---"));
+        if starts_table && !has_header {
+            if i > 0 && !lines[i - 1].is_empty() {
+                out.push("");
+            }
+            out.push("| figure | value |");
+            out.push("|---|---|");
+        }
+        out.push(line);
+    }
+    out.join("\n")
 }
 
 /// Replaces what is between the markers of `name`, or appends a section with them.
@@ -116,6 +136,16 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_table_rows_get_a_header() {
+        assert_eq!(
+            with_table_headers("a line\n| x | 1 |\n| y | 2 |"),
+            "a line\n\n| figure | value |\n|---|---|\n| x | 1 |\n| y | 2 |"
+        );
+        let full = "| figure | value |\n|---|---|\n| x | 1 |";
+        assert_eq!(with_table_headers(full), full);
+    }
 
     #[test]
     fn replaces_between_markers_and_appends_when_missing() {

@@ -82,6 +82,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     hold: None,
                 });
                 let id = record.lead.id.clone();
+                // The open hand-off index, as the engine keeps it with each hand-off event.
+                batch.put_item(
+                    leadloop_engine::OPEN_HANDOFFS,
+                    id.to_string(),
+                    serde_json::json!(reps[(i % 50) as usize].id),
+                );
                 batch.put_lead(record).set_timer(Timer {
                     key: TimerKey::new(format!("sla/{id}")),
                     due: started + TimeDelta::hours(24),
@@ -92,6 +98,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             n += 5_000;
             store.commit(batch).await?;
         }
+        let mut batch = Batch::new();
+        batch.set_cursor(leadloop_engine::OPEN_HANDOFFS_INDEXED, "1");
+        store.commit(batch).await?;
     }
     let load_secs = load_started.elapsed().as_secs_f64();
 

@@ -332,6 +332,16 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         ),
     );
+    // Scored on arrival (fit: title and company size).
+    let mut stages: BTreeMap<String, usize> = BTreeMap::new();
+    let mut pages = leadloop_store::LeadPages::new(store.as_ref());
+    while let Some(page) = pages.next().await? {
+        for record in page {
+            *stages.entry(stage_name(record.stage)).or_default() += 1;
+        }
+    }
+    let stages: Vec<String> = stages.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    line(clock.now(), &format!("scored every lead on fit: {}", stages.join(", ")));
 
     // What the leads will do: marketing activity over the first day, and reps answering some
     // alerts in Salesforce.
