@@ -57,7 +57,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
         } else {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            // The error itself, not the backtrace after it.
+            let cause: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.starts_with("Error") || l.contains("panicked at") || l.starts_with("Caused by"))
+                .take(3)
+                .collect();
+            let tail: Vec<&str> = if cause.is_empty() {
+                stderr.lines().rev().take(5).collect()
+            } else {
+                cause.into_iter().rev().collect()
+            };
             format!(
                 "Not measured in the last `report` run ({}): `{name}` failed: {}",
                 chrono::Utc::now().format("%Y-%m-%d"),
