@@ -332,16 +332,24 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         ),
     );
-    // Scored on arrival (fit: title and company size).
-    let mut stages: BTreeMap<String, usize> = BTreeMap::new();
+    // Scored on arrival (fit: title and company size); engagement comes later.
+    let (mut fitting, mut best, mut total) = (0usize, 0f64, 0usize);
     let mut pages = leadloop_store::LeadPages::new(store.as_ref());
     while let Some(page) = pages.next().await? {
         for record in page {
-            *stages.entry(stage_name(record.stage)).or_default() += 1;
+            total += 1;
+            if record.fit_score > 0.0 {
+                fitting += 1;
+            }
+            best = best.max(record.fit_score);
         }
     }
-    let stages: Vec<String> = stages.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    line(clock.now(), &format!("scored every lead on fit: {}", stages.join(", ")));
+    line(
+        clock.now(),
+        &format!(
+            "scored every lead on fit (title, company size): {fitting} of {total} fit, best {best:.0} of the 65 that make a lead sales-ready; engagement will do the rest"
+        ),
+    );
 
     // What the leads will do: marketing activity over the first day, and reps answering some
     // alerts in Salesforce.

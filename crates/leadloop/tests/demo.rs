@@ -16,7 +16,7 @@ fn demo_shows_the_whole_loop_and_leaves_the_emails() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for needle in [
         "synced from Salesforce: 120 leads",
-        "scored every lead on fit:",
+        "scored every lead on fit (title, company size):",
         "became Marketing Qualified",
         "routed",
         "alerted the rep by email",
