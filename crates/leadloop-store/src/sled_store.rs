@@ -74,11 +74,24 @@ impl SledStore {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir { path: dir.clone(), source })?;
         let lock = DirLock::acquire(&dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(config.cache_bytes)
-            .open()
-            .map_err(|e| engine_error(&dir, e))?;
+        // With the directory lock held, sled's own file lock can only be held by an earlier
+        // store of this same process whose background threads are still winding down after
+        // it was dropped (a restart in-process: tests, `demo`). Give them a moment.
+        let mut waited = std::time::Duration::ZERO;
+        let db = loop {
+            match sled::Config::new().path(dir.join("db")).cache_capacity(config.cache_bytes).open() {
+                Ok(db) => break db,
+                // sled reports it as `ErrorKind::Other` with this message.
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && waited < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    waited += std::time::Duration::from_millis(20);
+                }
+                Err(e) => return Err(engine_error(&dir, e)),
+            }
+        };
         let tree = db.open_tree("state").map_err(|e| engine_error(&dir, e))?;
         let store = Self {
             db,

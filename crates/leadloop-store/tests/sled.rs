@@ -68,3 +68,19 @@ async fn a_store_from_a_newer_leadloop_is_refused() {
     assert!(matches!(error, StoreError::TooNew { found: 999, .. }), "{error:?}");
     assert!(error.to_string().contains("run a newer leadloop"), "{error}");
 }
+
+/// A store dropped and opened again at once in the same process (a restart in tests or in
+/// `demo`) opens, although sled's background threads may still hold its file lock for a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_right_after_a_drop_waits_for_sleds_own_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for round in 0..60u32 {
+        let store = SledStore::open(&SledConfig::new(dir.path())).expect("reopen at once");
+        let mut batch = Batch::new();
+        batch.set_cursor("round", round.to_string());
+        store.commit(batch).await.expect("commit");
+        drop(store);
+    }
+    let store = SledStore::open(&SledConfig::new(dir.path())).expect("open");
+    assert_eq!(store.cursor("round").await.expect("cursor").as_deref(), Some("59"));
+}
