@@ -17,7 +17,7 @@ use leadloop_core::{Actor, Calendar, Channel, Clock, Effect, EventKind, HistoryE
 use leadloop_store::{Batch, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::{RelayConfig, backoff};
+use crate::relay::{RelayConfig, RelayLoop, Round, backoff};
 use crate::{Engine, EngineError};
 
 /// What one poll found.
@@ -217,24 +217,24 @@ impl CalendarRelay {
         Ok(report)
     }
 
-    /// Rounds until `shutdown`, at most `max_idle` apart.
+    /// Rounds until `shutdown`, at most `max_idle` apart (sooner when a retry is due).
     pub async fn run(&self, shutdown: CancellationToken, max_idle: Duration) {
-        loop {
-            let wait = match self.run_once().await {
-                Ok(report) if report.booked + report.failed + report.dropped > 0 => Duration::ZERO,
-                Ok(_) => max_idle,
-                Err(error) => {
-                    tracing::error!(%error, "calendar relay round failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            if wait.is_zero() && !shutdown.is_cancelled() {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        let relay = RelayLoop {
+            name: "calendar",
+            store: self.store.as_ref(),
+            clock: self.clock.as_ref(),
+            channel: Channel::Calendar,
+            wake: None,
+        };
+        relay
+            .run(&shutdown, max_idle, || async {
+                let report = self.run_once().await?;
+                Ok(if report.booked + report.failed + report.dropped > 0 {
+                    Round::Progress
+                } else {
+                    Round::Idle
+                })
+            })
+            .await
     }
 }

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::{RelayConfig, backoff};
+use crate::relay::{RelayConfig, RelayLoop, Round, backoff};
 use crate::{Engine, EngineError, advance_chart, decision_batch, observe, remember_account};
 
 /// The store bucket of records the sync could not take, keyed `OBJECT/ID`.
@@ -87,11 +87,16 @@ impl Engine {
         let mut batch = Batch::new();
         let mut report =
             IngestReport { fetched: page.records.len() + page.quarantined.len(), ..IngestReport::default() };
-        let quarantined_before: BTreeSet<String> =
-            self.store.items(QUARANTINE).await?.into_iter().map(|(key, _)| key).collect();
-        let release = |batch: &mut Batch, id: &str| {
+        // The quarantine's keys, read from the store once and then kept with each commit (only
+        // ingest writes the bucket); dropped on a failed commit, so the next page reads it again.
+        let cached = self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut quarantined: BTreeSet<String> = match cached {
+            Some(keys) => keys,
+            None => self.store.items(QUARANTINE).await?.into_iter().map(|(key, _)| key).collect(),
+        };
+        let release = |quarantined: &mut BTreeSet<String>, batch: &mut Batch, id: &str| {
             let key = format!("{object}/{id}");
-            if quarantined_before.contains(&key) {
+            if quarantined.remove(&key) {
                 batch.push(Op::DeleteItem { bucket: QUARANTINE.into(), key });
             }
         };
@@ -132,7 +137,7 @@ impl Engine {
                             continue;
                         }
                     }
-                    release(&mut batch, person.id.as_str());
+                    release(&mut quarantined, &mut batch, person.id.as_str());
                     batch.put_person(person.clone());
                     let list = people.get_or_insert_with(|| chart.people().cloned().collect());
                     list.retain(|p| p.id != person.id);
@@ -141,7 +146,7 @@ impl Engine {
                     report.stored += 1;
                 }
                 CrmRecord::Account(account) => {
-                    release(&mut batch, &account.id);
+                    release(&mut quarantined, &mut batch, &account.id);
                     let value = serde_json::to_value(&account).unwrap_or(serde_json::Value::Null);
                     batch.put_item("accounts", account.id.clone(), value);
                     remember_account(&mut chart, &account);
@@ -149,7 +154,7 @@ impl Engine {
                     report.stored += 1;
                 }
                 CrmRecord::Contact(contact) => {
-                    release(&mut batch, &contact.id);
+                    release(&mut quarantined, &mut batch, &contact.id);
                     let value = serde_json::to_value(&contact).unwrap_or(serde_json::Value::Null);
                     batch.put_item(CONTACTS, contact.id.clone(), value);
                     report.stored += 1;
@@ -160,6 +165,7 @@ impl Engine {
                         && !owner_known(&chart, owner)
                     {
                         quarantine(
+                            &mut quarantined,
                             &mut batch,
                             object,
                             Some(lead.id.as_str()),
@@ -170,7 +176,7 @@ impl Engine {
                         report.quarantined += 1;
                         continue;
                     }
-                    release(&mut batch, lead.id.as_str());
+                    release(&mut quarantined, &mut batch, lead.id.as_str());
                     let id = lead.id.clone();
                     let before = match overlay.get(&id) {
                         Some(record) => record.clone(),
@@ -248,18 +254,27 @@ impl Engine {
                 }
                 CrmObject::User | CrmObject::Task => continue,
             }
-            release(&mut batch, id);
+            release(&mut quarantined, &mut batch, id);
             report.deleted += 1;
         }
 
         for q in &page.quarantined {
-            quarantine(&mut batch, q.object, q.id.as_deref(), &q.reason, q.raw.clone(), now);
+            quarantine(
+                &mut quarantined,
+                &mut batch,
+                q.object,
+                q.id.as_deref(),
+                &q.reason,
+                q.raw.clone(),
+                now,
+            );
             report.quarantined += 1;
         }
         if let Some(cursor) = page.next_cursor {
             batch.set_cursor(cursor_name, cursor);
         }
         report.enqueued = self.commit(batch).await?.len();
+        *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = Some(quarantined);
 
         if !accounts.is_empty() {
             let mut live = self.people.write().unwrap_or_else(|p| p.into_inner());
@@ -331,6 +346,7 @@ fn take(
 }
 
 fn quarantine(
+    quarantined: &mut BTreeSet<String>,
     batch: &mut Batch,
     object: CrmObject,
     id: Option<&str>,
@@ -344,6 +360,7 @@ fn quarantine(
         None => format!("{object}/(no id) {}", now.timestamp_nanos_opt().unwrap_or_default()),
     };
     let value = serde_json::json!({"object": object, "id": id, "reason": reason, "at": now, "raw": raw});
+    quarantined.insert(key.clone());
     batch.put_item(QUARANTINE, key, value);
 }
 
@@ -712,31 +729,18 @@ impl CrmRelay {
 
     /// Rounds until `shutdown`, sleeping until woken or the next retry is due.
     pub async fn run(&self, shutdown: CancellationToken, max_idle: Duration) {
-        loop {
-            let wait = match self.run_once().await {
-                Ok(report) if report.written + report.dead_lettered > 0 => Duration::ZERO,
-                Ok(_) => match self.store.outbox_pending(Channel::Crm).await {
-                    Ok((_, Some(next))) => {
-                        (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO).min(max_idle)
-                    }
-                    _ => max_idle,
-                },
-                Err(error) => {
-                    tracing::error!(%error, "crm relay round failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            if wait.is_zero() {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        let relay = RelayLoop {
+            name: "crm",
+            store: self.store.as_ref(),
+            clock: self.clock.as_ref(),
+            channel: Channel::Crm,
+            wake: Some(&self.wake),
+        };
+        relay
+            .run(&shutdown, max_idle, || async {
+                let report = self.run_once().await?;
+                Ok(if report.written + report.dead_lettered > 0 { Round::Progress } else { Round::Idle })
+            })
+            .await
     }
 }

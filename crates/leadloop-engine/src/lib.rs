@@ -75,6 +75,8 @@ pub struct Engine {
     observer: Option<Observer>,
     /// The latest calendar signals (from the calendar poller), given to every decision.
     calendar: Arc<std::sync::RwLock<Arc<leadloop_core::calendar::CalendarSignals>>>,
+    /// The keys of the CRM quarantine bucket, once read (`crm.rs`).
+    quarantined: Arc<std::sync::Mutex<Option<std::collections::BTreeSet<String>>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -96,6 +98,7 @@ impl Engine {
             writer: Arc::default(),
             observer: None,
             calendar: Arc::default(),
+            quarantined: Arc::default(),
         }
     }
 

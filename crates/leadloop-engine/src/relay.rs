@@ -259,33 +259,25 @@ impl EmailRelay {
 
     /// Rounds until `shutdown`; sleeps until woken or the next retry is due, at most `max_idle`.
     pub async fn run(&self, shutdown: CancellationToken, max_idle: Duration) {
-        loop {
-            let wait = match self.run_once().await {
-                Ok(report) if report.handled() > 0 => Duration::ZERO,
-                Ok(report) if report.throttled > 0 => Duration::from_millis(100),
-                Ok(_) => match self.store.outbox_pending(Channel::Email).await {
-                    Ok((_, Some(next))) => {
-                        (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO).min(max_idle)
-                    }
-                    _ => max_idle,
-                },
-                Err(error) => {
-                    tracing::error!(%error, "email relay round failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            if wait.is_zero() {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        let relay = RelayLoop {
+            name: "email",
+            store: self.store.as_ref(),
+            clock: self.clock.as_ref(),
+            channel: Channel::Email,
+            wake: Some(&self.wake),
+        };
+        relay
+            .run(&shutdown, max_idle, || async {
+                let report = self.run_once().await?;
+                Ok(if report.handled() > 0 {
+                    Round::Progress
+                } else if report.throttled > 0 {
+                    Round::Throttled
+                } else {
+                    Round::Idle
+                })
+            })
+            .await
     }
 
     /// The lead's address if the lead has opted out of email (as the CRM reports it).
@@ -500,6 +492,71 @@ pub fn failpoint(name: &str) {
             tracing::error!(failpoint = name, hit, "failpoint armed; aborting");
             eprintln!("failpoint {name} hit {hit}: aborting");
             std::process::abort();
+        }
+    }
+}
+
+/// How a relay round went, for [`RelayLoop::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Round {
+    /// Something was performed or given up: look again at once.
+    Progress,
+    /// Held back by a rate limit: look again shortly.
+    Throttled,
+    /// Nothing ready: sleep until woken or the channel's next retry is due.
+    Idle,
+}
+
+/// The loop every outbox relay (email, CRM, calendar) runs around its rounds.
+pub(crate) struct RelayLoop<'a> {
+    pub name: &'static str,
+    pub store: &'a dyn Store,
+    pub clock: &'a dyn Clock,
+    pub channel: Channel,
+    /// Notified when a commit queued work for this relay.
+    pub wake: Option<&'a Notify>,
+}
+
+impl RelayLoop<'_> {
+    /// Rounds until `shutdown`; between rounds that found nothing it sleeps until woken or
+    /// the channel's next retry is due, at most `max_idle`; a failed round is retried after 1 s.
+    pub async fn run<F, Fut>(&self, shutdown: &CancellationToken, max_idle: Duration, mut round: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Round, EngineError>>,
+    {
+        loop {
+            let wait = match round().await {
+                Ok(Round::Progress) => Duration::ZERO,
+                Ok(Round::Throttled) => Duration::from_millis(100),
+                Ok(Round::Idle) => match self.store.outbox_pending(self.channel).await {
+                    Ok((_, Some(next))) => {
+                        (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO).min(max_idle)
+                    }
+                    _ => max_idle,
+                },
+                Err(error) => {
+                    tracing::error!(%error, relay = self.name, "relay round failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            if wait.is_zero() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            let woken = async {
+                match self.wake {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = woken => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
 }
