@@ -463,7 +463,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut pages = leadloop_store::LeadPages::new(store.as_ref());
     while let Some(page) = pages.next().await? {
         for record in page {
-            *totals.by_stage.entry(stage_name(record.stage)).or_default() += 1;
+            *totals.by_stage.entry(record.stage.as_str().to_owned()).or_default() += 1;
         }
     }
     println!();
@@ -508,13 +508,6 @@ fn sync_emulator(emu: &Emulator, now: Timestamp) {
     if let Ok(ahead) = ahead.to_std() {
         emu.advance(ahead);
     }
-}
-
-fn stage_name(stage: Stage) -> String {
-    serde_json::to_value(stage)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{stage:?}"))
 }
 
 fn record(

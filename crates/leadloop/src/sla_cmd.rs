@@ -178,6 +178,8 @@ pub enum Query {
     Show(String),
     /// Leads, optionally in one stage.
     Leads(Option<String>),
+    /// What the CRM sync set aside (`leadloop quarantine`).
+    Quarantine,
 }
 
 /// Leads in id order (optionally only those in `stage`), with stage, status, owner and score.
@@ -208,22 +210,14 @@ pub async fn leads(
 }
 
 /// Runs `query` against the store, or, when a daemon holds the state directory, against its
-/// admin listener.
-pub fn main(
-    config_path: &std::path::Path,
+/// admin listener. Errors are reported on stderr; the exit code is returned.
+pub fn fetch(
+    config: &crate::config::Config,
     state_dir: Option<PathBuf>,
     admin: Option<SocketAddr>,
-    query: Query,
-    json_out: bool,
-) -> u8 {
-    let config = match load_reporting(config_path) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let runtime = match crate::cli::runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
+    query: &Query,
+) -> Result<Value, u8> {
+    let runtime = crate::cli::runtime()?;
     let sled = config.sled(state_dir);
     let admin = admin.unwrap_or(config.daemon.admin_listen);
     let result: Result<Value, String> = runtime.block_on(async {
@@ -231,7 +225,7 @@ pub fn main(
         match SledStore::open(&sled) {
             Ok(store) => {
                 let store: Arc<dyn Store> = store;
-                match &query {
+                match query {
                     Query::List(filter) => list(store.as_ref(), &config.sla, now, filter).await.map(Value::Array),
                     Query::Show(id) => show(store.as_ref(), &config.sla, &config.scoring, now, id)
                         .await
@@ -239,12 +233,13 @@ pub fn main(
                     Query::Leads(stage) => {
                         leads(store.as_ref(), &config.scoring, now, stage.as_deref()).await.map(Value::Array)
                     }
+                    Query::Quarantine => crate::sync_cmd::quarantined(store.as_ref()).await.map(Value::Array),
                 }
                 .map_err(|e| e.to_string())
             }
             Err(StoreError::Locked { .. }) => {
                 let client = reqwest::Client::new();
-                let (url, request) = match &query {
+                let (url, request) = match query {
                     Query::List(filter) => {
                         let url = format!("http://{admin}/sla");
                         let mut params = vec![("overdue", filter.overdue.to_string())];
@@ -255,6 +250,10 @@ pub fn main(
                         let url = format!("http://{admin}/leads");
                         let params: Vec<(&str, String)> = stage.iter().map(|s| ("stage", s.clone())).collect();
                         (url.clone(), client.get(url).query(&params))
+                    }
+                    Query::Quarantine => {
+                        let url = format!("http://{admin}/quarantine");
+                        (url.clone(), client.get(url))
                     }
                     Query::Show(id) => {
                         let mut url = reqwest::Url::parse(&format!("http://{admin}/sla/")).map_err(|e| e.to_string())?;
@@ -270,12 +269,28 @@ pub fn main(
             Err(error) => Err(error.to_string()),
         }
     });
-    let value = match result {
+    result.map_err(|error| {
+        eprintln!("{error}");
+        exit::STORE
+    })
+}
+
+/// Runs `query` against the store, or, when a daemon holds the state directory, against its
+/// admin listener.
+pub fn main(
+    config_path: &std::path::Path,
+    state_dir: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+    query: Query,
+    json_out: bool,
+) -> u8 {
+    let config = match load_reporting(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let value = match fetch(&config, state_dir, admin, &query) {
         Ok(value) => value,
-        Err(error) => {
-            eprintln!("{error}");
-            return exit::STORE;
-        }
+        Err(code) => return code,
     };
     if value.is_null() {
         eprintln!("no such lead");
@@ -286,6 +301,8 @@ pub fn main(
         return exit::OK;
     }
     match query {
+        // `leadloop quarantine` prints its own rows (sync_cmd.rs).
+        Query::Quarantine => {}
         Query::Leads(_) => {
             let header = ["LEAD", "NAME", "STAGE", "SCORE", "OWNER", "STATUS"];
             println!(

@@ -166,30 +166,14 @@ pub fn quarantine(read: &crate::cli::ReadArgs) -> u8 {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
+    let rows = match crate::sla_cmd::fetch(
+        &config,
+        read.state_dir.clone(),
+        read.admin_listen,
+        &crate::sla_cmd::Query::Quarantine,
+    ) {
+        Ok(value) => value.as_array().cloned().unwrap_or_default(),
         Err(code) => return code,
-    };
-    let admin = read.admin_listen.unwrap_or(config.daemon.admin_listen);
-    let rows: Result<Vec<serde_json::Value>, String> = rt.block_on(async {
-        match SledStore::open(&config.sled(read.state_dir.clone())) {
-            Ok(store) => quarantined(store.as_ref()).await.map_err(|e| e.to_string()),
-            Err(leadloop_store::StoreError::Locked { .. }) => {
-                let url = format!("http://{admin}/quarantine");
-                let response = reqwest::get(&url).await.map_err(|e| {
-                    format!("the store is locked by a running daemon and {url} did not answer: {e}")
-                })?;
-                response.json().await.map_err(|e| format!("{url}: {e}"))
-            }
-            Err(error) => Err(format!("cannot open the store: {error}")),
-        }
-    });
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(error) => {
-            eprintln!("{error}");
-            return exit::STORE;
-        }
     };
     match read.format {
         Format::Json => {
