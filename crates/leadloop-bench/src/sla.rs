@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
-use leadloop_core::sla::{Handoff, SlaConfig, SlaRules};
-use leadloop_core::{Lead, LeadRecord, Person, PersonId, Role, Timer, TimerKey, TimerKind, VirtualClock};
+use leadloop_core::VirtualClock;
+use leadloop_core::sla::{SlaConfig, SlaRules};
 use leadloop_engine::Engine;
-use leadloop_store::{Batch, SledConfig, SledStore, Store};
+use leadloop_store::{SledConfig, SledStore, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,74 +33,14 @@ fn ms(d: Duration) -> String {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
-    let reps: Vec<Person> = (0..50)
-        .map(|i| Person {
-            id: PersonId::new(format!("005R{i:03}")),
-            email: format!("rep{i}@corp.example"),
-            name: format!("Rep {i}"),
-            manager: Some(PersonId::new("005M")),
-            time_zone: Some("America/New_York".into()),
-            role: Role::Rep,
-            active: true,
-            capacity: None,
-        })
-        .collect();
     let load_started = Instant::now();
     {
         let store: Arc<dyn Store> = SledStore::open(&SledConfig {
             dir: dir.path().to_path_buf(),
             cache_bytes: args.cache_mb * 1024 * 1024,
         })?;
-        let mut batch = Batch::new();
-        for rep in &reps {
-            batch.put_person(rep.clone());
-        }
-        store.commit(batch).await?;
-        let mut n = 0;
-        while n < args.handoffs {
-            let mut batch = Batch::new();
-            for i in n..(n + 5_000).min(args.handoffs) {
-                let owner = reps[(i % 50) as usize].id.clone();
-                let mut lead = Lead::new(format!("00Q{i:012}"));
-                lead.email = Some(format!("lead{i}@acme{}.example", i % 1000));
-                lead.first_name = Some("Ana".into());
-                lead.company = Some(format!("Acme {}", i % 1000));
-                lead.status = Some("Open - Not Contacted".into());
-                lead.owner_id = Some(owner.clone());
-                // Hand-offs started over the last 24 hours; the reminder is due 24 h after each.
-                let started = t0 - TimeDelta::seconds((i % 86_400) as i64);
-                let mut record = LeadRecord::new(lead, started);
-                record.handoffs = 1;
-                record.handoff = Some(Handoff {
-                    number: 1,
-                    owner,
-                    status: record.lead.status.clone(),
-                    started_at: started,
-                    policy: "default".into(),
-                    next_step: 1,
-                    paused_seconds: 0,
-                    hold: None,
-                });
-                let id = record.lead.id.clone();
-                // The open hand-off index, as the engine keeps it with each hand-off event.
-                batch.put_item(
-                    leadloop_engine::OPEN_HANDOFFS,
-                    id.to_string(),
-                    serde_json::json!(reps[(i % 50) as usize].id),
-                );
-                batch.put_lead(record).set_timer(Timer {
-                    key: TimerKey::new(format!("sla/{id}")),
-                    due: started + TimeDelta::hours(24),
-                    lead_id: Some(id),
-                    kind: TimerKind::SlaStep { handoff: 1, step: 1 },
-                });
-            }
-            n += 5_000;
-            store.commit(batch).await?;
-        }
-        let mut batch = Batch::new();
-        batch.set_cursor(leadloop_engine::OPEN_HANDOFFS_INDEXED, "1");
-        store.commit(batch).await?;
+        // Hand-offs started over the last 24 hours; the reminder is due 24 h after each.
+        leadloop_tests::handoffs::write_handoffs(store.as_ref(), t0, args.handoffs, 0).await?;
     }
     let load_secs = load_started.elapsed().as_secs_f64();
 
