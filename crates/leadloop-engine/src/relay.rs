@@ -179,11 +179,12 @@ impl EmailRelay {
         let ready = self.store.outbox_ready(Channel::Email, now, self.config.batch).await?;
         let mut report = RelayReport::default();
         let mut sends = Vec::new();
+        let screen = self.screen(&ready).await?;
         for entry in ready {
             let Effect::Email { kind, template, to, cc, lead_id, vars } = &entry.effect else { continue };
-            let opted_out = self.opted_out_address(lead_id.as_ref()).await?;
-            let (to, removed_to) = self.unsuppressed(to, opted_out.as_deref()).await?;
-            let (cc, removed_cc) = self.unsuppressed(cc, opted_out.as_deref()).await?;
+            let opted_out = lead_id.as_ref().and_then(|id| screen.opted_out.get(id)).map(String::as_str);
+            let (to, removed_to) = screen.unsuppressed(to, opted_out);
+            let (cc, removed_cc) = screen.unsuppressed(cc, opted_out);
             if to.is_empty() {
                 let mut removed = removed_to;
                 removed.extend(removed_cc);
@@ -280,34 +281,37 @@ impl EmailRelay {
             .await
     }
 
-    /// The lead's address if the lead has opted out of email (as the CRM reports it).
-    async fn opted_out_address(
-        &self,
-        lead: Option<&leadloop_core::LeadId>,
-    ) -> Result<Option<String>, EngineError> {
-        let Some(id) = lead else { return Ok(None) };
-        let record = self.store.lead(id).await?;
-        Ok(record.filter(|r| r.lead.opted_out).and_then(|r| r.lead.email).map(|e| e.to_lowercase()))
-    }
-
-    async fn unsuppressed(
-        &self,
-        addresses: &[String],
-        opted_out: Option<&str>,
-    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
-        let mut kept = Vec::new();
-        let mut removed = Vec::new();
-        for address in addresses {
-            if opted_out == Some(address.to_lowercase().as_str())
-                || self.store.suppression(address).await?.is_some()
-            {
-                removed.push(address.clone());
-                metrics::counter!("leadloop_email_suppressed_total").increment(1);
-            } else {
-                kept.push(address.clone());
-            }
-        }
-        Ok((kept, removed))
+    /// What a round needs to screen its emails' recipients, read in two calls: the opted-out
+    /// address of each lead mailed (as the CRM reports it), and which recipients are suppressed.
+    async fn screen(&self, ready: &[OutboxEntry]) -> Result<Screen, EngineError> {
+        let mut ids: Vec<leadloop_core::LeadId> =
+            ready.iter().filter_map(|e| e.effect.lead_id().cloned()).collect();
+        ids.sort();
+        ids.dedup();
+        let opted_out = ids
+            .iter()
+            .zip(self.store.leads_by_id(&ids).await?)
+            .filter_map(|(id, record)| {
+                let record = record.filter(|r| r.lead.opted_out)?;
+                Some((id.clone(), record.lead.email?.to_lowercase()))
+            })
+            .collect();
+        let mut addresses: Vec<String> = ready
+            .iter()
+            .filter_map(|e| match &e.effect {
+                Effect::Email { to, cc, .. } => Some(to.iter().chain(cc).map(|a| a.to_lowercase())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        let suppressed = addresses
+            .iter()
+            .zip(self.store.suppressions(&addresses).await?)
+            .filter_map(|(address, entry)| entry.map(|_| address.clone()))
+            .collect();
+        Ok(Screen { opted_out, suppressed })
     }
 
     /// Takes a token from the global bucket and the first recipient's domain bucket.
@@ -402,8 +406,9 @@ impl EmailRelay {
                             record.stage = Stage::Graveyard;
                             record.stage_since = now;
                             record.updated_at = now;
+                            let read = record.version;
                             record.version += 1;
-                            batch.put_lead(record);
+                            batch.put_lead_expecting(record, leadloop_store::Expect::Version(read));
                             batch.append_history(
                                 id.clone(),
                                 HistoryEvent::new(
@@ -558,6 +563,32 @@ impl RelayLoop<'_> {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// A round's view of who must not be mailed (see `EmailRelay::screen`).
+struct Screen {
+    /// Lead → its address, for leads the CRM reports as opted out.
+    opted_out: std::collections::HashMap<leadloop_core::LeadId, String>,
+    /// Suppressed addresses among the round's recipients, lowercased.
+    suppressed: std::collections::HashSet<String>,
+}
+
+impl Screen {
+    /// Splits `addresses` into those that may be mailed and those that may not.
+    fn unsuppressed(&self, addresses: &[String], opted_out: Option<&str>) -> (Vec<String>, Vec<String>) {
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for address in addresses {
+            let lower = address.to_lowercase();
+            if opted_out == Some(lower.as_str()) || self.suppressed.contains(&lower) {
+                removed.push(address.clone());
+                metrics::counter!("leadloop_email_suppressed_total").increment(1);
+            } else {
+                kept.push(address.clone());
+            }
+        }
+        (kept, removed)
     }
 }
 
