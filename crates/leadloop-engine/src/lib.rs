@@ -135,10 +135,10 @@ impl Engine {
         let people = self.store.people().await?;
         let count = people.len();
         let mut chart = OrgChart::new(people);
-        // Open hand-offs per person, for routing's capacity check, from the store's index of
-        // open hand-offs (a restart reads what is open, not every lead).
-        for (_, owner) in self.store.open_handoffs().await? {
-            *chart.load.entry(owner).or_default() += 1;
+        // Open hand-offs per person, for routing's capacity check, from the store's counters
+        // (a restart reads one number per rep, not every lead nor every open hand-off).
+        for (owner, count) in self.store.open_handoffs_per_owner().await? {
+            chart.load.insert(owner, u32::try_from(count).unwrap_or(u32::MAX));
         }
         let previous = self.people.read().unwrap_or_else(|p| p.into_inner()).turns.clone();
         chart.turns = previous;

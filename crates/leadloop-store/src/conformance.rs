@@ -346,6 +346,14 @@ pub async fn open_handoffs_follow_the_leads(store: Arc<dyn Store>) {
     let before = store.stats().records_read;
     store.open_handoffs().await.expect("open");
     assert_eq!(store.stats().records_read - before, 1, "costs what is open, not every lead");
+    assert_eq!(store.open_handoffs_per_owner().await.expect("per owner"), [(PersonId::new("005B"), 1)]);
+    let mut batch = Batch::new();
+    batch.put_lead(lead_in_handoff("00Q2", "005B")).put_lead(lead_in_handoff("00Q4", "005A"));
+    store.commit(batch).await.expect("commit");
+    assert_eq!(
+        store.open_handoffs_per_owner().await.expect("per owner"),
+        [(PersonId::new("005A"), 1), (PersonId::new("005B"), 2)]
+    );
 }
 
 pub async fn scored_activities_round_trip(store: Arc<dyn Store>) {

@@ -18,6 +18,7 @@
 //! M outbox_seq                  → u64 BE             last queue-order number given out
 //! M pending <ready tag>         → u64 BE             pending entries of that channel (a counter)
 //! M stage <stage>               → u64 BE             leads in that stage (a counter)
+//! M load <person id>            → u64 BE             open hand-offs the person owns (a counter)
 //! C <cursor name>               → cursor value
 //! S <lowercased address>        → Suppression        opted out or hard-bounced
 //! B <len u16><bucket><key>      → JSON value         digest and summary items
@@ -59,6 +60,16 @@ pub const STAGE_COUNTER_PREFIX: &[u8] = b"Mstage ";
 pub fn stage_counter(stage: leadloop_core::Stage) -> Vec<u8> {
     let mut key = STAGE_COUNTER_PREFIX.to_vec();
     key.extend_from_slice(stage.as_str().as_bytes());
+    key
+}
+
+/// The prefix of the per-owner open hand-off counters.
+pub const LOAD_COUNTER_PREFIX: &[u8] = b"Mload ";
+
+/// `M load <person>`: the counter of open hand-offs one person owns.
+pub fn load_counter(person: &str) -> Vec<u8> {
+    let mut key = LOAD_COUNTER_PREFIX.to_vec();
+    key.extend_from_slice(person.as_bytes());
     key
 }
 

@@ -401,6 +401,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every open hand-off as (lead, owner): the leads whose record holds a running hand-off.
     /// A maintained index, kept in the same batch as the lead; costs what is open.
     async fn open_handoffs(&self) -> Result<Vec<(LeadId, PersonId)>>;
+    /// Open hand-offs per owner (owners with none are left out): maintained counters, so a
+    /// restart learns routing's load without reading what is open.
+    async fn open_handoffs_per_owner(&self) -> Result<Vec<(PersonId, u64)>>;
     /// Which of these (lead, source key) activities were already taken in ([`Op::MarkSeen`]).
     async fn seen(&self, keys: &[(LeadId, String)]) -> Result<Vec<bool>>;
     /// How many leads are in each stage now (every stage, zeros included): maintained

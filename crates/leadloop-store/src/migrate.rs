@@ -37,6 +37,7 @@ pub fn v1_to_v2(tree: &sled::Tree) -> Result<(), MigrationError> {
     let mut after: Option<Vec<u8>> = None;
     let mut pending = [0u64; 3];
     let mut stages: std::collections::HashMap<Stage, u64> = std::collections::HashMap::new();
+    let mut loads: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     loop {
         let range = match &after {
             Some(key) => tree
@@ -49,7 +50,7 @@ pub fn v1_to_v2(tree: &sled::Tree) -> Result<(), MigrationError> {
         for item in range {
             let (key, value) = item?;
             last = Some(key.to_vec());
-            changes += convert(&key, &value, &mut batch, &mut pending, &mut stages)?;
+            changes += convert(&key, &value, &mut batch, &mut pending, &mut stages, &mut loads)?;
             if changes >= CHUNK {
                 break;
             }
@@ -68,6 +69,9 @@ pub fn v1_to_v2(tree: &sled::Tree) -> Result<(), MigrationError> {
         let count = stages.get(&stage).copied().unwrap_or(0);
         counters.insert(keys::stage_counter(stage), &count.to_be_bytes());
     }
+    for (owner, count) in loads {
+        counters.insert(keys::load_counter(&owner), &count.to_be_bytes());
+    }
     tree.apply_batch(counters)?;
     tree.flush()?;
     Ok(())
@@ -81,6 +85,7 @@ fn convert(
     batch: &mut sled::Batch,
     pending: &mut [u64; 3],
     stages: &mut std::collections::HashMap<Stage, u64>,
+    loads: &mut std::collections::HashMap<String, u64>,
 ) -> Result<usize, MigrationError> {
     let Some(&tag) = key.first() else { return Ok(0) };
     // The ready indexes only need counting; counters are rewritten at the end either way.
@@ -94,11 +99,17 @@ fn convert(
         keys::LEAD if codec::is_current(value) => {
             let record: LeadRecord = codec::decode(value).map_err(|e| corrupt(key, e))?;
             *stages.entry(record.stage).or_default() += 1;
+            if let Some(handoff) = &record.handoff {
+                *loads.entry(handoff.owner.as_str().to_owned()).or_default() += 1;
+            }
             Ok(0)
         }
         keys::LEAD => {
             let mut record: LeadRecord = codec::decode(value).map_err(|e| corrupt(key, e))?;
             *stages.entry(record.stage).or_default() += 1;
+            if let Some(handoff) = &record.handoff {
+                *loads.entry(handoff.owner.as_str().to_owned()).or_default() += 1;
+            }
             let id = &key[1..];
             let scored = std::mem::take(&mut record.scored);
             batch.insert(key, encode(key, &record)?);

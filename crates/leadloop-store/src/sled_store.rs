@@ -77,6 +77,8 @@ pub struct SledStore {
     reads: AtomicU64,
     /// Leads per stage, mirrored from the counters kept in the store with each batch.
     stages: Mutex<HashMap<Stage, u64>>,
+    /// Open hand-offs per owner, mirrored from the counters kept in the store.
+    loads: Mutex<HashMap<String, u64>>,
     _lock: DirLock,
 }
 
@@ -125,6 +127,7 @@ impl SledStore {
             pending: Default::default(),
             reads: AtomicU64::new(0),
             stages: Mutex::default(),
+            loads: Mutex::default(),
             _lock: lock,
         };
         store.migrate()?;
@@ -132,6 +135,16 @@ impl SledStore {
         for (i, channel) in Channel::ALL.into_iter().enumerate() {
             let count = store.read_u64(&keys::pending_counter(keys::ready(channel)))?.unwrap_or(0);
             store.pending[i].store(count, Ordering::SeqCst);
+        }
+        {
+            let mut loads = store.loads.lock().unwrap_or_else(|p| p.into_inner());
+            for item in store.tree.scan_prefix(keys::LOAD_COUNTER_PREFIX) {
+                let (key, value) = item.map_err(|e| store.err(e))?;
+                let person = std::str::from_utf8(&key[keys::LOAD_COUNTER_PREFIX.len()..])
+                    .map_err(|_| corrupt(&key, "person id is not UTF-8"))?;
+                let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| corrupt(&key, "expected 8 bytes"))?;
+                loads.insert(person.to_owned(), u64::from_be_bytes(bytes));
+            }
         }
         {
             let mut stages = store.stages.lock().unwrap_or_else(|p| p.into_inner());
@@ -254,6 +267,7 @@ impl SledStore {
         let mut leads: HashMap<String, Option<LeadMeta>> = HashMap::new();
         let mut pending_delta = [0i64; 3];
         let mut stage_delta: HashMap<Stage, i64> = HashMap::new();
+        let mut load_delta: HashMap<String, i64> = HashMap::new();
         let mut last_seq = None;
 
         for op in batch.ops {
@@ -283,7 +297,14 @@ impl SledStore {
                         }
                     }
                     let owner = record.handoff.as_ref().map(|h| h.owner.as_str().to_owned());
-                    if owner != current.as_ref().and_then(|meta| meta.owner.clone()) {
+                    let old_owner = current.as_ref().and_then(|meta| meta.owner.clone());
+                    if owner != old_owner {
+                        if let Some(old) = old_owner {
+                            *load_delta.entry(old).or_default() -= 1;
+                        }
+                        if let Some(new) = &owner {
+                            *load_delta.entry(new.clone()).or_default() += 1;
+                        }
                         match &owner {
                             Some(owner) => {
                                 sled_batch.insert(keys::simple(keys::OPEN_HANDOFF, &id), owner.as_bytes())
@@ -308,6 +329,9 @@ impl SledStore {
                     check(&id, expect, current.as_ref())?;
                     if let Some(old) = &current {
                         *stage_delta.entry(old.stage).or_default() -= 1;
+                        if let Some(owner) = &old.owner {
+                            *load_delta.entry(owner.clone()).or_default() -= 1;
+                        }
                     }
                     sled_batch.remove(keys::simple(keys::LEAD, &key));
                     sled_batch.remove(keys::simple(keys::SCORED, &key));
@@ -400,12 +424,31 @@ impl SledStore {
             sled_batch.insert(keys::stage_counter(stage), &count.to_be_bytes());
             stage_counts.push((stage, count));
         }
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut load_counts = Vec::new();
+        for (owner, delta) in load_delta.into_iter().filter(|(_, d)| *d != 0) {
+            let count = (loads.get(&owner).copied().unwrap_or(0) as i64 + delta).max(0) as u64;
+            if count == 0 {
+                sled_batch.remove(keys::load_counter(&owner));
+            } else {
+                sled_batch.insert(keys::load_counter(&owner), &count.to_be_bytes());
+            }
+            load_counts.push((owner, count));
+        }
         self.tree.apply_batch(sled_batch).map_err(|e| self.err(e))?;
         for (i, count) in counts.into_iter().enumerate() {
             self.pending[i].store(count, Ordering::SeqCst);
         }
         stages.extend(stage_counts);
         drop(stages);
+        for (owner, count) in load_counts {
+            if count == 0 {
+                loads.remove(&owner);
+            } else {
+                loads.insert(owner, count);
+            }
+        }
+        drop(loads);
         let seq = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         Ok((seq, committed))
     }
@@ -698,6 +741,14 @@ impl Store for SledStore {
                 Ok((LeadId::new(lead), PersonId::new(owner)))
             })
             .collect()
+    }
+
+    async fn open_handoffs_per_owner(&self) -> Result<Vec<(PersonId, u64)>> {
+        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(PersonId, u64)> =
+            loads.iter().map(|(owner, count)| (PersonId::new(owner.clone()), *count)).collect();
+        out.sort();
+        Ok(out)
     }
 
     async fn leads_per_stage(&self) -> Result<Vec<(Stage, u64)>> {
