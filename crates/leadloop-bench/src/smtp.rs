@@ -22,6 +22,12 @@ pub struct Args {
     /// Connections in the pool and messages in flight.
     #[arg(long, default_value_t = 8)]
     pool: u32,
+    /// The store's page cache, in MiB (`store.cache_mb`).
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
+    /// Outbox entries the relay reads per round (`outbox.batch`).
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
     /// Internal: only fill the outbox of the state directory DIR, then exit.
     #[arg(long, hide = true, value_name = "DIR")]
     queue_into: Option<std::path::PathBuf>,
@@ -73,9 +79,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .arg(&state)
         .status()?;
     anyhow::ensure!(status.success(), "filling the outbox failed: {status}");
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(&state))?;
+    let sled = SledConfig { dir: state.clone(), cache_bytes: args.cache_mb * 1024 * 1024 };
+    let store: Arc<dyn Store> = SledStore::open(&sled)?;
     anyhow::ensure!(store.outbox_pending(Channel::Email).await?.0 == args.messages as u64, "outbox filled");
-    let relay_config = RelayConfig { concurrency: args.pool as usize, batch: 512, ..RelayConfig::default() };
+    let relay_config = RelayConfig { concurrency: args.pool as usize, batch: args.batch, ..RelayConfig::default() };
     let relay = EmailRelay::new(Arc::clone(&store), clock, mailer, relay_config);
     let started = Instant::now();
     let mut sent = 0;
@@ -100,7 +107,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         elapsed
     );
     println!(
-        "| peak RSS of the relay process (outbox filled by another process, read in pages of 512) | {:.0} MiB |",
+        "| peak RSS of the relay process (outbox filled by another process, read in pages of {}, store.cache_mb = {}) | {:.0} MiB |",
+        args.batch,
+        args.cache_mb,
         crate::peak_rss_mib()
     );
     Ok(())
