@@ -165,18 +165,30 @@ async fn run_ticks_when_a_timer_falls_due_and_not_before() {
     let (shutdown, task) = spawn_run(&engine, max_idle);
     settle().await;
     assert!(policy.fired().is_empty(), "nothing is due at the start");
+    // The heartbeat says when the loop last turned (each turn writes the clock's second).
+    let turned_at = |m: i64| minutes(m).timestamp();
+    assert_eq!(engine.heartbeat(), turned_at(0));
 
     pass(&clock, Duration::from_secs(600) - Duration::from_millis(1)).await;
     assert!(policy.fired().is_empty(), "t1 fired before it was due");
+    assert_eq!(engine.heartbeat(), turned_at(0), "the loop turned before t1 was due");
     pass(&clock, Duration::from_millis(1)).await;
     notified(&queued, "t1's email was queued when t1 fell due").await;
     assert_eq!(policy.fired(), [("t1".to_owned(), minutes(10))]);
+    assert_eq!(engine.heartbeat(), turned_at(10));
 
-    // t2 is 140 min away, more than max_idle: the loop turns in between without firing it,
-    // and fires it exactly when due.
-    pass(&clock, Duration::from_secs(139 * 60 + 59)).await;
+    // t2 is 140 min away, more than max_idle (60 min): the loop turns at minutes 70 and 130
+    // without firing it, then sleeps exactly until it.
+    for turn in [70, 130] {
+        pass(&clock, max_idle - Duration::from_millis(1)).await;
+        assert_eq!(engine.heartbeat(), turned_at(turn - 60), "turned before max_idle");
+        pass(&clock, Duration::from_millis(1)).await;
+        assert_eq!(engine.heartbeat(), turned_at(turn), "no turn when max_idle passed");
+    }
+    pass(&clock, Duration::from_secs(20 * 60) - Duration::from_millis(1)).await;
     assert_eq!(policy.fired().len(), 1, "t2 fired before it was due");
-    pass(&clock, Duration::from_secs(1)).await;
+    assert_eq!(engine.heartbeat(), turned_at(130), "the loop turned before t2 was due");
+    pass(&clock, Duration::from_millis(1)).await;
     notified(&queued, "t2's email was queued when t2 fell due").await;
     assert_eq!(policy.fired()[1], ("t2".to_owned(), minutes(150)));
 
@@ -387,6 +399,8 @@ async fn crm_relay_wakes_when_notified_and_otherwise_looks_every_max_idle() {
     let clock = Arc::new(PausedClock::new(start()));
     let engine = Engine::new(store.clone(), clock.clone(), Arc::new(NoRules));
     let crm = Arc::new(ScriptedCrm::default());
+    // The first call fails with Retry-After: 1 h, so a retry is pending far beyond max_idle.
+    crm.pushes.lock().expect("lock").push_back(Err(transient(Some(3600))));
     let relay = CrmRelay::new(&engine, crm.clone(), CrmRelayConfig::default());
     let wake = relay.waker();
     let shutdown = CancellationToken::new();
@@ -395,17 +409,17 @@ async fn crm_relay_wakes_when_notified_and_otherwise_looks_every_max_idle() {
         let shutdown = shutdown.clone();
         async move { relay.run(shutdown, max_idle).await }
     });
+    let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    // Queued and the relay woken (as a commit does): sent at once.
-    let woken_at = Instant::now();
+    // Queued and the relay woken (as a commit does): pushed at once, not at max_idle.
     queue_crm_write(store.as_ref(), "00Q1", clock.now()).await;
     wake.notify_one();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(*crm.pushed_at.lock().expect("lock"), [woken_at]);
-    // Queued without a wake-up: found when max_idle has passed since the relay last looked.
-    let looked_at = Instant::now();
+    // Queued without a wake-up (another writer, a lost wake): found when max_idle has passed
+    // since the relay last looked (at 10 s), not when the pending retry falls due.
     queue_crm_write(store.as_ref(), "00Q2", clock.now()).await;
     tokio::time::sleep(max_idle * 2).await;
-    assert_eq!(crm.pushed_at.lock().expect("lock")[1..], [looked_at - Duration::from_secs(1) + max_idle]);
+    let pushed: Vec<u64> = crm.pushed_at.lock().expect("lock").iter().map(|at| (*at - t0).as_secs()).collect();
+    assert_eq!(pushed, [10, 10 + max_idle.as_secs()]);
     stop(shutdown, task).await;
 }
