@@ -671,7 +671,8 @@ mod tests {
         drive: impl FnOnce(Arc<Notify>, CancellationToken) -> D,
     ) -> (Vec<u64>, u64) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(dir.path())).expect("open");
+        let store =
+            leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(dir.path())).expect("open");
         let clock = leadloop_core::VirtualClock::new("2026-03-02T14:00:00Z".parse().expect("instant"));
         let (wake, shutdown) = (Arc::new(Notify::new()), CancellationToken::new());
         let relay = RelayLoop {

@@ -95,7 +95,13 @@ impl Recorder {
 }
 
 impl Policy for Recorder {
-    fn on_timer(&self, timer: &Timer, _lead: Option<&LeadRecord>, _people: &OrgChart, now: Timestamp) -> Decision {
+    fn on_timer(
+        &self,
+        timer: &Timer,
+        _lead: Option<&LeadRecord>,
+        _people: &OrgChart,
+        now: Timestamp,
+    ) -> Decision {
         self.fired.lock().expect("lock").push((timer.key.as_str().to_owned(), now));
         if let Some(token) = &self.cancel_on_fire {
             token.cancel();
@@ -129,7 +135,10 @@ async fn set_timers(store: &dyn Store, timers: impl IntoIterator<Item = (String,
     store.commit(batch).await.expect("commit timers");
 }
 
-fn spawn_run(engine: &Engine, max_idle: Duration) -> (CancellationToken, JoinHandle<Result<(), EngineError>>) {
+fn spawn_run(
+    engine: &Engine,
+    max_idle: Duration,
+) -> (CancellationToken, JoinHandle<Result<(), EngineError>>) {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
         let (engine, shutdown) = (engine.clone(), shutdown.clone());
@@ -246,8 +255,7 @@ async fn run_starts_no_tick_after_shutdown_even_when_more_is_due() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir);
         let shutdown = CancellationToken::new();
-        let policy =
-            Arc::new(Recorder { cancel_on_fire: Some(shutdown.clone()), ..Recorder::default() });
+        let policy = Arc::new(Recorder { cancel_on_fire: Some(shutdown.clone()), ..Recorder::default() });
         let clock = Arc::new(VirtualClock::new(start()));
         let engine = Engine::new(store.clone(), clock, policy.clone());
         set_timers(store.as_ref(), (0..=TICK_LIMIT).map(|n| (format!("t{n:04}"), start()))).await;
@@ -300,7 +308,11 @@ impl Crm for ScriptedCrm {
         let accept = self.pushes.lock().expect("lock").pop_front().unwrap_or(Ok(true))?;
         Ok(writes
             .iter()
-            .map(|_| if accept { Ok(()) } else { Err(ConnectorError::Permanent { message: "refused".into() }) })
+            .map(
+                |_| {
+                    if accept { Ok(()) } else { Err(ConnectorError::Permanent { message: "refused".into() }) }
+                },
+            )
             .collect())
     }
 }
@@ -362,7 +374,8 @@ async fn crm_relay_honours_retry_after_then_backs_off_with_growing_delays() {
     let crm = Arc::new(ScriptedCrm::default());
     // The call fails (Retry-After 2 min), then the CRM refuses the write twice, then takes it.
     crm.pushes.lock().expect("lock").extend([Err(transient(Some(120))), Ok(false), Ok(false), Ok(true)]);
-    let config = CrmRelayConfig { retry_base: Duration::from_secs(30), max_attempts: 5, ..Default::default() };
+    let config =
+        CrmRelayConfig { retry_base: Duration::from_secs(30), max_attempts: 5, ..Default::default() };
     let relay = CrmRelay::new(&engine, crm.clone(), config.clone());
     queue_crm_write(store.as_ref(), "00Q1", start()).await;
     let shutdown = CancellationToken::new();
@@ -376,7 +389,8 @@ async fn crm_relay_honours_retry_after_then_backs_off_with_growing_delays() {
 
     let key = IdempotencyKey::from_parts(["crm", "00Q1"]);
     let delay = |attempts| {
-        let relay = RelayConfig { retry_base: config.retry_base, retry_max: config.retry_max, ..Default::default() };
+        let relay =
+            RelayConfig { retry_base: config.retry_base, retry_max: config.retry_max, ..Default::default() };
         backoff(&relay, key.as_str(), attempts).as_millis() as u64
     };
     let gaps = gaps(&crm.pushed_at);
@@ -419,7 +433,8 @@ async fn crm_relay_wakes_when_notified_and_otherwise_looks_every_max_idle() {
     // since the relay last looked (at 10 s), not when the pending retry falls due.
     queue_crm_write(store.as_ref(), "00Q2", clock.now()).await;
     tokio::time::sleep(max_idle * 2).await;
-    let pushed: Vec<u64> = crm.pushed_at.lock().expect("lock").iter().map(|at| (*at - t0).as_secs()).collect();
+    let pushed: Vec<u64> =
+        crm.pushed_at.lock().expect("lock").iter().map(|at| (*at - t0).as_secs()).collect();
     assert_eq!(pushed, [10, 10 + max_idle.as_secs()]);
     stop(shutdown, task).await;
 }
