@@ -1,5 +1,6 @@
-//! The engine's loops in virtual time: `Engine::run`, the CRM sync loop (`CrmSync::run`) and
-//! the CRM write-back relay (`CrmRelay::run`), driven by tokio's paused clock (`start_paused`,
+//! The engine's loops in virtual time: `Engine::run`, the CRM sync loop (`CrmSync::run`), the
+//! CRM write-back relay (`CrmRelay::run`) and the calendar poller (`CalendarPoller::run`),
+//! driven by tokio's paused clock (`start_paused`,
 //! `tokio::time::advance`) together with the engine's injected `Clock`. Nothing waits in real
 //! time except the store's flush, and every instant asserted is exact: a loop that wakes a
 //! millisecond early, sleeps past its deadline or keeps a constant backoff fails here.
@@ -437,4 +438,86 @@ async fn crm_relay_wakes_when_notified_and_otherwise_looks_every_max_idle() {
         crm.pushed_at.lock().expect("lock").iter().map(|at| (*at - t0).as_secs()).collect();
     assert_eq!(pushed, [10, 10 + max_idle.as_secs()]);
     stop(shutdown, task).await;
+}
+
+/// A calendar whose reads fail or succeed as scripted, recording when they were made.
+#[derive(Default)]
+struct ScriptedCalendar {
+    /// Whether each read fails, in order; an empty script reads fine.
+    fails: Mutex<VecDeque<bool>>,
+    read_at: Mutex<Vec<Instant>>,
+}
+
+#[async_trait]
+impl leadloop_core::Calendar for ScriptedCalendar {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    fn people(&self) -> Vec<leadloop_core::PersonId> {
+        vec![leadloop_core::PersonId::new("rep")]
+    }
+
+    async fn events(
+        &self,
+        _person: &leadloop_core::PersonId,
+        _from: Timestamp,
+        _to: Timestamp,
+        _time_zone: chrono_tz::Tz,
+    ) -> Result<leadloop_core::connector::CalendarRead, ConnectorError> {
+        self.read_at.lock().expect("lock").push(Instant::now());
+        match self.fails.lock().expect("lock").pop_front() {
+            Some(true) => Err(transient(None)),
+            _ => Ok(Default::default()),
+        }
+    }
+
+    async fn place_hold(
+        &self,
+        _person: &leadloop_core::PersonId,
+        _key: &IdempotencyKey,
+        _start: Timestamp,
+        _end: Timestamp,
+        _summary: &str,
+    ) -> Result<String, ConnectorError> {
+        Ok("hold".into())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calendar_poller_backs_off_while_degraded_and_polls_every_interval_once_well() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock: Arc<dyn Clock> = Arc::new(PausedClock::new(start()));
+    let engine = Engine::new(open(&dir), clock.clone(), Arc::new(NoRules));
+    let calendar = Arc::new(ScriptedCalendar::default());
+    calendar.fails.lock().expect("lock").extend([true, true, true, false, true, false]);
+    let interval = Duration::from_secs(600);
+    let poller = leadloop_engine::calendar::CalendarPoller::new(
+        calendar.clone(),
+        engine,
+        clock,
+        Duration::from_secs(7 * 24 * 3600),
+        interval,
+    );
+    let degraded = poller.degraded();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { poller.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1300)).await;
+    assert!(!degraded.load(std::sync::atomic::Ordering::Relaxed), "the last read went well");
+    stop(shutdown, task).await;
+
+    // The poller's backoff: 5 s doubling (with the key's jitter), up to the interval.
+    let retry = RelayConfig { retry_base: Duration::from_secs(5), retry_max: interval, ..Default::default() };
+    let delay = |failures| backoff(&retry, "calendar", failures).as_millis() as u64;
+    let gaps = gaps(&calendar.read_at);
+    let expected = [delay(1), delay(2), delay(3), 600_000, delay(1), 600_000];
+    assert_eq!(gaps.len(), expected.len(), "{gaps:?}");
+    for (gap, want) in gaps.iter().zip(expected) {
+        // The loop's sleep rounds up to the millisecond.
+        assert!((want..=want + 1).contains(gap), "{gaps:?} vs {expected:?}");
+    }
+    assert!(gaps[2] > gaps[1] && gaps[1] > gaps[0], "the backoff grows: {gaps:?}");
 }
