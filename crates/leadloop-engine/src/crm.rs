@@ -527,8 +527,9 @@ impl CrmSync {
         }
     }
 
-    /// Passes every `interval` until `shutdown`; after a failure, waits as the CRM asked
-    /// (`Retry-After`) or backs off, never longer than `interval`.
+    /// Passes every `interval` until `shutdown`; after a failure, waits as long as the CRM
+    /// asked (`Retry-After`, even beyond `interval`: asking sooner is refused again), or else
+    /// backs off (10 s doubling, never longer than `interval`).
     pub async fn run(&self, shutdown: CancellationToken, interval: Duration) {
         let mut failures = 0u32;
         loop {
@@ -548,7 +549,7 @@ impl CrmSync {
                         interval
                     } else {
                         failures += 1;
-                        report.retry_after.unwrap_or_else(|| backoff_after(failures)).min(interval)
+                        report.retry_after.unwrap_or_else(|| backoff_after(failures).min(interval))
                     }
                 }
                 Err(error) => {

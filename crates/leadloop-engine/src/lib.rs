@@ -519,7 +519,10 @@ impl Engine {
                     backoff
                 }
             };
+            // Biased: when more is due (a zero wait) and shutdown came, both branches are
+            // ready; shutdown must win, or chance starts another tick.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(wait) => {}
             }

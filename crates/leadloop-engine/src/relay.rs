@@ -557,7 +557,9 @@ impl RelayLoop<'_> {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: woken and shut down at once must stop, not start another round.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = woken => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -688,6 +690,77 @@ mod tests {
         assert!(parse_failpoints("").is_empty());
         // Unarmed in this process: a failpoint is a no-op.
         failpoint("relay.after_send");
+    }
+
+    /// Runs a [`RelayLoop`] over an empty store (nothing pending: idle waits are `max_idle`)
+    /// whose rounds answer as `script` says, then `Idle`; `drive` acts meanwhile. Returns
+    /// when each round started and when the loop and `drive` had both ended, from the start,
+    /// in milliseconds of paused time.
+    async fn scripted_loop<D: std::future::Future<Output = ()>>(
+        script: Vec<Result<Round, EngineError>>,
+        max_idle: Duration,
+        drive: impl FnOnce(Arc<Notify>, CancellationToken) -> D,
+    ) -> (Vec<u64>, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(dir.path())).expect("open");
+        let clock = leadloop_core::VirtualClock::new("2026-03-02T14:00:00Z".parse().expect("instant"));
+        let (wake, shutdown) = (Arc::new(Notify::new()), CancellationToken::new());
+        let relay = RelayLoop {
+            name: "test",
+            store: store.as_ref(),
+            clock: &clock,
+            channel: Channel::Email,
+            wake: Some(&wake),
+        };
+        let started = tokio::time::Instant::now();
+        let rounds = Mutex::new(Vec::new());
+        let since = move || (tokio::time::Instant::now() - started).as_millis() as u64;
+        let script = Mutex::new(std::collections::VecDeque::from(script));
+        let looping = relay.run(&shutdown, max_idle, || {
+            rounds.lock().expect("lock").push(since());
+            let answer = script.lock().expect("lock").pop_front().unwrap_or(Ok(Round::Idle));
+            async move { answer }
+        });
+        let stopped = tokio::time::timeout(Duration::from_secs(24 * 3600), async {
+            tokio::join!(looping, drive(Arc::clone(&wake), shutdown.clone()))
+        })
+        .await;
+        assert!(stopped.is_ok(), "the loop did not stop on shutdown");
+        (rounds.into_inner().expect("lock"), since())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_loop_paces_rounds_by_how_they_went_and_wakes_when_notified() {
+        let max_idle = Duration::from_secs(60);
+        let failed = Err(EngineError::Store(leadloop_store::StoreError::Closed));
+        let script = vec![Ok(Round::Progress), Ok(Round::Progress), Ok(Round::Throttled), failed];
+        let (rounds, ended) = scripted_loop(script, max_idle, |wake, shutdown| async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            shutdown.cancel();
+        })
+        .await;
+        // Progress: again at once; throttled: 100 ms; failed: 1 s; idle: max_idle, unless
+        // woken (at 100 s). Shut down at 110 s, in the middle of a sleep: stopped at once.
+        assert_eq!(rounds, [0, 0, 0, 100, 1_100, 61_100, 100_000]);
+        assert_eq!(ended, 110_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_loop_woken_and_shut_down_at_once_starts_no_round() {
+        // Repeated: a loop that lets chance pick between the two passes half the time.
+        for _ in 0..12 {
+            let (rounds, ended) =
+                scripted_loop(vec![], Duration::from_secs(60), |wake, shutdown| async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    wake.notify_one();
+                    shutdown.cancel();
+                })
+                .await;
+            assert_eq!((rounds, ended), (vec![0], 5_000));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The engine in virtual time against a real sled store: timers fire once, when due, and the
 //! decision they produce lands atomically with the timer's removal.
+//! (`Engine::run` itself is tested in virtual time in `loops.rs`.)
 
 use std::sync::Arc;
 
@@ -106,23 +107,6 @@ async fn due_timers_fire_once_in_virtual_time() {
     // The outbox entries are the record of what was queued; the history gets no copy.
     let history = store.history(&lead).await.expect("history");
     assert!(history.is_empty(), "{history:?}");
-}
-
-#[tokio::test]
-async fn run_stops_on_shutdown() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("open");
-    let clock: Arc<dyn Clock> = Arc::new(VirtualClock::new(start()));
-    let engine = Engine::new(store, clock, Arc::new(Ladder));
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        async move { engine.run(shutdown, std::time::Duration::from_secs(3600)).await }
-    });
-    shutdown.cancel();
-    task.await.expect("join").expect("run ends cleanly");
-    assert_eq!(engine.heartbeat(), start().timestamp());
 }
 
 /// Open hand-offs per rep survive a restart through the open hand-off index: the restart reads
