@@ -82,7 +82,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sled = SledConfig { dir: state.clone(), cache_bytes: args.cache_mb * 1024 * 1024 };
     let store: Arc<dyn Store> = SledStore::open(&sled)?;
     anyhow::ensure!(store.outbox_pending(Channel::Email).await?.0 == args.messages as u64, "outbox filled");
-    let relay_config = RelayConfig { concurrency: args.pool as usize, batch: args.batch, ..RelayConfig::default() };
+    let relay_config =
+        RelayConfig { concurrency: args.pool as usize, batch: args.batch, ..RelayConfig::default() };
     let relay = EmailRelay::new(Arc::clone(&store), clock, mailer, relay_config);
     let started = Instant::now();
     let mut sent = 0;

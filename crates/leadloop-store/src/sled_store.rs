@@ -142,7 +142,8 @@ impl SledStore {
                 let (key, value) = item.map_err(|e| store.err(e))?;
                 let person = std::str::from_utf8(&key[keys::LOAD_COUNTER_PREFIX.len()..])
                     .map_err(|_| corrupt(&key, "person id is not UTF-8"))?;
-                let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| corrupt(&key, "expected 8 bytes"))?;
+                let bytes: [u8; 8] =
+                    value.as_ref().try_into().map_err(|_| corrupt(&key, "expected 8 bytes"))?;
                 loads.insert(person.to_owned(), u64::from_be_bytes(bytes));
             }
         }

@@ -106,8 +106,13 @@ async fn a_schema_1_store_is_migrated_and_keeps_every_record() {
     for (_, owner) in &open {
         *per_owner.entry(owner.clone()).or_default() += 1;
     }
-    let counted: BTreeMap<String, u64> =
-        store.open_handoffs_per_owner().await.expect("per owner").into_iter().map(|(p, n)| (p.0, n)).collect();
+    let counted: BTreeMap<String, u64> = store
+        .open_handoffs_per_owner()
+        .await
+        .expect("per owner")
+        .into_iter()
+        .map(|(p, n)| (p.0, n))
+        .collect();
     assert_eq!(counted, per_owner);
     assert!(leads.iter().any(|l| !l.scored.is_empty()), "the fixture has scored activities");
     let mut pending: BTreeMap<&str, u64> = BTreeMap::new();
