@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leadloop_core::connector::{CalendarRead, ConnectorError};
 use leadloop_core::sla::SlaRules;
-use leadloop_core::{Calendar, Clock, Crm, Mailer};
+use leadloop_core::{Calendar, Clock, Crm, IdempotencyKey, Mailer, PersonId, Timestamp};
 use leadloop_engine::calendar::{CalendarPoller, CalendarRelay};
 use leadloop_engine::crm::{CrmRelay, CrmSync};
 use leadloop_engine::{EmailRelay, Engine, EngineError, Observer};
@@ -512,6 +513,83 @@ fn serve_links(
     Some(tokio::spawn(async move {
         axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
     }))
+}
+
+/// A calendar with nothing in it for each person `[calendar]` maps, which keeps the holds it
+/// is asked to book in memory. `simulate` polls it once, so its decisions see what a daemon
+/// whose calendars are empty sees (holds at the next free business-hours slot); tests use it
+/// as the recorded calendar.
+#[derive(Debug, Default)]
+pub struct EmptyCalendar {
+    people: Vec<PersonId>,
+    holds: std::sync::Mutex<Vec<PlacedHold>>,
+}
+
+/// A hold [`EmptyCalendar`] was asked to book.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedHold {
+    pub person: PersonId,
+    pub key: IdempotencyKey,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub summary: String,
+}
+
+impl EmptyCalendar {
+    /// The people `config` maps to calendars, as the CalDAV connector would have them.
+    pub fn for_config(config: &leadloop_caldav::CalendarConfig) -> Self {
+        Self {
+            people: config.people.iter().map(|p| PersonId::new(p.id.clone())).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The holds booked so far, in order (a key booked twice is kept once).
+    pub fn holds(&self) -> Vec<PlacedHold> {
+        self.holds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Calendar for EmptyCalendar {
+    fn name(&self) -> &str {
+        "empty"
+    }
+
+    fn people(&self) -> Vec<PersonId> {
+        self.people.clone()
+    }
+
+    async fn events(
+        &self,
+        _person: &PersonId,
+        _from: Timestamp,
+        _to: Timestamp,
+        _time_zone: chrono_tz::Tz,
+    ) -> Result<CalendarRead, ConnectorError> {
+        Ok(CalendarRead { events: Vec::new(), skipped: Vec::new() })
+    }
+
+    async fn place_hold(
+        &self,
+        person: &PersonId,
+        key: &IdempotencyKey,
+        start: Timestamp,
+        end: Timestamp,
+        summary: &str,
+    ) -> Result<String, ConnectorError> {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        if !holds.iter().any(|hold| &hold.key == key) {
+            holds.push(PlacedHold {
+                person: person.clone(),
+                key: key.clone(),
+                start,
+                end,
+                summary: summary.to_owned(),
+            });
+        }
+        Ok(key.as_str().to_owned())
+    }
 }
 
 /// How [`Runtime::run`] ended.

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::load_reporting;
 use crate::exit;
-use crate::runtime::{BuildError, Parts, Runtime, RuntimeOptions};
+use crate::runtime::{BuildError, EmptyCalendar, Parts, Runtime, RuntimeOptions};
 
 /// How far past the last event the simulation runs when no `--until` is given and timers
 /// remain (a ladder or nurture track may run for months).
@@ -308,12 +308,22 @@ async fn run(
         })
     };
     // The daemon's runtime with the daemon's rules (calendar holds, signed links and all), on
-    // a temporary store and with no connector: nothing is sent.
-    let options = RuntimeOptions::new(clock.clone())
+    // a temporary store and with no connector that reaches out: nothing is sent.
+    let mut options = RuntimeOptions::new(clock.clone())
         .state_dir(Some(dir.path().to_path_buf()))
         .parts(Parts::ENGINE)
         .observer(observer);
+    if let Some(calendar) = &config.calendar {
+        // The people's calendars, taken as empty: holds go to the next free slot in business
+        // hours, as a daemon whose calendars are empty books them.
+        options = options
+            .parts(Parts { calendar: true, ..Parts::ENGINE })
+            .calendar(Arc::new(EmptyCalendar::for_config(calendar)));
+    }
     let runtime = Runtime::build(config, options).await.map_err(Failed::Build)?;
+    if let Some(calendar) = &runtime.calendar {
+        calendar.poller.poll_once().await;
+    }
     let (store, engine) = (Arc::clone(&runtime.store), runtime.engine.clone());
     let mut printer = Printer { store: Arc::clone(&store), templates, out, moves };
     let last = events.last().map(|(at, _)| *at);
