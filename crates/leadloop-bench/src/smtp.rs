@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context;
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions};
 use leadloop_core::{Channel, Effect, IdempotencyKey, OutboxEntry, SystemClock};
-use leadloop_engine::{EmailRelay, RelayConfig};
-use leadloop_plugin::BuildContext;
 use leadloop_smtp::sample_vars;
-use leadloop_store::{Batch, SledConfig, SledStore, Store};
+use leadloop_store::Batch;
 use leadloop_tests::pki::TestPki;
 use leadloop_tests::smtp_peer::SmtpPeer;
 
@@ -25,13 +25,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = TestPki::create(dir.path())?;
     let peer = SmtpPeer::start(Some(&pki))?;
-    let mut config = leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port)?;
-    if let Some(smtp) = config.smtp.as_mut() {
+    let mut email = leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port)?;
+    if let Some(smtp) = email.smtp.as_mut() {
         smtp.pool_size = args.pool;
     }
+    // The daemon's runtime with only the email part: its relay, as `leadloop run` builds it.
+    let mut config = crate::config(&format!("[outbox]\nconcurrency = {}\n", args.pool))?;
+    config.email = Some(email);
     let clock = Arc::new(SystemClock);
-    let mailer = config.build(&BuildContext { clock: clock.clone(), shutdown: Default::default() })?;
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path().join("state")))?;
+    let options = RuntimeOptions::new(clock.clone())
+        .state_dir(Some(dir.path().join("state")))
+        .parts(Parts { email: true, ..Parts::ENGINE });
+    let runtime = Runtime::build(&config, options).await?;
+    let store = Arc::clone(&runtime.store);
     let vars = sample_vars("sla_alert");
     let mut batch = Batch::new();
     for i in 0..args.messages {
@@ -50,8 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     store.commit(batch).await?;
-    let relay_config = RelayConfig { concurrency: args.pool as usize, batch: 512, ..RelayConfig::default() };
-    let relay = EmailRelay::new(Arc::clone(&store), clock, mailer, relay_config);
+    let relay = runtime.email.as_ref().context("the config has [email]")?;
     let started = Instant::now();
     let mut sent = 0;
     let mut retried = 0;

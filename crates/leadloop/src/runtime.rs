@@ -101,6 +101,9 @@ pub struct RuntimeOptions {
     pub clock: Arc<dyn Clock>,
     /// The state directory instead of `daemon.state_dir` (`--state-dir`, a temporary one).
     pub state_dir: Option<PathBuf>,
+    /// A store already open (a benchmark that times the open itself); else [`open_store`]
+    /// opens the state directory.
+    pub store: Option<Arc<dyn Store>>,
     pub parts: Parts,
     /// Told of every history event the engine commits.
     pub observer: Option<Observer>,
@@ -117,6 +120,7 @@ impl RuntimeOptions {
         Self {
             clock,
             state_dir: None,
+            store: None,
             parts: Parts::ALL,
             observer: None,
             mailer: None,
@@ -133,6 +137,11 @@ impl RuntimeOptions {
 
     pub fn state_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.state_dir = dir;
+        self
+    }
+
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -248,7 +257,7 @@ impl Runtime {
     /// Builds everything `config` configures that `options.parts` asks for. Logs each
     /// connector it starts.
     pub async fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime, BuildError> {
-        let RuntimeOptions { clock, state_dir, parts, observer, mailer, crm, calendar, public_listen } =
+        let RuntimeOptions { clock, state_dir, store, parts, observer, mailer, crm, calendar, public_listen } =
             options;
         // A state directory given on the command line also anchors relative paths in config
         // (the `.eml` directory), as `daemon.state_dir` would.
@@ -256,7 +265,10 @@ impl Runtime {
         if let Some(dir) = state_dir {
             config.daemon.state_dir = dir;
         }
-        let store = open_store(&config, None).map_err(BuildError::store("cannot open the store"))?;
+        let store = match store {
+            Some(store) => store,
+            None => open_store(&config, None).map_err(BuildError::store("cannot open the store"))?,
+        };
         write_people(store.as_ref(), &config)
             .await
             .map_err(BuildError::store("cannot write the configured people to the store"))?;
