@@ -1,7 +1,7 @@
 //! Turning a pure [`Decision`] into one store [`Batch`].
 
-use leadloop_core::{Actor, Decision, EventKind, HistoryEvent, LeadId, OutboxEntry, Timestamp};
-use leadloop_store::Batch;
+use leadloop_core::{Decision, EventKind, LeadId, LeadRecord, OutboxEntry, Timestamp};
+use leadloop_store::{Batch, Expect};
 
 /// Counts what a decision did, for `/metrics`: hand-offs started and ended (by outcome), the
 /// time to the first status change, and SLA steps queued (by step).
@@ -75,13 +75,23 @@ pub fn observe_queued(keys: &[leadloop_core::IdempotencyKey]) {
 }
 
 /// The batch that makes `decision` durable: the lead's new state, its history, its timers,
-/// and its effects queued in the outbox (each recorded in the history as queued). History
-/// events belong to the decision's lead, or else to `subject`, the lead the event was about.
-pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timestamp) -> Batch {
+/// and its effects queued in the outbox (the outbox entry is the record of the queueing: it
+/// holds the effect, its lead and when it was queued). History events belong to the
+/// decision's lead, or else to `subject`, the lead the event was about.
+///
+/// `read` is the lead as the decision read it (`None`: it did not exist): the store refuses
+/// the batch if the lead moved on meanwhile, and the new state gets the next version.
+pub fn decision_batch(
+    decision: Decision,
+    subject: Option<&LeadId>,
+    read: Option<&LeadRecord>,
+    now: Timestamp,
+) -> Batch {
     let mut batch = Batch::new();
     let lead_id = decision.lead.as_ref().map(|record| record.lead.id.clone()).or_else(|| subject.cloned());
-    if let Some(record) = decision.lead {
-        batch.put_lead(record);
+    if let Some(mut record) = decision.lead {
+        stamp(&mut record, read);
+        batch.put_lead_expecting(record, Expect::read(read));
     }
     for key in decision.cancel_timers {
         batch.cancel_timer(key);
@@ -118,11 +128,15 @@ pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timesta
         None => {}
     }
     for (key, effect) in decision.effects {
-        if let Some(id) = effect.lead_id().cloned().or_else(|| lead_id.clone()) {
-            let event = EventKind::EffectQueued { key: key.clone(), effect: effect.name().to_owned() };
-            batch.append_history(id, HistoryEvent::new(now, Actor::System, event));
-        }
         batch.enqueue(OutboxEntry::new(key, effect, now));
     }
     batch
+}
+
+/// Gives a lead decided on `read` the next version (a decision that changed the lead without
+/// moving its version would let a concurrent writer's check pass).
+pub fn stamp(record: &mut LeadRecord, read: Option<&LeadRecord>) {
+    if let Some(read) = read {
+        record.version = record.version.max(read.version + 1);
+    }
 }
