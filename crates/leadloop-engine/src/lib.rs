@@ -386,7 +386,7 @@ impl Engine {
                 return Ok(leadloop_core::sla::ActionOutcome::AlreadyClosed);
             };
             let (decision, outcome) =
-                self.policy.on_sales_action(&record, handoff, action.clone(), reason, &self.chart(), now);
+                self.policy.on_sales_action(&record, handoff, action, reason, &self.chart(), now);
             if outcome == leadloop_core::sla::ActionOutcome::Done {
                 observe(&decision);
                 self.commit(decision_batch(decision, Some(lead), Some(&record), now)).await?;

@@ -333,12 +333,6 @@ impl Runtime {
             }
             None => None,
         };
-        let crm = crm_built.map(|(crm_config, connector, relay)| CrmParts {
-            sync: Arc::new(CrmSync::new(engine.clone(), Arc::clone(&connector), &crm_config.objects)),
-            connector,
-            relay: Arc::new(relay),
-            poll_interval: crm_config.poll_interval,
-        });
         let calendar = match config.calendar.as_ref().filter(|_| parts.calendar) {
             Some(calendar_config) => {
                 let connector: Arc<dyn Calendar> = match calendar {
@@ -352,6 +346,13 @@ impl Runtime {
                     hold = calendar_config.hold,
                     "calendar connector started"
                 );
+                let relay = CalendarRelay::new(
+                    Arc::clone(&store),
+                    Arc::clone(&clock),
+                    Arc::clone(&connector),
+                    config.outbox.relay(),
+                );
+                engine = engine.with_waker(relay.waker());
                 let poller = CalendarPoller::new(
                     Arc::clone(&connector),
                     engine.clone(),
@@ -359,16 +360,18 @@ impl Runtime {
                     calendar_config.look_ahead(),
                     calendar_config.poll_interval,
                 );
-                let relay = CalendarRelay::new(
-                    Arc::clone(&store),
-                    Arc::clone(&clock),
-                    Arc::clone(&connector),
-                    config.outbox.relay(),
-                );
                 Some(CalendarParts { connector, poller: Arc::new(poller), relay: Arc::new(relay) })
             }
             None => None,
         };
+        // Built after every relay registered its waker with the engine: each clones the engine
+        // as it is now, and must wake every relay when it queues work.
+        let crm = crm_built.map(|(crm_config, connector, relay)| CrmParts {
+            sync: Arc::new(CrmSync::new(engine.clone(), Arc::clone(&connector), &crm_config.objects)),
+            connector,
+            relay: Arc::new(relay),
+            poll_interval: crm_config.poll_interval,
+        });
         let public = match (&config.links, &signer) {
             (Some(links), Some(_)) if parts.links_listener => {
                 let addr = public_listen.unwrap_or(links.public_listen);

@@ -29,9 +29,9 @@ fn config_text(dir: &Path) -> String {
         r#"
 [daemon]
 state_dir = "{state}"
-# Fewer idle turns keep four virtual days cheap; the calendar relay, which the engine does not
-# wake, still books a hold before its slot (a quarter-hour ahead) has passed.
-max_idle = "1m"
+# An hour between idle turns: a hold (its slot a quarter-hour ahead) is booked only because
+# the engine wakes the calendar relay when it queues one.
+max_idle = "1h"
 
 [[people]]
 id = "005E"
