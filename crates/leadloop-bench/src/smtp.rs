@@ -44,7 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             vars: vars.clone(),
         };
         batch.enqueue(OutboxEntry::new(
-            IdempotencyKey(format!("bench/{i}")),
+            IdempotencyKey::from_parts(["bench".to_owned(), i.to_string()])?,
             effect,
             leadloop_core::Clock::now(&*clock),
         ));

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::effect::IdempotencyKey;
+use crate::handoff::HandoffOutcome;
 use crate::person::PersonId;
 use crate::stage::Stage;
 
@@ -79,7 +80,8 @@ pub enum EventKind {
     },
     HandoffEnded {
         handoff: u32,
-        outcome: String,
+        /// Stored as the sentence it always was (see [`HandoffOutcome`]).
+        outcome: HandoffOutcome,
         /// Whose hand-off it was.
         #[serde(default)]
         owner: Option<PersonId>,

@@ -123,13 +123,13 @@ pub struct LeadRecord {
     pub handoffs: u32,
     /// The hand-off whose SLA is running, if any.
     #[serde(default)]
-    pub handoff: Option<crate::sla::Handoff>,
+    pub handoff: Option<crate::handoff::Handoff>,
     /// Recent activities that scored, newest last (at most `scoring::MAX_EVENTS`).
     #[serde(default)]
     pub scored: Vec<crate::scoring::ScoredActivity>,
     /// Nurture tracks the lead is in, its recent nurture sends and its opt-out.
-    #[serde(default, skip_serializing_if = "crate::nurture::NurtureState::is_empty")]
-    pub nurture: crate::nurture::NurtureState,
+    #[serde(default, skip_serializing_if = "crate::nurture_state::NurtureState::is_empty")]
+    pub nurture: crate::nurture_state::NurtureState,
     pub updated_at: Timestamp,
     /// Incremented on every write; lets readers detect a concurrent change.
     pub version: u64,
@@ -146,7 +146,7 @@ impl LeadRecord {
             handoffs: 0,
             handoff: None,
             scored: Vec::new(),
-            nurture: crate::nurture::NurtureState::default(),
+            nurture: crate::nurture_state::NurtureState::default(),
             updated_at: now,
             version: 0,
         }

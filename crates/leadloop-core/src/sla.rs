@@ -23,32 +23,16 @@ use serde_json::{Value, json};
 
 use crate::connector::Activity;
 use crate::decision::Decision;
-use crate::effect::{Effect, IdempotencyKey};
+use crate::decision::Fact;
+use crate::effect::{Effect, IdempotencyKey, KeyError};
 use crate::history::{Actor, EventKind, HistoryEvent};
 use crate::lead::LeadRecord;
 use crate::person::{OrgChart, Person, PersonId, Role};
 use crate::policy::Policy;
-use crate::timer::{Timer, TimerKey, TimerKind};
+use crate::timer::{ReportBucket, ReportKind, Timer, TimerKey, TimerKind};
 use crate::{Timestamp, vars};
 
-/// The hand-off whose SLA is running, kept on the lead.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handoff {
-    pub number: u32,
-    pub owner: PersonId,
-    /// The CRM status when the hand-off started; a change away from it satisfies the SLA.
-    pub status: Option<String>,
-    pub started_at: Timestamp,
-    pub policy: String,
-    /// Index of the next step to send.
-    pub next_step: usize,
-    /// Seconds the ladder was paused while the rep was away; steps fall due this much later.
-    #[serde(default)]
-    pub paused_seconds: i64,
-    /// The follow-up hold planned in the rep's calendar at hand-off.
-    #[serde(default)]
-    pub hold: Option<(Timestamp, Timestamp)>,
-}
+pub use crate::handoff::{ActionOutcome, Handoff, HandoffOutcome, SalesAction};
 
 /// What the ladder does while the rep's calendar says they are away.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -433,46 +417,10 @@ pub(crate) fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Timestam
     chrono::Utc.from_utc_datetime(&local)
 }
 
-/// A rep's answer to a hand-off, from a one-click link in the alert or a reminder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SalesAction {
-    /// The rep takes the lead: the CRM status becomes `accept_status`.
-    Accept,
-    /// Back to nurture: `recycle_status`, stage Recycled.
-    Recycle,
-    /// Not a fit: `disqualify_status`, stage Disqualified, with the rep's reason.
-    Disqualify,
-}
-
-impl SalesAction {
-    pub const ALL: [SalesAction; 3] = [SalesAction::Accept, SalesAction::Recycle, SalesAction::Disqualify];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SalesAction::Accept => "accept",
-            SalesAction::Recycle => "recycle",
-            SalesAction::Disqualify => "disqualify",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == text)
-    }
-}
-
 /// Makes the signed, expiring URLs of one-click links. The binary implements it (it holds the
 /// key and the public URL); the ladder only asks for links.
 pub trait LinkMaker: Send + Sync + std::fmt::Debug {
     fn link(&self, action: SalesAction, lead: &crate::LeadId, handoff: u32, now: Timestamp) -> String;
-}
-
-/// What a sales action did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionOutcome {
-    Done,
-    /// The hand-off the link was for is over (answered, reassigned, deleted).
-    AlreadyClosed,
 }
 
 /// The SLA policy engine.
@@ -491,8 +439,19 @@ fn timer_key(lead: &str) -> TimerKey {
 }
 
 /// `sla/LEAD/HANDOFF/STEP`.
-pub fn step_key(lead: &str, handoff: u32, step: &str) -> IdempotencyKey {
+pub fn step_key(lead: &str, handoff: u32, step: &str) -> Result<IdempotencyKey, KeyError> {
     IdempotencyKey::from_parts(["sla", lead, &handoff.to_string(), step])
+}
+
+/// An item's key in a report bucket: one per hand-off, so a later entry replaces an earlier.
+fn item_key(record: &LeadRecord, handoff: &Handoff) -> String {
+    format!("{}/{}", record.lead.id, handoff.number)
+}
+
+/// The lead a report item is about (digest and weekly items both name it), for the engine to
+/// read the lead as it is now before the report is decided.
+pub fn report_item_lead(item: &Value) -> Option<crate::LeadId> {
+    item.get("lead_id").and_then(Value::as_str).map(crate::LeadId::new)
 }
 
 fn actor() -> Actor {
@@ -565,19 +524,14 @@ impl SlaRules {
                 format!("disqualified: {}", reason.unwrap_or("no reason given")),
             ),
         };
-        self.end(
-            &mut record,
-            &format!("satisfied: {outcome} by the rep from an email link"),
-            people,
-            now,
-            &mut decision,
-        );
+        let answered = HandoffOutcome::Answered { action, reason: reason.map(str::to_owned) };
+        self.end(&mut record, answered, people, now, &mut decision);
         let mut fields = serde_json::Map::new();
         fields.insert("status".into(), json!(status));
         if let (SalesAction::Disqualify, Some(reason)) = (action, reason) {
             fields.insert("disqualify_reason".into(), json!(reason));
         }
-        decision.effects.push((
+        decision.queue(
             IdempotencyKey::from_parts([
                 "sla",
                 record.lead.id.as_str(),
@@ -586,7 +540,8 @@ impl SlaRules {
                 action.as_str(),
             ]),
             Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
-        ));
+            now,
+        );
         let actor = Actor::Sales { person: owner };
         decision.events.push(HistoryEvent::new(
             now,
@@ -644,10 +599,10 @@ impl SlaRules {
     ) {
         let Some(weekly) = &self.config.weekly_summary else { return };
         let Some(executive) = self.executive(&handoff.owner, people) else { return };
-        let bucket = format!("weekly/{}", executive.id);
-        decision.items.push((bucket.clone(), format!("{}/{}", record.lead.id, handoff.number), entry));
+        let bucket = ReportBucket::new(ReportKind::Weekly, executive.id.clone());
+        decision.items.push((bucket.clone(), item_key(record, handoff), entry));
         decision.set_timers.push(Timer {
-            key: TimerKey::new(bucket.clone()),
+            key: bucket.timer_key(),
             due: next_local(now, Self::tz_of(Some(executive)), weekly.time, Some(weekly.day)),
             lead_id: None,
             kind: TimerKind::Report { bucket },
@@ -709,20 +664,20 @@ impl SlaRules {
     fn end(
         &self,
         record: &mut LeadRecord,
-        outcome: &str,
+        outcome: HandoffOutcome,
         people: &OrgChart,
         now: Timestamp,
         decision: &mut Decision,
     ) {
         if let Some(handoff) = record.handoff.take() {
             decision.cancel_timers.push(timer_key(record.lead.id.as_str()));
-            let satisfied = outcome.starts_with("satisfied");
+            let satisfied = outcome.is_satisfied();
             let entry = json!({
                 "lead_id": record.lead.id,
                 "owner": handoff.owner,
                 "met": handoff.next_step <= 1 && satisfied,
                 "first_touch_seconds": satisfied.then(|| (now - handoff.started_at).num_seconds()),
-                "outcome": outcome,
+                "outcome": outcome.to_string(),
             });
             self.weekly_entry(record, &handoff, entry, people, now, decision);
             decision.events.push(HistoryEvent::new(
@@ -731,7 +686,7 @@ impl SlaRules {
                 EventKind::HandoffEnded {
                     owner: Some(handoff.owner.clone()),
                     handoff: handoff.number,
-                    outcome: outcome.to_owned(),
+                    outcome,
                     open_seconds: (now - handoff.started_at).num_seconds(),
                 },
             ));
@@ -742,8 +697,8 @@ impl SlaRules {
     fn advance(&self, record: &mut LeadRecord, people: &OrgChart, now: Timestamp, decision: &mut Decision) {
         let Some(mut handoff) = record.handoff.clone() else { return };
         let Some(policy) = self.policy_named(&handoff.policy) else {
-            let outcome = format!("stopped: policy `{}` is no longer configured", handoff.policy);
-            self.end(record, &outcome, people, now, decision);
+            let outcome = HandoffOutcome::PolicyRemoved { policy: handoff.policy.clone() };
+            self.end(record, outcome, people, now, decision);
             return;
         };
         let mut due = Vec::new();
@@ -842,7 +797,7 @@ impl SlaRules {
                 },
             ));
             record.lead.owner_id = Some(target.clone());
-            self.end(record, "reassigned by the SLA ladder", people, now, decision);
+            self.end(record, HandoffOutcome::ReassignedByLadder, people, now, decision);
             self.start(record, target, people, now, decision);
             return;
         }
@@ -994,10 +949,10 @@ impl SlaRules {
         digested.dedup_by(|a, b| a.id == b.id);
         if let Some(digest) = &policy.digest {
             for person in digested {
-                let bucket = format!("digest/{}", person.id);
+                let bucket = ReportBucket::new(ReportKind::Digest, person.id.clone());
                 decision.items.push((
                     bucket.clone(),
-                    format!("{}/{}", lead_id, handoff.number),
+                    item_key(record, handoff),
                     json!({
                         "lead_id": lead_id,
                         "handoff": handoff.number,
@@ -1011,7 +966,7 @@ impl SlaRules {
                     }),
                 ));
                 decision.set_timers.push(Timer {
-                    key: TimerKey::new(bucket.clone()),
+                    key: bucket.timer_key(),
                     due: next_local(now, Self::tz_of(Some(person)), digest.time, None),
                     lead_id: None,
                     kind: TimerKind::Report { bucket },
@@ -1019,17 +974,17 @@ impl SlaRules {
             }
         }
         if !to.is_empty() {
-            decision.effects.push((
-                key.clone(),
-                Effect::Email {
-                    kind: step.kind.clone(),
-                    template: step.template.clone(),
-                    to,
-                    cc,
-                    lead_id: Some(lead_id.clone()),
-                    vars,
-                },
-            ));
+            let email = Effect::Email {
+                kind: step.kind.clone(),
+                template: step.template.clone(),
+                to,
+                cc,
+                lead_id: Some(lead_id.clone()),
+                vars,
+            };
+            if let Some(key) = decision.queue(key.clone(), email, now) {
+                decision.facts.push(Fact::SlaStep { key, step: step.name.clone() });
+            }
         }
         if index >= 1 {
             // Past the first reminder: breached, whether or not it ends this week.
@@ -1044,7 +999,9 @@ impl SlaRules {
         }
         let mut reassign_to = None;
         for (n, action) in step.actions.iter().enumerate() {
-            let action_key = IdempotencyKey(format!("{key}/action/{n}"));
+            // `sla/LEAD/HANDOFF/STEP/action/N`: refused with the step's own key, if that was.
+            let action_key =
+                key.as_ref().map_err(Clone::clone).and_then(|k| k.child(["action", &n.to_string()]));
             let effect = match action {
                 StepAction::Reassign { to } => {
                     // Never on the first step: a new hand-off starts there, and reassigning at
@@ -1089,7 +1046,7 @@ impl SlaRules {
                     Effect::CrmUpdate { lead_id: lead_id.clone(), fields }
                 }
             };
-            decision.effects.push((action_key, effect));
+            decision.queue(action_key, effect, now);
         }
         reassign_to
     }
@@ -1137,7 +1094,7 @@ impl SlaRules {
             {
                 handoff.hold = Some((start, end));
                 let company = record.lead.company.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
-                decision.effects.push((
+                decision.queue(
                     IdempotencyKey::from_parts([
                         "hold",
                         record.lead.id.as_str(),
@@ -1150,7 +1107,8 @@ impl SlaRules {
                         end,
                         summary: format!("Call {}{company}", record.lead.display_name()),
                     },
-                ));
+                    now,
+                );
             }
         }
         decision.events.push(HistoryEvent::new(
@@ -1186,16 +1144,11 @@ impl Policy for SlaRules {
         let mut decision = Decision::default();
         let qualifying = self.qualifies(&after, people);
         if let Some(current) = after.handoff.clone() {
-            let previous_status = before.and_then(|b| b.lead.status.clone());
             if after.lead.owner_id.as_ref() != Some(&current.owner) {
-                self.end(&mut after, "reassigned", people, now, &mut decision);
+                self.end(&mut after, HandoffOutcome::Reassigned, people, now, &mut decision);
             } else if after.lead.status != current.status {
-                let outcome = format!(
-                    "satisfied: status changed to {}",
-                    after.lead.status.as_deref().unwrap_or("(none)")
-                );
-                let _ = previous_status;
-                self.end(&mut after, &outcome, people, now, &mut decision);
+                let outcome = HandoffOutcome::StatusChanged { to: after.lead.status.clone() };
+                self.end(&mut after, outcome, people, now, &mut decision);
             }
         }
         if after.handoff.is_none()
@@ -1225,7 +1178,7 @@ impl Policy for SlaRules {
             && self.policy_named(&handoff.policy).is_some_and(|p| p.stop_on_task);
         if stops {
             let mut record = lead.clone();
-            self.end(&mut record, "satisfied: task completed", people, now, &mut decision);
+            self.end(&mut record, HandoffOutcome::TaskCompleted, people, now, &mut decision);
             decision.lead = Some(record);
         }
         decision
@@ -1242,21 +1195,21 @@ impl Policy for SlaRules {
         let TimerKind::Report { bucket } = &timer.kind else { return decision };
         // Exactly the items read are removed; any that arrive meanwhile wait for the next one.
         decision.remove_items.extend(items.iter().map(|(key, _, _)| (bucket.clone(), key.clone())));
-        let Some((kind, person_id)) = bucket.split_once('/') else { return decision };
-        let person = people.get(&PersonId::new(person_id)).filter(|p| p.active);
+        let (kind, person_id) = (bucket.kind, bucket.person.as_str());
+        let person = people.get(&bucket.person).filter(|p| p.active);
         // Re-arm: items that arrive while this one is being sent (or while leadloop was down)
         // go in the next digest or summary.
         let next = match (kind, &self.config.weekly_summary) {
-            ("weekly", Some(weekly)) => {
+            (ReportKind::Weekly, Some(weekly)) => {
                 Some(next_local(now, Self::tz_of(person), weekly.time, Some(weekly.day)))
             }
-            ("digest", _) => self
+            (ReportKind::Weekly, None) => None,
+            (ReportKind::Digest, _) => self
                 .policies
                 .iter()
                 .filter_map(|p| p.digest.as_ref())
                 .map(|d| next_local(now, Self::tz_of(person), d.time, None))
                 .min(),
-            _ => None,
         };
         if let Some(due) = next {
             decision.set_timers.push(Timer {
@@ -1276,7 +1229,7 @@ impl Policy for SlaRules {
             || json!({ "id": person_id, "name": "Sales operations", "email": address, "time_zone": null }),
         );
         let (effect_kind, template, vars) = match kind {
-            "digest" => {
+            ReportKind::Digest => {
                 // Only hand-offs still open: an answered lead drops out of the digest.
                 let rows: Vec<&Value> = items
                     .iter()
@@ -1295,7 +1248,7 @@ impl Policy for SlaRules {
                     json!({ "kind": "sla.digest", "person": person_vars, "items": rows, "count": rows.len(), "date": date }),
                 )
             }
-            "weekly" => {
+            ReportKind::Weekly => {
                 let handoffs = items.len();
                 let met = items.iter().filter(|(_, item, _)| item["met"] == json!(true)).count();
                 let mut touches: Vec<i64> =
@@ -1316,10 +1269,9 @@ impl Policy for SlaRules {
                     json!({ "kind": "sla.weekly", "person": person_vars, "summary": summary, "date": date }),
                 )
             }
-            _ => return decision,
         };
-        decision.effects.push((
-            IdempotencyKey::from_parts([kind, person_id, &timer.due.timestamp().to_string()]),
+        decision.queue(
+            IdempotencyKey::from_parts([kind.as_str(), person_id, &timer.due.timestamp().to_string()]),
             Effect::Email {
                 kind: effect_kind.into(),
                 template: template.into(),
@@ -1328,14 +1280,15 @@ impl Policy for SlaRules {
                 lead_id: None,
                 vars,
             },
-        ));
+            now,
+        );
         decision
     }
 
     fn on_delete(&self, lead: &LeadRecord, people: &OrgChart, now: Timestamp) -> Decision {
         let mut decision = Decision::default();
         let mut record = lead.clone();
-        self.end(&mut record, "lead deleted", people, now, &mut decision);
+        self.end(&mut record, HandoffOutcome::LeadDeleted, people, now, &mut decision);
         decision
     }
 

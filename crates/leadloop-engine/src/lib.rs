@@ -19,12 +19,12 @@ use std::time::Duration;
 use leadloop_core::connector::Activity;
 use leadloop_core::{
     Actor, Clock, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OrgChart, Person,
-    PersonId,
+    PersonId, RoutingTurn,
 };
 use leadloop_store::{Batch, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-pub use apply::{decision_batch, observe};
+pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 
 /// The store bucket of open hand-offs: lead id → owner, kept with every hand-off event.
@@ -171,10 +171,10 @@ impl Engine {
     /// Restores routing rules' turns from the store (so rotation continues across restarts).
     pub async fn load_turns(&self, rules: &[String]) -> Result<(), EngineError> {
         for rule in rules {
-            if let Some(value) = self.store.cursor(&format!("routing.turn.{rule}")).await?
-                && let Ok(turn) = value.parse()
+            if let Some(value) = self.store.cursor(&RoutingTurn::cursor(rule)).await?
+                && let Some(turn) = RoutingTurn::from_cursor(rule, &value)
             {
-                self.people.write().unwrap_or_else(|p| p.into_inner()).turns.insert(rule.clone(), turn);
+                self.people.write().unwrap_or_else(|p| p.into_inner()).turns.insert(turn.rule, turn.next);
             }
         }
         Ok(())
@@ -196,53 +196,42 @@ impl Engine {
         *self.calendar.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signals);
     }
 
-    /// Commits `batch` and wakes the relay if it queued anything.
-    async fn commit(&self, batch: Batch) -> Result<Vec<IdempotencyKey>, EngineError> {
-        let events: Vec<(LeadId, HistoryEvent)> = batch
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                leadloop_store::Op::AppendHistory(lead, event) => Some((lead.clone(), event.clone())),
-                _ => None,
-            })
-            .collect();
-        let turns: Vec<(String, u64)> = batch
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                leadloop_store::Op::SetCursor { name, value } => {
-                    Some((name.strip_prefix("routing.turn.")?.to_owned(), value.parse().ok()?))
-                }
-                _ => None,
-            })
-            .collect();
-        // The open hand-off index moves with the events, in the same batch.
-        let mut batch = batch;
-        for (lead, event) in &events {
-            match &event.kind {
-                EventKind::HandoffStarted { owner, .. } => {
-                    batch.put_item(OPEN_HANDOFFS, lead.to_string(), serde_json::json!(owner));
-                }
-                EventKind::HandoffEnded { .. } => {
-                    batch.push(leadloop_store::Op::DeleteItem {
-                        bucket: OPEN_HANDOFFS.into(),
-                        key: lead.to_string(),
-                    });
-                }
-                _ => {}
-            }
+    /// Commits `applied` and wakes the relay if it queued anything. The open hand-off index,
+    /// routing's view and the counts follow the decisions' typed summary.
+    async fn commit(&self, applied: Applied) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let Applied { mut batch, summary } = applied;
+        let events: Vec<(LeadId, HistoryEvent)> = match &self.observer {
+            Some(_) => batch
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    leadloop_store::Op::AppendHistory(lead, event) => Some((lead.clone(), event.clone())),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        // The open hand-off index moves with the hand-offs, in the same batch.
+        for (lead, owner) in &summary.handoffs_started {
+            batch.put_item(OPEN_HANDOFFS, lead.to_string(), serde_json::json!(owner));
+        }
+        for ended in &summary.handoffs_ended {
+            batch.push(leadloop_store::Op::DeleteItem {
+                bucket: OPEN_HANDOFFS.into(),
+                key: ended.lead.to_string(),
+            });
         }
         let committed = self.store.commit(batch).await?;
         {
             let mut chart = self.people.write().unwrap_or_else(|p| p.into_inner());
-            advance_chart(&mut chart, events.iter().map(|(_, e)| e), turns);
+            advance_chart(&mut chart, &summary);
         }
         if let Some(observer) = &self.observer {
             for (lead, event) in &events {
                 observer(lead, event);
             }
         }
-        apply::observe_queued(&committed.enqueued);
+        apply::observe_queued(&summary, &committed.enqueued);
         if !committed.enqueued.is_empty() {
             for notify in &self.on_enqueue {
                 notify.notify_one();
@@ -303,7 +292,7 @@ impl Engine {
         lead: Lead,
         chart: &OrgChart,
         now: leadloop_core::Timestamp,
-    ) -> Result<Option<Batch>, EngineError> {
+    ) -> Result<Option<Applied>, EngineError> {
         let mut events = Vec::new();
         let after = match &before {
             Some(old) => {
@@ -352,8 +341,7 @@ impl Engine {
             events.into_iter().map(|e| HistoryEvent::new(now, Actor::System, e)).collect();
         history.append(&mut decision.events);
         decision.events = history;
-        observe(&decision);
-        Ok(Some(decision_batch(decision, Some(&id), now)))
+        Ok(Some(apply(decision, Some(&id), now)))
     }
 
     /// An activity on a lead; unknown leads are ignored (and logged).
@@ -373,8 +361,7 @@ impl Engine {
                 EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
             ),
         );
-        observe(&decision);
-        self.commit(decision_batch(decision, Some(&activity.lead_id), now)).await
+        self.commit(apply(decision, Some(&activity.lead_id), now)).await
     }
 
     /// A rep answered hand-off `handoff` of `lead` from an email link. Unknown leads and
@@ -394,8 +381,7 @@ impl Engine {
         let (decision, outcome) =
             self.policy.on_sales_action(&record, handoff, action, reason, &self.chart(), now);
         if outcome == leadloop_core::sla::ActionOutcome::Done {
-            observe(&decision);
-            self.commit(decision_batch(decision, Some(lead), now)).await?;
+            self.commit(apply(decision, Some(lead), now)).await?;
         }
         Ok(outcome)
     }
@@ -408,10 +394,9 @@ impl Engine {
         let mut decision = self.policy.on_delete(&lead, &self.chart(), now);
         decision.lead = None;
         decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
-        observe(&decision);
-        let mut batch = decision_batch(decision, Some(id), now);
-        batch.push(leadloop_store::Op::DeleteLead(id.clone()));
-        self.commit(batch).await
+        let mut applied = apply(decision, Some(id), now);
+        applied.batch.push(leadloop_store::Op::DeleteLead(id.clone()));
+        self.commit(applied).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -439,22 +424,22 @@ impl Engine {
         due.sort_by_key(|t| !matches!(t.kind, leadloop_core::TimerKind::Report { .. }));
         let mut report = TickReport { more: due.len() == TICK_LIMIT, ..TickReport::default() };
         let people = self.chart();
-        let mut batch = Batch::new();
+        let mut batch = Applied::default();
         let mut fresh: std::collections::HashMap<LeadId, LeadRecord> = std::collections::HashMap::new();
         for timer in &due {
             if let leadloop_core::TimerKind::Report { bucket } = &timer.kind {
                 // What the bucket collected, each item with its lead as it is now.
                 let mut items = Vec::new();
-                for (key, value) in self.store.items(bucket).await? {
-                    let lead = match value.get("lead_id").and_then(|v| v.as_str()) {
-                        Some(id) => self.store.lead(&LeadId::new(id)).await?,
+                for (key, value) in self.store.items(&bucket.to_string()).await? {
+                    let lead = match leadloop_core::sla::report_item_lead(&value) {
+                        Some(id) => self.store.lead(&id).await?,
                         None => None,
                     };
                     items.push((key, value, lead));
                 }
                 let decision = self.policy.on_report(timer, &items, &people, now);
-                batch.cancel_timer(timer.key.clone());
-                batch.ops.extend(decision_batch(decision, None, now).ops);
+                batch.batch.cancel_timer(timer.key.clone());
+                batch.extend(apply(decision, None, now));
                 report.fired += 1;
                 continue;
             }
@@ -471,12 +456,11 @@ impl Engine {
             if let (Some(id), Some(record)) = (&timer.lead_id, &decision.lead) {
                 fresh.insert(id.clone(), record.clone());
             }
-            observe(&decision);
-            batch.cancel_timer(timer.key.clone());
-            batch.ops.extend(decision_batch(decision, timer.lead_id.as_ref(), now).ops);
+            batch.batch.cancel_timer(timer.key.clone());
+            batch.extend(apply(decision, timer.lead_id.as_ref(), now));
             report.fired += 1;
         }
-        if !batch.is_empty() {
+        if !batch.batch.is_empty() {
             report.enqueued = self.commit(batch).await?;
         }
         metrics::counter!("leadloop_timers_fired_total").increment(report.fired as u64);
@@ -530,26 +514,21 @@ impl Engine {
     }
 }
 
-/// Indexes an account's owner by its id and by its domain (`domain:acme.example`).
 /// Routing's view after a commit: open hand-offs per person and each rule's next turn.
-pub(crate) fn advance_chart<'a>(
-    chart: &mut OrgChart,
-    events: impl IntoIterator<Item = &'a HistoryEvent>,
-    turns: impl IntoIterator<Item = (String, u64)>,
-) {
-    for event in events {
-        match &event.kind {
-            EventKind::HandoffStarted { owner, .. } => *chart.load.entry(owner.clone()).or_default() += 1,
-            EventKind::HandoffEnded { owner: Some(owner), .. } => {
-                let load = chart.load.entry(owner.clone()).or_default();
-                *load = load.saturating_sub(1);
-            }
-            _ => {}
+pub(crate) fn advance_chart(chart: &mut OrgChart, summary: &leadloop_core::Summary) {
+    for (_, owner) in &summary.handoffs_started {
+        *chart.load.entry(owner.clone()).or_default() += 1;
+    }
+    for ended in &summary.handoffs_ended {
+        if let Some(owner) = &ended.owner {
+            let load = chart.load.entry(owner.clone()).or_default();
+            *load = load.saturating_sub(1);
         }
     }
-    chart.turns.extend(turns);
+    chart.turns.extend(summary.turns.iter().map(|turn| (turn.rule.clone(), turn.next)));
 }
 
+/// Indexes an account's owner by its id and by its domain (`domain:acme.example`).
 fn remember_account(chart: &mut OrgChart, account: &leadloop_core::connector::Account) {
     match &account.owner_id {
         Some(owner) => {
