@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::connector::CalendarEvent;
+use crate::local_time::{BusinessHours, local_on};
 use crate::person::PersonId;
-use crate::sla::BusinessHours;
 
 /// Mail domains anyone can have an address at: a meeting with someone there says nothing
 /// about a company.
@@ -159,10 +159,10 @@ impl CalendarSignals {
         while at < until {
             let local = at.with_timezone(&tz);
             let day = local.date_naive();
-            let open = crate::sla::local_instant(tz, day, hours.start);
-            let close = crate::sla::local_instant(tz, day, hours.end);
+            let open = local_on(tz, day, hours.start);
+            let close = local_on(tz, day, hours.end);
             if !hours.days.contains(&day.weekday()) || holidays.contains(&day) || at >= close {
-                at = crate::sla::local_instant(tz, day.succ_opt()?, hours.start);
+                at = local_on(tz, day.succ_opt()?, hours.start);
                 continue;
             }
             if at < open {
@@ -171,7 +171,7 @@ impl CalendarSignals {
             }
             let end = at + length;
             if end > close {
-                at = crate::sla::local_instant(tz, day.succ_opt()?, hours.start);
+                at = local_on(tz, day.succ_opt()?, hours.start);
                 continue;
             }
             match blocked.iter().find(|(s, e)| *s < end && *e > at) {

@@ -13,6 +13,7 @@ pub mod effect;
 pub mod handoff;
 pub mod history;
 pub mod lead;
+pub mod local_time;
 pub mod nurture;
 pub mod nurture_state;
 pub mod person;

@@ -1,497 +1,35 @@
-//! The closed-loop SLA on every hand-off, as pure decisions.
-//!
-//! A hand-off starts when a lead is owned by an active person (not a queue) and its CRM status
-//! is one of the open statuses (default `Open - Not Contacted`), whether leadloop routed it or
-//! someone assigned it in the CRM. Its policy is a ladder of steps, each `after` a duration
-//! from the hand-off (counted in business hours in the rep's time zone when the policy says
-//! so). The default ladder is the seed's: alert the rep at once; remind the rep at 24 h;
-//! remind again with the manager copied at 48 h; remind rep and manager with an executive
-//! copied at 72 h.
-//!
-//! The ladder stops when the status changes away from the hand-off status (satisfied), when a
-//! completed task is logged (if the policy says so), when the lead is deleted, or when the
-//! owner changes (which ends this hand-off and starts the next for the new owner). Every step's
-//! idempotency key is `sla/LEAD/HANDOFF/STEP`, so each is sent once.
+//! The ladder: a hand-off starts for the lead's owner, its steps fall due (in business hours
+//! when the policy says so, paused while the rep is away, caught up after downtime by the
+//! policy's rule), and it ends when the rep answers, the owner changes or the lead goes.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use chrono::{Datelike, NaiveDate, NaiveTime, TimeDelta, TimeZone, Weekday};
-use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
+use chrono::TimeDelta;
 use serde_json::{Value, json};
 
+use super::reports::item_key;
+use super::{
+    ActionOutcome, CatchUp, DigestRole, Handoff, HandoffOutcome, Recipient, SalesAction, SlaPolicy, SlaRules,
+    StepAction, WhenAway, actor, human_duration, step_key, timer_key,
+};
+use crate::Timestamp;
 use crate::connector::Activity;
-use crate::decision::Decision;
-use crate::decision::Fact;
-use crate::effect::{Effect, IdempotencyKey, KeyError};
+use crate::decision::{Decision, Fact};
+use crate::effect::{Effect, IdempotencyKey};
 use crate::history::{Actor, EventKind, HistoryEvent};
 use crate::lead::LeadRecord;
+use crate::local_time::{add_business_time, next_local};
 use crate::person::{OrgChart, Person, PersonId, Role};
 use crate::policy::Policy;
-use crate::timer::{ReportBucket, ReportKind, Timer, TimerKey, TimerKind};
-use crate::{Timestamp, vars};
-
-pub use crate::handoff::{ActionOutcome, Handoff, HandoffOutcome, SalesAction};
-
-/// What the ladder does while the rep's calendar says they are away.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenAway {
-    /// Hold the escalation steps until the rep is back; later steps move by the same time.
-    /// The alert still goes out at hand-off.
-    #[default]
-    Pause,
-    /// Send the steps meant for the rep to the policy's `backup` instead.
-    Backup,
-    /// Carry on as if the rep were in.
-    Ignore,
-}
-
-/// Who receives a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Recipient {
-    Rep,
-    Manager,
-    Executive,
-    /// A fixed address, written `address:ops@example.com` in config.
-    #[serde(untagged)]
-    Address(String),
-}
-
-/// Something a step does besides sending mail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum StepAction {
-    /// Create a follow-up task for the rep in the CRM.
-    CreateTask { subject: String },
-    /// Set the lead's CRM status.
-    SetStatus { status: String },
-    /// Give the lead to someone else: `manager` (the rep's manager) or a person's id. The
-    /// owner is written back to the CRM; this hand-off ends and the next starts for the new
-    /// owner, alert first.
-    Reassign { to: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    /// Names the step in keys and output: `alert`, `reminder`, `manager`, `executive`, …
-    pub name: String,
-    /// From the hand-off.
-    #[serde(with = "crate::serde_duration")]
-    pub after: Duration,
-    /// The message kind, e.g. `sla.reminder`.
-    pub kind: String,
-    pub template: String,
-    pub to: Vec<Recipient>,
-    #[serde(default)]
-    pub cc: Vec<Recipient>,
-    #[serde(default)]
-    pub actions: Vec<StepAction>,
-}
-
-/// What to send for steps that fell due while leadloop was down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CatchUp {
-    /// Only the latest due step; its `handoff.missed_steps` says how many were skipped.
-    #[default]
-    Latest,
-    /// Every missed step, in order.
-    All,
-}
-
-/// Working hours in the rep's time zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BusinessHours {
-    #[serde(default = "nine")]
-    pub start: NaiveTime,
-    #[serde(default = "five")]
-    pub end: NaiveTime,
-    #[serde(default = "weekdays", with = "weekday_names")]
-    pub days: Vec<Weekday>,
-    /// The name of a calendar in `sla.holidays`.
-    pub holidays: Option<String>,
-}
-
-fn nine() -> NaiveTime {
-    NaiveTime::from_hms_opt(9, 0, 0).unwrap_or_default()
-}
-
-fn five() -> NaiveTime {
-    NaiveTime::from_hms_opt(17, 0, 0).unwrap_or_default()
-}
-
-fn weekdays() -> Vec<Weekday> {
-    vec![Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri]
-}
-
-mod weekday_names {
-    use chrono::Weekday;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(days: &[Weekday], s: S) -> Result<S::Ok, S::Error> {
-        days.iter().map(|d| d.to_string().to_lowercase()).collect::<Vec<_>>().serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Weekday>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|name| {
-                name.parse::<Weekday>().map_err(|_| serde::de::Error::custom(format!("unknown day {name:?}")))
-            })
-            .collect()
-    }
-}
-
-/// Which leads a policy applies to; every listed condition must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Match {
-    pub lead_source: Vec<String>,
-    pub country: Vec<String>,
-    pub industry: Vec<String>,
-    /// Custom CRM fields (segment, product line, language, …): field → accepted values.
-    pub custom: BTreeMap<String, Vec<String>>,
-}
-
-impl Match {
-    pub fn matches(&self, record: &LeadRecord) -> bool {
-        let hit = |list: &[String], value: &Option<String>| {
-            list.is_empty()
-                || value.as_deref().is_some_and(|v| list.iter().any(|l| l.eq_ignore_ascii_case(v)))
-        };
-        let lead = &record.lead;
-        hit(&self.lead_source, &lead.lead_source)
-            && hit(&self.country, &lead.country)
-            && hit(&self.industry, &lead.industry)
-            && self.custom.iter().all(|(field, accepted)| {
-                let value = lead.custom.get(field).map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                });
-                hit(accepted, &value)
-            })
-    }
-}
-
-/// Who may get a daily digest instead of one copy per lead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DigestRole {
-    Manager,
-    Executive,
-}
-
-/// A daily digest of overdue hand-offs, at `time` in each recipient's time zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Digest {
-    #[serde(default = "eight")]
-    pub time: NaiveTime,
-    pub roles: Vec<DigestRole>,
-}
-
-fn eight() -> NaiveTime {
-    NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default()
-}
-
-fn monday() -> Weekday {
-    Weekday::Mon
-}
-
-/// A weekly summary per executive: hand-offs that ended or breached in the week, how many met
-/// the SLA (answered before the first reminder), and the median time to first touch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeeklySummary {
-    #[serde(default = "monday", with = "weekday_name")]
-    pub day: Weekday,
-    #[serde(default = "eight")]
-    pub time: NaiveTime,
-}
-
-mod weekday_name {
-    use chrono::Weekday;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(day: &Weekday, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&day.to_string().to_lowercase())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Weekday, D::Error> {
-        let name = String::deserialize(d)?;
-        name.parse().map_err(|_| serde::de::Error::custom(format!("unknown day {name:?}")))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlaPolicy {
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub when: Match,
-    #[serde(default)]
-    pub catch_up: CatchUp,
-    /// Count `after` in working hours; unset counts calendar hours.
-    pub business_hours: Option<BusinessHours>,
-    /// Also stop the ladder when a completed task is logged on the lead.
-    #[serde(default)]
-    pub stop_on_task: bool,
-    /// Managers and/or executives get one digest a day instead of a copy per lead.
-    pub digest: Option<Digest>,
-    /// While the rep's calendar says they are away (all-day busy, out of office).
-    #[serde(default)]
-    pub when_away: WhenAway,
-    /// Who gets the rep's steps under `when_away = "backup"`: `manager` or a person's id.
-    pub backup: Option<String>,
-    #[serde(rename = "step")]
-    pub steps: Vec<Step>,
-}
-
-/// The seed's ladder: 0 h alert, 24 h reminder, 48 h reminder cc manager, 72 h cc executive.
-pub fn default_policy() -> SlaPolicy {
-    let hours = |h: u64| Duration::from_secs(h * 3600);
-    let step = |name: &str, after, template: &str, to: Vec<Recipient>, cc: Vec<Recipient>| Step {
-        name: name.into(),
-        after,
-        kind: format!("sla.{name}"),
-        template: template.into(),
-        to,
-        cc,
-        actions: vec![],
-    };
-    SlaPolicy {
-        name: "default".into(),
-        when: Match::default(),
-        catch_up: CatchUp::Latest,
-        business_hours: None,
-        stop_on_task: false,
-        digest: None,
-        when_away: WhenAway::Pause,
-        backup: None,
-        steps: vec![
-            step("alert", hours(0), "sla_alert", vec![Recipient::Rep], vec![]),
-            step("reminder", hours(24), "sla_reminder", vec![Recipient::Rep], vec![]),
-            step("manager", hours(48), "sla_manager", vec![Recipient::Rep], vec![Recipient::Manager]),
-            step(
-                "executive",
-                hours(72),
-                "sla_executive",
-                vec![Recipient::Rep, Recipient::Manager],
-                vec![Recipient::Executive],
-            ),
-        ],
-    }
-}
-
-fn accept_status() -> String {
-    "Working - Contacted".into()
-}
-
-fn recycle_status() -> String {
-    "Recycled".into()
-}
-
-fn disqualify_status() -> String {
-    "Disqualified".into()
-}
-
-fn default_open_statuses() -> Vec<String> {
-    vec!["Open - Not Contacted".into()]
-}
-
-/// The SLA rules: policies, the statuses that open a hand-off, and fallbacks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlaConfig {
-    #[serde(default = "default_open_statuses")]
-    pub open_statuses: Vec<String>,
-    /// Receives what a missing manager or executive would have: never a silent skip.
-    pub fallback_email: Option<String>,
-    /// The executive copied at the top of the ladder; default: the top of the rep's chain.
-    pub executive: Option<PersonId>,
-    /// The link to a lead in the CRM; `{id}` is replaced by the lead's id.
-    pub crm_url: Option<String>,
-    /// Dates off, by calendar name.
-    #[serde(default)]
-    pub holidays: BTreeMap<String, Vec<NaiveDate>>,
-    /// The CRM status set when a rep accepts a lead from an email link.
-    #[serde(default = "accept_status")]
-    pub accept_status: String,
-    /// The CRM status set when a rep recycles a lead to nurture from an email link.
-    #[serde(default = "recycle_status")]
-    pub recycle_status: String,
-    /// The CRM status set when a rep disqualifies a lead from an email link.
-    #[serde(default = "disqualify_status")]
-    pub disqualify_status: String,
-    /// A weekly SLA summary for each executive.
-    pub weekly_summary: Option<WeeklySummary>,
-    /// First match wins; with none configured, the default ladder applies to every lead.
-    #[serde(default, rename = "policy")]
-    pub policies: Vec<SlaPolicy>,
-}
-
-impl Default for SlaConfig {
-    fn default() -> Self {
-        Self {
-            open_statuses: default_open_statuses(),
-            fallback_email: None,
-            executive: None,
-            crm_url: None,
-            holidays: BTreeMap::new(),
-            accept_status: accept_status(),
-            recycle_status: recycle_status(),
-            disqualify_status: disqualify_status(),
-            weekly_summary: None,
-            policies: Vec::new(),
-        }
-    }
-}
-
-impl SlaConfig {
-    /// The policies in force: the configured ones, or the default ladder.
-    pub fn policies(&self) -> Vec<SlaPolicy> {
-        if self.policies.is_empty() { vec![default_policy()] } else { self.policies.clone() }
-    }
-}
-
-/// Adds `duration` of working time to `start`, in `tz`. Zero is `start` itself: the first
-/// step goes out at hand-off even outside working hours.
-pub fn add_business_time(
-    start: Timestamp,
-    duration: Duration,
-    tz: Tz,
-    hours: &BusinessHours,
-    holidays: &[NaiveDate],
-) -> Timestamp {
-    if duration.is_zero() {
-        return start;
-    }
-    let mut remaining = TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX);
-    let mut day = start.with_timezone(&tz).date_naive();
-    // Ten years of days is more than any ladder needs; past that, give up and count calendar time.
-    for _ in 0..3660 {
-        if hours.days.contains(&day.weekday()) && !holidays.contains(&day) {
-            let open = local_instant(tz, day, hours.start);
-            let close = local_instant(tz, day, hours.end);
-            let from = open.max(start);
-            if from < close {
-                let available = close - from;
-                if remaining <= available {
-                    return from + remaining;
-                }
-                remaining -= available;
-            }
-        }
-        day = day.succ_opt().unwrap_or(day);
-    }
-    start + TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
-}
-
-/// The first instant after `now` that is local `time` in `tz` (on `day`, if given).
-pub fn next_local(now: Timestamp, tz: Tz, time: NaiveTime, day: Option<Weekday>) -> Timestamp {
-    let mut date = now.with_timezone(&tz).date_naive();
-    for _ in 0..8 {
-        let at = local_instant(tz, date, time);
-        if at > now && day.is_none_or(|d| date.weekday() == d) {
-            return at;
-        }
-        date = date.succ_opt().unwrap_or(date);
-    }
-    now + TimeDelta::days(7)
-}
-
-/// The instant of local `time` on `day`; a time in a DST gap moves to the first instant after
-/// it, and a time in an overlap is its first occurrence.
-pub(crate) fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Timestamp {
-    let local = day.and_time(time);
-    for minutes in 0..=180 {
-        if let Some(at) = tz.from_local_datetime(&(local + TimeDelta::minutes(minutes))).earliest() {
-            return at.with_timezone(&chrono::Utc);
-        }
-    }
-    chrono::Utc.from_utc_datetime(&local)
-}
-
-/// Makes the signed, expiring URLs of one-click links. The binary implements it (it holds the
-/// key and the public URL); the ladder only asks for links.
-pub trait LinkMaker: Send + Sync + std::fmt::Debug {
-    fn link(&self, action: SalesAction, lead: &crate::LeadId, handoff: u32, now: Timestamp) -> String;
-}
-
-/// The SLA policy engine.
-#[derive(Debug, Clone)]
-pub struct SlaRules {
-    pub config: SlaConfig,
-    /// `config.policies()`, resolved once.
-    policies: Vec<SlaPolicy>,
-    links: Option<std::sync::Arc<dyn LinkMaker>>,
-    /// Book a follow-up hold this long in the rep's calendar at hand-off.
-    hold: Option<Duration>,
-}
-
-fn timer_key(lead: &str) -> TimerKey {
-    TimerKey::new(format!("sla/{lead}"))
-}
-
-/// `sla/LEAD/HANDOFF/STEP`.
-pub fn step_key(lead: &str, handoff: u32, step: &str) -> Result<IdempotencyKey, KeyError> {
-    IdempotencyKey::from_parts(["sla", lead, &handoff.to_string(), step])
-}
-
-/// An item's key in a report bucket: one per hand-off, so a later entry replaces an earlier.
-fn item_key(record: &LeadRecord, handoff: &Handoff) -> String {
-    format!("{}/{}", record.lead.id, handoff.number)
-}
-
-/// The lead a report item is about (digest and weekly items both name it), for the engine to
-/// read the lead as it is now before the report is decided.
-pub fn report_item_lead(item: &Value) -> Option<crate::LeadId> {
-    item.get("lead_id").and_then(Value::as_str).map(crate::LeadId::new)
-}
-
-fn actor() -> Actor {
-    Actor::Rule { name: "sla".into() }
-}
-
-fn human_duration(d: TimeDelta) -> String {
-    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
-    match d.num_minutes().max(0) {
-        m if m < 60 => plural(m, "minute"),
-        m if m < 48 * 60 => plural(m / 60, "hour"),
-        m => plural(m / (24 * 60), "day"),
-    }
-}
+use crate::timer::{ReportBucket, ReportKind, Timer, TimerKind};
+use crate::vars;
 
 impl SlaRules {
-    pub fn new(config: SlaConfig) -> Self {
-        let policies = config.policies();
-        Self { config, policies, links: None, hold: None }
-    }
-
-    /// At hand-off, plans a "Call <lead>" hold of `length` in the rep's next free slot in
-    /// business hours (the policy's, else 09:00–17:00 Monday to Friday) when the rep's
-    /// calendar is known; the alert mentions it.
-    pub fn with_hold(mut self, length: Duration) -> Self {
-        self.hold = Some(length);
-        self
-    }
-
     /// Where the rep is away at `now` under a `backup` policy: who gets their steps.
     fn backup<'a>(&self, policy: &SlaPolicy, owner: &PersonId, people: &'a OrgChart) -> Option<&'a Person> {
         let to = policy.backup.as_deref()?;
         let person = if to == "manager" { people.manager_of(owner) } else { people.get(&PersonId::new(to)) };
         person.filter(|p| p.active && p.role != Role::Queue && &p.id != owner)
-    }
-
-    /// Puts one-click Accept / Recycle / Disqualify links in the ladder's emails.
-    pub fn with_links(mut self, links: std::sync::Arc<dyn LinkMaker>) -> Self {
-        self.links = Some(links);
-        self
     }
 
     /// A rep answered hand-off `handoff` of `lead` through a link. Pure: returns the decision
@@ -564,15 +102,6 @@ impl SlaRules {
         (decision, ActionOutcome::Done)
     }
 
-    fn policy_for(&self, record: &LeadRecord) -> Option<&SlaPolicy> {
-        self.policies.iter().find(|p| p.when.matches(record))
-    }
-
-    /// The policy a hand-off runs under.
-    pub fn policy_named(&self, name: &str) -> Option<&SlaPolicy> {
-        self.policies.iter().find(|p| p.name == name)
-    }
-
     fn links_for(&self, record: &LeadRecord, handoff: u32, now: Timestamp) -> Value {
         let mut links = serde_json::Map::new();
         for action in SalesAction::ALL {
@@ -584,43 +113,6 @@ impl SlaRules {
             links.insert(action.as_str().to_owned(), json!(url));
         }
         Value::Object(links)
-    }
-
-    /// Records a hand-off for its executive's weekly summary (a later entry for the same
-    /// hand-off replaces an earlier one) and makes sure the summary is scheduled.
-    fn weekly_entry(
-        &self,
-        record: &LeadRecord,
-        handoff: &Handoff,
-        entry: Value,
-        people: &OrgChart,
-        now: Timestamp,
-        decision: &mut Decision,
-    ) {
-        let Some(weekly) = &self.config.weekly_summary else { return };
-        let Some(executive) = self.executive(&handoff.owner, people) else { return };
-        let bucket = ReportBucket::new(ReportKind::Weekly, executive.id.clone());
-        decision.items.push((bucket.clone(), item_key(record, handoff), entry));
-        decision.set_timers.push(Timer {
-            key: bucket.timer_key(),
-            due: next_local(now, Self::tz_of(Some(executive)), weekly.time, Some(weekly.day)),
-            lead_id: None,
-            kind: TimerKind::Report { bucket },
-        });
-    }
-
-    /// The executive copied on the rep's escalations: `sla.executive`, else the top of the
-    /// rep's manager chain; inactive people do not count.
-    fn executive<'a>(&self, owner: &PersonId, people: &'a OrgChart) -> Option<&'a Person> {
-        match &self.config.executive {
-            Some(id) => people.get(id),
-            None => people.executive_of(owner),
-        }
-        .filter(|p| p.active)
-    }
-
-    fn tz_of(person: Option<&Person>) -> Tz {
-        person.and_then(|p| p.time_zone.as_deref()).and_then(|z| z.parse().ok()).unwrap_or(Tz::UTC)
     }
 
     /// When step `index` of `policy` is due for `handoff`.
@@ -661,7 +153,7 @@ impl SlaRules {
         (person.active && person.role != Role::Queue && open).then(|| owner.clone())
     }
 
-    fn end(
+    pub(super) fn end(
         &self,
         record: &mut LeadRecord,
         outcome: HandoffOutcome,
@@ -1075,12 +567,7 @@ impl SlaRules {
         };
         let mut handoff = handoff;
         if let Some(length) = self.hold {
-            let hours = policy.business_hours.clone().unwrap_or(BusinessHours {
-                start: nine(),
-                end: five(),
-                days: weekdays(),
-                holidays: None,
-            });
+            let hours = policy.business_hours.clone().unwrap_or_default();
             let holidays = hours
                 .holidays
                 .as_ref()
@@ -1191,98 +678,7 @@ impl Policy for SlaRules {
         people: &OrgChart,
         now: Timestamp,
     ) -> Decision {
-        let mut decision = Decision::default();
-        let TimerKind::Report { bucket } = &timer.kind else { return decision };
-        // Exactly the items read are removed; any that arrive meanwhile wait for the next one.
-        decision.remove_items.extend(items.iter().map(|(key, _, _)| (bucket.clone(), key.clone())));
-        let (kind, person_id) = (bucket.kind, bucket.person.as_str());
-        let person = people.get(&bucket.person).filter(|p| p.active);
-        // Re-arm: items that arrive while this one is being sent (or while leadloop was down)
-        // go in the next digest or summary.
-        let next = match (kind, &self.config.weekly_summary) {
-            (ReportKind::Weekly, Some(weekly)) => {
-                Some(next_local(now, Self::tz_of(person), weekly.time, Some(weekly.day)))
-            }
-            (ReportKind::Weekly, None) => None,
-            (ReportKind::Digest, _) => self
-                .policies
-                .iter()
-                .filter_map(|p| p.digest.as_ref())
-                .map(|d| next_local(now, Self::tz_of(person), d.time, None))
-                .min(),
-        };
-        if let Some(due) = next {
-            decision.set_timers.push(Timer {
-                key: timer.key.clone(),
-                due,
-                lead_id: None,
-                kind: timer.kind.clone(),
-            });
-        }
-        let Some(address) = person.map(|p| p.email.clone()).or_else(|| self.config.fallback_email.clone())
-        else {
-            return decision;
-        };
-        let tz = Self::tz_of(person);
-        let date = now.with_timezone(&tz).format("%Y-%m-%d").to_string();
-        let person_vars = person.map(vars::person).unwrap_or_else(
-            || json!({ "id": person_id, "name": "Sales operations", "email": address, "time_zone": null }),
-        );
-        let (effect_kind, template, vars) = match kind {
-            ReportKind::Digest => {
-                // Only hand-offs still open: an answered lead drops out of the digest.
-                let rows: Vec<&Value> = items
-                    .iter()
-                    .filter(|(_, item, lead)| {
-                        lead.as_ref().and_then(|l| l.handoff.as_ref()).map(|h| json!(h.number))
-                            == item.get("handoff").cloned()
-                    })
-                    .map(|(_, item, _)| item)
-                    .collect();
-                if rows.is_empty() {
-                    return decision;
-                }
-                (
-                    "sla.digest",
-                    "sla_digest",
-                    json!({ "kind": "sla.digest", "person": person_vars, "items": rows, "count": rows.len(), "date": date }),
-                )
-            }
-            ReportKind::Weekly => {
-                let handoffs = items.len();
-                let met = items.iter().filter(|(_, item, _)| item["met"] == json!(true)).count();
-                let mut touches: Vec<i64> =
-                    items.iter().filter_map(|(_, item, _)| item["first_touch_seconds"].as_i64()).collect();
-                touches.sort_unstable();
-                let median = touches.get(touches.len() / 2).map(|s| human_duration(TimeDelta::seconds(*s)));
-                let summary = json!({
-                    "handoffs": handoffs,
-                    "met": met,
-                    "breached": handoffs - met,
-                    "met_percent": (met * 100).checked_div(handoffs).unwrap_or(0),
-                    "median_first_touch": median,
-                    "week_ending": date,
-                });
-                (
-                    "sla.weekly",
-                    "sla_weekly",
-                    json!({ "kind": "sla.weekly", "person": person_vars, "summary": summary, "date": date }),
-                )
-            }
-        };
-        decision.queue(
-            IdempotencyKey::from_parts([kind.as_str(), person_id, &timer.due.timestamp().to_string()]),
-            Effect::Email {
-                kind: effect_kind.into(),
-                template: template.into(),
-                to: vec![address],
-                cc: vec![],
-                lead_id: None,
-                vars,
-            },
-            now,
-        );
-        decision
+        self.report(timer, items, people, now)
     }
 
     fn on_delete(&self, lead: &LeadRecord, people: &OrgChart, now: Timestamp) -> Decision {
