@@ -12,9 +12,10 @@ use crate::Timestamp;
 use crate::effect::{Effect, IdempotencyKey, KeyError};
 use crate::handoff::HandoffOutcome;
 use crate::history::{Actor, EventKind, HistoryEvent};
-use crate::lead::{LeadId, LeadRecord};
+use crate::ids::LeadId;
+use crate::ids::PersonId;
+use crate::lead::LeadRecord;
 use crate::nurture_state::NurtureEvent;
-use crate::person::PersonId;
 use crate::timer::{ReportBucket, Timer, TimerKey};
 
 #[derive(Debug, Clone, Default, PartialEq)]

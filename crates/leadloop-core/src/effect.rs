@@ -7,8 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
-use crate::lead::LeadId;
-use crate::person::PersonId;
+use crate::ids::{LeadId, PersonId};
 
 /// A deterministic key: the same decision taken twice yields the same key, so the second
 /// outbox insert is a no-op. For an SLA step it is built from (lead, hand-off, step); it also

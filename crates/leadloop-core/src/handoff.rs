@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Timestamp;
-use crate::person::PersonId;
+use crate::ids::PersonId;
 
 /// The hand-off whose SLA is running, kept on the lead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

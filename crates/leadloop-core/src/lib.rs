@@ -5,6 +5,7 @@
 //! Nothing in this crate performs I/O. Decisions are functions of (state, event, now, policy)
 //! that return a [`Decision`]; the engine persists it and performs its effects.
 
+pub mod actor;
 pub mod calendar;
 pub mod clock;
 pub mod connector;
@@ -12,6 +13,7 @@ pub mod decision;
 pub mod effect;
 pub mod handoff;
 pub mod history;
+pub mod ids;
 pub mod lead;
 pub mod local_time;
 pub mod nurture;

@@ -7,8 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Timestamp;
-use crate::lead::LeadId;
-use crate::person::PersonId;
+use crate::ids::{LeadId, PersonId};
 
 /// Unique per timer; setting a timer with an existing key moves it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -708,3 +708,217 @@ impl Policy for SlaRules {
         decision
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The ladder driven directly: a hand-off, its timer fired when due (or late, after
+    //! downtime), and the emails each step sends.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Lead;
+    use crate::local_time::BusinessHours;
+    use crate::sla::{SlaConfig, default_policy};
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("instant")
+    }
+
+    fn person(id: &str, manager: Option<&str>, zone: &str) -> Person {
+        Person {
+            id: PersonId::new(id),
+            email: format!("{id}@corp.example"),
+            name: id.to_owned(),
+            manager: manager.map(PersonId::new),
+            time_zone: Some(zone.to_owned()),
+            role: Role::Rep,
+            active: true,
+            capacity: None,
+        }
+    }
+
+    /// One sent email: when, its key, to, cc.
+    type Sent = (Timestamp, String, Vec<String>, Vec<String>);
+
+    struct World {
+        sla: SlaRules,
+        people: OrgChart,
+        record: LeadRecord,
+        timer: Option<Timer>,
+        sent: Vec<Sent>,
+        events: Vec<HistoryEvent>,
+    }
+
+    impl World {
+        /// Lead `00Q1` handed to `rep` at `t0` (rep → mgr → exec, all in `zone`).
+        fn handoff(policy: SlaPolicy, zone: &str, t0: Timestamp) -> Self {
+            let sla = SlaRules::new(SlaConfig { policies: vec![policy], ..SlaConfig::default() });
+            let people = OrgChart::new([
+                person("rep", Some("mgr"), zone),
+                person("mgr", Some("exec"), zone),
+                person("exec", None, zone),
+            ]);
+            let mut lead = Lead::new("00Q1");
+            lead.owner_id = Some(PersonId::new("rep"));
+            lead.status = Some("Open - Not Contacted".into());
+            let record = LeadRecord::new(lead, t0);
+            let mut world = World {
+                sla,
+                people,
+                record: record.clone(),
+                timer: None,
+                sent: Vec::new(),
+                events: Vec::new(),
+            };
+            let decision = world.sla.on_lead(None, record, &world.people, t0);
+            world.take(decision, t0);
+            world
+        }
+
+        fn take(&mut self, decision: Decision, now: Timestamp) {
+            for (key, effect) in decision.effects {
+                if let Effect::Email { to, cc, .. } = effect {
+                    self.sent.push((now, key.to_string(), to, cc));
+                }
+            }
+            if decision.cancel_timers.iter().any(|k| Some(k) == self.timer.as_ref().map(|t| &t.key)) {
+                self.timer = None;
+            }
+            for timer in decision.set_timers {
+                if matches!(timer.kind, TimerKind::SlaStep { .. }) {
+                    self.timer = Some(timer);
+                }
+            }
+            if let Some(record) = decision.lead {
+                self.record = record;
+            }
+            self.events.extend(decision.events);
+        }
+
+        /// Fires the ladder's timer each time it is due, up to `end`.
+        fn run_until(&mut self, end: Timestamp) {
+            while let Some(timer) = self.timer.clone().filter(|t| t.due <= end) {
+                self.fire(&timer, timer.due);
+            }
+        }
+
+        /// Fires the pending timer at `now` (late, as after downtime).
+        fn fire_late(&mut self, now: Timestamp) {
+            let timer = self.timer.clone().expect("a pending timer");
+            self.fire(&timer, now);
+        }
+
+        fn fire(&mut self, timer: &Timer, now: Timestamp) {
+            self.timer = None;
+            let decision = self.sla.on_timer(timer, Some(&self.record), &self.people, now);
+            self.take(decision, now);
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.sent.iter().map(|(_, key, _, _)| key.as_str()).collect()
+        }
+    }
+
+    fn addresses(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|id| format!("{id}@corp.example")).collect()
+    }
+
+    #[test]
+    fn the_default_ladder_escalates_alert_reminder_manager_executive() {
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(default_policy(), "UTC", t0);
+        world.run_until(t0 + TimeDelta::hours(100));
+        let expected: Vec<Sent> = vec![
+            (t0, "sla/00Q1/1/alert".into(), addresses(&["rep"]), vec![]),
+            (t0 + TimeDelta::hours(24), "sla/00Q1/1/reminder".into(), addresses(&["rep"]), vec![]),
+            (
+                t0 + TimeDelta::hours(48),
+                "sla/00Q1/1/manager".into(),
+                addresses(&["rep"]),
+                addresses(&["mgr"]),
+            ),
+            (
+                t0 + TimeDelta::hours(72),
+                "sla/00Q1/1/executive".into(),
+                addresses(&["rep", "mgr"]),
+                addresses(&["exec"]),
+            ),
+        ];
+        assert_eq!(world.sent, expected);
+        assert_eq!(world.timer, None, "nothing after the top of the ladder");
+        assert_eq!(world.record.handoff.as_ref().map(|h| h.next_step), Some(4));
+    }
+
+    #[test]
+    fn business_hours_count_only_working_time_in_the_reps_zone() {
+        let mut policy = default_policy();
+        policy.business_hours = Some(BusinessHours::default());
+        policy.steps.truncate(2);
+        policy.steps[1].after = Duration::from_secs(8 * 3600);
+        // Friday 6 March 2026, 16:00 in Berlin (15:00 UTC): one working hour left that day.
+        let t0 = at("2026-03-06T15:00:00Z");
+        let mut world = World::handoff(policy, "Europe/Berlin", t0);
+        world.run_until(t0 + TimeDelta::days(7));
+        // The alert at once, though late in the day; the 8-hour reminder Monday 16:00 Berlin.
+        assert_eq!(
+            world.sent.iter().map(|(at, key, _, _)| (*at, key.as_str())).collect::<Vec<_>>(),
+            [(t0, "sla/00Q1/1/alert"), (at("2026-03-09T15:00:00Z"), "sla/00Q1/1/reminder")]
+        );
+    }
+
+    #[test]
+    fn after_downtime_latest_sends_only_the_latest_due_step() {
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(default_policy(), "UTC", t0);
+        // Down from just after the alert until past the executive step.
+        let back = t0 + TimeDelta::hours(73);
+        world.fire_late(back);
+        assert_eq!(world.keys(), ["sla/00Q1/1/alert", "sla/00Q1/1/executive"]);
+        assert_eq!(world.sent[1].0, back, "sent when leadloop is back");
+        let catch_up = world.events.iter().find_map(|e| match &e.kind {
+            EventKind::Activity { activity, detail } if activity == "sla_catch_up" => Some(detail.clone()),
+            _ => None,
+        });
+        let detail = catch_up.expect("the catch-up is recorded");
+        assert_eq!(detail["skipped"], json!(["reminder", "manager"]));
+        assert_eq!(detail["sent"], json!(["executive"]));
+    }
+
+    #[test]
+    fn after_downtime_all_sends_every_missed_step_in_order() {
+        let mut policy = default_policy();
+        policy.catch_up = CatchUp::All;
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(policy, "UTC", t0);
+        world.fire_late(t0 + TimeDelta::hours(50));
+        assert_eq!(world.keys(), ["sla/00Q1/1/alert", "sla/00Q1/1/reminder", "sla/00Q1/1/manager"]);
+        // The executive step is still ahead, on its own schedule.
+        assert_eq!(world.timer.as_ref().map(|t| t.due), Some(t0 + TimeDelta::hours(72)));
+    }
+
+    #[test]
+    fn a_status_change_ends_the_ladder_and_its_timer() {
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(default_policy(), "UTC", t0);
+        let stale = world.timer.clone().expect("the reminder's timer");
+        let mut answered = world.record.clone();
+        answered.lead.status = Some("Working - Contacted".into());
+        let now = t0 + TimeDelta::hours(3);
+        let decision = world.sla.on_lead(Some(&world.record), answered, &world.people, now);
+        world.take(decision, now);
+        assert_eq!(world.timer, None);
+        assert!(world.record.handoff.is_none());
+        let outcome = world.events.iter().find_map(|e| match &e.kind {
+            EventKind::HandoffEnded { outcome, open_seconds, .. } => Some((outcome.clone(), *open_seconds)),
+            _ => None,
+        });
+        assert_eq!(
+            outcome,
+            Some((HandoffOutcome::StatusChanged { to: Some("Working - Contacted".into()) }, 3 * 3600))
+        );
+        // A timer of the ended hand-off that fires anyway sends nothing.
+        world.fire(&stale, stale.due);
+        assert_eq!(world.keys(), ["sla/00Q1/1/alert"]);
+    }
+}
