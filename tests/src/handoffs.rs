@@ -78,12 +78,6 @@ pub async fn write_handoffs(
                 hold: None,
             });
             let id = record.lead.id.clone();
-            // The open hand-off index, as the engine keeps it with every hand-off event.
-            batch.put_item(
-                leadloop_engine::OPEN_HANDOFFS,
-                id.to_string(),
-                serde_json::json!(format!("rep{}", i % 10)),
-            );
             batch.put_lead(record).set_timer(Timer {
                 key: TimerKey::new(format!("sla/{id}")),
                 due: started + TimeDelta::hours(24),
@@ -94,8 +88,5 @@ pub async fn write_handoffs(
         store.commit(batch).await?;
         n += BATCH;
     }
-    let mut batch = Batch::new();
-    batch.set_cursor(leadloop_engine::OPEN_HANDOFFS_INDEXED, "1");
-    store.commit(batch).await?;
     Ok(())
 }

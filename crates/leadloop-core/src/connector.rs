@@ -55,6 +55,23 @@ pub struct Activity {
     pub detail: BTreeMap<String, serde_json::Value>,
 }
 
+impl Activity {
+    /// The key that identifies this activity at its source, if it has one: see
+    /// [`activity_source_key`].
+    pub fn source_key(&self) -> Option<String> {
+        activity_source_key(&self.detail)
+    }
+}
+
+/// The key that identifies an activity at its source — a CRM task's id and modification
+/// stamp (`task_id`, `modstamp` in its detail) — so the same version read again is recognised
+/// and taken in once. `None` for activities without a source id.
+pub fn activity_source_key(detail: &BTreeMap<String, serde_json::Value>) -> Option<String> {
+    let id = detail.get("task_id")?.as_str()?;
+    let stamp = detail.get("modstamp").and_then(|v| v.as_str()).unwrap_or("");
+    Some(format!("task/{id}/{stamp}"))
+}
+
 /// An account, for account-centric routing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Account {

@@ -4,10 +4,8 @@
 use std::collections::HashSet;
 
 use leadloop_core::nurture_state::NurtureEvent;
-use leadloop_core::{
-    Actor, Decision, EventKind, HistoryEvent, IdempotencyKey, LeadId, OutboxEntry, Summary, Timestamp,
-};
-use leadloop_store::Batch;
+use leadloop_core::{Decision, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Summary, Timestamp};
+use leadloop_store::{Batch, Expect};
 
 /// A decision on its way to the store: the batch that makes it durable and the typed summary
 /// of what it did, which the engine counts and keeps its in-memory views with (it never reads
@@ -27,10 +25,16 @@ impl Applied {
 }
 
 /// Turns `decision` into its batch and summary, and counts what it did (see [`observe`]).
-pub fn apply(decision: Decision, subject: Option<&LeadId>, now: Timestamp) -> Applied {
+/// `read` is the lead as the decision read it (see [`decision_batch`]).
+pub fn apply(
+    decision: Decision,
+    subject: Option<&LeadId>,
+    read: Option<&LeadRecord>,
+    now: Timestamp,
+) -> Applied {
     let summary = decision.summary(subject);
     observe(&summary);
-    Applied { batch: decision_batch(decision, subject, now), summary }
+    Applied { batch: decision_batch(decision, subject, read, now), summary }
 }
 
 /// Counts what a decision did, for `/metrics`: hand-offs started and ended (by outcome), the
@@ -108,13 +112,23 @@ pub fn observe_queued(summary: &Summary, enqueued: &[IdempotencyKey]) -> Queued 
 }
 
 /// The batch that makes `decision` durable: the lead's new state, its history, its timers,
-/// and its effects queued in the outbox (each recorded in the history as queued). History
-/// events belong to the decision's lead, or else to `subject`, the lead the event was about.
-pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timestamp) -> Batch {
+/// and its effects queued in the outbox (the outbox entry is the record of the queueing: it
+/// holds the effect, its lead and when it was queued). History events belong to the
+/// decision's lead, or else to `subject`, the lead the event was about.
+///
+/// `read` is the lead as the decision read it (`None`: it did not exist): the store refuses
+/// the batch if the lead moved on meanwhile, and the new state gets the next version.
+pub fn decision_batch(
+    decision: Decision,
+    subject: Option<&LeadId>,
+    read: Option<&LeadRecord>,
+    now: Timestamp,
+) -> Batch {
     let mut batch = Batch::new();
     let lead_id = decision.lead.as_ref().map(|record| record.lead.id.clone()).or_else(|| subject.cloned());
-    if let Some(record) = decision.lead {
-        batch.put_lead(record);
+    if let Some(mut record) = decision.lead {
+        stamp(&mut record, read);
+        batch.put_lead_expecting(record, Expect::read(read));
     }
     for key in decision.cancel_timers {
         batch.cancel_timer(key);
@@ -151,13 +165,17 @@ pub fn decision_batch(decision: Decision, subject: Option<&LeadId>, now: Timesta
         None => {}
     }
     for (key, effect) in decision.effects {
-        if let Some(id) = effect.lead_id().cloned().or_else(|| lead_id.clone()) {
-            let event = EventKind::EffectQueued { key: key.clone(), effect: effect.name().to_owned() };
-            batch.append_history(id, HistoryEvent::new(now, Actor::System, event));
-        }
         batch.enqueue(OutboxEntry::new(key, effect, now));
     }
     batch
+}
+
+/// Gives a lead decided on `read` the next version (a decision that changed the lead without
+/// moving its version would let a concurrent writer's check pass).
+pub fn stamp(record: &mut LeadRecord, read: Option<&LeadRecord>) {
+    if let Some(read) = read {
+        record.version = record.version.max(read.version + 1);
+    }
 }
 
 #[cfg(test)]
@@ -207,7 +225,7 @@ mod tests {
         let enqueued = keys(&decision);
         assert_eq!(enqueued.len(), 2, "the alert and its task: {enqueued:?}");
         let record = decision.lead.clone().expect("lead");
-        let applied = apply(decision, None, t0);
+        let applied = apply(decision, None, None, t0);
         assert_eq!(applied.summary.handoffs_started, [(LeadId::new("00Q1"), PersonId::new("rep"))]);
         let queued = observe_queued(&applied.summary, &enqueued);
         assert_eq!(queued.sla_steps, [("alert".to_owned(), 1)]);
@@ -218,7 +236,7 @@ mod tests {
         let (decision, _) = sla.sales_action(&record, 1, SalesAction::Accept, None, &people, t0);
         let enqueued = keys(&decision);
         assert_eq!(enqueued.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["sla/00Q1/1/answer/accept"]);
-        let applied = apply(decision, None, t0);
+        let applied = apply(decision, None, None, t0);
         assert_eq!(observe_queued(&applied.summary, &enqueued), Queued::default(), "an answer is not a step");
         let ended = &applied.summary.handoffs_ended;
         assert_eq!(ended.len(), 1);

@@ -102,11 +102,41 @@ impl Engine {
                 batch.push(Op::DeleteItem { bucket: QUARANTINE.into(), key });
             }
         };
-        // Leads decided in this page, so a second record about the same lead sees the first.
-        let mut overlay: HashMap<LeadId, Option<LeadRecord>> = HashMap::new();
+        // The page's leads as stored, read in one call; then the leads decided in this page,
+        // so a second record about the same lead sees the first.
+        let mut ids: Vec<LeadId> = page
+            .records
+            .iter()
+            .filter_map(|record| match record {
+                CrmRecord::Lead(lead) => Some(lead.id.clone()),
+                CrmRecord::Activity(activity) => Some(activity.lead_id.clone()),
+                _ => None,
+            })
+            .chain(
+                page.deleted.iter().filter(|_| object == CrmObject::Lead).map(|id| LeadId::new(id.clone())),
+            )
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let mut overlay: HashMap<LeadId, Option<LeadRecord>> =
+            ids.iter().cloned().zip(self.store.leads_by_id(&ids).await?).collect();
+        // Activities from the CRM already taken in (re-read in the overlap window).
+        let sources: Vec<(LeadId, String)> = page
+            .records
+            .iter()
+            .filter_map(|record| match record {
+                CrmRecord::Activity(activity) => Some((activity.lead_id.clone(), activity.source_key()?)),
+                _ => None,
+            })
+            .collect();
+        let mut seen_before: HashSet<(LeadId, String)> = sources
+            .iter()
+            .cloned()
+            .zip(self.store.seen(&sources).await?)
+            .filter_map(|(key, seen)| seen.then_some(key))
+            .collect();
         let mut people: Option<Vec<Person>> = None;
         let mut accounts = Vec::new();
-        let mut seen_activities = HashSet::new();
 
         let mut chart_stale = false;
         for record in page.records {
@@ -180,10 +210,7 @@ impl Engine {
                     }
                     release(&mut quarantined, &mut batch, lead.id.as_str());
                     let id = lead.id.clone();
-                    let before = match overlay.get(&id) {
-                        Some(record) => record.clone(),
-                        None => self.store.lead(&id).await?,
-                    };
+                    let before = overlay.get(&id).cloned().flatten();
                     match self.lead_batch(before, lead, &chart, now).await? {
                         None => report.unchanged += 1,
                         Some(sub) => {
@@ -194,20 +221,15 @@ impl Engine {
                 }
                 CrmRecord::Activity(activity) => {
                     let id = activity.lead_id.clone();
-                    let lead = match overlay.get(&id) {
-                        Some(record) => record.clone(),
-                        None => self.store.lead(&id).await?,
-                    };
-                    let Some(lead) = lead else {
+                    let Some(lead) = overlay.get(&id).cloned().flatten() else {
                         tracing::debug!(lead_id = %id, kind = %activity.kind, "activity for a lead leadloop does not hold; skipped");
                         report.unchanged += 1;
                         continue;
                     };
-                    let crm_key =
-                        (activity.detail.get("task_id").cloned(), activity.detail.get("modstamp").cloned());
-                    if crm_key.0.is_some() {
-                        let seen_here = !seen_activities.insert((id.clone(), crm_key.clone()));
-                        if seen_here || self.activity_recorded(&id, &crm_key).await? {
+                    let source = activity.source_key();
+                    if let Some(source) = &source {
+                        // Taken in before, or earlier in this page.
+                        if !seen_before.insert((id.clone(), source.clone())) {
                             report.unchanged += 1;
                             continue;
                         }
@@ -224,8 +246,11 @@ impl Engine {
                             },
                         ),
                     );
-                    let applied = apply(decision, Some(&id), now);
-                    take(&mut chart, &mut overlay, (&mut batch, &mut summary), applied);
+                    let mut sub = apply(decision, Some(&id), Some(&lead), now);
+                    if let Some(source) = source {
+                        sub.batch.mark_seen(id.clone(), source);
+                    }
+                    take(&mut chart, &mut overlay, (&mut batch, &mut summary), sub);
                     report.stored += 1;
                 }
             }
@@ -235,16 +260,12 @@ impl Engine {
             match object {
                 CrmObject::Lead => {
                     let lead_id = LeadId::new(id.clone());
-                    let current = match overlay.get(&lead_id) {
-                        Some(record) => record.clone(),
-                        None => self.store.lead(&lead_id).await?,
-                    };
-                    let Some(lead) = current else { continue };
+                    let Some(lead) = overlay.get(&lead_id).cloned().flatten() else { continue };
                     let mut decision = self.policy.on_delete(&lead, &chart, now);
                     decision.lead = None;
                     decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
-                    let mut sub = apply(decision, Some(&lead_id), now);
-                    sub.batch.push(Op::DeleteLead(lead_id));
+                    let mut sub = apply(decision, Some(&lead_id), Some(&lead), now);
+                    sub.batch.delete_lead(lead_id, leadloop_store::Expect::Version(lead.version));
                     take(&mut chart, &mut overlay, (&mut batch, &mut summary), sub);
                 }
                 CrmObject::Account => {
@@ -299,20 +320,6 @@ impl Engine {
         }
         Ok(report)
     }
-
-    /// Whether the lead's history already holds the CRM activity with this id and stamp.
-    async fn activity_recorded(
-        &self,
-        lead: &LeadId,
-        key: &(Option<serde_json::Value>, Option<serde_json::Value>),
-    ) -> Result<bool, EngineError> {
-        Ok(self.store.history(lead).await?.iter().any(|(_, event)| match &event.kind {
-            EventKind::Activity { detail, .. } => {
-                detail.get("task_id") == key.0.as_ref() && detail.get("modstamp") == key.1.as_ref()
-            }
-            _ => false,
-        }))
-    }
 }
 
 /// Folds one decision into the page's batch and summary: the lead's new state goes into the
@@ -326,10 +333,10 @@ fn take(
 ) {
     for op in &sub.batch.ops {
         match op {
-            Op::PutLead(record) => {
+            Op::PutLead { record, .. } => {
                 overlay.insert(record.lead.id.clone(), Some((**record).clone()));
             }
-            Op::DeleteLead(id) => {
+            Op::DeleteLead { id, .. } => {
                 overlay.insert(id.clone(), None);
             }
             _ => {}
@@ -514,8 +521,9 @@ impl CrmSync {
         }
     }
 
-    /// Passes every `interval` until `shutdown`; after a failure, waits as the CRM asked
-    /// (`Retry-After`) or backs off, never longer than `interval`.
+    /// Passes every `interval` until `shutdown`; after a failure, waits as long as the CRM
+    /// asked (`Retry-After`, even beyond `interval`: asking sooner is refused again), or else
+    /// backs off (10 s doubling, never longer than `interval`).
     pub async fn run(&self, shutdown: CancellationToken, interval: Duration) {
         let mut failures = 0u32;
         loop {
@@ -535,7 +543,7 @@ impl CrmSync {
                         interval
                     } else {
                         failures += 1;
-                        report.retry_after.unwrap_or_else(|| backoff_after(failures)).min(interval)
+                        report.retry_after.unwrap_or_else(|| backoff_after(failures).min(interval))
                     }
                 }
                 Err(error) => {

@@ -18,19 +18,18 @@ use std::time::Duration;
 
 use leadloop_core::connector::Activity;
 use leadloop_core::{
-    Actor, Clock, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OrgChart, Person,
-    PersonId, RoutingTurn,
+    Actor, Clock, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OrgChart, OutboxEntry,
+    Person, RoutingTurn,
 };
-use leadloop_store::{Batch, Store, StoreError};
+use leadloop_store::{Batch, Expect, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued};
+pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued, stamp};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 
-/// The store bucket of open hand-offs: lead id → owner, kept with every hand-off event.
-pub const OPEN_HANDOFFS: &str = "open_handoffs";
-/// Set once the bucket above covers every lead (stores from before it are indexed on start).
-pub const OPEN_HANDOFFS_INDEXED: &str = "engine.open_handoffs.indexed";
+/// How many times a read → decide → commit step is decided again when the store reports
+/// that its lead changed meanwhile (another replica wrote it) before the error is returned.
+pub const CONFLICT_RETRIES: usize = 5;
 
 /// The most timers handled in one tick; the rest wait for the next, which follows at once.
 pub const TICK_LIMIT: usize = 512;
@@ -43,8 +42,17 @@ pub enum EngineError {
 
 pub use leadloop_core::policy::{NoRules, Policy};
 
-/// Told of each committed history event, with its lead.
-pub type Observer = Arc<dyn Fn(&LeadId, &HistoryEvent) + Send + Sync>;
+/// What an observer is told after a commit is durable.
+#[derive(Debug, Clone, Copy)]
+pub enum Observed<'a> {
+    /// A history event, with its lead.
+    Event(&'a LeadId, &'a HistoryEvent),
+    /// An effect queued in the outbox by this commit (a duplicate key is not reported).
+    Queued(&'a OutboxEntry),
+}
+
+/// Told of each committed history event and each newly queued effect.
+pub type Observer = Arc<dyn Fn(Observed<'_>) + Send + Sync>;
 
 /// What one tick did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,35 +135,10 @@ impl Engine {
         let people = self.store.people().await?;
         let count = people.len();
         let mut chart = OrgChart::new(people);
-        // Open hand-offs per person, for routing's capacity check, from the open hand-off
-        // index (a restart reads what is open, not every lead). A store from before the index
-        // is scanned once and the index written.
-        if self.store.cursor(OPEN_HANDOFFS_INDEXED).await?.is_some() {
-            for (_, owner) in self.store.items(OPEN_HANDOFFS).await? {
-                if let Some(owner) = owner.as_str() {
-                    *chart.load.entry(PersonId::new(owner)).or_default() += 1;
-                }
-            }
-        } else {
-            let mut pages = leadloop_store::LeadPages::new(self.store.as_ref());
-            let mut batch = Batch::new();
-            while let Some(page) = pages.next().await? {
-                for record in &page {
-                    if let Some(handoff) = &record.handoff {
-                        *chart.load.entry(handoff.owner.clone()).or_default() += 1;
-                        batch.put_item(
-                            OPEN_HANDOFFS,
-                            record.lead.id.to_string(),
-                            serde_json::json!(handoff.owner),
-                        );
-                    }
-                }
-                if batch.len() >= 10_000 {
-                    self.store.commit(std::mem::take(&mut batch)).await?;
-                }
-            }
-            batch.set_cursor(OPEN_HANDOFFS_INDEXED, "1");
-            self.store.commit(batch).await?;
+        // Open hand-offs per person, for routing's capacity check, from the store's counters
+        // (a restart reads one number per rep, not every lead nor every open hand-off).
+        for (owner, count) in self.store.open_handoffs_per_owner().await? {
+            chart.load.insert(owner, u32::try_from(count).unwrap_or(u32::MAX));
         }
         let previous = self.people.read().unwrap_or_else(|p| p.into_inner()).turns.clone();
         chart.turns = previous;
@@ -196,10 +179,11 @@ impl Engine {
         *self.calendar.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signals);
     }
 
-    /// Commits `applied` and wakes the relay if it queued anything. The open hand-off index,
-    /// routing's view and the counts follow the decisions' typed summary.
+    /// Commits `applied` and wakes the relay if it queued anything. Routing's view and the
+    /// counts follow the decisions' typed summary.
     async fn commit(&self, applied: Applied) -> Result<Vec<IdempotencyKey>, EngineError> {
-        let Applied { mut batch, summary } = applied;
+        let Applied { batch, summary } = applied;
+        // The observer is told what the batch records (events, entries) once it is durable.
         let events: Vec<(LeadId, HistoryEvent)> = match &self.observer {
             Some(_) => batch
                 .ops
@@ -211,24 +195,34 @@ impl Engine {
                 .collect(),
             None => Vec::new(),
         };
-        // The open hand-off index moves with the hand-offs, in the same batch.
-        for (lead, owner) in &summary.handoffs_started {
-            batch.put_item(OPEN_HANDOFFS, lead.to_string(), serde_json::json!(owner));
-        }
-        for ended in &summary.handoffs_ended {
-            batch.push(leadloop_store::Op::DeleteItem {
-                bucket: OPEN_HANDOFFS.into(),
-                key: ended.lead.to_string(),
-            });
-        }
-        let committed = self.store.commit(batch).await?;
+        let queued: Vec<OutboxEntry> = match &self.observer {
+            Some(_) => batch
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    leadloop_store::Op::Enqueue(entry) => Some(entry.clone()),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let committed = match self.store.commit(batch).await {
+            Err(error @ StoreError::Conflict { .. }) => {
+                metrics::counter!("leadloop_store_conflicts_total").increment(1);
+                return Err(error.into());
+            }
+            other => other?,
+        };
         {
             let mut chart = self.people.write().unwrap_or_else(|p| p.into_inner());
             advance_chart(&mut chart, &summary);
         }
         if let Some(observer) = &self.observer {
             for (lead, event) in &events {
-                observer(lead, event);
+                observer(Observed::Event(lead, event));
+            }
+            for entry in queued.iter().filter(|e| committed.enqueued.contains(&e.key)) {
+                observer(Observed::Queued(entry));
             }
         }
         apply::observe_queued(&summary, &committed.enqueued);
@@ -277,12 +271,15 @@ impl Engine {
     /// changed in the history and lets the policy decide. Returns the effects queued.
     pub async fn upsert_lead(&self, lead: Lead) -> Result<Vec<IdempotencyKey>, EngineError> {
         let _writer = self.writer.lock().await;
-        let now = self.clock.now();
-        let before = self.store.lead(&lead.id).await?;
-        let Some(batch) = self.lead_batch(before, lead, &self.chart(), now).await? else {
-            return Ok(Vec::new());
-        };
-        self.commit(batch).await
+        retry_on_conflict(|| async {
+            let now = self.clock.now();
+            let before = self.store.lead(&lead.id).await?;
+            let Some(applied) = self.lead_batch(before, lead.clone(), &self.chart(), now).await? else {
+                return Ok(Vec::new());
+            };
+            self.commit(applied).await
+        })
+        .await
     }
 
     /// What storing `lead` over `before` does, as one batch; `None` when nothing changed.
@@ -341,27 +338,30 @@ impl Engine {
             events.into_iter().map(|e| HistoryEvent::new(now, Actor::System, e)).collect();
         history.append(&mut decision.events);
         decision.events = history;
-        Ok(Some(apply(decision, Some(&id), now)))
+        Ok(Some(apply(decision, Some(&id), before.as_ref(), now)))
     }
 
     /// An activity on a lead; unknown leads are ignored (and logged).
     pub async fn record_activity(&self, activity: Activity) -> Result<Vec<IdempotencyKey>, EngineError> {
         let _writer = self.writer.lock().await;
-        let now = self.clock.now();
-        let Some(lead) = self.store.lead(&activity.lead_id).await? else {
-            tracing::warn!(lead_id = %activity.lead_id, kind = %activity.kind, "activity for an unknown lead ignored");
-            return Ok(Vec::new());
-        };
-        let mut decision = self.policy.on_activity(&lead, &activity, &self.chart(), now);
-        decision.events.insert(
-            0,
-            HistoryEvent::new(
-                now,
-                Actor::System,
-                EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
-            ),
-        );
-        self.commit(apply(decision, Some(&activity.lead_id), now)).await
+        retry_on_conflict(|| async {
+            let now = self.clock.now();
+            let Some(lead) = self.store.lead(&activity.lead_id).await? else {
+                tracing::warn!(lead_id = %activity.lead_id, kind = %activity.kind, "activity for an unknown lead ignored");
+                return Ok(Vec::new());
+            };
+            let mut decision = self.policy.on_activity(&lead, &activity, &self.chart(), now);
+            decision.events.insert(
+                0,
+                HistoryEvent::new(
+                    now,
+                    Actor::System,
+                    EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
+                ),
+            );
+            self.commit(apply(decision, Some(&activity.lead_id), Some(&lead), now)).await
+        })
+        .await
     }
 
     /// A rep answered hand-off `handoff` of `lead` from an email link. Unknown leads and
@@ -374,29 +374,35 @@ impl Engine {
         reason: Option<&str>,
     ) -> Result<leadloop_core::sla::ActionOutcome, EngineError> {
         let _writer = self.writer.lock().await;
-        let now = self.clock.now();
-        let Some(record) = self.store.lead(lead).await? else {
-            return Ok(leadloop_core::sla::ActionOutcome::AlreadyClosed);
-        };
-        let (decision, outcome) =
-            self.policy.on_sales_action(&record, handoff, action, reason, &self.chart(), now);
-        if outcome == leadloop_core::sla::ActionOutcome::Done {
-            self.commit(apply(decision, Some(lead), now)).await?;
-        }
-        Ok(outcome)
+        retry_on_conflict(|| async {
+            let now = self.clock.now();
+            let Some(record) = self.store.lead(lead).await? else {
+                return Ok(leadloop_core::sla::ActionOutcome::AlreadyClosed);
+            };
+            let (decision, outcome) =
+                self.policy.on_sales_action(&record, handoff, action, reason, &self.chart(), now);
+            if outcome == leadloop_core::sla::ActionOutcome::Done {
+                self.commit(apply(decision, Some(lead), Some(&record), now)).await?;
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     /// The lead was deleted in the CRM: its record goes, its history stays.
     pub async fn delete_lead(&self, id: &LeadId) -> Result<Vec<IdempotencyKey>, EngineError> {
         let _writer = self.writer.lock().await;
-        let now = self.clock.now();
-        let Some(lead) = self.store.lead(id).await? else { return Ok(Vec::new()) };
-        let mut decision = self.policy.on_delete(&lead, &self.chart(), now);
-        decision.lead = None;
-        decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
-        let mut applied = apply(decision, Some(id), now);
-        applied.batch.push(leadloop_store::Op::DeleteLead(id.clone()));
-        self.commit(applied).await
+        retry_on_conflict(|| async {
+            let now = self.clock.now();
+            let Some(lead) = self.store.lead(id).await? else { return Ok(Vec::new()) };
+            let mut decision = self.policy.on_delete(&lead, &self.chart(), now);
+            decision.lead = None;
+            decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
+            let mut applied = apply(decision, Some(id), Some(&lead), now);
+            applied.batch.delete_lead(id.clone(), Expect::Version(lead.version));
+            self.commit(applied).await
+        })
+        .await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -417,6 +423,14 @@ impl Engine {
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
         let _writer = self.writer.lock().await;
         let started = std::time::Instant::now();
+        let report = retry_on_conflict(|| self.tick_once()).await?;
+        metrics::counter!("leadloop_timers_fired_total").increment(report.fired as u64);
+        metrics::histogram!("leadloop_tick_seconds").record(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    /// One tick's read → decide → commit, under the writer lock.
+    async fn tick_once(&self) -> Result<TickReport, EngineError> {
         let now = self.clock.now();
         let mut due = self.store.due_timers(now, TICK_LIMIT).await?;
         // Reports first: they read their buckets as stored, and removing what they sent must
@@ -425,7 +439,12 @@ impl Engine {
         let mut report = TickReport { more: due.len() == TICK_LIMIT, ..TickReport::default() };
         let people = self.chart();
         let mut batch = Applied::default();
-        let mut fresh: std::collections::HashMap<LeadId, LeadRecord> = std::collections::HashMap::new();
+        // The leads of the due timers, read in one call.
+        let mut ids: Vec<LeadId> = due.iter().filter_map(|t| t.lead_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let mut fresh: std::collections::HashMap<LeadId, Option<LeadRecord>> =
+            ids.iter().cloned().zip(self.store.leads_by_id(&ids).await?).collect();
         for timer in &due {
             if let leadloop_core::TimerKind::Report { bucket } = &timer.kind {
                 // What the bucket collected, each item with its lead as it is now.
@@ -439,32 +458,27 @@ impl Engine {
                 }
                 let decision = self.policy.on_report(timer, &items, &people, now);
                 batch.batch.cancel_timer(timer.key.clone());
-                batch.extend(apply(decision, None, now));
+                batch.extend(apply(decision, None, None, now));
                 report.fired += 1;
                 continue;
             }
             // A lead that an earlier timer of this tick changed is seen as that decision left
             // it (a lead may have an SLA and a nurture timer due at once).
-            let lead = match &timer.lead_id {
-                Some(id) => match fresh.get(id) {
-                    Some(record) => Some(record.clone()),
-                    None => self.store.lead(id).await?,
-                },
-                None => None,
-            };
-            let decision = self.policy.on_timer(timer, lead.as_ref(), &people, now);
+            let lead = timer.lead_id.as_ref().and_then(|id| fresh.get(id).cloned().flatten());
+            let mut decision = self.policy.on_timer(timer, lead.as_ref(), &people, now);
+            if let Some(record) = &mut decision.lead {
+                stamp(record, lead.as_ref());
+            }
             if let (Some(id), Some(record)) = (&timer.lead_id, &decision.lead) {
-                fresh.insert(id.clone(), record.clone());
+                fresh.insert(id.clone(), Some(record.clone()));
             }
             batch.batch.cancel_timer(timer.key.clone());
-            batch.extend(apply(decision, timer.lead_id.as_ref(), now));
+            batch.extend(apply(decision, timer.lead_id.as_ref(), lead.as_ref(), now));
             report.fired += 1;
         }
         if !batch.batch.is_empty() {
             report.enqueued = self.commit(batch).await?;
         }
-        metrics::counter!("leadloop_timers_fired_total").increment(report.fired as u64);
-        metrics::histogram!("leadloop_tick_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
     }
 
@@ -496,7 +510,10 @@ impl Engine {
                     backoff
                 }
             };
+            // Biased: when more is due (a zero wait) and shutdown came, both branches are
+            // ready; shutdown must win, or chance starts another tick.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -510,6 +527,25 @@ impl Engine {
                 until.min(max_idle)
             }
             _ => max_idle,
+        }
+    }
+}
+
+/// Runs `step` (a read → decide → commit) again from fresh state while the store reports that
+/// a lead it decided on changed meanwhile, up to [`CONFLICT_RETRIES`] times.
+pub(crate) async fn retry_on_conflict<T, F, Fut>(mut step: F) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Err(EngineError::Store(error @ StoreError::Conflict { .. })) if attempt < CONFLICT_RETRIES => {
+                tracing::info!(%error, attempt, "lead changed while deciding; deciding again");
+                attempt += 1;
+            }
+            other => return other,
         }
     }
 }

@@ -16,6 +16,10 @@ impl Engine {
     /// is suppressed, in one batch. Returns `false` for a lead leadloop does not know.
     pub async fn unsubscribe(&self, lead: &LeadId, source: &str) -> Result<bool, EngineError> {
         let _writer = self.writer.lock().await;
+        crate::retry_on_conflict(|| self.unsubscribe_once(lead, source)).await
+    }
+
+    async fn unsubscribe_once(&self, lead: &LeadId, source: &str) -> Result<bool, EngineError> {
         let now = self.clock.now();
         let Some(record) = self.store.lead(lead).await? else { return Ok(false) };
         let detail = BTreeMap::from([("source".to_owned(), json!(source))]);
@@ -29,7 +33,7 @@ impl Engine {
                 EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
             ),
         );
-        let mut applied = apply(decision, Some(lead), now);
+        let mut applied = apply(decision, Some(lead), Some(&record), now);
         if let Some(address) = record.lead.email.as_deref().filter(|a| !a.trim().is_empty()) {
             applied.batch.suppress(Suppression {
                 address: address.trim().to_lowercase(),

@@ -179,11 +179,12 @@ impl EmailRelay {
         let ready = self.store.outbox_ready(Channel::Email, now, self.config.batch).await?;
         let mut report = RelayReport::default();
         let mut sends = Vec::new();
+        let screen = self.screen(&ready).await?;
         for entry in ready {
             let Effect::Email { kind, template, to, cc, lead_id, vars } = &entry.effect else { continue };
-            let opted_out = self.opted_out_address(lead_id.as_ref()).await?;
-            let (to, removed_to) = self.unsuppressed(to, opted_out.as_deref()).await?;
-            let (cc, removed_cc) = self.unsuppressed(cc, opted_out.as_deref()).await?;
+            let opted_out = lead_id.as_ref().and_then(|id| screen.opted_out.get(id)).map(String::as_str);
+            let (to, removed_to) = screen.unsuppressed(to, opted_out);
+            let (cc, removed_cc) = screen.unsuppressed(cc, opted_out);
             if to.is_empty() {
                 let mut removed = removed_to;
                 removed.extend(removed_cc);
@@ -280,34 +281,37 @@ impl EmailRelay {
             .await
     }
 
-    /// The lead's address if the lead has opted out of email (as the CRM reports it).
-    async fn opted_out_address(
-        &self,
-        lead: Option<&leadloop_core::LeadId>,
-    ) -> Result<Option<String>, EngineError> {
-        let Some(id) = lead else { return Ok(None) };
-        let record = self.store.lead(id).await?;
-        Ok(record.filter(|r| r.lead.opted_out).and_then(|r| r.lead.email).map(|e| e.to_lowercase()))
-    }
-
-    async fn unsuppressed(
-        &self,
-        addresses: &[String],
-        opted_out: Option<&str>,
-    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
-        let mut kept = Vec::new();
-        let mut removed = Vec::new();
-        for address in addresses {
-            if opted_out == Some(address.to_lowercase().as_str())
-                || self.store.suppression(address).await?.is_some()
-            {
-                removed.push(address.clone());
-                metrics::counter!("leadloop_email_suppressed_total").increment(1);
-            } else {
-                kept.push(address.clone());
-            }
-        }
-        Ok((kept, removed))
+    /// What a round needs to screen its emails' recipients, read in two calls: the opted-out
+    /// address of each lead mailed (as the CRM reports it), and which recipients are suppressed.
+    async fn screen(&self, ready: &[OutboxEntry]) -> Result<Screen, EngineError> {
+        let mut ids: Vec<leadloop_core::LeadId> =
+            ready.iter().filter_map(|e| e.effect.lead_id().cloned()).collect();
+        ids.sort();
+        ids.dedup();
+        let opted_out = ids
+            .iter()
+            .zip(self.store.leads_by_id(&ids).await?)
+            .filter_map(|(id, record)| {
+                let record = record.filter(|r| r.lead.opted_out)?;
+                Some((id.clone(), record.lead.email?.to_lowercase()))
+            })
+            .collect();
+        let mut addresses: Vec<String> = ready
+            .iter()
+            .filter_map(|e| match &e.effect {
+                Effect::Email { to, cc, .. } => Some(to.iter().chain(cc).map(|a| a.to_lowercase())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        let suppressed = addresses
+            .iter()
+            .zip(self.store.suppressions(&addresses).await?)
+            .filter_map(|(address, entry)| entry.map(|_| address.clone()))
+            .collect();
+        Ok(Screen { opted_out, suppressed })
     }
 
     /// Takes a token from the global bucket and the first recipient's domain bucket.
@@ -402,8 +406,9 @@ impl EmailRelay {
                             record.stage = Stage::Graveyard;
                             record.stage_since = now;
                             record.updated_at = now;
+                            let read = record.version;
                             record.version += 1;
-                            batch.put_lead(record);
+                            batch.put_lead_expecting(record, leadloop_store::Expect::Version(read));
                             batch.append_history(
                                 id.clone(),
                                 HistoryEvent::new(
@@ -552,12 +557,40 @@ impl RelayLoop<'_> {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: woken and shut down at once must stop, not start another round.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = woken => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// A round's view of who must not be mailed (see `EmailRelay::screen`).
+struct Screen {
+    /// Lead → its address, for leads the CRM reports as opted out.
+    opted_out: std::collections::HashMap<leadloop_core::LeadId, String>,
+    /// Suppressed addresses among the round's recipients, lowercased.
+    suppressed: std::collections::HashSet<String>,
+}
+
+impl Screen {
+    /// Splits `addresses` into those that may be mailed and those that may not.
+    fn unsuppressed(&self, addresses: &[String], opted_out: Option<&str>) -> (Vec<String>, Vec<String>) {
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for address in addresses {
+            let lower = address.to_lowercase();
+            if opted_out == Some(lower.as_str()) || self.suppressed.contains(&lower) {
+                removed.push(address.clone());
+                metrics::counter!("leadloop_email_suppressed_total").increment(1);
+            } else {
+                kept.push(address.clone());
+            }
+        }
+        (kept, removed)
     }
 }
 
@@ -657,6 +690,77 @@ mod tests {
         assert!(parse_failpoints("").is_empty());
         // Unarmed in this process: a failpoint is a no-op.
         failpoint("relay.after_send");
+    }
+
+    /// Runs a [`RelayLoop`] over an empty store (nothing pending: idle waits are `max_idle`)
+    /// whose rounds answer as `script` says, then `Idle`; `drive` acts meanwhile. Returns
+    /// when each round started and when the loop and `drive` had both ended, from the start,
+    /// in milliseconds of paused time.
+    async fn scripted_loop<D: std::future::Future<Output = ()>>(
+        script: Vec<Result<Round, EngineError>>,
+        max_idle: Duration,
+        drive: impl FnOnce(Arc<Notify>, CancellationToken) -> D,
+    ) -> (Vec<u64>, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(dir.path())).expect("open");
+        let clock = leadloop_core::VirtualClock::new("2026-03-02T14:00:00Z".parse().expect("instant"));
+        let (wake, shutdown) = (Arc::new(Notify::new()), CancellationToken::new());
+        let relay = RelayLoop {
+            name: "test",
+            store: store.as_ref(),
+            clock: &clock,
+            channel: Channel::Email,
+            wake: Some(&wake),
+        };
+        let started = tokio::time::Instant::now();
+        let rounds = Mutex::new(Vec::new());
+        let since = move || (tokio::time::Instant::now() - started).as_millis() as u64;
+        let script = Mutex::new(std::collections::VecDeque::from(script));
+        let looping = relay.run(&shutdown, max_idle, || {
+            rounds.lock().expect("lock").push(since());
+            let answer = script.lock().expect("lock").pop_front().unwrap_or(Ok(Round::Idle));
+            async move { answer }
+        });
+        let stopped = tokio::time::timeout(Duration::from_secs(24 * 3600), async {
+            tokio::join!(looping, drive(Arc::clone(&wake), shutdown.clone()))
+        })
+        .await;
+        assert!(stopped.is_ok(), "the loop did not stop on shutdown");
+        (rounds.into_inner().expect("lock"), since())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_loop_paces_rounds_by_how_they_went_and_wakes_when_notified() {
+        let max_idle = Duration::from_secs(60);
+        let failed = Err(EngineError::Store(leadloop_store::StoreError::Closed));
+        let script = vec![Ok(Round::Progress), Ok(Round::Progress), Ok(Round::Throttled), failed];
+        let (rounds, ended) = scripted_loop(script, max_idle, |wake, shutdown| async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            shutdown.cancel();
+        })
+        .await;
+        // Progress: again at once; throttled: 100 ms; failed: 1 s; idle: max_idle, unless
+        // woken (at 100 s). Shut down at 110 s, in the middle of a sleep: stopped at once.
+        assert_eq!(rounds, [0, 0, 0, 100, 1_100, 61_100, 100_000]);
+        assert_eq!(ended, 110_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_loop_woken_and_shut_down_at_once_starts_no_round() {
+        // Repeated: a loop that lets chance pick between the two passes half the time.
+        for _ in 0..12 {
+            let (rounds, ended) =
+                scripted_loop(vec![], Duration::from_secs(60), |wake, shutdown| async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    wake.notify_one();
+                    shutdown.cancel();
+                })
+                .await;
+            assert_eq!((rounds, ended), (vec![0], 5_000));
+        }
     }
 
     #[test]

@@ -79,12 +79,27 @@ pub async fn import(store: &dyn Store, path: &Path) -> Result<ExportSummary> {
         ));
     }
     let file = File::open(path).map_err(|e| backup_err(path, e))?;
-    let mut lines = BufReader::new(file).lines().skip(1);
+    let mut lines = BufReader::new(file).lines();
+    let header: Header = match lines.next() {
+        Some(Ok(line)) => {
+            serde_json::from_str(&line).map_err(|e| backup_err(path, format!("line 1: {e}")))?
+        }
+        _ => return Err(backup_err(path, "line 1: no header")),
+    };
     let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
     for (index, line) in (&mut lines).take(summary.records as usize).enumerate() {
         let line = line.map_err(|e| backup_err(path, e))?;
         let record: Record =
             serde_json::from_str(&line).map_err(|e| backup_err(path, format!("line {}: {e}", index + 2)))?;
+        // An export from schema 1 is read as the schema-1 store would be migrated.
+        if header.schema < 2 {
+            if crate::migrate::v1_record_dropped(&record) {
+                continue;
+            }
+            if let Some(seen) = crate::migrate::v1_seen_from(&record) {
+                chunk.push(seen);
+            }
+        }
         chunk.push(record);
         if chunk.len() == IMPORT_CHUNK {
             store.load(std::mem::take(&mut chunk)).await?;

@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! M schema                      → u32 BE             schema version
-//! L <lead id>                   → LeadRecord (JSON)
+//! L <lead id>                   → LeadRecord         without its scored activities
+//! A <lead id>                   → [ScoredActivity]   the lead's scored activities (absent if none)
+//! h <lead id>                   → person id          open hand-off index: the running hand-off's owner
+//! X <len u16><lead id><key>     → ()                 activities already taken in, by source key
 //! P <person id>                 → Person
 //! H <len u16><lead id><seq u64> → HistoryEvent       append-only, seq per lead
 //! T <due u64><timer key>        → Timer              time-ordered index
@@ -13,18 +16,25 @@
 //! W <next attempt u64><seq><key> → ()                ready index of pending CRM write-backs
 //! K <next attempt u64><seq><key> → ()                ready index of pending calendar holds
 //! M outbox_seq                  → u64 BE             last queue-order number given out
+//! M pending <ready tag>         → u64 BE             pending entries of that channel (a counter)
+//! M stage <stage>               → u64 BE             leads in that stage (a counter)
+//! M load <person id>            → u64 BE             open hand-offs the person owns (a counter)
 //! C <cursor name>               → cursor value
 //! S <lowercased address>        → Suppression        opted out or hard-bounced
 //! B <len u16><bucket><key>      → JSON value         digest and summary items
 //! ```
-//! Integers are big-endian so byte order is numeric order; instants are milliseconds since the
-//! epoch offset by 2^63 so that instants before 1970 still sort.
+//! Values are encoded by `codec` (a format tag, then MessagePack; schema 1's untagged JSON is
+//! still read). Integers are big-endian so byte order is numeric order; instants are
+//! milliseconds since the epoch offset by 2^63 so that instants before 1970 still sort.
 
 use leadloop_core::Timestamp;
 
 pub const SCHEMA: &[u8] = b"Mschema";
 pub const OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
 pub const LEAD: u8 = b'L';
+pub const SCORED: u8 = b'A';
+pub const OPEN_HANDOFF: u8 = b'h';
+pub const SEEN: u8 = b'X';
 pub const PERSON: u8 = b'P';
 pub const HISTORY: u8 = b'H';
 pub const TIMER: u8 = b'T';
@@ -35,6 +45,54 @@ pub const READY_CRM: u8 = b'W';
 pub const READY_CALENDAR: u8 = b'K';
 pub const SUPPRESSION: u8 = b'S';
 pub const ITEM: u8 = b'B';
+
+/// `M pending <tag>`: the counter of pending outbox entries of one channel.
+pub fn pending_counter(tag: u8) -> Vec<u8> {
+    let mut key = b"Mpending ".to_vec();
+    key.push(tag);
+    key
+}
+
+/// The prefix of the per-stage lead counters.
+pub const STAGE_COUNTER_PREFIX: &[u8] = b"Mstage ";
+
+/// `M stage <stage>`: the counter of leads in one stage.
+pub fn stage_counter(stage: leadloop_core::Stage) -> Vec<u8> {
+    let mut key = STAGE_COUNTER_PREFIX.to_vec();
+    key.extend_from_slice(stage.as_str().as_bytes());
+    key
+}
+
+/// The prefix of the per-owner open hand-off counters.
+pub const LOAD_COUNTER_PREFIX: &[u8] = b"Mload ";
+
+/// `M load <person>`: the counter of open hand-offs one person owns.
+pub fn load_counter(person: &str) -> Vec<u8> {
+    let mut key = LOAD_COUNTER_PREFIX.to_vec();
+    key.extend_from_slice(person.as_bytes());
+    key
+}
+
+/// `X <len><lead>`: the prefix of one lead's seen activities.
+pub fn seen_prefix(lead: &str) -> Vec<u8> {
+    let len = u16::try_from(lead.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(3 + lead.len());
+    key.push(SEEN);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(lead.as_bytes());
+    key
+}
+
+pub fn seen(lead: &str, source_key: &str) -> Vec<u8> {
+    let mut key = seen_prefix(lead);
+    key.extend_from_slice(source_key.as_bytes());
+    key
+}
+
+/// Splits a seen key into (lead, source key); the same shape as an item key.
+pub fn parse_seen(raw: &[u8]) -> Option<(String, String)> {
+    parse_item(raw)
+}
 
 /// `B <len><bucket>`: the prefix of one bucket's items.
 pub fn bucket_prefix(bucket: &str) -> Vec<u8> {

@@ -2,25 +2,33 @@
 //! effects, sync cursors. The [`Store`] trait is engine-neutral; [`SledStore`] is the default
 //! engine and the only code in the workspace that knows sled.
 //!
-//! Two promises hold for every engine, and the [`conformance`] suite checks them:
+//! Three promises hold for every engine, and the [`conformance`] suite checks them:
 //! - a [`Batch`] is applied atomically: a lead, its history, its timers and its outbox entries
 //!   change together or not at all;
+//! - a lead write names the version it was decided on ([`Expect`]); if the stored lead moved
+//!   on meanwhile the whole batch is refused with [`StoreError::Conflict`] and the caller
+//!   decides again from fresh state, so two writers (two replicas) never overwrite each other;
 //! - [`Store::commit`] returns only once the batch is durable. Concurrent commits share one
 //!   flush (group commit), so durability does not cost one fsync per write.
+//!
+//! The queries the engine needs on its hot paths are methods backed by maintained indexes or
+//! counters (open hand-offs, activities seen, outbox depth), never a scan of every lead.
 
 mod backup;
+mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod keys;
 mod lock;
+mod migrate;
 mod sled_store;
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use leadloop_core::{
-    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Suppression,
-    Timer, TimerKey, Timestamp,
+    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Stage,
+    Suppression, Timer, TimerKey, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +36,13 @@ pub use backup::{ExportSummary, export, import};
 pub use sled_store::{SledConfig, SledStore};
 
 /// The schema version this build writes. Older stores are migrated on open.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 1: JSON values, the whole lead record under one key, the open hand-off index kept by the
+///   engine as a bucket.
+/// - 2: versioned binary values (MessagePack behind a format tag), a lead's scored activities
+///   under their own key, store-maintained indexes of open hand-offs and seen activities, and
+///   outbox depth counters.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +64,10 @@ pub enum StoreError {
         "state in {path} has schema version {found}, newer than this leadloop understands ({supported}); run a newer leadloop"
     )]
     TooNew { path: PathBuf, found: u32, supported: u32 },
+    #[error(
+        "lead {lead} changed while it was being decided (expected {expected}, found {found}); decide again from fresh state"
+    )]
+    Conflict { lead: LeadId, expected: Expect, found: Found },
     #[error("{0}")]
     Backup(String),
     #[error("store is closed")]
@@ -58,12 +76,72 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What a lead write expects to find in the store: the state its decision was made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No record with this id (the decision created the lead).
+    Absent,
+    /// The record at exactly this version (the one the decision read).
+    Version(u64),
+    /// No check: whatever is stored is replaced (import, tools, benchmarks).
+    Any,
+}
+
+impl Expect {
+    /// The expectation for a write decided on `read` (what the decision read, if anything).
+    pub fn read(read: Option<&LeadRecord>) -> Self {
+        read.map_or(Expect::Absent, |record| Expect::Version(record.version))
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Absent => f.write_str("no record"),
+            Expect::Version(v) => write!(f, "version {v}"),
+            Expect::Any => f.write_str("any version"),
+        }
+    }
+}
+
+/// What a conflicting lead write found instead of what it expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    Absent,
+    Version(u64),
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Found::Absent => f.write_str("no record"),
+            Found::Version(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
 /// One change inside a [`Batch`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    PutLead(Box<LeadRecord>),
-    /// Removes the lead record; its history stays (append a `Deleted` event).
-    DeleteLead(LeadId),
+    /// Writes the lead if the stored one is as `expect` says; otherwise the whole batch is
+    /// refused with [`StoreError::Conflict`]. The record's `version` must be greater than the
+    /// expected one (the engine stamps it), so a later write can tell this one happened.
+    PutLead {
+        record: Box<LeadRecord>,
+        expect: Expect,
+    },
+    /// Removes the lead record (same check as `PutLead`); its history stays (append a
+    /// `Deleted` event).
+    DeleteLead {
+        id: LeadId,
+        expect: Expect,
+    },
+    /// Records that an activity from a source (by the source's own key, e.g. a CRM task's id
+    /// and stamp) was taken in for the lead, so a re-read of it is recognised.
+    MarkSeen {
+        lead: LeadId,
+        key: String,
+    },
     /// Appends to the lead's history; the store assigns the next sequence number.
     AppendHistory(LeadId, HistoryEvent),
     PutPerson(Person),
@@ -125,8 +203,22 @@ impl Batch {
         self
     }
 
+    /// Writes `lead` without a version check (import, tools, benchmarks, tests).
     pub fn put_lead(&mut self, lead: LeadRecord) -> &mut Self {
-        self.push(Op::PutLead(Box::new(lead)))
+        self.push(Op::PutLead { record: Box::new(lead), expect: Expect::Any })
+    }
+
+    /// Writes `lead`, decided on the stored state `expect` describes.
+    pub fn put_lead_expecting(&mut self, lead: LeadRecord, expect: Expect) -> &mut Self {
+        self.push(Op::PutLead { record: Box::new(lead), expect })
+    }
+
+    pub fn delete_lead(&mut self, id: LeadId, expect: Expect) -> &mut Self {
+        self.push(Op::DeleteLead { id, expect })
+    }
+
+    pub fn mark_seen(&mut self, lead: LeadId, key: impl Into<String>) -> &mut Self {
+        self.push(Op::MarkSeen { lead, key: key.into() })
     }
 
     pub fn append_history(&mut self, lead: LeadId, event: HistoryEvent) -> &mut Self {
@@ -184,14 +276,40 @@ pub struct Committed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Record {
-    Lead { v: Box<LeadRecord> },
-    Person { v: Person },
-    History { lead: LeadId, seq: u64, v: HistoryEvent },
-    Timer { v: Timer },
-    Outbox { v: OutboxEntry },
-    Cursor { name: String, value: String },
-    Suppression { v: Suppression },
-    Item { bucket: String, key: String, v: serde_json::Value },
+    Lead {
+        v: Box<LeadRecord>,
+    },
+    Person {
+        v: Person,
+    },
+    History {
+        lead: LeadId,
+        seq: u64,
+        v: HistoryEvent,
+    },
+    Timer {
+        v: Timer,
+    },
+    Outbox {
+        v: OutboxEntry,
+    },
+    Cursor {
+        name: String,
+        value: String,
+    },
+    Suppression {
+        v: Suppression,
+    },
+    Item {
+        bucket: String,
+        key: String,
+        v: serde_json::Value,
+    },
+    /// An activity already taken in for a lead (schema 2; see [`Op::MarkSeen`]).
+    Seen {
+        lead: LeadId,
+        key: String,
+    },
 }
 
 /// Sizes for metrics and `status`.
@@ -200,6 +318,9 @@ pub struct Stats {
     pub size_on_disk: u64,
     pub commits: u64,
     pub flushes: u64,
+    /// Records read by queries since the store was opened: what the conformance suite counts
+    /// to check that a query costs what it returns, not what the store holds.
+    pub records_read: u64,
 }
 
 /// Every lead, a page at a time, in id order: `while let Some(page) = pages.next().await? {…}`.
@@ -250,6 +371,8 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, batch: Batch) -> Result<Committed>;
 
     async fn lead(&self, id: &LeadId) -> Result<Option<LeadRecord>>;
+    /// Many leads in one call, in the order asked (`None` for an id not stored).
+    async fn leads_by_id(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadRecord>>>;
     /// Leads in id order, after `after`, at most `limit`.
     async fn leads(&self, after: Option<&LeadId>, limit: usize) -> Result<Vec<LeadRecord>>;
     async fn person(&self, id: &PersonId) -> Result<Option<Person>>;
@@ -267,10 +390,25 @@ pub trait Store: Send + Sync + 'static {
     /// Pending entries of `channel` whose next attempt is at or before `now`, earliest first.
     async fn outbox_ready(&self, channel: Channel, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>>;
     /// How many entries of `channel` are pending, and the earliest next attempt among them.
+    /// A maintained counter and one index seek, whatever the outbox holds.
     async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)>;
 
     /// The suppression entry for `address` (compared case-insensitively), if any.
     async fn suppression(&self, address: &str) -> Result<Option<Suppression>>;
+    /// Many suppression checks in one call, in the order asked.
+    async fn suppressions(&self, addresses: &[String]) -> Result<Vec<Option<Suppression>>>;
+
+    /// Every open hand-off as (lead, owner): the leads whose record holds a running hand-off.
+    /// A maintained index, kept in the same batch as the lead; costs what is open.
+    async fn open_handoffs(&self) -> Result<Vec<(LeadId, PersonId)>>;
+    /// Open hand-offs per owner (owners with none are left out): maintained counters, so a
+    /// restart learns routing's load without reading what is open.
+    async fn open_handoffs_per_owner(&self) -> Result<Vec<(PersonId, u64)>>;
+    /// Which of these (lead, source key) activities were already taken in ([`Op::MarkSeen`]).
+    async fn seen(&self, keys: &[(LeadId, String)]) -> Result<Vec<bool>>;
+    /// How many leads are in each stage now (every stage, zeros included): maintained
+    /// counters, kept in the same batch as the leads.
+    async fn leads_per_stage(&self) -> Result<Vec<(Stage, u64)>>;
 
     async fn cursor(&self, name: &str) -> Result<Option<String>>;
 

@@ -14,15 +14,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use leadloop_core::{
-    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Suppression,
-    Timer, TimerKey, Timestamp,
+    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Stage,
+    Suppression, Timer, TimerKey, Timestamp,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::keys;
 use crate::lock::DirLock;
-use crate::{Batch, Committed, Op, Record, Result, SCHEMA_VERSION, Stats, Store, StoreError};
+use crate::{Batch, Committed, Expect, Found, Op, Record, Result, SCHEMA_VERSION, Stats, Store, StoreError};
+use crate::{codec, keys, migrate};
 
 /// Settings for the sled engine.
 #[derive(Debug, Clone)]
@@ -40,10 +40,22 @@ impl SledConfig {
     }
 }
 
-/// Migrations, in order: `MIGRATIONS[i]` takes a store from version `i + 1` to `i + 2`.
-type Migration = fn(&sled::Tree) -> sled::Result<()>;
-const MIGRATIONS: &[Migration] = &[];
+/// Migrations, in order: `MIGRATIONS[i]` takes a store from version `i + 1` to `i + 2`. Each
+/// must be safe to run again after a crash part-way (the schema marker moves only after it
+/// finished and was flushed).
+type Migration = fn(&sled::Tree) -> Result<(), migrate::MigrationError>;
+const MIGRATIONS: &[Migration] = &[migrate::v1_to_v2];
 
+/// What a lead write checks and maintains, per lead.
+#[derive(Debug, Clone)]
+struct LeadMeta {
+    version: u64,
+    stage: Stage,
+    /// The owner of the running hand-off, if any (the open hand-off index).
+    owner: Option<String>,
+    /// The scored activities as stored (encoded), if any.
+    scored: Option<Vec<u8>>,
+}
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
@@ -58,6 +70,15 @@ pub struct SledStore {
     flushes: AtomicU64,
     /// The last queue-order number given to an outbox entry.
     outbox_seq: AtomicU64,
+    /// Pending outbox entries per channel (`Channel::ALL` order), mirrored from the counters
+    /// kept in the store with each batch.
+    pending: [AtomicU64; 3],
+    /// Records read by queries (see [`Stats::records_read`]).
+    reads: AtomicU64,
+    /// Leads per stage, mirrored from the counters kept in the store with each batch.
+    stages: Mutex<HashMap<Stage, u64>>,
+    /// Open hand-offs per owner, mirrored from the counters kept in the store.
+    loads: Mutex<HashMap<String, u64>>,
     _lock: DirLock,
 }
 
@@ -103,19 +124,75 @@ impl SledStore {
             flush_lock: tokio::sync::Mutex::new(()),
             flushes: AtomicU64::new(0),
             outbox_seq: AtomicU64::new(0),
+            pending: Default::default(),
+            reads: AtomicU64::new(0),
+            stages: Mutex::default(),
+            loads: Mutex::default(),
             _lock: lock,
         };
         store.migrate()?;
-        if let Some(raw) = store.tree.get(keys::OUTBOX_SEQ).map_err(|e| store.err(e))? {
-            let bytes: [u8; 8] =
-                raw.as_ref().try_into().map_err(|_| corrupt(keys::OUTBOX_SEQ, "expected 8 bytes"))?;
-            store.outbox_seq.store(u64::from_be_bytes(bytes), Ordering::SeqCst);
+        store.outbox_seq.store(store.read_u64(keys::OUTBOX_SEQ)?.unwrap_or(0), Ordering::SeqCst);
+        for (i, channel) in Channel::ALL.into_iter().enumerate() {
+            let count = store.read_u64(&keys::pending_counter(keys::ready(channel)))?.unwrap_or(0);
+            store.pending[i].store(count, Ordering::SeqCst);
+        }
+        {
+            let mut loads = store.loads.lock().unwrap_or_else(|p| p.into_inner());
+            for item in store.tree.scan_prefix(keys::LOAD_COUNTER_PREFIX) {
+                let (key, value) = item.map_err(|e| store.err(e))?;
+                let person = std::str::from_utf8(&key[keys::LOAD_COUNTER_PREFIX.len()..])
+                    .map_err(|_| corrupt(&key, "person id is not UTF-8"))?;
+                let bytes: [u8; 8] =
+                    value.as_ref().try_into().map_err(|_| corrupt(&key, "expected 8 bytes"))?;
+                loads.insert(person.to_owned(), u64::from_be_bytes(bytes));
+            }
+        }
+        {
+            let mut stages = store.stages.lock().unwrap_or_else(|p| p.into_inner());
+            for stage in Stage::ALL {
+                stages.insert(stage, store.read_u64(&keys::stage_counter(stage))?.unwrap_or(0));
+            }
         }
         Ok(Arc::new(store))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn read_u64(&self, key: &[u8]) -> Result<Option<u64>> {
+        match self.tree.get(key).map_err(|e| self.err(e))? {
+            Some(raw) => {
+                let bytes: [u8; 8] = raw.as_ref().try_into().map_err(|_| corrupt(key, "expected 8 bytes"))?;
+                Ok(Some(u64::from_be_bytes(bytes)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn count_reads(&self, n: usize) {
+        self.reads.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A lead as stored: its record with its scored activities put back.
+    fn read_lead(&self, id: &str, raw: &[u8]) -> Result<LeadRecord> {
+        let key = keys::simple(keys::LEAD, id);
+        let mut record: LeadRecord = decode(&key, raw)?;
+        let scored_key = keys::simple(keys::SCORED, id);
+        if let Some(scored) = self.tree.get(&scored_key).map_err(|e| self.err(e))? {
+            record.scored = decode(&scored_key, &scored)?;
+        }
+        Ok(record)
+    }
+
+    fn lead_by_id(&self, id: &str) -> Result<Option<LeadRecord>> {
+        match self.tree.get(keys::simple(keys::LEAD, id)).map_err(|e| self.err(e))? {
+            Some(raw) => {
+                self.count_reads(1);
+                self.read_lead(id, &raw).map(Some)
+            }
+            None => Ok(None),
+        }
     }
 
     fn migrate(&self) -> Result<()> {
@@ -146,7 +223,10 @@ impl SledStore {
             let index = (version - 1) as usize;
             if let Some(migration) = MIGRATIONS.get(index) {
                 tracing::info!(from = version, to = version + 1, "migrating state");
-                migration(&self.tree).map_err(|e| self.err(e))?;
+                migration(&self.tree).map_err(|e| match e {
+                    migrate::MigrationError::Sled(e) => self.err(e),
+                    migrate::MigrationError::Corrupt { key, message } => corrupt(&key, &message),
+                })?;
             }
             self.tree.insert(keys::SCHEMA, &(version + 1).to_be_bytes()).map_err(|e| self.err(e))?;
             self.tree.flush().map_err(|e| self.err(e))?;
@@ -176,6 +256,7 @@ impl SledStore {
     }
 
     /// Builds and applies one sled batch under the writer lock. Returns the write's number.
+    /// Nothing is applied if any lead write finds another version than it expects.
     fn apply(&self, batch: Batch) -> Result<(u64, Committed)> {
         let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut sled_batch = sled::Batch::default();
@@ -184,23 +265,93 @@ impl SledStore {
         let mut next_seq: HashMap<String, u64> = HashMap::new();
         let mut timer_due: HashMap<String, Option<Vec<u8>>> = HashMap::new();
         let mut outbox_seen: HashMap<String, Option<OutboxEntry>> = HashMap::new();
+        let mut leads: HashMap<String, Option<LeadMeta>> = HashMap::new();
+        let mut pending_delta = [0i64; 3];
+        let mut stage_delta: HashMap<Stage, i64> = HashMap::new();
+        let mut load_delta: HashMap<String, i64> = HashMap::new();
+        let mut last_seq = None;
 
         for op in batch.ops {
             match op {
-                Op::PutLead(record) => {
-                    sled_batch.insert(keys::simple(keys::LEAD, record.lead.id.as_str()), encode(&record)?);
+                Op::PutLead { record, expect } => {
+                    let mut record = *record;
+                    let id = record.lead.id.as_str().to_owned();
+                    let current = self.lead_meta(&id, &leads)?;
+                    check(&record.lead.id, expect, current.as_ref())?;
+                    if let (Expect::Version(v), true) = (expect, record.version <= expect_version(expect)) {
+                        return Err(StoreError::Engine {
+                            path: self.dir.clone(),
+                            message: format!(
+                                "a write of lead {id} decided on version {v} must carry a newer version, not {}",
+                                record.version
+                            ),
+                        });
+                    }
+                    let scored = std::mem::take(&mut record.scored);
+                    let scored = if scored.is_empty() { None } else { Some(codec_encode(&scored)?) };
+                    sled_batch.insert(keys::simple(keys::LEAD, &id), codec_encode(&record)?);
+                    let old_scored = current.as_ref().and_then(|meta| meta.scored.clone());
+                    if scored != old_scored {
+                        match &scored {
+                            Some(raw) => sled_batch.insert(keys::simple(keys::SCORED, &id), raw.clone()),
+                            None => sled_batch.remove(keys::simple(keys::SCORED, &id)),
+                        }
+                    }
+                    let owner = record.handoff.as_ref().map(|h| h.owner.as_str().to_owned());
+                    let old_owner = current.as_ref().and_then(|meta| meta.owner.clone());
+                    if owner != old_owner {
+                        if let Some(old) = old_owner {
+                            *load_delta.entry(old).or_default() -= 1;
+                        }
+                        if let Some(new) = &owner {
+                            *load_delta.entry(new.clone()).or_default() += 1;
+                        }
+                        match &owner {
+                            Some(owner) => {
+                                sled_batch.insert(keys::simple(keys::OPEN_HANDOFF, &id), owner.as_bytes())
+                            }
+                            None => sled_batch.remove(keys::simple(keys::OPEN_HANDOFF, &id)),
+                        }
+                    }
+                    if current.as_ref().map(|meta| meta.stage) != Some(record.stage) {
+                        if let Some(old) = &current {
+                            *stage_delta.entry(old.stage).or_default() -= 1;
+                        }
+                        *stage_delta.entry(record.stage).or_default() += 1;
+                    }
+                    leads.insert(
+                        id,
+                        Some(LeadMeta { version: record.version, stage: record.stage, owner, scored }),
+                    );
                 }
-                Op::DeleteLead(id) => sled_batch.remove(keys::simple(keys::LEAD, id.as_str())),
+                Op::DeleteLead { id, expect } => {
+                    let key = id.as_str().to_owned();
+                    let current = self.lead_meta(&key, &leads)?;
+                    check(&id, expect, current.as_ref())?;
+                    if let Some(old) = &current {
+                        *stage_delta.entry(old.stage).or_default() -= 1;
+                        if let Some(owner) = &old.owner {
+                            *load_delta.entry(owner.clone()).or_default() -= 1;
+                        }
+                    }
+                    sled_batch.remove(keys::simple(keys::LEAD, &key));
+                    sled_batch.remove(keys::simple(keys::SCORED, &key));
+                    sled_batch.remove(keys::simple(keys::OPEN_HANDOFF, &key));
+                    leads.insert(key, None);
+                }
+                Op::MarkSeen { lead, key } => {
+                    sled_batch.insert(keys::seen(lead.as_str(), &key), &[][..]);
+                }
                 Op::AppendHistory(lead, event) => {
                     let seq = match next_seq.get(lead.as_str()) {
                         Some(seq) => *seq,
                         None => self.last_history_seq(lead.as_str())?.map_or(1, |s| s + 1),
                     };
                     next_seq.insert(lead.0.clone(), seq + 1);
-                    sled_batch.insert(keys::history(lead.as_str(), seq), encode(&event)?);
+                    sled_batch.insert(keys::history(lead.as_str(), seq), codec_encode(&event)?);
                 }
                 Op::PutPerson(person) => {
-                    sled_batch.insert(keys::simple(keys::PERSON, person.id.as_str()), encode(&person)?);
+                    sled_batch.insert(keys::simple(keys::PERSON, person.id.as_str()), codec_encode(&person)?);
                 }
                 Op::DeletePerson(id) => sled_batch.remove(keys::simple(keys::PERSON, id.as_str())),
                 Op::SetTimer(timer) => self.set_timer(&mut sled_batch, &mut timer_due, &timer, false)?,
@@ -222,9 +373,9 @@ impl SledStore {
                         continue;
                     }
                     let seq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    last_seq = Some(seq);
                     let entry = OutboxEntry { seq, ..entry };
-                    sled_batch.insert(keys::OUTBOX_SEQ, &seq.to_be_bytes());
-                    self.write_outbox(&mut sled_batch, None, &entry)?;
+                    self.write_outbox(&mut sled_batch, &mut pending_delta, None, &entry)?;
                     committed.enqueued.push(entry.key.clone());
                     outbox_seen.insert(key, Some(entry));
                 }
@@ -237,19 +388,19 @@ impl SledStore {
                     {
                         entry.seq = old.seq;
                     }
-                    self.write_outbox(&mut sled_batch, old.as_ref(), &entry)?;
+                    self.write_outbox(&mut sled_batch, &mut pending_delta, old.as_ref(), &entry)?;
                     outbox_seen.insert(key, Some(entry));
                 }
                 Op::Suppress(entry) => {
                     let address = entry.address.to_lowercase();
                     let entry = Suppression { address: address.clone(), ..entry };
-                    sled_batch.insert(keys::simple(keys::SUPPRESSION, &address), encode(&entry)?);
+                    sled_batch.insert(keys::simple(keys::SUPPRESSION, &address), codec_encode(&entry)?);
                 }
                 Op::Unsuppress(address) => {
                     sled_batch.remove(keys::simple(keys::SUPPRESSION, &address.to_lowercase()));
                 }
                 Op::PutItem { bucket, key, value } => {
-                    sled_batch.insert(keys::item(&bucket, &key), encode(&value)?);
+                    sled_batch.insert(keys::item(&bucket, &key), codec_encode(&value)?);
                 }
                 Op::DeleteItem { bucket, key } => sled_batch.remove(keys::item(&bucket, &key)),
                 Op::SetCursor { name, value } => {
@@ -257,9 +408,68 @@ impl SledStore {
                 }
             }
         }
+        if let Some(seq) = last_seq {
+            sled_batch.insert(keys::OUTBOX_SEQ, &seq.to_be_bytes());
+        }
+        let mut counts = [0u64; 3];
+        for (i, channel) in Channel::ALL.into_iter().enumerate() {
+            counts[i] = (self.pending[i].load(Ordering::SeqCst) as i64 + pending_delta[i]).max(0) as u64;
+            if pending_delta[i] != 0 {
+                sled_batch.insert(keys::pending_counter(keys::ready(channel)), &counts[i].to_be_bytes());
+            }
+        }
+        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stage_counts = Vec::new();
+        for (stage, delta) in stage_delta.into_iter().filter(|(_, d)| *d != 0) {
+            let count = (stages.get(&stage).copied().unwrap_or(0) as i64 + delta).max(0) as u64;
+            sled_batch.insert(keys::stage_counter(stage), &count.to_be_bytes());
+            stage_counts.push((stage, count));
+        }
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut load_counts = Vec::new();
+        for (owner, delta) in load_delta.into_iter().filter(|(_, d)| *d != 0) {
+            let count = (loads.get(&owner).copied().unwrap_or(0) as i64 + delta).max(0) as u64;
+            if count == 0 {
+                sled_batch.remove(keys::load_counter(&owner));
+            } else {
+                sled_batch.insert(keys::load_counter(&owner), &count.to_be_bytes());
+            }
+            load_counts.push((owner, count));
+        }
         self.tree.apply_batch(sled_batch).map_err(|e| self.err(e))?;
+        for (i, count) in counts.into_iter().enumerate() {
+            self.pending[i].store(count, Ordering::SeqCst);
+        }
+        stages.extend(stage_counts);
+        drop(stages);
+        for (owner, count) in load_counts {
+            if count == 0 {
+                loads.remove(&owner);
+            } else {
+                loads.insert(owner, count);
+            }
+        }
+        drop(loads);
         let seq = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         Ok((seq, committed))
+    }
+
+    /// What a lead write must know of the stored lead: its version, its open hand-off's owner
+    /// (for the index) and its scored activities as stored (written again only if changed).
+    fn lead_meta(&self, id: &str, pending: &HashMap<String, Option<LeadMeta>>) -> Result<Option<LeadMeta>> {
+        if let Some(meta) = pending.get(id) {
+            return Ok(meta.clone());
+        }
+        let Some(record) = self.get::<LeadRecord>(&keys::simple(keys::LEAD, id))? else {
+            return Ok(None);
+        };
+        let scored = self.tree.get(keys::simple(keys::SCORED, id)).map_err(|e| self.err(e))?;
+        Ok(Some(LeadMeta {
+            version: record.version,
+            stage: record.stage,
+            owner: record.handoff.as_ref().map(|h| h.owner.as_str().to_owned()),
+            scored: scored.map(|raw| raw.to_vec()),
+        }))
     }
 
     /// Sets (or moves) a timer; with `earliest`, an existing earlier timer is kept.
@@ -278,7 +488,7 @@ impl SledStore {
             }
             batch.remove(ordered_raw(keys::TIMER, &old, &key));
         }
-        batch.insert(ordered_raw(keys::TIMER, &due, &key), encode(timer)?);
+        batch.insert(ordered_raw(keys::TIMER, &due, &key), codec_encode(timer)?);
         batch.insert(keys::simple(keys::TIMER_BY_KEY, &key), &due[..]);
         pending.insert(key, Some(due.to_vec()));
         Ok(())
@@ -325,6 +535,7 @@ impl SledStore {
     fn write_outbox(
         &self,
         batch: &mut sled::Batch,
+        pending_delta: &mut [i64; 3],
         old: Option<&OutboxEntry>,
         entry: &OutboxEntry,
     ) -> Result<()> {
@@ -336,14 +547,16 @@ impl SledStore {
                 old.seq,
                 key,
             ));
+            pending_delta[channel_index(old.effect.channel())] -= 1;
         }
         if entry.state.is_pending() {
             batch.insert(
                 keys::ready_key(keys::ready(entry.effect.channel()), entry.next_attempt_at, entry.seq, key),
                 &[][..],
             );
+            pending_delta[channel_index(entry.effect.channel())] += 1;
         }
-        batch.insert(keys::simple(keys::OUTBOX, key), encode(entry)?);
+        batch.insert(keys::simple(keys::OUTBOX, key), codec_encode(entry)?);
         Ok(())
     }
 
@@ -381,7 +594,11 @@ impl Store for SledStore {
     }
 
     async fn lead(&self, id: &LeadId) -> Result<Option<LeadRecord>> {
-        self.get(&keys::simple(keys::LEAD, id.as_str()))
+        self.lead_by_id(id.as_str())
+    }
+
+    async fn leads_by_id(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadRecord>>> {
+        ids.iter().map(|id| self.lead_by_id(id.as_str())).collect()
     }
 
     async fn leads(&self, after: Option<&LeadId>, limit: usize) -> Result<Vec<LeadRecord>> {
@@ -398,7 +615,9 @@ impl Store for SledStore {
             .take(limit)
             .map(|item| {
                 let (key, value) = item.map_err(|e| self.err(e))?;
-                decode(&key, &value)
+                self.count_reads(1);
+                let id = std::str::from_utf8(&key[1..]).map_err(|_| corrupt(&key, "lead id is not UTF-8"))?;
+                self.read_lead(id, &value)
             })
             .collect()
     }
@@ -408,7 +627,9 @@ impl Store for SledStore {
     }
 
     async fn people(&self) -> Result<Vec<Person>> {
-        self.scan_values(&[keys::PERSON])
+        let people: Vec<Person> = self.scan_values(&[keys::PERSON])?;
+        self.count_reads(people.len());
+        Ok(people)
     }
 
     async fn history(&self, id: &LeadId) -> Result<Vec<(u64, HistoryEvent)>> {
@@ -416,6 +637,7 @@ impl Store for SledStore {
             .scan_prefix(keys::history_prefix(id.as_str()))
             .map(|item| {
                 let (key, value) = item.map_err(|e| self.err(e))?;
+                self.count_reads(1);
                 let (_, seq) = keys::parse_history(&key).ok_or_else(|| corrupt(&key, "bad history key"))?;
                 Ok((seq, decode(&key, &value)?))
             })
@@ -437,6 +659,7 @@ impl Store for SledStore {
             .take(limit)
             .map(|item| {
                 let (key, value) = item.map_err(|e| self.err(e))?;
+                self.count_reads(1);
                 decode(&key, &value)
             })
             .collect()
@@ -465,7 +688,10 @@ impl Store for SledStore {
             let (key, _) = item.map_err(|e| self.err(e))?;
             let id = keys::ready_entry(&key).ok_or_else(|| corrupt(&key, "bad ready key"))?;
             match self.get::<OutboxEntry>(&keys::simple(keys::OUTBOX, id))? {
-                Some(entry) => ready.push(entry),
+                Some(entry) => {
+                    self.count_reads(1);
+                    ready.push(entry)
+                }
                 None => return Err(corrupt(&key, "ready index names a missing outbox entry")),
             }
         }
@@ -473,16 +699,14 @@ impl Store for SledStore {
     }
 
     async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)> {
-        let tag = keys::ready(channel);
-        let mut count = 0u64;
-        let mut earliest = None;
-        for item in self.tree.scan_prefix([tag]) {
-            let (key, _) = item.map_err(|e| self.err(e))?;
-            if earliest.is_none() {
-                earliest = keys::instant_from(&key[1..]);
+        let count = self.pending[channel_index(channel)].load(Ordering::SeqCst);
+        let earliest = match self.tree.scan_prefix([keys::ready(channel)]).next() {
+            Some(item) => {
+                let (key, _) = item.map_err(|e| self.err(e))?;
+                keys::instant_from(&key[1..])
             }
-            count += 1;
-        }
+            None => None,
+        };
         Ok((count, earliest))
     }
 
@@ -491,6 +715,7 @@ impl Store for SledStore {
             .scan_prefix(keys::bucket_prefix(bucket))
             .map(|item| {
                 let (key, value) = item.map_err(|e| self.err(e))?;
+                self.count_reads(1);
                 let (_, name) = keys::parse_item(&key).ok_or_else(|| corrupt(&key, "bad item key"))?;
                 Ok((name, decode(&key, &value)?))
             })
@@ -499,6 +724,45 @@ impl Store for SledStore {
 
     async fn suppression(&self, address: &str) -> Result<Option<Suppression>> {
         self.get(&keys::simple(keys::SUPPRESSION, &address.to_lowercase()))
+    }
+
+    async fn suppressions(&self, addresses: &[String]) -> Result<Vec<Option<Suppression>>> {
+        addresses.iter().map(|a| self.get(&keys::simple(keys::SUPPRESSION, &a.to_lowercase()))).collect()
+    }
+
+    async fn open_handoffs(&self) -> Result<Vec<(LeadId, PersonId)>> {
+        self.tree
+            .scan_prefix([keys::OPEN_HANDOFF])
+            .map(|item| {
+                let (key, value) = item.map_err(|e| self.err(e))?;
+                self.count_reads(1);
+                let lead =
+                    std::str::from_utf8(&key[1..]).map_err(|_| corrupt(&key, "lead id is not UTF-8"))?;
+                let owner = std::str::from_utf8(&value).map_err(|_| corrupt(&key, "owner is not UTF-8"))?;
+                Ok((LeadId::new(lead), PersonId::new(owner)))
+            })
+            .collect()
+    }
+
+    async fn open_handoffs_per_owner(&self) -> Result<Vec<(PersonId, u64)>> {
+        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(PersonId, u64)> =
+            loads.iter().map(|(owner, count)| (PersonId::new(owner.clone()), *count)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn leads_per_stage(&self) -> Result<Vec<(Stage, u64)>> {
+        let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Stage::ALL.into_iter().map(|stage| (stage, stages.get(&stage).copied().unwrap_or(0))).collect())
+    }
+
+    async fn seen(&self, keys: &[(LeadId, String)]) -> Result<Vec<bool>> {
+        keys.iter()
+            .map(|(lead, key)| {
+                self.tree.contains_key(keys::seen(lead.as_str(), key)).map_err(|e| self.err(e))
+            })
+            .collect()
     }
 
     async fn cursor(&self, name: &str) -> Result<Option<String>> {
@@ -514,7 +778,15 @@ impl Store for SledStore {
         for item in self.tree.iter() {
             let (key, value) = item.map_err(|e| self.err(e))?;
             let record = match key.first().copied() {
-                Some(keys::LEAD) => Record::Lead { v: decode(&key, &value)? },
+                Some(keys::LEAD) => {
+                    let id =
+                        std::str::from_utf8(&key[1..]).map_err(|_| corrupt(&key, "lead id is not UTF-8"))?;
+                    Record::Lead { v: Box::new(self.read_lead(id, &value)?) }
+                }
+                Some(keys::SEEN) => {
+                    let (lead, name) = keys::parse_seen(&key).ok_or_else(|| corrupt(&key, "bad seen key"))?;
+                    Record::Seen { lead: LeadId(lead), key: name }
+                }
                 Some(keys::PERSON) => Record::Person { v: decode(&key, &value)? },
                 Some(keys::HISTORY) => {
                     let (lead, seq) =
@@ -534,7 +806,8 @@ impl Store for SledStore {
                         keys::parse_item(&key).ok_or_else(|| corrupt(&key, "bad item key"))?;
                     Record::Item { bucket, key: name, v: decode(&key, &value)? }
                 }
-                // Derived indexes and the schema marker are rebuilt, not exported.
+                // Derived indexes (scored activities ride with their lead), counters and the
+                // schema marker are rebuilt, not exported.
                 _ => continue,
             };
             visit(record)?;
@@ -555,7 +828,10 @@ impl Store for SledStore {
                 }
                 // History keeps its exported sequence numbers.
                 Record::History { lead, seq, v } => {
-                    history.insert(keys::history(lead.as_str(), seq), encode(&v)?)
+                    history.insert(keys::history(lead.as_str(), seq), codec_encode(&v)?)
+                }
+                Record::Seen { lead, key } => {
+                    batch.mark_seen(lead, key);
                 }
                 Record::Timer { v } => {
                     batch.set_timer(v);
@@ -598,6 +874,7 @@ impl Store for SledStore {
             size_on_disk: self.db.size_on_disk().unwrap_or(0),
             commits: self.written.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
+            records_read: self.reads.load(Ordering::Relaxed),
         }
     }
 }
@@ -610,13 +887,38 @@ fn ordered_raw(tag: u8, due: &[u8], key: &str) -> Vec<u8> {
     raw
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value)
-        .map_err(|e| StoreError::Corrupt { key: String::new(), message: format!("cannot encode: {e}") })
+fn codec_encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    codec::encode(value).map_err(|e| StoreError::Corrupt { key: String::new(), message: e.to_string() })
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T> {
-    serde_json::from_slice(raw).map_err(|e| corrupt(key, &e.to_string()))
+    codec::decode(raw).map_err(|e| corrupt(key, &e.to_string()))
+}
+
+fn channel_index(channel: Channel) -> usize {
+    match channel {
+        Channel::Email => 0,
+        Channel::Crm => 1,
+        Channel::Calendar => 2,
+    }
+}
+
+fn expect_version(expect: Expect) -> u64 {
+    match expect {
+        Expect::Version(v) => v,
+        Expect::Absent | Expect::Any => 0,
+    }
+}
+
+/// Refuses a lead write whose decision was made on another state than the stored one.
+fn check(lead: &LeadId, expect: Expect, current: Option<&LeadMeta>) -> Result<()> {
+    let found = current.map_or(Found::Absent, |meta| Found::Version(meta.version));
+    let ok = match (expect, found) {
+        (Expect::Any, _) | (Expect::Absent, Found::Absent) => true,
+        (Expect::Version(v), Found::Version(f)) => v == f,
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(StoreError::Conflict { lead: lead.clone(), expected: expect, found }) }
 }
 
 fn corrupt(key: &[u8], message: &str) -> StoreError {

@@ -273,8 +273,26 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let events: Arc<Mutex<Vec<(LeadId, HistoryEvent)>>> = Arc::default();
     let observer_events = events.clone();
     let engine = Engine::new(store.clone(), clock.clone(), Arc::new(rules)).with_observer(Arc::new(
-        move |lead: &LeadId, event: &HistoryEvent| {
-            observer_events.lock().unwrap_or_else(|p| p.into_inner()).push((lead.clone(), event.clone()));
+        move |observed: leadloop_engine::Observed<'_>| {
+            let seen = match observed {
+                leadloop_engine::Observed::Event(lead, event) => (lead.clone(), event.clone()),
+                // The timeline counts queued emails as the queueing events schema 1 recorded.
+                leadloop_engine::Observed::Queued(entry) => match (&entry.effect, entry.effect.lead_id()) {
+                    (leadloop_core::Effect::Email { .. }, Some(lead)) => (
+                        lead.clone(),
+                        HistoryEvent::new(
+                            entry.created_at,
+                            leadloop_core::Actor::System,
+                            EventKind::EffectQueued {
+                                key: entry.key.clone(),
+                                effect: entry.effect.name().into(),
+                            },
+                        ),
+                    ),
+                    _ => return,
+                },
+            };
+            observer_events.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
         },
     ));
     let cx = leadloop_plugin::BuildContext {

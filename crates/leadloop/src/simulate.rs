@@ -274,7 +274,8 @@ async fn run(
     let observer = {
         let moves = Arc::clone(&moves);
         let clock = clock.clone();
-        Arc::new(move |lead: &LeadId, event: &leadloop_core::HistoryEvent| {
+        Arc::new(move |observed: leadloop_engine::Observed<'_>| {
+            let leadloop_engine::Observed::Event(lead, event) = observed else { return };
             let line = match &event.kind {
                 leadloop_core::EventKind::StageChanged { from, to, reason } => json!({
                     "at": clock.now(), "effect": "stage", "lead_id": lead, "from": from, "to": to, "reason": reason,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use leadloop_core::sla::{SlaConfig, SlaRules};
-use leadloop_core::{LeadId, OrgChart, Timestamp};
+use leadloop_core::{LeadId, LeadRecord, OrgChart, OutboxState, Timestamp};
 use leadloop_store::{SledStore, Store, StoreError};
 use serde_json::{Value, json};
 
@@ -63,16 +63,16 @@ pub async fn list(
     let chart = OrgChart::new(store.people().await?);
     let rules = SlaRules::new(sla.clone());
     let mut out = Vec::new();
-    let mut pages = leadloop_store::LeadPages::new(store);
-    while let Some(page) = pages.next().await? {
-        for record in &page {
-            if filter
-                .rep
-                .as_deref()
-                .is_some_and(|rep| record.handoff.as_ref().map(|h| h.owner.as_str()) != Some(rep))
-            {
-                continue;
-            }
+    // The store's index of open hand-offs, then those leads in pages: costs what is open.
+    let open: Vec<LeadId> = store
+        .open_handoffs()
+        .await?
+        .into_iter()
+        .filter(|(_, owner)| filter.rep.as_deref().is_none_or(|rep| owner.as_str() == rep))
+        .map(|(lead, _)| lead)
+        .collect();
+    for ids in open.chunks(leadloop_store::LeadPages::PAGE) {
+        for record in store.leads_by_id(ids).await?.iter().flatten() {
             if let Some(row) = describe(&rules, &chart, record, now)
                 && (!filter.overdue || row["overdue"] == Value::Bool(true))
             {
@@ -85,8 +85,9 @@ pub async fn list(
 }
 
 /// Counts open hand-offs and, per last step sent, those past their first reminder, into the
-/// `leadloop_sla_open_handoffs` and `leadloop_sla_overdue_handoffs{step}` gauges. A scan of
-/// the leads: the daemon runs it every few minutes, not per scrape.
+/// `leadloop_sla_open_handoffs` and `leadloop_sla_overdue_handoffs{step}` gauges, and leads
+/// per stage into `leadloop_funnel_leads{stage}`. Reads the open hand-offs and the store's
+/// per-stage counters, not every lead; the daemon runs it every few minutes, not per scrape.
 pub async fn gauge(store: &dyn Store, sla: &SlaConfig, now: Timestamp) -> Result<(), StoreError> {
     let rows = list(store, sla, now, &Filter::default()).await?;
     let mut by_step: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
@@ -101,16 +102,8 @@ pub async fn gauge(store: &dyn Store, sla: &SlaConfig, now: Timestamp) -> Result
     }
     metrics::gauge!("leadloop_sla_open_handoffs").set(rows.len() as f64);
     // Funnel inventory: leads per stage now.
-    let mut stages: std::collections::BTreeMap<&'static str, u64> =
-        leadloop_core::Stage::ALL.into_iter().map(|s| (s.as_str(), 0)).collect();
-    let mut pages = leadloop_store::LeadPages::new(store);
-    while let Some(page) = pages.next().await? {
-        for record in &page {
-            *stages.entry(record.stage.as_str()).or_default() += 1;
-        }
-    }
-    for (stage, count) in stages {
-        metrics::gauge!("leadloop_funnel_leads", "stage" => stage).set(count as f64);
+    for (stage, count) in store.leads_per_stage().await? {
+        metrics::gauge!("leadloop_funnel_leads", "stage" => stage.as_str()).set(count as f64);
     }
     for (step, count) in by_step {
         metrics::gauge!("leadloop_sla_overdue_handoffs", "step" => step).set(count as f64);
@@ -138,6 +131,7 @@ pub async fn show(
             value
         })
         .collect();
+    let emails = ladder_emails(store, sla, &record).await?;
     Ok(Some(json!({
         "lead_id": record.lead.id,
         "lead": record.lead.display_name(),
@@ -147,8 +141,53 @@ pub async fn show(
         "handoffs": record.handoffs,
         "open_handoff": describe(&SlaRules::new(sla.clone()), &chart, &record, now),
         "score": score_json(scoring, &record, now),
+        "emails": emails,
         "history": history,
     })))
+}
+
+/// The ladder's emails of every hand-off of the lead, as the outbox holds them (the outbox
+/// entry is the record of an effect: queued, sent, failed or dropped, and when). Steps of a
+/// hand-off that ended before reaching them have no entry and are left out.
+async fn ladder_emails(
+    store: &dyn Store,
+    sla: &SlaConfig,
+    record: &LeadRecord,
+) -> Result<Vec<Value>, StoreError> {
+    let default = leadloop_core::sla::default_policy();
+    let policy = record
+        .handoff
+        .as_ref()
+        .and_then(|h| sla.policies.iter().find(|p| p.name == h.policy))
+        .or_else(|| sla.policies.first())
+        .unwrap_or(&default);
+    let mut out = Vec::new();
+    for handoff in 1..=record.handoffs {
+        for step in &policy.steps {
+            // A key its parts cannot make was never queued.
+            let Ok(key) = leadloop_core::sla::step_key(record.lead.id.as_str(), handoff, &step.name) else {
+                continue;
+            };
+            let Some(entry) = store.outbox_entry(&key).await? else { continue };
+            let (state, at, reason) = match &entry.state {
+                OutboxState::Pending => ("queued", None, None),
+                OutboxState::Done { at } => ("sent", Some(*at), None),
+                OutboxState::Failed { at, reason } => ("failed", Some(*at), Some(reason.clone())),
+                OutboxState::Dropped { at, reason } => ("dropped", Some(*at), Some(reason.clone())),
+            };
+            out.push(json!({
+                "handoff": handoff,
+                "step": step.name,
+                "key": entry.key,
+                "state": state,
+                "queued_at": entry.created_at,
+                "at": at,
+                "attempts": entry.attempts,
+                "reason": reason,
+            }));
+        }
+    }
+    Ok(out)
 }
 
 /// The lead's score now, with the rules and activities behind it and the decay applied.
