@@ -108,6 +108,14 @@ fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
+/// A config as `leadloop run` reads it, from TOML text: every benchmark that runs the engine
+/// builds it with `leadloop::runtime`, the daemon's own composition root.
+fn config(text: &str) -> anyhow::Result<leadloop::config::Config> {
+    leadloop::config::load_str(std::path::Path::new("(benchmark config)"), text)
+        .map(|(config, _)| config)
+        .map_err(|errors| anyhow::anyhow!("the benchmark's config is invalid:\n{errors}"))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     match Bench::parse() {

@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
-use leadloop_core::nurture::{Enrolment, NurtureConfig, NurtureRules};
-use leadloop_core::rules::Rules;
-use leadloop_core::sla::{SlaConfig, SlaRules};
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions, engine_rules, open_store};
+use leadloop_core::nurture::Enrolment;
 use leadloop_core::{Lead, LeadRecord, Timer, TimerKind, VirtualClock};
-use leadloop_engine::Engine;
-use leadloop_store::{Batch, SledConfig, SledStore, Store};
+use leadloop_store::Batch;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(((sorted.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or_default()
@@ -33,26 +31,33 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
-    let config: NurtureConfig = serde_json::from_value(serde_json::json!({
-        "tracks": [{
-            "name": "long-term",
-            "steps": [
-                { "name": "1 month", "after": "1mo", "from": "enrolment", "template": "nurture_example",
-                  "links": { "guide": "https://www.example.com/guide" } },
-                { "name": "3 months", "after": "3mo", "from": "enrolment", "template": "nurture_example" },
-            ],
-        }],
-        "frequency_cap": { "max": 2, "per": "7days" },
-        "quiet_hours": { "start": "20:00", "end": "08:00", "weekends": true },
-    }))?;
-    let nurture = NurtureRules::new(config).map_err(|p| anyhow::anyhow!("bad track: {p:?}"))?;
-    let rules = Rules::new(
-        SlaRules::new(SlaConfig::default()),
-        Default::default(),
-        Default::default(),
-        Default::default(),
-    )
-    .with_nurture(nurture);
+    let config = crate::config(&format!(
+        r#"
+[store]
+cache_mb = {}
+
+[nurture]
+frequency_cap = {{ max = 2, per = "7days" }}
+quiet_hours = {{ start = "20:00", end = "08:00", weekends = true }}
+
+[[nurture.tracks]]
+name = "long-term"
+[[nurture.tracks.steps]]
+name = "1 month"
+after = "1mo"
+from = "enrolment"
+template = "nurture_example"
+links = {{ guide = "https://www.example.com/guide" }}
+[[nurture.tracks.steps]]
+name = "3 months"
+after = "3mo"
+from = "enrolment"
+template = "nurture_example"
+"#,
+        args.cache_mb
+    ))?;
+    // The daemon's rules for this config, as the runtime below runs them.
+    let (rules, _) = engine_rules(&config).map_err(|e| anyhow::anyhow!(e))?;
     let due_at: leadloop_core::Timestamp = "2026-04-02T14:00:00Z".parse()?;
 
     // The pure decision alone, in memory: what a tick costs before the store.
@@ -76,8 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(sample);
 
     let dir = tempfile::tempdir()?;
-    let sled = SledConfig { dir: dir.path().to_path_buf(), cache_bytes: args.cache_mb * 1024 * 1024 };
-    let store: Arc<dyn Store> = SledStore::open(&sled)?;
+    let store = open_store(&config, Some(dir.path().to_path_buf()))?;
     let load_started = Instant::now();
     let mut n = 0;
     while n < args.leads {
@@ -98,7 +102,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let load = load_started.elapsed();
 
     let clock = Arc::new(VirtualClock::new(due_at));
-    let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules));
+    let options = RuntimeOptions::new(clock.clone())
+        .state_dir(Some(dir.path().to_path_buf()))
+        .store(Arc::clone(&store))
+        .parts(Parts::ENGINE);
+    let engine = Runtime::build(&config, options).await?.engine;
     let started = Instant::now();
     let mut ticks: Vec<Duration> = Vec::new();
     let mut fired = 0usize;

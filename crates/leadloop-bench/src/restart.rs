@@ -10,11 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leadloop_core::sla::{SlaConfig, SlaRules};
+use anyhow::Context;
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions, open_store};
 use leadloop_core::{Channel, VirtualClock};
-use leadloop_engine::{EmailRelay, Engine, RelayConfig};
-use leadloop_plugin::BuildContext;
-use leadloop_store::{SledConfig, SledStore, Store};
 use leadloop_tests::handoffs::write_handoffs;
 use leadloop_tests::pki::TestPki;
 use leadloop_tests::smtp_peer::SmtpPeer;
@@ -40,10 +38,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.due >= 1 && args.due <= args.timers, "--due must be between 1 and --timers");
     let dir = tempfile::tempdir()?;
     let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
-    let config = SledConfig { dir: dir.path().join("state"), cache_bytes: args.cache_mb * 1024 * 1024 };
+    let state = dir.path().join("state");
+    let mut config = crate::config(&format!("[store]\ncache_mb = {}\n", args.cache_mb))?;
     let load_started = Instant::now();
     {
-        let store: Arc<dyn Store> = SledStore::open(&config)?;
+        let store = open_store(&config, Some(state.clone()))?;
         write_handoffs(store.as_ref(), t0, args.timers, args.due).await?;
     }
     let load = load_started.elapsed();
@@ -51,22 +50,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pki = TestPki::create(dir.path())?;
     let peer = SmtpPeer::start(Some(&pki))?;
     let clock = Arc::new(VirtualClock::new(t0));
-    let mailer = leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port)?
-        .build(&BuildContext { clock: clock.clone(), shutdown: Default::default() })?;
+    config.email = Some(leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port)?);
 
-    // The restart, as the daemon does it: open the store, load the org chart, tick, relay.
+    // The restart, as the daemon does it: open the store, build the daemon's runtime (load the
+    // org chart, start the email connector), tick, relay.
     let started = Instant::now();
-    let store: Arc<dyn Store> = SledStore::open(&config)?;
+    let store = open_store(&config, Some(state.clone()))?;
     let opened = started.elapsed();
-    let engine =
-        Engine::new(Arc::clone(&store), clock.clone(), Arc::new(SlaRules::new(SlaConfig::default())));
-    engine.load_people().await?;
+    let options = RuntimeOptions::new(clock.clone())
+        .state_dir(Some(state))
+        .store(Arc::clone(&store))
+        .parts(Parts { email: true, ..Parts::ENGINE });
+    let runtime = Runtime::build(&config, options).await?;
+    let engine = runtime.engine.clone();
     let people_loaded = started.elapsed();
     let first = engine.tick().await?;
     let queued = started.elapsed();
     anyhow::ensure!(!first.enqueued.is_empty(), "the first tick queued nothing: {first:?}");
-    let relay = EmailRelay::new(Arc::clone(&store), clock.clone(), mailer, RelayConfig::default())
-        .with_writer_lock(engine.writer_lock());
+    let relay = runtime.email.as_ref().context("the config has [email]")?;
     let round = relay.run_once().await?;
     let sent = started.elapsed();
     anyhow::ensure!(round.sent >= 1, "the relay sent nothing: {round:?}");

@@ -4,10 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions, open_store};
 use leadloop_core::VirtualClock;
-use leadloop_core::sla::{SlaConfig, SlaRules};
-use leadloop_engine::Engine;
-use leadloop_store::{SledConfig, SledStore, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,27 +31,22 @@ fn ms(d: Duration) -> String {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
+    let config = crate::config(&format!("[store]\ncache_mb = {}\n", args.cache_mb))?;
     let load_started = Instant::now();
     {
-        let store: Arc<dyn Store> = SledStore::open(&SledConfig {
-            dir: dir.path().to_path_buf(),
-            cache_bytes: args.cache_mb * 1024 * 1024,
-        })?;
+        let store = open_store(&config, Some(dir.path().to_path_buf()))?;
         // Hand-offs started over the last 24 hours; the reminder is due 24 h after each.
         leadloop_tests::handoffs::write_handoffs(store.as_ref(), t0, args.handoffs, 0).await?;
     }
     let load_secs = load_started.elapsed().as_secs_f64();
 
-    // Restart: open the store and load the org chart, as the daemon does.
+    // Restart: the daemon's runtime (open the store, load the org chart) with its default rules.
     let reopen_started = Instant::now();
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig {
-        dir: dir.path().to_path_buf(),
-        cache_bytes: args.cache_mb * 1024 * 1024,
-    })?;
     let clock = Arc::new(VirtualClock::new(t0));
-    let engine =
-        Engine::new(Arc::clone(&store), clock.clone(), Arc::new(SlaRules::new(SlaConfig::default())));
-    engine.load_people().await?;
+    let options =
+        RuntimeOptions::new(clock.clone()).state_dir(Some(dir.path().to_path_buf())).parts(Parts::ENGINE);
+    let runtime = Runtime::build(&config, options).await?;
+    let (store, engine) = (Arc::clone(&runtime.store), runtime.engine.clone());
     let first = engine.tick().await?;
     anyhow::ensure!(first.fired == 0, "nothing is due at t0");
     let reopen = reopen_started.elapsed();

@@ -10,14 +10,9 @@ use std::io::BufRead;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions};
 use leadloop_core::SystemClock;
-use leadloop_core::connector::{Crm, CrmObject};
-use leadloop_core::rules::Rules;
-use leadloop_core::sla::{SlaConfig, SlaRules};
-use leadloop_engine::Engine;
-use leadloop_engine::crm::CrmSync;
-use leadloop_salesforce::{AuthFlow, SalesforceConfig};
-use leadloop_store::{SledConfig, SledStore, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -75,28 +70,33 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let secret = dir.path().join("secret");
     std::fs::write(&secret, leadloop_sf_emulator::Config::default().client_secret)?;
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig {
-        cache_bytes: args.cache_mb * 1024 * 1024,
-        ..SledConfig::new(dir.path().join("state"))
-    })?;
-    let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
-    let rules = Rules::new(
-        SlaRules::new(SlaConfig::default()),
-        Default::default(),
-        Default::default(),
-        Default::default(),
-    );
-    let engine = Engine::new(store, clock.clone(), Arc::new(rules));
-    let mut config = SalesforceConfig::new(
-        url,
-        leadloop_sf_emulator::Config::default().consumer_key,
-        AuthFlow::ClientCredentials,
-    );
-    config.client_secret_file = Some(secret);
-    config.fields.lead.insert("Interests__c".into(), "interests".into());
-    let cx = leadloop_plugin::BuildContext { clock, shutdown: tokio_util::sync::CancellationToken::new() };
-    let crm: Arc<dyn Crm> = Arc::new(config.build(&cx).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let sync = CrmSync::new(engine.clone(), crm.clone(), &CrmObject::ALL);
+    // The daemon's runtime with its default rules and only the CRM part: the sync `leadloop
+    // run` would do.
+    let config = crate::config(&format!(
+        r#"
+[store]
+cache_mb = {cache_mb}
+
+[crm]
+type = "salesforce"
+
+[crm.salesforce]
+login_url = "{url}"
+auth = "client_credentials"
+client_id = "{client}"
+client_secret_file = "{secret}"
+[crm.salesforce.fields.lead]
+Interests__c = "interests"
+"#,
+        cache_mb = args.cache_mb,
+        client = leadloop_sf_emulator::Config::default().consumer_key,
+        secret = secret.display(),
+    ))?;
+    let options = RuntimeOptions::new(Arc::new(SystemClock))
+        .state_dir(Some(dir.path().join("state")))
+        .parts(Parts { crm: true, ..Parts::ENGINE });
+    let runtime = Runtime::build(&config, options).await?;
+    let sync = Arc::clone(&runtime.crm.as_ref().context("the config has a [crm]")?.sync);
 
     let started = Instant::now();
     let report = sync.pass().await?;

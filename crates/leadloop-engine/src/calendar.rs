@@ -147,6 +147,9 @@ pub struct CalendarRelay {
     clock: Arc<dyn Clock>,
     calendar: Arc<dyn Calendar>,
     config: RelayConfig,
+    /// Notified after a commit queues a hold (register it with `Engine::with_waker`), so a
+    /// hold is booked at once and not up to `max_idle` later, when its slot may have begun.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for CalendarRelay {
@@ -162,7 +165,7 @@ impl CalendarRelay {
         calendar: Arc<dyn Calendar>,
         config: RelayConfig,
     ) -> Self {
-        Self { store, clock, calendar, config }
+        Self { store, clock, calendar, config, wake: Arc::default() }
     }
 
     /// One round: every hold ready now.
@@ -217,14 +220,20 @@ impl CalendarRelay {
         Ok(report)
     }
 
-    /// Rounds until `shutdown`, at most `max_idle` apart (sooner when a retry is due).
+    /// Notify this to make a sleeping relay look at the outbox at once (after an enqueue).
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// Rounds until `shutdown`, at most `max_idle` apart (sooner when a retry is due or when
+    /// woken).
     pub async fn run(&self, shutdown: CancellationToken, max_idle: Duration) {
         let relay = RelayLoop {
             name: "calendar",
             store: self.store.as_ref(),
             clock: self.clock.as_ref(),
             channel: Channel::Calendar,
-            wake: None,
+            wake: Some(&self.wake),
         };
         relay
             .run(&shutdown, max_idle, || async {

@@ -181,7 +181,7 @@ impl EmailRelay {
         let mut sends = Vec::new();
         let screen = self.screen(&ready).await?;
         for entry in ready {
-            let Effect::Email { kind, template, to, cc, lead_id, vars } = &entry.effect else { continue };
+            let Effect::Email { kind, template, to, cc, lead_id, .. } = &entry.effect else { continue };
             let opted_out = lead_id.as_ref().and_then(|id| screen.opted_out.get(id)).map(String::as_str);
             let (to, removed_to) = screen.unsuppressed(to, opted_out);
             let (cc, removed_cc) = screen.unsuppressed(cc, opted_out);
@@ -212,14 +212,15 @@ impl EmailRelay {
                 report.throttled += 1;
                 continue;
             }
-            let email = OutgoingEmail {
-                key: entry.key.clone(),
-                kind: kind.clone(),
-                template: template.clone(),
-                to,
-                cc,
-                vars: vars.clone(),
+            let (kind, template) = (kind.clone(), template.clone());
+            let mut entry = entry;
+            // The variables travel with the message and go back into the entry when its
+            // outcome is recorded: one copy per message in memory, not two.
+            let vars = match &mut entry.effect {
+                Effect::Email { vars, .. } => std::mem::take(vars),
+                _ => serde_json::Value::Null,
             };
+            let email = OutgoingEmail { key: entry.key.clone(), kind, template, to, cc, vars };
             sends.push((entry, email));
         }
 
@@ -242,7 +243,7 @@ impl EmailRelay {
         while let Some(chunk) = results.next().await {
             let _writer = self.writer.lock().await;
             let mut batch = Batch::new();
-            for (entry, email, result) in chunk {
+            for (mut entry, mut email, result) in chunk {
                 let outcome = match result {
                     Ok(receipt) => Outcome::Sent { reply: receipt.reply },
                     Err(ConnectorError::Permanent { message }) => {
@@ -250,6 +251,9 @@ impl EmailRelay {
                     }
                     Err(error) => Outcome::Retry { error: error.to_string() },
                 };
+                if let Effect::Email { vars, .. } = &mut entry.effect {
+                    *vars = std::mem::take(&mut email.vars);
+                }
                 batch.ops.extend(self.outcome_ops(entry, outcome, &mut report).await?.ops);
             }
             self.store.commit(batch).await?;

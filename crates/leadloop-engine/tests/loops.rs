@@ -522,3 +522,157 @@ async fn calendar_poller_backs_off_while_degraded_and_polls_every_interval_once_
     }
     assert!(gaps[2] > gaps[1] && gaps[1] > gaps[0], "the backoff grows: {gaps:?}");
 }
+
+/// A store whose due-timer query fails while `failing` is set, and which records when (on
+/// tokio's clock) the engine asked: the engine loop's own backoff, observed from outside.
+struct FlakyStore {
+    inner: Arc<dyn Store>,
+    failing: std::sync::atomic::AtomicBool,
+    asked: Mutex<Vec<Instant>>,
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    async fn commit(&self, batch: Batch) -> leadloop_store::Result<leadloop_store::Committed> {
+        self.inner.commit(batch).await
+    }
+    async fn lead(&self, id: &LeadId) -> leadloop_store::Result<Option<LeadRecord>> {
+        self.inner.lead(id).await
+    }
+    async fn leads_by_id(&self, ids: &[LeadId]) -> leadloop_store::Result<Vec<Option<LeadRecord>>> {
+        self.inner.leads_by_id(ids).await
+    }
+    async fn leads(&self, after: Option<&LeadId>, limit: usize) -> leadloop_store::Result<Vec<LeadRecord>> {
+        self.inner.leads(after, limit).await
+    }
+    async fn person(
+        &self,
+        id: &leadloop_core::PersonId,
+    ) -> leadloop_store::Result<Option<leadloop_core::Person>> {
+        self.inner.person(id).await
+    }
+    async fn people(&self) -> leadloop_store::Result<Vec<leadloop_core::Person>> {
+        self.inner.people().await
+    }
+    async fn history(&self, id: &LeadId) -> leadloop_store::Result<Vec<(u64, leadloop_core::HistoryEvent)>> {
+        self.inner.history(id).await
+    }
+    async fn timer(&self, key: &TimerKey) -> leadloop_store::Result<Option<Timer>> {
+        self.inner.timer(key).await
+    }
+    async fn due_timers(&self, now: Timestamp, limit: usize) -> leadloop_store::Result<Vec<Timer>> {
+        self.asked.lock().expect("lock").push(Instant::now());
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(leadloop_store::StoreError::Engine {
+                path: "flaky".into(),
+                message: "injected failure".into(),
+            });
+        }
+        self.inner.due_timers(now, limit).await
+    }
+    async fn next_timer_due(&self) -> leadloop_store::Result<Option<Timestamp>> {
+        self.inner.next_timer_due().await
+    }
+    async fn outbox_entry(&self, key: &IdempotencyKey) -> leadloop_store::Result<Option<OutboxEntry>> {
+        self.inner.outbox_entry(key).await
+    }
+    async fn outbox_ready(
+        &self,
+        channel: leadloop_core::Channel,
+        now: Timestamp,
+        limit: usize,
+    ) -> leadloop_store::Result<Vec<OutboxEntry>> {
+        self.inner.outbox_ready(channel, now, limit).await
+    }
+    async fn outbox_pending(
+        &self,
+        channel: leadloop_core::Channel,
+    ) -> leadloop_store::Result<(u64, Option<Timestamp>)> {
+        self.inner.outbox_pending(channel).await
+    }
+    async fn suppression(&self, address: &str) -> leadloop_store::Result<Option<leadloop_core::Suppression>> {
+        self.inner.suppression(address).await
+    }
+    async fn suppressions(
+        &self,
+        addresses: &[String],
+    ) -> leadloop_store::Result<Vec<Option<leadloop_core::Suppression>>> {
+        self.inner.suppressions(addresses).await
+    }
+    async fn open_handoffs(&self) -> leadloop_store::Result<Vec<(LeadId, leadloop_core::PersonId)>> {
+        self.inner.open_handoffs().await
+    }
+    async fn open_handoffs_per_owner(&self) -> leadloop_store::Result<Vec<(leadloop_core::PersonId, u64)>> {
+        self.inner.open_handoffs_per_owner().await
+    }
+    async fn seen(&self, keys: &[(LeadId, String)]) -> leadloop_store::Result<Vec<bool>> {
+        self.inner.seen(keys).await
+    }
+    async fn leads_per_stage(&self) -> leadloop_store::Result<Vec<(leadloop_core::Stage, u64)>> {
+        self.inner.leads_per_stage().await
+    }
+    async fn cursor(&self, name: &str) -> leadloop_store::Result<Option<String>> {
+        self.inner.cursor(name).await
+    }
+    async fn items(&self, bucket: &str) -> leadloop_store::Result<Vec<(String, serde_json::Value)>> {
+        self.inner.items(bucket).await
+    }
+    async fn scan(
+        &self,
+        visit: &mut (dyn FnMut(leadloop_store::Record) -> leadloop_store::Result<()> + Send),
+    ) -> leadloop_store::Result<()> {
+        self.inner.scan(visit).await
+    }
+    async fn load(&self, records: Vec<leadloop_store::Record>) -> leadloop_store::Result<()> {
+        self.inner.load(records).await
+    }
+    async fn is_empty(&self) -> leadloop_store::Result<bool> {
+        self.inner.is_empty().await
+    }
+    fn stats(&self) -> leadloop_store::Stats {
+        self.inner.stats()
+    }
+}
+
+/// A failing tick is retried after 0.5 s, 1 s, 2 s, 4 s …; a good tick resets the backoff, so
+/// the next failure is retried after 0.5 s again.
+#[tokio::test(start_paused = true)]
+async fn run_backs_off_after_failed_ticks_and_resets_after_a_good_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flaky = Arc::new(FlakyStore {
+        inner: open(&dir),
+        failing: std::sync::atomic::AtomicBool::new(true),
+        asked: Mutex::default(),
+    });
+    let clock = Arc::new(VirtualClock::new(start()));
+    let engine = Engine::new(flaky.clone(), clock.clone(), Arc::new(NoRules));
+    let origin = Instant::now();
+    let max_idle = Duration::from_secs(60);
+    let (shutdown, task) = spawn_run(&engine, max_idle);
+    settle().await;
+    // Time moves in 100 ms steps, so every wake-up is seen at its own instant.
+    let run_for = |ms: u64| {
+        let clock = clock.clone();
+        async move {
+            for _ in 0..ms / 100 {
+                pass(&clock, Duration::from_millis(100)).await;
+            }
+        }
+    };
+    run_for(7_500).await;
+    // The store answers again: the next tick (at 15.5 s) goes well and the loop idles for
+    // max_idle; the failure after that is retried after 0.5 s again.
+    flaky.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    run_for(8_000).await;
+    flaky.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    run_for(60_500).await;
+    stop(shutdown, task).await.expect("run ends cleanly");
+    let asked: Vec<u64> = flaky
+        .asked
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|at| at.duration_since(origin).as_millis() as u64)
+        .collect();
+    assert_eq!(asked, [0, 500, 1_500, 3_500, 7_500, 15_500, 75_500, 76_000]);
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use leadloop_store::{SledStore, Store};
+use leadloop_store::Store;
 
 use crate::config::{self, Config, LogFormat};
 use crate::{daemon, exit};
@@ -377,13 +377,12 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         },
         None => Config::default(),
     };
-    let sled = config.sled(args.state_dir.clone());
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let store: Arc<dyn Store> = match SledStore::open(&sled) {
+        let store: Arc<dyn Store> = match crate::runtime::open_store(&config, args.state_dir.clone()) {
             Ok(store) => store,
             Err(e) => {
                 eprintln!("{e}");

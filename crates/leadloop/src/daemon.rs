@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use leadloop_core::Mailer;
 use leadloop_core::SystemClock;
-use leadloop_core::sla::SlaRules;
-use leadloop_engine::{EmailRelay, Engine};
-use leadloop_store::{Batch, SledStore, Store};
+use leadloop_engine::Engine;
+use leadloop_store::Store;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::cli::{RunArgs, load_reporting};
 use crate::config::{self, Config};
+use crate::runtime::{Runtime, RuntimeOptions, write_people};
 use crate::{exit, telemetry};
 
 /// How often the open-hand-off gauges are recounted.
@@ -74,20 +73,20 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         }
     };
 
-    let store: Arc<dyn Store> = match SledStore::open(&config.sled(None)) {
-        Ok(store) => store,
+    // Everything that does the work (store, rules, engine, connectors, relays, pollers, the
+    // public link listener) is built where every entry point builds it.
+    let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
+    let runtime = match Runtime::build(&config, RuntimeOptions::new(Arc::clone(&clock))).await {
+        Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "cannot open the store");
-            return exit::STORE;
+            tracing::error!(%error, "cannot start");
+            return error.exit_code();
         }
     };
-    if let Err(error) = write_people(store.as_ref(), &config).await {
-        tracing::error!(%error, "cannot write the configured people to the store");
-        return exit::STORE;
-    }
+    let store = Arc::clone(&runtime.store);
+    let engine = runtime.engine.clone();
 
     let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = CancellationToken::new();
     let admin_addr = config.daemon.admin_listen;
     let listener = match tokio::net::TcpListener::bind(admin_addr).await {
         Ok(listener) => listener,
@@ -103,119 +102,22 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         sla: Arc::new(config.sla.clone()),
         scoring: Arc::new(config.scoring.clone()),
     });
+    // The admin listener, the gauges and the watchdog stop after the runtime has drained.
+    let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+        let stop = admin_stop.clone();
+        async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
 
-    let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
-    let (rules, signer) = match engine_rules(&config) {
-        Ok(built) => built,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the one-click links");
-            return exit::CONFIG;
-        }
-    };
-    let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(rules));
-    let rule_names: Vec<String> = config.routing.rules.iter().map(|r| r.name.clone()).collect();
-    if let Err(error) = engine.load_turns(&rule_names).await {
-        tracing::error!(%error, "cannot load routing turns from the store");
-        return exit::STORE;
-    }
-    if let Err(error) = engine.load_people().await {
-        tracing::error!(%error, "cannot load people from the store");
-        return exit::STORE;
-    }
-    let engine_stop = CancellationToken::new();
-    let relay_task = match config.email() {
-        Some(email) => {
-            let cx =
-                leadloop_plugin::BuildContext { clock: Arc::clone(&clock), shutdown: engine_stop.clone() };
-            let mailer = match email.build(&cx) {
-                Ok(mailer) => mailer,
-                Err(error) => {
-                    tracing::error!(%error, "cannot start the email connector");
-                    return exit::CONFIG;
-                }
-            };
-            tracing::info!(deliver = mailer.name(), "email connector started");
-            let relay = Arc::new(
-                EmailRelay::new(Arc::clone(&store), Arc::clone(&clock), mailer, config.outbox.relay())
-                    .with_writer_lock(engine.writer_lock()),
-            );
-            engine = engine.with_waker(relay.waker());
-            let stop = engine_stop.clone();
-            let max_idle = config.daemon.max_idle;
-            Some(tokio::spawn(async move { relay.run(stop, max_idle).await }))
-        }
-        None => {
-            tracing::warn!("no [email] configured: email effects wait in the outbox");
-            None
-        }
-    };
-    // The CRM: a sync pass every poll interval, and the write-back relay. A CRM outage
-    // only delays them; nothing else waits on the CRM.
-    let mut crm_tasks = Vec::new();
-    if let Some(crm_config) = &config.crm {
-        let cx = leadloop_plugin::BuildContext { clock: Arc::clone(&clock), shutdown: engine_stop.clone() };
-        let crm = match crm_config.build(&cx) {
-            Ok(crm) => crm,
-            Err(error) => {
-                tracing::error!(%error, "cannot start the crm connector");
-                return exit::CONFIG;
-            }
-        };
-        tracing::info!(
-            crm = crm.name(),
-            poll_interval_s = crm_config.poll_interval.as_secs(),
-            "crm connector started"
-        );
-        let relay =
-            leadloop_engine::crm::CrmRelay::new(&engine, Arc::clone(&crm), crm_config.relay(&config.outbox));
-        engine = engine.with_waker(relay.waker());
-        let sync = leadloop_engine::crm::CrmSync::new(engine.clone(), crm, &crm_config.objects);
-        let (stop, interval) = (engine_stop.clone(), crm_config.poll_interval);
-        crm_tasks.push(tokio::spawn(async move { sync.run(stop, interval).await }));
-        let (stop, max_idle) = (engine_stop.clone(), config.daemon.max_idle);
-        crm_tasks.push(tokio::spawn(async move { relay.run(stop, max_idle).await }));
-    }
-    // The calendar: a poller feeding routing and the SLA, and the hold relay. A calendar
-    // outage degrades both; it never holds up a hand-off.
-    if let Some(code) = spawn_calendar(&config, &engine, &store, &clock, &engine_stop) {
-        return code;
-    }
-    let mut engine_task = tokio::spawn({
-        let engine = engine.clone();
-        let stop = engine_stop.clone();
-        let max_idle = config.daemon.max_idle;
-        async move { engine.run(stop, max_idle).await }
-    });
-
-    let public_task = match (&config.links, signer) {
-        (Some(links), Some(signer)) => {
-            let listener = match tokio::net::TcpListener::bind(links.public_listen).await {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::error!(%error, addr = %links.public_listen, "cannot listen on links.public_listen");
-                    return exit::FAILURE;
-                }
-            };
-            tracing::info!(addr = %links.public_listen, url = %links.public_url, "public link listener started");
-            let router = crate::links::router(signer, engine.clone());
-            let stop = shutdown.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
-            }))
-        }
-        _ => None,
-    };
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::spawn(runtime.run(shutdown.clone()));
 
     // The open/overdue hand-off gauges come from a scan, every few minutes.
     tokio::spawn({
         let store = Arc::clone(&store);
         let sla = config.sla.clone();
         let clock = Arc::clone(&clock);
-        let stop = shutdown.clone();
+        let stop = admin_stop.clone();
         async move {
             loop {
                 if let Err(error) = crate::sla_cmd::gauge(store.as_ref(), &sla, clock.now()).await {
@@ -231,7 +133,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
 
     ready.store(true, Ordering::SeqCst);
     notify(&[NotifyState::Ready, NotifyState::Status("running")]);
-    spawn_watchdog(engine.clone(), shutdown.clone());
+    spawn_watchdog(engine.clone(), admin_stop.clone());
     tracing::info!(admin = %admin_addr, state_dir = %config.daemon.state_dir.display(), "leadloop ready");
 
     let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
@@ -241,65 +143,36 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             return exit::FAILURE;
         }
     };
-    let mut engine_ended = false;
-    let mut engine_exit = exit::FAILURE;
-    loop {
+    let ended = loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received; draining"); break; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received; draining"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM received; draining"); break None; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received; draining"); break None; }
             _ = hup.recv() => {
                 reload(&config_path, &args, &mut config, store.as_ref()).await;
                 if let Err(error) = engine.load_people().await {
                     tracing::error!(%error, "cannot reload people from the store");
                 }
             }
-            result = &mut engine_task => {
-                engine_ended = true;
-                match result {
-                    Ok(Ok(())) => tracing::error!("engine stopped unexpectedly"),
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "engine failed");
-                        if matches!(error, leadloop_engine::EngineError::Store(leadloop_store::StoreError::NoSpace { .. })) {
-                            engine_exit = exit::STORE;
-                        }
-                    }
-                    Err(error) => tracing::error!(%error, "engine task panicked"),
-                }
-                break;
-            }
+            // The engine loop ended by itself (a full disk); the runtime has drained the rest.
+            ended = &mut running => break Some(ended),
         }
-    }
+    };
 
     ready.store(false, Ordering::SeqCst);
     notify(&[NotifyState::Stopping]);
-    engine_stop.cancel();
-    let grace = config.daemon.shutdown_grace;
-    if !engine_ended && tokio::time::timeout(grace, &mut engine_task).await.is_err() {
-        tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
-            "drain deadline passed; stopping with the tick in progress unfinished (it was not acknowledged)"
-        );
-        engine_task.abort();
-    }
-    if let Some(relay) = relay_task {
-        // A send in flight finishes or is abandoned unrecorded; either way it is resent with
-        // the same Message-ID after restart, never lost.
-        if tokio::time::timeout(grace, relay).await.is_err() {
-            tracing::warn!("email relay did not stop within the drain deadline");
-        }
-    }
-    for task in crm_tasks {
-        // A page in flight is either committed with its cursor or read again after restart.
-        if tokio::time::timeout(grace, task).await.is_err() {
-            tracing::warn!("crm sync did not stop within the drain deadline");
-        }
-    }
     shutdown.cancel();
-    if let Some(public) = public_task
-        && tokio::time::timeout(Duration::from_secs(2), public).await.is_err()
-    {
-        tracing::warn!("public link listener did not stop in time");
-    }
+    let ended = match ended {
+        Some(ended) => ended,
+        None => (&mut running).await,
+    };
+    let code = match ended {
+        Ok(ended) => ended.exit_code(),
+        Err(error) => {
+            tracing::error!(%error, "runtime task panicked");
+            exit::FAILURE
+        }
+    };
+    admin_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(2), admin_task).await {
         Ok(Ok(Err(error))) => tracing::warn!(%error, "admin listener ended with an error"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),
@@ -308,44 +181,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     drop(engine);
     drop(store);
     tracing::info!("leadloop stopped");
-    if engine_ended { engine_exit } else { exit::OK }
-}
-
-/// The rules the engine runs, as config says (the SLA with holds and signed links, lifecycle,
-/// scoring, routing, nurture), and the link signer when `[links]` is set. Shared by the
-/// daemon, `sync --once` and `demo`, so each decides exactly as the daemon would.
-pub(crate) fn engine_rules(
-    config: &Config,
-) -> Result<(leadloop_core::rules::Rules, Option<Arc<crate::links::Signer>>), String> {
-    let mut rules = SlaRules::new(config.sla.clone());
-    if let Some(calendar) = config.calendar.as_ref().filter(|c| c.hold) {
-        rules = rules.with_hold(calendar.hold_length);
-    }
-    let signer = match &config.links {
-        Some(links) => {
-            let key = links.key().map_err(|e| e.to_string())?;
-            let signer = Arc::new(
-                crate::links::Signer::new(key, &links.public_url, links.ttl)
-                    .with_nurture_ttl(links.nurture_ttl),
-            );
-            rules = rules.with_links(signer.clone());
-            Some(signer)
-        }
-        None => None,
-    };
-    let nurture_links = signer.clone().map(|s| s as Arc<dyn leadloop_core::nurture::NurtureLinks>);
-    Ok((config.rules(rules).with_nurture(config.nurture_rules(nurture_links)), signer))
-}
-
-pub(crate) async fn write_people(
-    store: &dyn Store,
-    config: &Config,
-) -> Result<(), leadloop_store::StoreError> {
-    let mut batch = Batch::new();
-    for person in config.people() {
-        batch.put_person(person);
-    }
-    store.commit(batch).await.map(|_| ())
+    code
 }
 
 /// SIGHUP: re-read, validate, apply. An invalid file changes nothing.
@@ -412,50 +248,6 @@ fn notify(states: &[NotifyState<'_>]) {
 
 /// Pings systemd's watchdog at half its interval, but only while the engine loop turns: a
 /// wedged loop stops the pings and systemd restarts the service.
-/// Starts the calendar poller and hold relay when `[calendar]` is configured; an exit code if
-/// the connector cannot be built.
-fn spawn_calendar(
-    config: &Config,
-    engine: &Engine,
-    store: &Arc<dyn Store>,
-    clock: &Arc<dyn leadloop_core::Clock>,
-    stop: &CancellationToken,
-) -> Option<u8> {
-    let calendar_config = config.calendar.as_ref()?;
-    let cx = leadloop_plugin::BuildContext { clock: Arc::clone(clock), shutdown: stop.clone() };
-    let connector = match calendar_config.build(&cx) {
-        Ok(connector) => connector,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the calendar connector");
-            return Some(exit::CONFIG);
-        }
-    };
-    let calendar: Arc<dyn leadloop_core::Calendar> = connector;
-    tracing::info!(
-        people = calendar.people().len(),
-        hold = calendar_config.hold,
-        "calendar connector started"
-    );
-    let poller = leadloop_engine::calendar::CalendarPoller::new(
-        Arc::clone(&calendar),
-        engine.clone(),
-        Arc::clone(clock),
-        calendar_config.look_ahead(),
-        calendar_config.poll_interval,
-    );
-    let relay = leadloop_engine::calendar::CalendarRelay::new(
-        Arc::clone(store),
-        Arc::clone(clock),
-        calendar,
-        config.outbox.relay(),
-    );
-    let (poll_stop, relay_stop) = (stop.clone(), stop.clone());
-    let max_idle = config.daemon.max_idle;
-    tokio::spawn(async move { poller.run(poll_stop).await });
-    tokio::spawn(async move { relay.run(relay_stop, max_idle).await });
-    None
-}
-
 fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) {
     let mut usec = 0u64;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {

@@ -19,14 +19,12 @@ use chrono::{TimeDelta, Timelike};
 use clap::Args;
 use leadloop_core::connector::Activity;
 use leadloop_core::{Clock, EventKind, HistoryEvent, LeadId, Stage, Timestamp, VirtualClock};
-use leadloop_engine::crm::{CrmRelay, CrmSync};
-use leadloop_engine::{EmailRelay, Engine};
 use leadloop_sf_emulator::{Emulator, SeedSpec, seed};
-use leadloop_store::{SledStore, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::exit;
+use crate::runtime::{Runtime, RuntimeOptions};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -268,50 +266,40 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Err(errors) => anyhow::bail!("the demo's own config is invalid:\n{errors}"),
     };
 
-    let store: Arc<dyn Store> = SledStore::open(&config.sled(None)).context("cannot open the demo store")?;
-    let (rules, signer) = crate::daemon::engine_rules(&config).map_err(|e| anyhow::anyhow!(e))?;
     let events: Arc<Mutex<Vec<(LeadId, HistoryEvent)>>> = Arc::default();
     let observer_events = events.clone();
-    let engine = Engine::new(store.clone(), clock.clone(), Arc::new(rules)).with_observer(Arc::new(
-        move |observed: leadloop_engine::Observed<'_>| {
-            let seen = match observed {
-                leadloop_engine::Observed::Event(lead, event) => (lead.clone(), event.clone()),
-                // The timeline counts queued emails as the queueing events schema 1 recorded.
-                leadloop_engine::Observed::Queued(entry) => match (&entry.effect, entry.effect.lead_id()) {
-                    (leadloop_core::Effect::Email { .. }, Some(lead)) => (
-                        lead.clone(),
-                        HistoryEvent::new(
-                            entry.created_at,
-                            leadloop_core::Actor::System,
-                            EventKind::EffectQueued {
-                                key: entry.key.clone(),
-                                effect: entry.effect.name().into(),
-                            },
-                        ),
+    let observer: leadloop_engine::Observer = Arc::new(move |observed: leadloop_engine::Observed<'_>| {
+        let seen = match observed {
+            leadloop_engine::Observed::Event(lead, event) => (lead.clone(), event.clone()),
+            // The timeline counts queued emails as the queueing events schema 1 recorded.
+            leadloop_engine::Observed::Queued(entry) => match (&entry.effect, entry.effect.lead_id()) {
+                (leadloop_core::Effect::Email { .. }, Some(lead)) => (
+                    lead.clone(),
+                    HistoryEvent::new(
+                        entry.created_at,
+                        leadloop_core::Actor::System,
+                        EventKind::EffectQueued {
+                            key: entry.key.clone(),
+                            effect: entry.effect.name().into(),
+                        },
                     ),
-                    _ => return,
-                },
-            };
-            observer_events.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
-        },
-    ));
-    let cx = leadloop_plugin::BuildContext {
-        clock: clock.clone(),
-        shutdown: tokio_util::sync::CancellationToken::new(),
+                ),
+                _ => return,
+            },
+        };
+        observer_events.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+    });
+    // The daemon's runtime, stepped by hand in virtual time instead of run by its loops.
+    let mut runtime = Runtime::build(&config, RuntimeOptions::new(clock.clone()).observer(observer))
+        .await
+        .context("cannot start the demo")?;
+    let (Some(email_relay), Some(crm_parts)) = (runtime.email.clone(), runtime.crm.as_ref()) else {
+        anyhow::bail!("the demo's config has no [email] or no [crm]");
     };
-    let crm_config = config.crm.clone().context("demo config has no [crm]")?;
-    let crm = crm_config.build(&cx).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let email = config.email().context("demo config has no [email]")?;
-    let mailer = email.build(&cx).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let email_relay = EmailRelay::new(store.clone(), clock.clone(), mailer, config.outbox.relay())
-        .with_writer_lock(engine.writer_lock());
-    let crm_relay = CrmRelay::new(&engine, crm.clone(), crm_config.relay(&config.outbox));
-    let sync = CrmSync::new(engine.clone(), crm.clone(), &crm_config.objects);
-    if let Some(signer) = signer {
-        let listener = tokio::net::TcpListener::bind(public).await?;
-        let router = crate::links::router(signer, engine.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-    }
+    let (sync, crm_relay) = (Arc::clone(&crm_parts.sync), Arc::clone(&crm_parts.relay));
+    let poll_interval = crm_parts.poll_interval;
+    let (store, engine) = (Arc::clone(&runtime.store), runtime.engine.clone());
+    let _links = runtime.spawn_links_listener(tokio_util::sync::CancellationToken::new());
 
     let mail_dir = dir.join("state").join("mail");
     println!("leadloop demo — the whole loop, {}× faster than real time", args.speed);
@@ -395,7 +383,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut answers: Vec<(Timestamp, String)> = Vec::new();
 
     let end = start + TimeDelta::from_std(args.duration).unwrap_or(TimeDelta::hours(80));
-    let poll = TimeDelta::from_std(crm_config.poll_interval).unwrap_or(TimeDelta::minutes(10));
+    let poll = TimeDelta::from_std(poll_interval).unwrap_or(TimeDelta::minutes(10));
     let mut next_poll = start + poll;
     let mut tally = Tally::default();
     let mut totals = Totals::default();

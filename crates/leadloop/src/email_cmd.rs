@@ -8,7 +8,6 @@ use leadloop_core::connector::OutgoingEmail;
 use leadloop_core::{Clock, IdempotencyKey, LeadId, Mailer, SystemClock};
 use leadloop_plugin::BuildContext;
 use leadloop_smtp::EmailConfig;
-use leadloop_store::{SledStore, Store};
 
 use crate::cli::load_reporting;
 use crate::exit;
@@ -87,9 +86,8 @@ pub fn preview(path: &Path, template: &str, lead: Option<&str>, state_dir: Optio
             Ok(runtime) => runtime,
             Err(code) => return code,
         };
-        let sled = config.sled(state_dir);
         let record = runtime.block_on(async {
-            let store = SledStore::open(&sled).map_err(|e| e.to_string())?;
+            let store = crate::runtime::open_store(&config, state_dir).map_err(|e| e.to_string())?;
             store.lead(&LeadId::new(id)).await.map_err(|e| e.to_string())
         });
         match record {

@@ -12,6 +12,7 @@ pub mod exit;
 pub mod links;
 pub mod nurture_cmd;
 pub mod report;
+pub mod runtime;
 pub mod simulate;
 pub mod sla_cmd;
 pub mod sync_cmd;

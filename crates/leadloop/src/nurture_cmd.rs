@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use leadloop_core::nurture::NurtureRules;
 use leadloop_core::{LeadId, LeadRecord, Timestamp};
-use leadloop_store::{SledStore, Store, StoreError};
+use leadloop_store::{Store, StoreError};
 use serde_json::{Value, json};
 
 use crate::cli::load_reporting;
@@ -78,7 +78,7 @@ pub fn preview_json(
 }
 
 fn open(config: &crate::config::Config, state_dir: Option<PathBuf>) -> Result<Arc<dyn Store>, StoreError> {
-    SledStore::open(&config.sled(state_dir)).map(|s| s as Arc<dyn Store>)
+    crate::runtime::open_store(config, state_dir)
 }
 
 pub fn list(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> u8 {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leadloop_core::{EventKind, Stage, Timestamp};
-use leadloop_store::{SledStore, Store, StoreError};
+use leadloop_store::{Store, StoreError};
 use serde_json::{Value, json};
 
 use crate::cli::load_reporting;
@@ -116,9 +116,8 @@ pub fn main(config_path: &Path, state_dir: Option<PathBuf>, since: Duration, jso
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let sled = config.sled(state_dir);
     let result = runtime.block_on(async {
-        let store: Arc<dyn Store> = SledStore::open(&sled)?;
+        let store: Arc<dyn Store> = crate::runtime::open_store(&config, state_dir)?;
         let now = chrono::Utc::now();
         let since = now - chrono::TimeDelta::from_std(since).unwrap_or(chrono::TimeDelta::days(30));
         funnel(store.as_ref(), since, now).await

@@ -9,18 +9,18 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use leadloop_core::connector::Activity;
-use leadloop_core::sla::SlaRules;
 use leadloop_core::{
     Clock, Effect, IdempotencyKey, Lead, LeadId, Person, PersonId, Role, Timestamp, VirtualClock,
 };
 use leadloop_engine::Engine;
 use leadloop_smtp::Templates;
-use leadloop_store::{SledConfig, SledStore, Store};
+use leadloop_store::Store;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::cli::load_reporting;
 use crate::exit;
+use crate::runtime::{BuildError, EmptyCalendar, Parts, Runtime, RuntimeOptions};
 
 /// How far past the last event the simulation runs when no `--until` is given and timers
 /// remain (a ladder or nurture track may run for months).
@@ -251,10 +251,26 @@ pub fn simulate(
     };
     match runtime.block_on(run(config, parsed, until, &templates, out)) {
         Ok(()) => exit::OK,
-        Err(error) => {
+        Err(Failed::Build(error)) => {
+            eprintln!("simulate: {error}");
+            error.exit_code()
+        }
+        Err(Failed::Run(error)) => {
             eprintln!("simulate: {error}");
             exit::FAILURE
         }
+    }
+}
+
+/// Why a run stopped: the runtime could not be built (its own exit code), or an event failed.
+enum Failed {
+    Build(BuildError),
+    Run(String),
+}
+
+impl From<String> for Failed {
+    fn from(error: String) -> Self {
+        Failed::Run(error)
     }
 }
 
@@ -264,9 +280,9 @@ async fn run(
     until: Option<Timestamp>,
     templates: &Templates,
     out: &mut dyn Write,
-) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary store: {e}"))?;
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).map_err(|e| e.to_string())?;
+) -> Result<(), Failed> {
+    let dir =
+        tempfile::tempdir().map_err(|e| Failed::Run(format!("cannot create a temporary store: {e}")))?;
     let start = events.first().map(|(at, _)| *at).or(until).unwrap_or_else(chrono::Utc::now);
     let clock = Arc::new(VirtualClock::new(start));
     // Stage moves and assignments are history events; they print with the effects.
@@ -292,15 +308,24 @@ async fn run(
             moves.lock().unwrap_or_else(|p| p.into_inner()).push(line);
         })
     };
-    let engine = Engine::new(
-        Arc::clone(&store),
-        clock.clone(),
-        Arc::new(config.rules(SlaRules::new(config.sla.clone()))),
-    )
-    .with_observer(observer);
-    for person in config.people() {
-        engine.upsert_person(person).await.map_err(|e| e.to_string())?;
+    // The daemon's runtime with the daemon's rules (calendar holds, signed links and all), on
+    // a temporary store and with no connector that reaches out: nothing is sent.
+    let mut options = RuntimeOptions::new(clock.clone())
+        .state_dir(Some(dir.path().to_path_buf()))
+        .parts(Parts::ENGINE)
+        .observer(observer);
+    if let Some(calendar) = &config.calendar {
+        // The people's calendars, taken as empty: holds go to the next free slot in business
+        // hours, as a daemon whose calendars are empty books them.
+        options = options
+            .parts(Parts { calendar: true, ..Parts::ENGINE })
+            .calendar(Arc::new(EmptyCalendar::for_config(calendar)));
     }
+    let runtime = Runtime::build(config, options).await.map_err(Failed::Build)?;
+    if let Some(calendar) = &runtime.calendar {
+        calendar.poller.poll_once().await;
+    }
+    let (store, engine) = (Arc::clone(&runtime.store), runtime.engine.clone());
     let mut printer = Printer { store: Arc::clone(&store), templates, out, moves };
     let last = events.last().map(|(at, _)| *at);
     for (at, event) in events {
@@ -340,7 +365,7 @@ async fn run(
     let horizon =
         until.or_else(|| last.map(|at| at + TimeDelta::days(DEFAULT_HORIZON_DAYS))).unwrap_or(start);
     run_until(&engine, &clock, &mut printer, horizon).await?;
-    printer.out.flush().map_err(|e| e.to_string())
+    printer.out.flush().map_err(|e| Failed::Run(e.to_string()))
 }
 
 /// Fires every timer due up to `limit`, each at its own instant, in order.

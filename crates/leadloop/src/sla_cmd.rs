@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use leadloop_core::sla::{SlaConfig, SlaRules};
 use leadloop_core::{LeadId, LeadRecord, OrgChart, OutboxState, Timestamp};
-use leadloop_store::{SledStore, Store, StoreError};
+use leadloop_store::{Store, StoreError};
 use serde_json::{Value, json};
 
 use crate::cli::load_reporting;
@@ -257,11 +257,10 @@ pub fn fetch(
     query: &Query,
 ) -> Result<Value, u8> {
     let runtime = crate::cli::runtime()?;
-    let sled = config.sled(state_dir);
     let admin = admin.unwrap_or(config.daemon.admin_listen);
     let result: Result<Value, String> = runtime.block_on(async {
         let now = chrono::Utc::now();
-        match SledStore::open(&sled) {
+        match crate::runtime::open_store(config, state_dir) {
             Ok(store) => {
                 let store: Arc<dyn Store> = store;
                 match query {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use leadloop_core::SystemClock;
-use leadloop_engine::Engine;
-use leadloop_engine::crm::{CrmRelay, CrmSync, SyncReport};
-use leadloop_store::{SledStore, Store};
+use leadloop_engine::crm::SyncReport;
+use leadloop_store::Store;
 
 use crate::cli::{Format, load_reporting, runtime};
 use crate::exit;
+use crate::runtime::{BuildError, Parts, Runtime, RuntimeOptions};
 
 pub fn main(config_path: &Path, state_dir: Option<PathBuf>, once: bool, format: Format) -> u8 {
     if !once {
@@ -25,69 +25,48 @@ pub fn main(config_path: &Path, state_dir: Option<PathBuf>, once: bool, format: 
         Ok(config) => config,
         Err(code) => return code,
     };
-    let Some(crm_config) = config.crm.clone() else {
+    if config.crm.is_none() {
         eprintln!("{}: no [crm] table: there is no CRM to sync", config_path.display());
         return exit::CONFIG;
-    };
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let store: Arc<dyn Store> = match SledStore::open(&config.sled(state_dir)) {
-            Ok(store) => store,
-            Err(error) => {
-                eprintln!("cannot open the store: {error}");
-                return exit::STORE;
-            }
-        };
-        if let Err(error) = crate::daemon::write_people(store.as_ref(), &config).await {
-            eprintln!("cannot write the configured people to the store: {error}");
-            return exit::STORE;
-        }
         let clock: Arc<dyn leadloop_core::Clock> = Arc::new(SystemClock);
-        let rules = match crate::daemon::engine_rules(&config) {
-            Ok((rules, _)) => rules,
+        let options = RuntimeOptions::new(clock).state_dir(state_dir).parts(Parts { crm: true, ..Parts::ENGINE });
+        let runtime = match Runtime::build(&config, options).await {
+            Ok(runtime) => runtime,
             Err(error) => {
-                eprintln!("{}: links: {error}", config_path.display());
-                return exit::CONFIG;
+                match &error {
+                    BuildError::Connector { error, .. } => eprintln!("{}: {error}", config_path.display()),
+                    BuildError::Links(_) => eprintln!("{}: {error}", config_path.display()),
+                    _ => eprintln!("{error}"),
+                }
+                return error.exit_code();
             }
         };
-        let engine = Engine::new(store.clone(), clock.clone(), Arc::new(rules));
-        let rule_names: Vec<String> = config.routing.rules.iter().map(|r| r.name.clone()).collect();
-        if let Err(error) = engine.load_turns(&rule_names).await {
-            eprintln!("cannot load routing turns: {error}");
-            return exit::STORE;
-        }
-        if let Err(error) = engine.load_people().await {
-            eprintln!("cannot load people: {error}");
-            return exit::STORE;
-        }
-        let cx = leadloop_plugin::BuildContext { clock, shutdown: tokio_util::sync::CancellationToken::new() };
-        let crm = match crm_config.build(&cx) {
-            Ok(crm) => crm,
-            Err(error) => {
-                eprintln!("{}: {error}", config_path.display());
-                return exit::CONFIG;
-            }
+        let Some(crm) = runtime.crm else {
+            eprintln!("{}: no [crm] table: there is no CRM to sync", config_path.display());
+            return exit::CONFIG;
         };
         let started = Instant::now();
-        let sync = CrmSync::new(engine.clone(), crm.clone(), &crm_config.objects);
-        let report = match sync.pass().await {
+        let report = match crm.sync.pass().await {
             Ok(report) => report,
             Err(error) => {
                 eprintln!("sync stopped: {error}");
                 return exit::STORE;
             }
         };
-        let relay = CrmRelay::new(&engine, crm.clone(), crm_config.relay(&config.outbox));
-        let written = match relay.run_once().await {
+        let written = match crm.relay.run_once().await {
             Ok(written) => written,
             Err(error) => {
                 eprintln!("write-back stopped: {error}");
                 return exit::STORE;
             }
         };
+        let crm = crm.connector;
         let usage = crm.usage();
         let elapsed = started.elapsed();
         match format {

@@ -2,7 +2,9 @@
 //! discovery, a recurring meeting in another time zone steering routing, an out-of-office day
 //! taking a rep out of routing and pausing (or redirecting) the SLA, the follow-up hold booked
 //! once and read back, and outages that degrade the calendar while routing carries on.
-//! leadloop's clock is virtual; Radicale only stores what it is given.
+//! leadloop's clock is virtual; Radicale only stores what it is given. The engine, its rules,
+//! the poller and the hold relay are the daemon's, built by `leadloop::runtime` from a config
+//! around the connector under test.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,9 +12,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions};
 use leadloop_caldav::{CaldavConnector, CalendarConfig, CalendarKind, PersonCalendar};
 use leadloop_core::routing::{RouteRule, RoutingConfig};
-use leadloop_core::sla::{SlaConfig, SlaPolicy, SlaRules, WhenAway, default_policy};
+use leadloop_core::sla::{SlaConfig, SlaPolicy, WhenAway, default_policy};
 use leadloop_core::{
     Calendar, Channel, Clock, Effect, EventKind, IdempotencyKey, Lead, LeadId, LeadRecord, Person, PersonId,
     Role, Timestamp, VirtualClock,
@@ -20,7 +23,7 @@ use leadloop_core::{
 use leadloop_engine::Engine;
 use leadloop_engine::calendar::{CalendarPoller, CalendarRelay};
 use leadloop_plugin::BuildContext;
-use leadloop_store::{SledConfig, SledStore, Store};
+use leadloop_store::Store;
 use leadloop_tests::caldav_peer::{CaldavPeer, USERS};
 
 /// Monday 23 November 2026, 09:00 UTC (10:00 in Berlin).
@@ -121,42 +124,44 @@ struct Rig {
     store: Arc<dyn Store>,
     engine: Engine,
     connector: Arc<CaldavConnector>,
-    poller: CalendarPoller,
-    relay: CalendarRelay,
+    poller: Arc<CalendarPoller>,
+    relay: Arc<CalendarRelay>,
 }
 
-async fn rig(sla: SlaRules, ana_password: &str) -> Rig {
+/// The daemon's runtime for `sla`, with `[calendar]` (holds booked when `hold`) and routing
+/// over ana and bo.
+async fn rig(sla: SlaConfig, hold: bool, ana_password: &str) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let peer = CaldavPeer::start(&dir.path().join("radicale")).expect("radicale");
     peer.create_calendar("ana", "work").await.expect("ana's calendar");
     peer.create_calendar("bo", "work").await.expect("bo's calendar");
     let clock = Arc::new(VirtualClock::new(t0()));
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path().join("state"))).expect("store");
+    let mut calendar_config = config(dir.path(), &peer, ana_password);
+    calendar_config.hold = hold;
+    let cx = BuildContext { clock: clock.clone(), shutdown: Default::default() };
+    let connector = calendar_config.build(&cx).expect("build calendar");
+    let (mut daemon, _) = leadloop::config::load_str(Path::new("caldav.toml"), "").expect("empty config");
+    daemon.sla = sla;
     // Threshold 0: a lead is Marketing Qualified on arrival, so an unowned one is routed at once.
-    let scoring = leadloop_core::scoring::ScoringConfig { threshold: 0.0, ..Default::default() };
-    let rules = leadloop_core::rules::Rules::new(sla, scoring, Default::default(), routing());
-    let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules));
+    daemon.scoring = leadloop_core::scoring::ScoringConfig { threshold: 0.0, ..Default::default() };
+    daemon.routing = routing();
+    daemon.calendar = Some(calendar_config);
+    let options = RuntimeOptions::new(clock.clone())
+        .state_dir(Some(dir.path().join("state")))
+        .parts(Parts { calendar: true, ..Parts::ENGINE })
+        .calendar(connector.clone() as Arc<dyn Calendar>);
+    let runtime = Runtime::build(&daemon, options).await.expect("the daemon's runtime");
+    let (store, engine) = (Arc::clone(&runtime.store), runtime.engine.clone());
     for p in people() {
         engine.upsert_person(p).await.expect("person");
     }
-    let cx = BuildContext { clock: clock.clone(), shutdown: Default::default() };
-    let config = config(dir.path(), &peer, ana_password);
-    let connector = config.build(&cx).expect("build calendar");
-    let calendar: Arc<dyn Calendar> = connector.clone();
-    let poller = CalendarPoller::new(
-        Arc::clone(&calendar),
-        engine.clone(),
-        clock.clone(),
-        config.look_ahead(),
-        config.poll_interval,
-    );
-    let relay = CalendarRelay::new(Arc::clone(&store), clock.clone(), calendar, Default::default());
-    Rig { dir, peer, clock, store, engine, connector, poller, relay }
+    let parts = runtime.calendar.expect("the calendar part");
+    Rig { dir, peer, clock, store, engine, connector, poller: parts.poller, relay: parts.relay }
 }
 
-fn sla(when_away: WhenAway, backup: Option<&str>) -> SlaRules {
+fn sla(when_away: WhenAway, backup: Option<&str>) -> SlaConfig {
     let policy = SlaPolicy { when_away, backup: backup.map(str::to_owned), ..default_policy() };
-    SlaRules::new(SlaConfig { policies: vec![policy], ..SlaConfig::default() })
+    SlaConfig { policies: vec![policy], ..SlaConfig::default() }
 }
 
 fn ics(body: &str) -> String {
@@ -207,7 +212,7 @@ async fn emails(store: &dyn Store, now: Timestamp) -> Vec<(String, Vec<String>)>
 
 #[tokio::test]
 async fn discovery_finds_each_persons_calendar_by_login_and_by_principal() {
-    let rig = rig(sla(WhenAway::Pause, None), USERS[1].1).await;
+    let rig = rig(sla(WhenAway::Pause, None), false, USERS[1].1).await;
     for user in ["ana", "bo"] {
         let found = rig.connector.discover(&PersonId::new(user)).await.expect("discover");
         let urls: Vec<String> = found.iter().map(|c| c.url.to_string()).collect();
@@ -220,7 +225,7 @@ async fn discovery_finds_each_persons_calendar_by_login_and_by_principal() {
 
 #[tokio::test]
 async fn a_weekly_meeting_with_the_leads_domain_in_another_zone_routes_to_that_rep() {
-    let rig = rig(sla(WhenAway::Pause, None), USERS[1].1).await;
+    let rig = rig(sla(WhenAway::Pause, None), false, USERS[1].1).await;
     rig.peer.put_event("bo", "work", "acme-weekly.ics", &weekly_acme_meeting()).await.expect("put");
     let report = rig.poller.poll_once().await;
     assert_eq!(report.problems, Vec::<String>::new());
@@ -269,7 +274,7 @@ async fn a_weekly_meeting_with_the_leads_domain_in_another_zone_routes_to_that_r
 
 #[tokio::test]
 async fn an_out_of_office_rep_is_skipped_and_the_sla_pauses_until_they_are_back() {
-    let rig = rig(sla(WhenAway::Pause, None), USERS[1].1).await;
+    let rig = rig(sla(WhenAway::Pause, None), false, USERS[1].1).await;
     rig.peer.put_event("ana", "work", "ooo.ics", &out_of_office()).await.expect("put");
     assert!(rig.poller.poll_once().await.problems.is_empty());
     let chart = rig.engine.org_chart();
@@ -300,7 +305,7 @@ async fn an_out_of_office_rep_is_skipped_and_the_sla_pauses_until_they_are_back(
 
 #[tokio::test]
 async fn under_a_backup_policy_an_away_reps_steps_go_to_the_backup() {
-    let rig = rig(sla(WhenAway::Backup, Some("lee")), USERS[1].1).await;
+    let rig = rig(sla(WhenAway::Backup, Some("lee")), false, USERS[1].1).await;
     rig.peer.put_event("ana", "work", "ooo.ics", &out_of_office()).await.expect("put");
     rig.poller.poll_once().await;
     rig.engine.upsert_lead(lead("eve@globex.example", Some("ana"))).await.expect("lead");
@@ -312,7 +317,7 @@ async fn under_a_backup_policy_an_away_reps_steps_go_to_the_backup() {
 
 #[tokio::test]
 async fn the_hold_is_booked_in_the_next_free_slot_once_and_read_back() {
-    let rig = rig(sla(WhenAway::Pause, None).with_hold(Duration::from_secs(1800)), USERS[1].1).await;
+    let rig = rig(sla(WhenAway::Pause, None), true, USERS[1].1).await;
     // Busy 10:00–11:00 and 11:00–11:40 Berlin today: the first free half hour is 11:45.
     // (One resource per event: a CalDAV server keeps one UID per resource.)
     let pipeline = ics(
@@ -374,7 +379,7 @@ async fn the_hold_is_booked_in_the_next_free_slot_once_and_read_back() {
 
 #[tokio::test]
 async fn a_refused_login_degrades_the_calendar_and_routing_falls_back_to_rules() {
-    let rig = rig(sla(WhenAway::Pause, None), "wrong password").await;
+    let rig = rig(sla(WhenAway::Pause, None), false, "wrong password").await;
     rig.peer.put_event("bo", "work", "acme-weekly.ics", &weekly_acme_meeting()).await.expect("put");
     let report = rig.poller.poll_once().await;
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
@@ -390,7 +395,7 @@ async fn a_refused_login_degrades_the_calendar_and_routing_falls_back_to_rules()
 
 #[tokio::test]
 async fn a_stopped_server_degrades_the_calendar_without_blocking_hand_offs() {
-    let mut rig = rig(sla(WhenAway::Pause, None).with_hold(Duration::from_secs(1800)), USERS[1].1).await;
+    let mut rig = rig(sla(WhenAway::Pause, None), true, USERS[1].1).await;
     rig.peer.put_event("bo", "work", "acme-weekly.ics", &weekly_acme_meeting()).await.expect("put");
     assert!(rig.poller.poll_once().await.problems.is_empty());
     rig.peer.stop();
@@ -414,7 +419,7 @@ async fn a_stopped_server_degrades_the_calendar_without_blocking_hand_offs() {
 
 #[tokio::test]
 async fn a_malformed_entry_is_skipped_with_its_reason_and_the_rest_keeps_working() {
-    let rig = rig(sla(WhenAway::Pause, None), USERS[1].1).await;
+    let rig = rig(sla(WhenAway::Pause, None), false, USERS[1].1).await;
     rig.peer.put_event("bo", "work", "acme-weekly.ics", &weekly_acme_meeting()).await.expect("put");
     let broken = ics(
         "BEGIN:VEVENT\r\nUID:broken\r\nDTSTAMP:20261101T000000Z\r\nDTSTART;TZID=Mars/Olympus:20261124T100000\r\nDTEND;TZID=Mars/Olympus:20261124T110000\r\nSUMMARY:Broken\r\nEND:VEVENT\r\n",
@@ -436,7 +441,7 @@ async fn a_malformed_entry_is_skipped_with_its_reason_and_the_rest_keeps_working
 
 #[tokio::test]
 async fn free_busy_reports_busy_time_and_a_hold_is_removed_only_as_booked() {
-    let rig = rig(sla(WhenAway::Pause, None), USERS[1].1).await;
+    let rig = rig(sla(WhenAway::Pause, None), false, USERS[1].1).await;
     let meeting = ics(
         "BEGIN:VEVENT\r\nUID:fb1\r\nDTSTAMP:20261101T000000Z\r\nDTSTART;TZID=Europe/Berlin:20261124T100000\r\nDTEND;TZID=Europe/Berlin:20261124T110000\r\nSUMMARY:Review\r\nEND:VEVENT\r\n",
     );

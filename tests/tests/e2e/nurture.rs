@@ -1,20 +1,15 @@
 //! Nurture end to end: a step falls due (virtual time), the relay delivers the email to the real
 //! SMTP peer with a signed `List-Unsubscribe` URL and `List-Unsubscribe-Post`; following that
 //! URL with the RFC 8058 one-click POST against the public listener opts the lead out — the
-//! CRM update is queued, the address suppressed — and nothing more is sent.
+//! CRM update is queued, the address suppressed — and nothing more is sent. The engine, its
+//! rules, the relay and the public listener are the daemon's, built by `leadloop::runtime`
+//! from a config.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::TimeDelta;
-use leadloop::links::{Signer, router};
-use leadloop_core::nurture::{NurtureConfig, NurtureRules};
-use leadloop_core::rules::Rules;
-use leadloop_core::sla::{SlaConfig, SlaRules};
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions};
 use leadloop_core::{Channel, Clock, Effect, Lead, LeadId, Timestamp, VirtualClock};
-use leadloop_engine::{EmailRelay, Engine, RelayConfig};
-use leadloop_plugin::{BuildContext, Secret};
-use leadloop_store::{SledConfig, SledStore, Store};
 use leadloop_tests::pki::TestPki;
 use leadloop_tests::smtp_peer::SmtpPeer;
 use serde_json::{Value, json};
@@ -35,48 +30,49 @@ async fn one_click_unsubscribe_from_a_delivered_nurture_email_stops_the_track() 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::create(dir.path()).expect("pki");
     let peer = SmtpPeer::start(Some(&pki)).expect("smtp peer");
-    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path().join("state"))).expect("store");
     let clock = Arc::new(VirtualClock::new(t0()));
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let signer = Arc::new(Signer::new(
-        Secret::for_tests("a test key that is at least 32 bytes long"),
-        &base,
-        Duration::from_secs(14 * 24 * 3600),
-    ));
-    let config: NurtureConfig = serde_json::from_value(json!({
-        "tracks": [{
-            "name": "welcome",
-            "steps": [
-                { "after": "1d", "template": "nurture_example" },
-                { "after": "2d", "template": "nurture_example" },
-                { "after": "3d", "template": "nurture_example" },
-            ],
-        }],
-        "quiet_hours": { "start": "20:00", "end": "08:00" },
-    }))
-    .expect("nurture config");
-    let nurture = NurtureRules::new(config).expect("valid").with_links(signer.clone());
-    let rules = Rules::new(
-        SlaRules::new(SlaConfig::default()),
-        Default::default(),
-        Default::default(),
-        Default::default(),
-    )
-    .with_nurture(nurture);
-    let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules));
-    tokio::spawn({
-        let app = router(signer, engine.clone());
-        async move { axum::serve(listener, app).await }
+    // The public URL names the listener's port, so the port is picked before the config.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+    let base = format!("http://{addr}");
+    let key = dir.path().join("links-key");
+    std::fs::write(&key, "a test key that is at least 32 bytes long").expect("key");
+    let text = format!(
+        r#"
+[links]
+public_listen = "{addr}"
+public_url = "{base}"
+signing_key_file = "{key}"
+
+[nurture]
+quiet_hours = {{ start = "20:00", end = "08:00" }}
+[[nurture.tracks]]
+name = "welcome"
+[[nurture.tracks.steps]]
+after = "1d"
+template = "nurture_example"
+[[nurture.tracks.steps]]
+after = "2d"
+template = "nurture_example"
+[[nurture.tracks.steps]]
+after = "3d"
+template = "nurture_example"
+"#,
+        key = key.display()
+    );
+    let (mut config, _) =
+        leadloop::config::load_str(std::path::Path::new("nurture.toml"), &text).expect("valid config");
+    config.email =
+        Some(leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port).expect("email config"));
+    let options = RuntimeOptions::new(clock.clone()).state_dir(Some(dir.path().join("state"))).parts(Parts {
+        email: true,
+        links_listener: true,
+        ..Parts::ENGINE
     });
-    let cx = BuildContext { clock: clock.clone(), shutdown: Default::default() };
-    let mailer = leadloop_tests::smtp_peer::email_config(dir.path(), &pki, peer.port)
-        .expect("email config")
-        .build(&cx)
-        .expect("mailer");
-    let relay = EmailRelay::new(Arc::clone(&store), clock.clone(), mailer, RelayConfig::default())
-        .with_writer_lock(engine.writer_lock());
+    let mut runtime = Runtime::build(&config, options).await.expect("the daemon's runtime");
+    let _links = runtime.spawn_links_listener(Default::default());
+    let (store, engine) = (Arc::clone(&runtime.store), runtime.engine.clone());
+    let relay = runtime.email.clone().expect("the email relay");
 
     let mut lead = Lead::new("00Q1");
     lead.first_name = Some("Ana".into());

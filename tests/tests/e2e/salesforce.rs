@@ -1,14 +1,14 @@
 //! The Salesforce connector against the emulator, over HTTP: initial and incremental sync,
 //! deletes, write-back batching and per-record errors, session expiry mid-sync, the API
 //! budget and `Retry-After`, a 5xx in the middle of paging, quarantine, and a restart in the
-//! middle of a sync.
+//! middle of a sync. The engine and the sync are the daemon's, built by `leadloop::runtime`
+//! from a `[crm]` config around the connector under test.
 
 use std::sync::Arc;
 
 use chrono::TimeDelta;
+use leadloop::runtime::{Parts, Runtime, RuntimeOptions};
 use leadloop_core::connector::{Crm, CrmObject};
-use leadloop_core::rules::{LifecycleConfig, Rules};
-use leadloop_core::sla::{SlaConfig, SlaRules};
 use leadloop_core::{Clock, Effect, EventKind, IdempotencyKey, LeadId, OutboxEntry, VirtualClock};
 use leadloop_engine::Engine;
 use leadloop_engine::crm::{CrmRelay, CrmRelayConfig, CrmSync, QUARANTINE};
@@ -24,6 +24,7 @@ struct Rig {
     secret: std::path::PathBuf,
     engine: Engine,
     crm: Arc<leadloop_salesforce::Salesforce>,
+    sync: Arc<CrmSync>,
 }
 
 impl Rig {
@@ -36,47 +37,53 @@ impl Rig {
         let secret = dir.path().join("client-secret");
         std::fs::write(&secret, &emu.config().client_secret).expect("secret file");
         let clock = Arc::new(VirtualClock::new(emu.now()));
-        let (engine, crm) = Self::open(&emu, &clock, dir.path(), &secret);
-        Rig { emu, clock, dir, secret, engine, crm }
+        let (engine, crm, sync) = Self::open(&emu, &clock, dir.path(), &secret).await;
+        Rig { emu, clock, dir, secret, engine, crm, sync }
     }
 
-    fn open(
+    /// The daemon's runtime with its default rules and only the CRM part; the connector is
+    /// built here so the tests keep its concrete type.
+    async fn open(
         emu: &Emulator,
         clock: &Arc<VirtualClock>,
         dir: &std::path::Path,
         secret: &std::path::Path,
-    ) -> (Engine, Arc<leadloop_salesforce::Salesforce>) {
-        let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.join("state"))).expect("store");
-        let rules = Rules::new(
-            SlaRules::new(SlaConfig::default()),
-            Default::default(),
-            LifecycleConfig::default(),
-            Default::default(),
+    ) -> (Engine, Arc<leadloop_salesforce::Salesforce>, Arc<CrmSync>) {
+        let text = format!(
+            "[crm]\ntype = \"salesforce\"\n[crm.salesforce]\nlogin_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n[crm.salesforce.fields.lead]\nInterests__c = \"interests\"\n",
+            emu.url(),
+            emu.config().consumer_key,
+            secret.display()
         );
-        let engine = Engine::new(store, clock.clone(), Arc::new(rules));
-        let mut config =
-            SalesforceConfig::new(emu.url(), emu.config().consumer_key.clone(), AuthFlow::ClientCredentials);
-        config.client_secret_file = Some(secret.to_path_buf());
-        config.fields.lead.insert("Interests__c".into(), "interests".into());
+        let (config, _) =
+            leadloop::config::load_str(std::path::Path::new("salesforce.toml"), &text).expect("valid config");
         let cx = leadloop_plugin::BuildContext {
             clock: clock.clone(),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
-        let crm = Arc::new(config.build(&cx).expect("connector"));
-        (engine, crm)
+        let crm_config = config.crm.as_ref().and_then(|c| c.salesforce.as_ref()).expect("[crm.salesforce]");
+        let crm = Arc::new(crm_config.build(&cx).expect("connector"));
+        let options = RuntimeOptions::new(clock.clone())
+            .state_dir(Some(dir.join("state")))
+            .parts(Parts { crm: true, ..Parts::ENGINE })
+            .crm(crm.clone());
+        let runtime = Runtime::build(&config, options).await.expect("the daemon's runtime");
+        let sync = Arc::clone(&runtime.crm.as_ref().expect("the crm part").sync);
+        (runtime.engine, crm, sync)
     }
 
     /// Closes the store and opens it again, as a restart does.
-    fn restart(self) -> Rig {
-        let Rig { emu, clock, dir, secret, engine, crm } = self;
+    async fn restart(self) -> Rig {
+        let Rig { emu, clock, dir, secret, engine, crm, sync } = self;
+        drop(sync);
         drop(engine);
         drop(crm);
-        let (engine, crm) = Self::open(&emu, &clock, dir.path(), &secret);
-        Rig { emu, clock, dir, secret, engine, crm }
+        let (engine, crm, sync) = Self::open(&emu, &clock, dir.path(), &secret).await;
+        Rig { emu, clock, dir, secret, engine, crm, sync }
     }
 
-    fn sync(&self) -> CrmSync {
-        CrmSync::new(self.engine.clone(), self.crm.clone(), &CrmObject::ALL)
+    fn sync(&self) -> Arc<CrmSync> {
+        Arc::clone(&self.sync)
     }
 
     /// Moves both clocks (leadloop's and Salesforce's) on.
@@ -226,7 +233,7 @@ async fn a_5xx_mid_page_keeps_the_cursor_and_a_restart_resumes_without_loss_or_d
     assert!(cursor.expect("cursor").contains("\"next\""), "the cursor still points into the query");
 
     // The daemon is killed here; a new one opens the same state directory.
-    let rig = rig.restart();
+    let rig = rig.restart().await;
     let report = rig.sync().pass().await.expect("pass after restart");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let stored = rig.lead_count().await;
