@@ -26,7 +26,7 @@ pub fn timer_key(n: u64) -> TimerKey {
 }
 
 pub fn outbox_key(n: u64) -> IdempotencyKey {
-    IdempotencyKey(format!("o/{n}"))
+    IdempotencyKey::from_parts(["o".to_owned(), n.to_string()]).expect("two valid parts")
 }
 
 /// One crash-test write: a lead, two history events, a timer and an outbox entry, which must

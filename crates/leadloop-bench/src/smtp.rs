@@ -51,7 +51,11 @@ async fn queue(state: &std::path::Path, messages: usize) -> anyhow::Result<()> {
             lead_id: None,
             vars: vars.clone(),
         };
-        batch.enqueue(OutboxEntry::new(IdempotencyKey(format!("bench/{i}")), effect, now));
+        batch.enqueue(OutboxEntry::new(
+            IdempotencyKey::from_parts(["bench".to_owned(), i.to_string()])?,
+            effect,
+            now,
+        ));
         if batch.len() == QUEUE_BATCH {
             store.commit(std::mem::take(&mut batch)).await?;
         }

@@ -13,9 +13,8 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
-use crate::connector::CalendarEvent;
-use crate::person::PersonId;
-use crate::sla::BusinessHours;
+use crate::ids::PersonId;
+use crate::local_time::{BusinessHours, local_on};
 
 /// Mail domains anyone can have an address at: a meeting with someone there says nothing
 /// about a company.
@@ -35,6 +34,25 @@ pub const PUBLIC_MAIL_DOMAINS: &[&str] = &[
     "gmx.net",
     "web.de",
 ];
+
+/// A calendar entry, reduced to what routing and the SLA need. Recurring events arrive
+/// expanded: one entry per occurrence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalendarEvent {
+    /// The iCalendar `UID` (shared by every occurrence of a recurring event).
+    pub uid: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// A whole-day event (`DTSTART;VALUE=DATE`), placed in the person's time zone.
+    pub all_day: bool,
+    pub summary: String,
+    /// Attendee and organizer addresses, lowercased.
+    pub attendees: Vec<String>,
+    /// Takes time (`TRANSP:OPAQUE`, the default); transparent entries block nothing.
+    pub busy: bool,
+    /// Time away: an all-day busy entry, or one marked out of office.
+    pub away: bool,
+}
 
 /// A meeting in the look-ahead window, with the other parties' domains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,10 +177,10 @@ impl CalendarSignals {
         while at < until {
             let local = at.with_timezone(&tz);
             let day = local.date_naive();
-            let open = crate::sla::local_instant(tz, day, hours.start);
-            let close = crate::sla::local_instant(tz, day, hours.end);
+            let open = local_on(tz, day, hours.start);
+            let close = local_on(tz, day, hours.end);
             if !hours.days.contains(&day.weekday()) || holidays.contains(&day) || at >= close {
-                at = crate::sla::local_instant(tz, day.succ_opt()?, hours.start);
+                at = local_on(tz, day.succ_opt()?, hours.start);
                 continue;
             }
             if at < open {
@@ -171,7 +189,7 @@ impl CalendarSignals {
             }
             let end = at + length;
             if end > close {
-                at = crate::sla::local_instant(tz, day.succ_opt()?, hours.start);
+                at = local_on(tz, day.succ_opt()?, hours.start);
                 continue;
             }
             match blocked.iter().find(|(s, e)| *s < end && *e > at) {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+pub use crate::calendar::CalendarEvent;
 use crate::effect::IdempotencyKey;
 use crate::lead::{Lead, LeadId};
 use crate::person::{Person, PersonId};
@@ -236,25 +237,6 @@ pub trait Mailer: Send + Sync {
     /// Returns only once the server accepted the message (SMTP 250), or an error that says
     /// whether to retry.
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, ConnectorError>;
-}
-
-/// A calendar entry, reduced to what routing and the SLA need. Recurring events arrive
-/// expanded: one entry per occurrence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CalendarEvent {
-    /// The iCalendar `UID` (shared by every occurrence of a recurring event).
-    pub uid: String,
-    pub start: Timestamp,
-    pub end: Timestamp,
-    /// A whole-day event (`DTSTART;VALUE=DATE`), placed in the person's time zone.
-    pub all_day: bool,
-    pub summary: String,
-    /// Attendee and organizer addresses, lowercased.
-    pub attendees: Vec<String>,
-    /// Takes time (`TRANSP:OPAQUE`, the default); transparent entries block nothing.
-    pub busy: bool,
-    /// Time away: an all-day busy entry, or one marked out of office.
-    pub away: bool,
 }
 
 /// A calendar entry that could not be read, kept with the reason instead of failing the read.

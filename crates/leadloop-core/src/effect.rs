@@ -7,31 +7,76 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
-use crate::lead::LeadId;
-use crate::person::PersonId;
+use crate::ids::{LeadId, PersonId};
 
 /// A deterministic key: the same decision taken twice yields the same key, so the second
 /// outbox insert is a no-op. For an SLA step it is built from (lead, hand-off, step); it also
 /// seeds the email's `Message-ID`.
+///
+/// Its text is its parts joined with `/`, the form stores and `Message-ID`s have always held.
+/// A part can neither be empty nor contain `/` ([`KeyError`]), so two different part lists
+/// never make the same key. Stored keys are read back as they were written.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct IdempotencyKey(pub String);
+pub struct IdempotencyKey(String);
+
+/// Why parts cannot make an [`IdempotencyKey`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("an idempotency key needs at least one part")]
+    NoParts,
+    #[error("part {index} of an idempotency key is empty")]
+    EmptyPart { index: usize },
+    #[error("part {index} of an idempotency key ({part:?}) contains the separator `/`")]
+    Separator { index: usize, part: String },
+}
 
 impl IdempotencyKey {
-    /// Joins parts with `/`; parts must not be empty.
-    pub fn from_parts<I, S>(parts: I) -> Self
+    /// The separator between parts.
+    pub const SEPARATOR: char = '/';
+
+    /// Joins parts with `/`; an empty part, a part containing `/`, or no part at all is
+    /// refused.
+    pub fn from_parts<I, S>(parts: I) -> Result<Self, KeyError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         let mut key = String::new();
-        for part in parts {
-            if !key.is_empty() {
-                key.push('/');
+        for (index, part) in parts.into_iter().enumerate() {
+            let part = part.as_ref();
+            if part.is_empty() {
+                return Err(KeyError::EmptyPart { index });
             }
-            key.push_str(part.as_ref());
+            if part.contains(Self::SEPARATOR) {
+                return Err(KeyError::Separator { index, part: part.to_owned() });
+            }
+            if index > 0 {
+                key.push(Self::SEPARATOR);
+            }
+            key.push_str(part);
         }
-        Self(key)
+        if key.is_empty() {
+            return Err(KeyError::NoParts);
+        }
+        Ok(Self(key))
+    }
+
+    /// A key from its text (`a/b/c`), as the parts it joins: each part is checked as
+    /// [`from_parts`](Self::from_parts) checks it.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        Self::from_parts(text.split(Self::SEPARATOR))
+    }
+
+    /// This key with `parts` appended (an SLA step's action keys extend the step's key).
+    pub fn child<I, S>(&self, parts: I) -> Result<Self, KeyError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let own: Vec<String> = self.0.split(Self::SEPARATOR).map(str::to_owned).collect();
+        let more: Vec<String> = parts.into_iter().map(|p| p.as_ref().to_owned()).collect();
+        Self::from_parts(own.into_iter().chain(more))
     }
 
     pub fn as_str(&self) -> &str {
@@ -185,10 +230,10 @@ mod tests {
 
     #[test]
     fn keys_join_parts() {
-        let key = IdempotencyKey::from_parts(["sla", "00Q1", "3", "reminder"]);
+        let key = IdempotencyKey::from_parts(["sla", "00Q1", "3", "reminder"]).expect("valid parts");
         assert_eq!(key.as_str(), "sla/00Q1/3/reminder");
         assert_eq!(
-            key,
+            Ok(key.clone()),
             IdempotencyKey::from_parts(vec![
                 String::from("sla"),
                 "00Q1".into(),
@@ -196,6 +241,31 @@ mod tests {
                 "reminder".into()
             ])
         );
+        assert_eq!(IdempotencyKey::parse("sla/00Q1/3/reminder"), Ok(key.clone()));
+        assert_eq!(
+            key.child(["action", "0"]).map(|k| k.to_string()),
+            Ok("sla/00Q1/3/reminder/action/0".into())
+        );
+        // The stored form is the text itself, so stores and Message-IDs keep their keys.
+        assert_eq!(serde_json::to_value(&key).expect("serializes"), serde_json::json!("sla/00Q1/3/reminder"));
+        let back: IdempotencyKey =
+            serde_json::from_value(serde_json::json!("sla/00Q1/3/reminder")).expect("reads");
+        assert_eq!(back, key);
+    }
+
+    #[test]
+    fn keys_refuse_separators_and_empty_parts() {
+        // Without the check, lead `a/b` step `c` and lead `a` step `b/c` would share a key.
+        assert_eq!(
+            IdempotencyKey::from_parts(["sla", "a/b", "1", "c"]),
+            Err(KeyError::Separator { index: 1, part: "a/b".into() })
+        );
+        assert_eq!(IdempotencyKey::from_parts(["sla", "", "1"]), Err(KeyError::EmptyPart { index: 1 }));
+        assert_eq!(IdempotencyKey::from_parts(Vec::<String>::new()), Err(KeyError::NoParts));
+        assert_eq!(IdempotencyKey::parse("sla//1"), Err(KeyError::EmptyPart { index: 1 }));
+        assert_eq!(IdempotencyKey::parse(""), Err(KeyError::EmptyPart { index: 0 }));
+        let key = IdempotencyKey::parse("sla/00Q1").expect("valid");
+        assert!(key.child(["x/y"]).is_err());
     }
 
     #[test]

@@ -2,40 +2,15 @@
 //! leads moved between stages, how fast, where they stall) are computed from it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+pub use crate::actor::Actor;
 use crate::effect::IdempotencyKey;
-use crate::person::PersonId;
+use crate::handoff::HandoffOutcome;
+use crate::ids::PersonId;
 use crate::stage::Stage;
-
-/// Who caused an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Actor {
-    /// leadloop itself (sync, timers).
-    System,
-    /// A named leadloop rule (scoring, routing, nurture).
-    Rule { name: String },
-    /// A sales action, in the CRM or through a signed link.
-    Sales { person: Option<PersonId> },
-    /// An operator correcting state by hand.
-    Admin { who: String },
-}
-
-impl fmt::Display for Actor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Actor::System => f.write_str("leadloop"),
-            Actor::Rule { name } => write!(f, "rule {name}"),
-            Actor::Sales { person: Some(p) } => write!(f, "sales ({p})"),
-            Actor::Sales { person: None } => f.write_str("sales"),
-            Actor::Admin { who } => write!(f, "admin {who}"),
-        }
-    }
-}
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +54,8 @@ pub enum EventKind {
     },
     HandoffEnded {
         handoff: u32,
-        outcome: String,
+        /// Stored as the sentence it always was (see [`HandoffOutcome`]).
+        outcome: HandoffOutcome,
         /// Whose hand-off it was.
         #[serde(default)]
         owner: Option<PersonId>,

@@ -1,34 +1,13 @@
 //! A lead as leadloop knows it: the CRM's fields plus leadloop's own state (stage, scores).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
-use crate::person::PersonId;
+pub use crate::ids::LeadId;
+use crate::ids::PersonId;
 use crate::stage::Stage;
-
-/// The CRM's identifier of a lead (a Salesforce `00Q…` id, for instance).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct LeadId(pub String);
-
-impl LeadId {
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for LeadId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The lead's fields as synced from the CRM. Fields the CRM left empty are `None`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -110,6 +89,14 @@ impl Lead {
     }
 }
 
+/// One activity that scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredActivity {
+    pub at: Timestamp,
+    pub rule: String,
+    pub points: f64,
+}
+
 /// What the store keeps per lead: the CRM's view plus leadloop's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeadRecord {
@@ -123,13 +110,13 @@ pub struct LeadRecord {
     pub handoffs: u32,
     /// The hand-off whose SLA is running, if any.
     #[serde(default)]
-    pub handoff: Option<crate::sla::Handoff>,
+    pub handoff: Option<crate::handoff::Handoff>,
     /// Recent activities that scored, newest last (at most `scoring::MAX_EVENTS`).
     #[serde(default)]
-    pub scored: Vec<crate::scoring::ScoredActivity>,
+    pub scored: Vec<ScoredActivity>,
     /// Nurture tracks the lead is in, its recent nurture sends and its opt-out.
-    #[serde(default, skip_serializing_if = "crate::nurture::NurtureState::is_empty")]
-    pub nurture: crate::nurture::NurtureState,
+    #[serde(default, skip_serializing_if = "crate::nurture_state::NurtureState::is_empty")]
+    pub nurture: crate::nurture_state::NurtureState,
     pub updated_at: Timestamp,
     /// Incremented on every write; lets readers detect a concurrent change.
     pub version: u64,
@@ -146,7 +133,7 @@ impl LeadRecord {
             handoffs: 0,
             handoff: None,
             scored: Vec::new(),
-            nurture: crate::nurture::NurtureState::default(),
+            nurture: crate::nurture_state::NurtureState::default(),
             updated_at: now,
             version: 0,
         }

@@ -5,14 +5,19 @@
 //! Nothing in this crate performs I/O. Decisions are functions of (state, event, now, policy)
 //! that return a [`Decision`]; the engine persists it and performs its effects.
 
+pub mod actor;
 pub mod calendar;
 pub mod clock;
 pub mod connector;
 pub mod decision;
 pub mod effect;
+pub mod handoff;
 pub mod history;
+pub mod ids;
 pub mod lead;
+pub mod local_time;
 pub mod nurture;
+pub mod nurture_state;
 pub mod person;
 pub mod policy;
 pub mod routing;
@@ -27,13 +32,14 @@ pub mod vars;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use connector::{Calendar, Crm, Mailer};
-pub use decision::Decision;
-pub use effect::{Channel, Effect, IdempotencyKey, OutboxEntry, OutboxState, Suppression};
+pub use decision::{Decision, Fact, RoutingTurn, Summary};
+pub use effect::{Channel, Effect, IdempotencyKey, KeyError, OutboxEntry, OutboxState, Suppression};
+pub use handoff::{Handoff, HandoffOutcome, SalesAction};
 pub use history::{Actor, EventKind, HistoryEvent};
 pub use lead::{Lead, LeadId, LeadRecord};
 pub use person::{OrgChart, Person, PersonId, Role};
 pub use stage::{Stage, Transition, TransitionError};
-pub use timer::{Timer, TimerKey, TimerKind};
+pub use timer::{ReportBucket, ReportKind, Timer, TimerKey, TimerKind};
 
 /// Instants are UTC everywhere; a person's time zone is applied where a rule needs local time.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

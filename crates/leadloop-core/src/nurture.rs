@@ -33,9 +33,11 @@ use serde_json::{Value, json};
 
 use crate::connector::Activity;
 use crate::decision::Decision;
-use crate::effect::{Effect, IdempotencyKey};
-use crate::history::{Actor, EventKind, HistoryEvent};
+use crate::decision::Fact;
+use crate::effect::{Effect, IdempotencyKey, KeyError};
+use crate::history::HistoryEvent;
 use crate::lead::{LeadId, LeadRecord};
+pub use crate::nurture_state::{EnrolReason, Enrolment, ExitReason, NurtureEvent, NurtureState};
 use crate::schedule::{Interval, Schedule, local_instant};
 use crate::stage::Stage;
 use crate::timer::{Timer, TimerKey, TimerKind};
@@ -210,49 +212,6 @@ fn two_days() -> Duration {
     Duration::from_secs(2 * 24 * 3600)
 }
 
-/// One active enrolment, kept on the lead.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Enrolment {
-    pub track: String,
-    /// 1 for the first enrolment in this track, 2 after a recycle, …
-    pub round: u32,
-    pub enrolled_at: Timestamp,
-    /// The index of the next step to send.
-    pub next_step: u32,
-    /// When the previous step was due (enrolment for the first step): intervals from the
-    /// previous step count from here, so quiet hours and the cap do not make a track drift.
-    pub anchor: Timestamp,
-    /// When the next step is planned (its schedule, moved out of quiet hours, or after the
-    /// cap frees).
-    pub due: Timestamp,
-    /// The next step was held back (by the cap, or by quiet hours during a catch-up): it is
-    /// sent when it may be, and the steps after it count from then.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub held: bool,
-}
-
-/// The lead's nurture state, kept in its record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NurtureState {
-    pub tracks: Vec<Enrolment>,
-    /// Recent nurture sends, for the frequency cap (older than the cap's period are dropped).
-    pub sent: Vec<Timestamp>,
-    /// Enrolments so far, per track.
-    pub rounds: BTreeMap<String, u32>,
-    /// When the lead opted out or unsubscribed; from then on no nurture mail, ever.
-    pub opted_out_at: Option<Timestamp>,
-}
-
-impl NurtureState {
-    pub fn is_empty(&self) -> bool {
-        self.tracks.is_empty()
-            && self.sent.is_empty()
-            && self.rounds.is_empty()
-            && self.opted_out_at.is_none()
-    }
-}
-
 /// Makes the signed URLs of nurture mail. The binary implements it (it holds the key and the
 /// public URL).
 pub trait NurtureLinks: Send + Sync + std::fmt::Debug {
@@ -322,20 +281,14 @@ pub fn timer_key(lead: &str) -> TimerKey {
 }
 
 /// `nurture/LEAD/TRACK/ROUND/STEP`.
-pub fn send_key(lead: &str, track: &str, round: u32, step: u32) -> IdempotencyKey {
+pub fn send_key(lead: &str, track: &str, round: u32, step: u32) -> Result<IdempotencyKey, KeyError> {
     IdempotencyKey::from_parts(["nurture", lead, track, &round.to_string(), &step.to_string()])
 }
 
-fn actor() -> Actor {
-    Actor::Rule { name: "nurture".into() }
-}
-
-fn event(now: Timestamp, activity: &str, detail: Value) -> HistoryEvent {
-    let detail = match detail {
-        Value::Object(map) => map.into_iter().collect(),
-        _ => BTreeMap::new(),
-    };
-    HistoryEvent::new(now, actor(), EventKind::Activity { activity: activity.into(), detail })
+/// Records `event` in the history and among the decision's facts.
+fn note(events: &mut Vec<HistoryEvent>, facts: &mut Vec<Fact>, now: Timestamp, event: NurtureEvent) {
+    events.push(event.history(now));
+    facts.push(Fact::Nurture(event));
 }
 
 fn delta(d: Duration) -> TimeDelta {
@@ -587,23 +540,23 @@ impl NurtureRules {
     }
 
     /// Why `record` must leave `track`, if it must.
-    fn exit_reason(&self, track: &Track, record: &LeadRecord) -> Option<&'static str> {
+    fn exit_reason(&self, track: &Track, record: &LeadRecord) -> Option<ExitReason> {
         let listed = |exit: Exit| track.config.exit.contains(&exit);
         if record.nurture.opted_out_at.is_some() && !record.lead.opted_out {
-            return Some("unsubscribed");
+            return Some(ExitReason::Unsubscribed);
         }
         if Self::opted_out(record) {
-            return Some("opted_out");
+            return Some(ExitReason::OptedOut);
         }
         if record.lead.email.as_deref().is_none_or(|e| e.trim().is_empty()) {
-            return Some("no_address");
+            return Some(ExitReason::NoAddress);
         }
         match record.stage {
-            Stage::Graveyard => Some("bounced"),
-            Stage::Disqualified | Stage::Contact => Some("disqualified"),
-            Stage::Customer if listed(Exit::Converted) => Some("converted"),
+            Stage::Graveyard => Some(ExitReason::Bounced),
+            Stage::Disqualified | Stage::Contact => Some(ExitReason::Disqualified),
+            Stage::Customer if listed(Exit::Converted) => Some(ExitReason::Converted),
             Stage::MarketingQualified | Stage::SalesQualified | Stage::Opportunity if listed(Exit::Mql) => {
-                Some("mql")
+                Some(ExitReason::Mql)
             }
             _ => None,
         }
@@ -633,7 +586,13 @@ impl NurtureRules {
             && self.exit_reason(track, record).is_none()
     }
 
-    fn enrol(&self, track: &Track, record: &mut LeadRecord, now: Timestamp, reason: &str) -> HistoryEvent {
+    fn enrol(
+        &self,
+        track: &Track,
+        record: &mut LeadRecord,
+        now: Timestamp,
+        reason: EnrolReason,
+    ) -> NurtureEvent {
         let round = record.nurture.rounds.get(&track.config.name).copied().unwrap_or(0) + 1;
         record.nurture.rounds.insert(track.config.name.clone(), round);
         let nominal = self.nominal(track, 0, now, now, record).unwrap_or(now);
@@ -647,27 +606,30 @@ impl NurtureRules {
             due,
             held: false,
         });
-        event(
-            now,
-            "nurture_enrolled",
-            json!({ "track": track.config.name, "round": round, "reason": reason, "first_send": due }),
-        )
+        NurtureEvent::Enrolled { track: track.config.name.clone(), round, reason, first_send: due }
     }
 
     /// Leaves every track whose exit holds (or that is no longer configured).
-    fn exits(&self, record: &mut LeadRecord, now: Timestamp, events: &mut Vec<HistoryEvent>) {
+    fn exits(
+        &self,
+        record: &mut LeadRecord,
+        now: Timestamp,
+        events: &mut Vec<HistoryEvent>,
+        facts: &mut Vec<Fact>,
+    ) {
         let enrolments = std::mem::take(&mut record.nurture.tracks);
         for enrolment in enrolments {
             let reason = match self.track(&enrolment.track) {
-                None => Some("track removed from config"),
+                None => Some(ExitReason::TrackRemoved),
                 Some(track) => self.exit_reason(track, record),
             };
             match reason {
-                Some(reason) => events.push(event(
+                Some(reason) => note(
+                    events,
+                    facts,
                     now,
-                    "nurture_exited",
-                    json!({ "track": enrolment.track, "round": enrolment.round, "reason": reason }),
-                )),
+                    NurtureEvent::Exited { track: enrolment.track, round: enrolment.round, reason },
+                ),
                 None => record.nurture.tracks.push(enrolment),
             }
         }
@@ -709,7 +671,8 @@ impl NurtureRules {
             record.nurture.opted_out_at = Some(now);
         }
         let mut events = Vec::new();
-        self.exits(record, now, &mut events);
+        let mut facts = Vec::new();
+        self.exits(record, now, &mut events, &mut facts);
         let recycled = record.stage == Stage::Recycled && before.is_none_or(|b| b.stage != Stage::Recycled);
         for track in self.tracks.iter() {
             if record.nurture.tracks.iter().any(|e| e.track == track.config.name)
@@ -719,12 +682,15 @@ impl NurtureRules {
             }
             let rounds = record.nurture.rounds.get(&track.config.name).copied().unwrap_or(0);
             if rounds == 0 {
-                events.push(self.enrol(track, record, now, "matched the enrolment rule"));
+                let enrolled = self.enrol(track, record, now, EnrolReason::Matched);
+                note(&mut events, &mut facts, now, enrolled);
             } else if recycled && track.config.enrol.recycled {
-                events.push(self.enrol(track, record, now, "recycled by sales"));
+                let enrolled = self.enrol(track, record, now, EnrolReason::Recycled);
+                note(&mut events, &mut facts, now, enrolled);
             }
         }
         decision.events.extend(events);
+        decision.facts.extend(facts);
         self.sync_timer(&start, record, decision);
         record.nurture != start
     }
@@ -744,10 +710,11 @@ impl NurtureRules {
             record.nurture.opted_out_at = Some(now);
             let mut fields = serde_json::Map::new();
             fields.insert("opted_out".into(), json!(true));
-            decision.effects.push((
+            decision.queue(
                 IdempotencyKey::from_parts(["optout", record.lead.id.as_str(), &record.version.to_string()]),
                 Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
-            ));
+                now,
+            );
             record.lead.opted_out = true;
             // Every track ends here, with the reason the lead gave.
             let enrolments = std::mem::take(&mut record.nurture.tracks);
@@ -755,11 +722,12 @@ impl NurtureRules {
                 decision.cancel_timers.push(timer_key(record.lead.id.as_str()));
             }
             for enrolment in enrolments {
-                decision.events.push(event(
-                    now,
-                    "nurture_exited",
-                    json!({ "track": enrolment.track, "round": enrolment.round, "reason": "unsubscribed" }),
-                ));
+                let exited = NurtureEvent::Exited {
+                    track: enrolment.track,
+                    round: enrolment.round,
+                    reason: ExitReason::Unsubscribed,
+                };
+                note(&mut decision.events, &mut decision.facts, now, exited);
             }
             self.on_change(Some(before), record, now, decision);
             return true;
@@ -775,7 +743,8 @@ impl NurtureRules {
             record.nurture.opted_out_at = Some(now);
         }
         let mut events = Vec::new();
-        self.exits(record, now, &mut events);
+        let mut facts = Vec::new();
+        self.exits(record, now, &mut events, &mut facts);
         let mut order: Vec<usize> = (0..record.nurture.tracks.len()).collect();
         order.sort_by_key(|i| (record.nurture.tracks[*i].due, record.nurture.tracks[*i].track.clone()));
         let mut finished = Vec::new();
@@ -785,7 +754,8 @@ impl NurtureRules {
                 continue;
             }
             let Some(track) = self.track(&enrolment.track) else { continue };
-            let (enrolment, done) = self.advance(track, enrolment, record, now, decision, &mut events);
+            let (enrolment, done) =
+                self.advance(track, enrolment, record, now, decision, (&mut events, &mut facts));
             record.nurture.tracks[i] = enrolment;
             if done {
                 finished.push(i);
@@ -793,11 +763,12 @@ impl NurtureRules {
         }
         for i in finished.into_iter().rev() {
             let enrolment = record.nurture.tracks.remove(i);
-            events.push(event(
-                now,
-                "nurture_exited",
-                json!({ "track": enrolment.track, "round": enrolment.round, "reason": "end" }),
-            ));
+            let exited = NurtureEvent::Exited {
+                track: enrolment.track,
+                round: enrolment.round,
+                reason: ExitReason::End,
+            };
+            note(&mut events, &mut facts, now, exited);
         }
         if let Some(cap) = &self.config.frequency_cap {
             let per = delta(cap.per);
@@ -806,6 +777,7 @@ impl NurtureRules {
             record.nurture.sent.clear();
         }
         decision.events.extend(events);
+        decision.facts.extend(facts);
         // The fired timer is gone: set it again whenever anything is left.
         let mut gone = start.clone();
         gone.tracks.clear();
@@ -820,7 +792,7 @@ impl NurtureRules {
         record: &mut LeadRecord,
         now: Timestamp,
         decision: &mut Decision,
-        events: &mut Vec<HistoryEvent>,
+        (events, facts): (&mut Vec<HistoryEvent>, &mut Vec<Fact>),
     ) -> (Enrolment, bool) {
         let staleness = delta(track.config.staleness);
         loop {
@@ -863,17 +835,14 @@ impl NurtureRules {
             let skipped: Vec<String> =
                 due.iter().filter(|d| !send.contains(&d.0)).map(|d| track.steps[d.0].name.clone()).collect();
             if !skipped.is_empty() {
-                events.push(event(
-                    now,
-                    "nurture_skipped",
-                    json!({
-                        "track": track.config.name,
-                        "round": enrolment.round,
-                        "steps": skipped,
-                        "catch_up": track.config.catch_up.as_str(),
-                        "late_seconds": late(due[0].1).num_seconds(),
-                    }),
-                ));
+                let skipped = NurtureEvent::Skipped {
+                    track: track.config.name.clone(),
+                    round: enrolment.round,
+                    steps: skipped,
+                    catch_up: track.config.catch_up.as_str(),
+                    late_seconds: late(due[0].1).num_seconds(),
+                };
+                note(events, facts, now, skipped);
             }
             let Some(&first) = send.first() else {
                 // Everything due was skipped: plan the step after the last one due.
@@ -896,11 +865,12 @@ impl NurtureRules {
             if let Some(frees) = self.cap_frees(&record.nurture, now) {
                 enrolment.due = self.next_allowed(record, frees);
                 enrolment.held = true;
-                events.push(event(
-                    now,
-                    "nurture_capped",
-                    json!({ "track": track.config.name, "step": track.steps[first].name, "until": enrolment.due }),
-                ));
+                let capped = NurtureEvent::Capped {
+                    track: track.config.name.clone(),
+                    step: track.steps[first].name.clone(),
+                    until: enrolment.due,
+                };
+                note(events, facts, now, capped);
                 return (enrolment, false);
             }
             self.send(track, &enrolment, first, record, now, decision);
@@ -996,17 +966,18 @@ impl NurtureRules {
             "unsubscribe_url": unsubscribe,
             "links": links,
         });
-        decision.effects.push((
-            send_key(id.as_str(), &track.config.name, enrolment.round, index as u32),
-            Effect::Email {
-                kind: "nurture".into(),
-                template,
-                to: vec![address],
-                cc: Vec::new(),
-                lead_id: Some(id.clone()),
-                vars,
-            },
-        ));
+        let email = Effect::Email {
+            kind: "nurture".into(),
+            template,
+            to: vec![address],
+            cc: Vec::new(),
+            lead_id: Some(id.clone()),
+            vars,
+        };
+        let key = send_key(id.as_str(), &track.config.name, enrolment.round, index as u32);
+        if let Some(key) = decision.queue(key, email, now) {
+            decision.facts.push(Fact::NurtureSend { key, track: track.config.name.clone() });
+        }
     }
 
     /// The next `limit` sends of `track` for this lead: from its enrolment if it is enrolled,

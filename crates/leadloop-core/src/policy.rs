@@ -59,13 +59,13 @@ pub trait Policy: Send + Sync {
         &self,
         lead: &LeadRecord,
         handoff: u32,
-        action: crate::sla::SalesAction,
+        action: crate::handoff::SalesAction,
         reason: Option<&str>,
         people: &OrgChart,
         now: Timestamp,
-    ) -> (Decision, crate::sla::ActionOutcome) {
+    ) -> (Decision, crate::handoff::ActionOutcome) {
         let _ = (lead, handoff, action, reason, people, now);
-        (Decision::default(), crate::sla::ActionOutcome::AlreadyClosed)
+        (Decision::default(), crate::handoff::ActionOutcome::AlreadyClosed)
     }
 
     /// A timer is due. `lead` is the timer's lead as stored now (`None` if it has none or it

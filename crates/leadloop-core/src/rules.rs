@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::connector::Activity;
-use crate::decision::Decision;
+use crate::decision::{Decision, RoutingTurn};
 use crate::history::{Actor, EventKind, HistoryEvent};
 use crate::lead::LeadRecord;
 use crate::nurture::NurtureRules;
@@ -40,11 +40,6 @@ pub struct Rules {
     pub lifecycle: LifecycleConfig,
     pub routing: RoutingConfig,
     pub nurture: NurtureRules,
-}
-
-/// The cursor that keeps a routing rule's next turn.
-pub fn turn_cursor(rule: &str) -> String {
-    format!("routing.turn.{rule}")
 }
 
 fn rule(name: &str) -> Actor {
@@ -91,6 +86,7 @@ impl Rules {
         }
         decision.events.extend(nurture.events);
         decision.effects.extend(nurture.effects);
+        decision.facts.extend(nurture.facts);
         decision.set_timers.extend(nurture.set_timers);
         decision.cancel_timers.extend(nurture.cancel_timers);
         decision
@@ -130,7 +126,7 @@ impl Rules {
         record.lead.owner_id = Some(route.owner.clone());
         let mut fields = serde_json::Map::new();
         fields.insert("owner_id".into(), serde_json::json!(route.owner));
-        decision.effects.push((
+        decision.queue(
             // Unique per routing of this lead (the record's version moves on every write), and
             // the same if this very decision is made again after a crash.
             crate::IdempotencyKey::from_parts([
@@ -139,9 +135,10 @@ impl Rules {
                 &record.version.to_string(),
             ]),
             crate::Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
-        ));
-        if let Some((rule_name, turn)) = route.turn {
-            decision.cursors.push((turn_cursor(&rule_name), turn.to_string()));
+            now,
+        );
+        if let Some((rule, next)) = route.turn {
+            decision.turns.push(RoutingTurn { rule, next });
         }
         decision
     }
@@ -149,7 +146,9 @@ impl Rules {
     /// Joins a routing decision's effects and cursors into the SLA's decision.
     fn join(mut into: Decision, routed: Decision) -> Decision {
         into.effects.splice(0..0, routed.effects);
-        into.cursors.extend(routed.cursors);
+        into.events.extend(routed.events);
+        into.turns.extend(routed.turns);
+        into.facts.extend(routed.facts);
         into
     }
 

@@ -13,10 +13,11 @@
 
 use std::str::FromStr;
 
-use chrono::{NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono::{TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::Timestamp;
+pub use crate::local_time::local_instant;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid schedule `{expression}`: {reason}")]
@@ -126,27 +127,6 @@ impl Schedule {
         }
         None
     }
-}
-
-/// The instant a local wall-clock time happens in `tz`: a time in a spring-forward gap moves
-/// to the first instant after the gap; a time in a fall-back overlap is its first occurrence.
-pub fn local_instant(tz: Tz, local: NaiveDateTime) -> Timestamp {
-    for minutes in 0..=180 {
-        if let Some(at) = tz.from_local_datetime(&(local + TimeDelta::minutes(minutes))).earliest() {
-            return if minutes == 0 {
-                at.with_timezone(&Utc)
-            } else {
-                // The first valid instant after the gap: the gap's end.
-                let after = at.with_timezone(&Utc);
-                let end = (1..=60 * minutes).rev().map(|s| after - TimeDelta::seconds(s)).find(|t| {
-                    let naive = t.with_timezone(&tz).naive_local();
-                    naive >= local && tz.from_local_datetime(&naive).earliest().is_some()
-                });
-                end.unwrap_or(after)
-            };
-        }
-    }
-    Utc.from_utc_datetime(&local)
 }
 
 /// A calendar interval such as `30d`, `2w`, `3mo` or `1y`, added on the local wall clock of a

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Timestamp;
+pub use crate::lead::ScoredActivity;
 use crate::lead::{Lead, LeadRecord};
 
 /// The most scored activities kept per lead; older ones have decayed to nothing long before.
@@ -89,14 +90,6 @@ pub struct EngagementRule {
 
 fn default_per() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
-}
-
-/// One activity that scored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoredActivity {
-    pub at: Timestamp,
-    pub rule: String,
-    pub points: f64,
 }
 
 /// A score with its reasons.

@@ -1,77 +1,114 @@
-//! Turning a pure [`Decision`] into one store [`Batch`].
+//! Turning a pure [`Decision`] into one store [`Batch`] and a typed [`Summary`] of what it did,
+//! and counting what happened from that summary (`/metrics`).
 
-use leadloop_core::{Decision, EventKind, LeadId, LeadRecord, OutboxEntry, Timestamp};
+use std::collections::HashSet;
+
+use leadloop_core::nurture_state::NurtureEvent;
+use leadloop_core::{Decision, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Summary, Timestamp};
 use leadloop_store::{Batch, Expect};
 
+/// A decision on its way to the store: the batch that makes it durable and the typed summary
+/// of what it did, which the engine counts and keeps its in-memory views with (it never reads
+/// them back out of the batch).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub batch: Batch,
+    pub summary: Summary,
+}
+
+impl Applied {
+    /// Adds `other` (decisions committed together in one batch).
+    pub fn extend(&mut self, other: Applied) {
+        self.batch.ops.extend(other.batch.ops);
+        self.summary.extend(other.summary);
+    }
+}
+
+/// Turns `decision` into its batch and summary, and counts what it did (see [`observe`]).
+/// `read` is the lead as the decision read it (see [`decision_batch`]).
+pub fn apply(
+    decision: Decision,
+    subject: Option<&LeadId>,
+    read: Option<&LeadRecord>,
+    now: Timestamp,
+) -> Applied {
+    let summary = decision.summary(subject);
+    observe(&summary);
+    Applied { batch: decision_batch(decision, subject, read, now), summary }
+}
+
 /// Counts what a decision did, for `/metrics`: hand-offs started and ended (by outcome), the
-/// time to the first status change, and SLA steps queued (by step).
-pub fn observe(decision: &Decision) {
-    for event in &decision.events {
-        match &event.kind {
-            EventKind::HandoffStarted { .. } => {
-                metrics::counter!("leadloop_sla_handoffs_started_total").increment(1)
+/// time to the first touch, and what nurture did.
+pub fn observe(summary: &Summary) {
+    let started = summary.handoffs_started.len();
+    if started > 0 {
+        metrics::counter!("leadloop_sla_handoffs_started_total").increment(started as u64);
+    }
+    for ended in &summary.handoffs_ended {
+        if ended.outcome.is_first_touch() {
+            metrics::histogram!("leadloop_sla_time_to_first_touch_seconds").record(ended.open_seconds as f64);
+        }
+        metrics::counter!("leadloop_sla_handoffs_ended_total", "outcome" => ended.outcome.label())
+            .increment(1);
+    }
+    for event in &summary.nurture {
+        let track = event.track().to_owned();
+        match event {
+            NurtureEvent::Enrolled { .. } => {
+                metrics::counter!("leadloop_nurture_enrolled_total", "track" => track).increment(1)
             }
-            EventKind::HandoffEnded { outcome, open_seconds, .. } => {
-                let outcome = outcome.split(':').next().unwrap_or("other").to_owned();
-                // The first touch is a status change or an answer from an email link; a
-                // completed task ends a hand-off too, but is not counted here.
-                if outcome == "satisfied" && outcome_detail_is_status(event) {
-                    metrics::histogram!("leadloop_sla_time_to_first_touch_seconds")
-                        .record(*open_seconds as f64);
-                }
-                metrics::counter!("leadloop_sla_handoffs_ended_total", "outcome" => outcome).increment(1);
+            NurtureEvent::Exited { reason, .. } => {
+                metrics::counter!("leadloop_nurture_exited_total", "track" => track, "reason" => reason.as_str())
+                    .increment(1)
             }
-            EventKind::Activity { activity, detail } if activity.starts_with("nurture_") => {
-                let track = detail.get("track").and_then(|v| v.as_str()).unwrap_or("").to_owned();
-                match activity.as_str() {
-                    "nurture_enrolled" => {
-                        metrics::counter!("leadloop_nurture_enrolled_total", "track" => track).increment(1)
-                    }
-                    "nurture_exited" => {
-                        let reason = detail.get("reason").and_then(|v| v.as_str()).unwrap_or("").to_owned();
-                        metrics::counter!("leadloop_nurture_exited_total", "track" => track, "reason" => reason)
-                            .increment(1)
-                    }
-                    "nurture_skipped" => {
-                        let steps = detail.get("steps").and_then(|v| v.as_array()).map_or(0, Vec::len);
-                        tracing::info!(
-                            track,
-                            steps,
-                            catch_up = detail.get("catch_up").and_then(|v| v.as_str()).unwrap_or(""),
-                            late_seconds = detail.get("late_seconds").and_then(|v| v.as_i64()).unwrap_or(0),
-                            "nurture steps skipped after a late tick"
-                        );
-                        metrics::counter!("leadloop_nurture_skipped_total", "track" => track)
-                            .increment(steps as u64)
-                    }
-                    "nurture_capped" => {
-                        metrics::counter!("leadloop_nurture_capped_total", "track" => track).increment(1)
-                    }
-                    _ => {}
-                }
+            NurtureEvent::Skipped { steps, catch_up, late_seconds, .. } => {
+                tracing::info!(
+                    track,
+                    steps = steps.len(),
+                    catch_up,
+                    late_seconds,
+                    "nurture steps skipped after a late tick"
+                );
+                metrics::counter!("leadloop_nurture_skipped_total", "track" => track)
+                    .increment(steps.len() as u64)
             }
-            _ => {}
+            NurtureEvent::Capped { .. } => {
+                metrics::counter!("leadloop_nurture_capped_total", "track" => track).increment(1)
+            }
         }
     }
 }
 
-fn outcome_detail_is_status(event: &leadloop_core::HistoryEvent) -> bool {
-    matches!(&event.kind, EventKind::HandoffEnded { outcome, .. } if !outcome.contains("task completed"))
+/// What a commit actually queued (duplicates excluded): SLA step emails by step, nurture sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Queued {
+    /// (step name, how many).
+    pub sla_steps: Vec<(String, u64)>,
+    pub nurture_sends: u64,
 }
 
-/// Counts SLA steps among the effects a commit actually queued (duplicates excluded).
-pub fn observe_queued(keys: &[leadloop_core::IdempotencyKey]) {
-    let nurture = keys.iter().filter(|k| k.as_str().starts_with("nurture/")).count();
-    if nurture > 0 {
-        metrics::counter!("leadloop_nurture_sends_total").increment(nurture as u64);
-    }
-    for key in keys {
-        if let Some(step) = key.as_str().strip_prefix("sla/").and_then(|rest| rest.rsplit('/').next())
-            && !key.as_str().contains("/action/")
-        {
-            metrics::counter!("leadloop_sla_steps_total", "step" => step.to_owned()).increment(1);
+/// Counts the SLA steps and nurture sends among the effects a commit actually queued: a
+/// key the outbox already held (a decision replayed) is not counted again.
+pub fn observe_queued(summary: &Summary, enqueued: &[IdempotencyKey]) -> Queued {
+    let enqueued: HashSet<&IdempotencyKey> = enqueued.iter().collect();
+    let mut queued = Queued::default();
+    for (key, step) in &summary.sla_steps {
+        if enqueued.contains(key) {
+            match queued.sla_steps.iter_mut().find(|(s, _)| s == step) {
+                Some((_, n)) => *n += 1,
+                None => queued.sla_steps.push((step.clone(), 1)),
+            }
         }
     }
+    queued.nurture_sends =
+        summary.nurture_sends.iter().filter(|(key, _)| enqueued.contains(key)).count() as u64;
+    if queued.nurture_sends > 0 {
+        metrics::counter!("leadloop_nurture_sends_total").increment(queued.nurture_sends);
+    }
+    for (step, n) in &queued.sla_steps {
+        metrics::counter!("leadloop_sla_steps_total", "step" => step.clone()).increment(*n);
+    }
+    queued
 }
 
 /// The batch that makes `decision` durable: the lead's new state, its history, its timers,
@@ -104,14 +141,14 @@ pub fn decision_batch(
             batch.set_timer(timer);
         }
     }
-    for (name, value) in decision.cursors {
-        batch.set_cursor(name, value);
+    for turn in decision.turns {
+        batch.set_cursor(turn.cursor_name(), turn.cursor_value());
     }
     for (bucket, key) in decision.remove_items {
-        batch.push(leadloop_store::Op::DeleteItem { bucket, key });
+        batch.push(leadloop_store::Op::DeleteItem { bucket: bucket.to_string(), key });
     }
     for (bucket, key, value) in decision.items {
-        batch.put_item(bucket, key, value);
+        batch.put_item(bucket.to_string(), key, value);
     }
     match &lead_id {
         Some(id) => {
@@ -138,5 +175,72 @@ pub fn decision_batch(
 pub fn stamp(record: &mut LeadRecord, read: Option<&LeadRecord>) {
     if let Some(read) = read {
         record.version = record.version.max(read.version + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use leadloop_core::sla::{SlaConfig, SlaRules, StepAction, default_policy};
+    use leadloop_core::{Lead, LeadRecord, OrgChart, Person, PersonId, Role, SalesAction, Timestamp};
+
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("instant")
+    }
+
+    fn rep() -> Person {
+        Person {
+            id: PersonId::new("rep"),
+            email: "rep@us.example".into(),
+            name: "Rep".into(),
+            manager: None,
+            time_zone: None,
+            role: Role::Rep,
+            active: true,
+            capacity: None,
+        }
+    }
+
+    fn keys(decision: &Decision) -> Vec<IdempotencyKey> {
+        decision.effects.iter().map(|(key, _)| key.clone()).collect()
+    }
+
+    /// `leadloop_sla_steps_total` counts ladder steps only: not a step's actions (CRM writes
+    /// keyed under the step) and not a rep's one-click answer (`sla/LEAD/N/answer/ACTION`,
+    /// which parsing keys once counted as a step named after the action).
+    #[test]
+    fn answers_and_step_actions_are_not_counted_as_steps() {
+        let mut policy = default_policy();
+        policy.steps[0].actions = vec![StepAction::CreateTask { subject: "Call {lead}".into() }];
+        let sla = SlaRules::new(SlaConfig { policies: vec![policy], ..SlaConfig::default() });
+        let people = OrgChart::new([rep()]);
+        let mut lead = Lead::new("00Q1");
+        lead.owner_id = Some(PersonId::new("rep"));
+        lead.status = Some("Open - Not Contacted".into());
+        let t0 = at("2026-11-23T08:00:00Z");
+
+        let decision =
+            leadloop_core::policy::Policy::on_lead(&sla, None, LeadRecord::new(lead, t0), &people, t0);
+        let enqueued = keys(&decision);
+        assert_eq!(enqueued.len(), 2, "the alert and its task: {enqueued:?}");
+        let record = decision.lead.clone().expect("lead");
+        let applied = apply(decision, None, None, t0);
+        assert_eq!(applied.summary.handoffs_started, [(LeadId::new("00Q1"), PersonId::new("rep"))]);
+        let queued = observe_queued(&applied.summary, &enqueued);
+        assert_eq!(queued.sla_steps, [("alert".to_owned(), 1)]);
+
+        // A replay queues nothing new: nothing is counted.
+        assert_eq!(observe_queued(&applied.summary, &[]), Queued::default());
+
+        let (decision, _) = sla.sales_action(&record, 1, SalesAction::Accept, None, &people, t0);
+        let enqueued = keys(&decision);
+        assert_eq!(enqueued.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["sla/00Q1/1/answer/accept"]);
+        let applied = apply(decision, None, None, t0);
+        assert_eq!(observe_queued(&applied.summary, &enqueued), Queued::default(), "an answer is not a step");
+        let ended = &applied.summary.handoffs_ended;
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].outcome.is_first_touch());
+        assert_eq!(ended[0].outcome.label(), "satisfied");
     }
 }

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::{RelayConfig, RelayLoop, Round, backoff};
-use crate::{Engine, EngineError, advance_chart, decision_batch, observe, remember_account};
+use crate::{Applied, Engine, EngineError, advance_chart, apply, remember_account};
 
 /// The store bucket of records the sync could not take, keyed `OBJECT/ID`.
 pub const QUARANTINE: &str = "quarantine";
@@ -85,6 +85,8 @@ impl Engine {
         let now = self.clock.now();
         let mut chart = self.chart();
         let mut batch = Batch::new();
+        // What the page's decisions did, in types (the batch holds how to store it).
+        let mut summary = leadloop_core::Summary::default();
         let mut report =
             IngestReport { fetched: page.records.len() + page.quarantined.len(), ..IngestReport::default() };
         // The quarantine's keys, read from the store once and then kept with each commit (only
@@ -212,7 +214,7 @@ impl Engine {
                     match self.lead_batch(before, lead, &chart, now).await? {
                         None => report.unchanged += 1,
                         Some(sub) => {
-                            take(&mut chart, &mut overlay, &mut batch, sub);
+                            take(&mut chart, &mut overlay, (&mut batch, &mut summary), sub);
                             report.stored += 1;
                         }
                     }
@@ -244,12 +246,11 @@ impl Engine {
                             },
                         ),
                     );
-                    observe(&decision);
-                    let mut sub = decision_batch(decision, Some(&id), Some(&lead), now);
+                    let mut sub = apply(decision, Some(&id), Some(&lead), now);
                     if let Some(source) = source {
-                        sub.mark_seen(id.clone(), source);
+                        sub.batch.mark_seen(id.clone(), source);
                     }
-                    take(&mut chart, &mut overlay, &mut batch, sub);
+                    take(&mut chart, &mut overlay, (&mut batch, &mut summary), sub);
                     report.stored += 1;
                 }
             }
@@ -263,10 +264,9 @@ impl Engine {
                     let mut decision = self.policy.on_delete(&lead, &chart, now);
                     decision.lead = None;
                     decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
-                    observe(&decision);
-                    let mut sub = decision_batch(decision, Some(&lead_id), Some(&lead), now);
-                    sub.delete_lead(lead_id, leadloop_store::Expect::Version(lead.version));
-                    take(&mut chart, &mut overlay, &mut batch, sub);
+                    let mut sub = apply(decision, Some(&lead_id), Some(&lead), now);
+                    sub.batch.delete_lead(lead_id, leadloop_store::Expect::Version(lead.version));
+                    take(&mut chart, &mut overlay, (&mut batch, &mut summary), sub);
                 }
                 CrmObject::Account => {
                     batch.push(Op::DeleteItem { bucket: "accounts".into(), key: id.clone() });
@@ -295,7 +295,7 @@ impl Engine {
         if let Some(cursor) = page.next_cursor {
             batch.set_cursor(cursor_name, cursor);
         }
-        report.enqueued = self.commit(batch).await?.len();
+        report.enqueued = self.commit(Applied { batch, summary }).await?.len();
         *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = Some(quarantined);
 
         if !accounts.is_empty() {
@@ -322,17 +322,16 @@ impl Engine {
     }
 }
 
-/// Folds one decision's batch into the page's: the lead's new state goes into the overlay and
-/// routing's view moves on, so the next record in the page is decided on current state.
+/// Folds one decision into the page's batch and summary: the lead's new state goes into the
+/// overlay and routing's view moves on, so the next record in the page is decided on current
+/// state.
 fn take(
     chart: &mut OrgChart,
     overlay: &mut HashMap<LeadId, Option<LeadRecord>>,
-    batch: &mut Batch,
-    sub: Batch,
+    (batch, summary): (&mut Batch, &mut leadloop_core::Summary),
+    sub: Applied,
 ) {
-    let mut events = Vec::new();
-    let mut turns = Vec::new();
-    for op in &sub.ops {
+    for op in &sub.batch.ops {
         match op {
             Op::PutLead { record, .. } => {
                 overlay.insert(record.lead.id.clone(), Some((**record).clone()));
@@ -340,17 +339,12 @@ fn take(
             Op::DeleteLead { id, .. } => {
                 overlay.insert(id.clone(), None);
             }
-            Op::AppendHistory(_, event) => events.push(event.clone()),
-            Op::SetCursor { name, value } => {
-                if let (Some(rule), Ok(turn)) = (name.strip_prefix("routing.turn."), value.parse::<u64>()) {
-                    turns.push((rule.to_owned(), turn));
-                }
-            }
             _ => {}
         }
     }
-    advance_chart(chart, events.iter(), turns);
-    batch.ops.extend(sub.ops);
+    advance_chart(chart, &sub.summary);
+    batch.ops.extend(sub.batch.ops);
+    summary.extend(sub.summary);
 }
 
 fn quarantine(

@@ -19,12 +19,12 @@ use std::time::Duration;
 use leadloop_core::connector::Activity;
 use leadloop_core::{
     Actor, Clock, EventKind, HistoryEvent, IdempotencyKey, Lead, LeadId, LeadRecord, OrgChart, OutboxEntry,
-    Person,
+    Person, RoutingTurn,
 };
 use leadloop_store::{Batch, Expect, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-pub use apply::{decision_batch, observe, stamp};
+pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued, stamp};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 
 /// How many times a read → decide → commit step is decided again when the store reports
@@ -154,10 +154,10 @@ impl Engine {
     /// Restores routing rules' turns from the store (so rotation continues across restarts).
     pub async fn load_turns(&self, rules: &[String]) -> Result<(), EngineError> {
         for rule in rules {
-            if let Some(value) = self.store.cursor(&format!("routing.turn.{rule}")).await?
-                && let Ok(turn) = value.parse()
+            if let Some(value) = self.store.cursor(&RoutingTurn::cursor(rule)).await?
+                && let Some(turn) = RoutingTurn::from_cursor(rule, &value)
             {
-                self.people.write().unwrap_or_else(|p| p.into_inner()).turns.insert(rule.clone(), turn);
+                self.people.write().unwrap_or_else(|p| p.into_inner()).turns.insert(turn.rule, turn.next);
             }
         }
         Ok(())
@@ -179,26 +179,22 @@ impl Engine {
         *self.calendar.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signals);
     }
 
-    /// Commits `batch` and wakes the relay if it queued anything.
-    async fn commit(&self, batch: Batch) -> Result<Vec<IdempotencyKey>, EngineError> {
-        let events: Vec<(LeadId, HistoryEvent)> = batch
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                leadloop_store::Op::AppendHistory(lead, event) => Some((lead.clone(), event.clone())),
-                _ => None,
-            })
-            .collect();
-        let turns: Vec<(String, u64)> = batch
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                leadloop_store::Op::SetCursor { name, value } => {
-                    Some((name.strip_prefix("routing.turn.")?.to_owned(), value.parse().ok()?))
-                }
-                _ => None,
-            })
-            .collect();
+    /// Commits `applied` and wakes the relay if it queued anything. Routing's view and the
+    /// counts follow the decisions' typed summary.
+    async fn commit(&self, applied: Applied) -> Result<Vec<IdempotencyKey>, EngineError> {
+        let Applied { batch, summary } = applied;
+        // The observer is told what the batch records (events, entries) once it is durable.
+        let events: Vec<(LeadId, HistoryEvent)> = match &self.observer {
+            Some(_) => batch
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    leadloop_store::Op::AppendHistory(lead, event) => Some((lead.clone(), event.clone())),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let queued: Vec<OutboxEntry> = match &self.observer {
             Some(_) => batch
                 .ops
@@ -219,7 +215,7 @@ impl Engine {
         };
         {
             let mut chart = self.people.write().unwrap_or_else(|p| p.into_inner());
-            advance_chart(&mut chart, events.iter().map(|(_, e)| e), turns);
+            advance_chart(&mut chart, &summary);
         }
         if let Some(observer) = &self.observer {
             for (lead, event) in &events {
@@ -229,7 +225,7 @@ impl Engine {
                 observer(Observed::Queued(entry));
             }
         }
-        apply::observe_queued(&committed.enqueued);
+        apply::observe_queued(&summary, &committed.enqueued);
         if !committed.enqueued.is_empty() {
             for notify in &self.on_enqueue {
                 notify.notify_one();
@@ -278,10 +274,10 @@ impl Engine {
         retry_on_conflict(|| async {
             let now = self.clock.now();
             let before = self.store.lead(&lead.id).await?;
-            let Some(batch) = self.lead_batch(before, lead.clone(), &self.chart(), now).await? else {
+            let Some(applied) = self.lead_batch(before, lead.clone(), &self.chart(), now).await? else {
                 return Ok(Vec::new());
             };
-            self.commit(batch).await
+            self.commit(applied).await
         })
         .await
     }
@@ -293,7 +289,7 @@ impl Engine {
         lead: Lead,
         chart: &OrgChart,
         now: leadloop_core::Timestamp,
-    ) -> Result<Option<Batch>, EngineError> {
+    ) -> Result<Option<Applied>, EngineError> {
         let mut events = Vec::new();
         let after = match &before {
             Some(old) => {
@@ -342,8 +338,7 @@ impl Engine {
             events.into_iter().map(|e| HistoryEvent::new(now, Actor::System, e)).collect();
         history.append(&mut decision.events);
         decision.events = history;
-        observe(&decision);
-        Ok(Some(decision_batch(decision, Some(&id), before.as_ref(), now)))
+        Ok(Some(apply(decision, Some(&id), before.as_ref(), now)))
     }
 
     /// An activity on a lead; unknown leads are ignored (and logged).
@@ -364,8 +359,7 @@ impl Engine {
                     EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
                 ),
             );
-            observe(&decision);
-            self.commit(decision_batch(decision, Some(&activity.lead_id), Some(&lead), now)).await
+            self.commit(apply(decision, Some(&activity.lead_id), Some(&lead), now)).await
         })
         .await
     }
@@ -388,8 +382,7 @@ impl Engine {
             let (decision, outcome) =
                 self.policy.on_sales_action(&record, handoff, action, reason, &self.chart(), now);
             if outcome == leadloop_core::sla::ActionOutcome::Done {
-                observe(&decision);
-                self.commit(decision_batch(decision, Some(lead), Some(&record), now)).await?;
+                self.commit(apply(decision, Some(lead), Some(&record), now)).await?;
             }
             Ok(outcome)
         })
@@ -405,10 +398,9 @@ impl Engine {
             let mut decision = self.policy.on_delete(&lead, &self.chart(), now);
             decision.lead = None;
             decision.events.push(HistoryEvent::new(now, Actor::System, EventKind::Deleted));
-            observe(&decision);
-            let mut batch = decision_batch(decision, Some(id), Some(&lead), now);
-            batch.delete_lead(id.clone(), Expect::Version(lead.version));
-            self.commit(batch).await
+            let mut applied = apply(decision, Some(id), Some(&lead), now);
+            applied.batch.delete_lead(id.clone(), Expect::Version(lead.version));
+            self.commit(applied).await
         })
         .await
     }
@@ -446,7 +438,7 @@ impl Engine {
         due.sort_by_key(|t| !matches!(t.kind, leadloop_core::TimerKind::Report { .. }));
         let mut report = TickReport { more: due.len() == TICK_LIMIT, ..TickReport::default() };
         let people = self.chart();
-        let mut batch = Batch::new();
+        let mut batch = Applied::default();
         // The leads of the due timers, read in one call.
         let mut ids: Vec<LeadId> = due.iter().filter_map(|t| t.lead_id.clone()).collect();
         ids.sort();
@@ -457,16 +449,16 @@ impl Engine {
             if let leadloop_core::TimerKind::Report { bucket } = &timer.kind {
                 // What the bucket collected, each item with its lead as it is now.
                 let mut items = Vec::new();
-                for (key, value) in self.store.items(bucket).await? {
-                    let lead = match value.get("lead_id").and_then(|v| v.as_str()) {
-                        Some(id) => self.store.lead(&LeadId::new(id)).await?,
+                for (key, value) in self.store.items(&bucket.to_string()).await? {
+                    let lead = match leadloop_core::sla::report_item_lead(&value) {
+                        Some(id) => self.store.lead(&id).await?,
                         None => None,
                     };
                     items.push((key, value, lead));
                 }
                 let decision = self.policy.on_report(timer, &items, &people, now);
-                batch.cancel_timer(timer.key.clone());
-                batch.ops.extend(decision_batch(decision, None, None, now).ops);
+                batch.batch.cancel_timer(timer.key.clone());
+                batch.extend(apply(decision, None, None, now));
                 report.fired += 1;
                 continue;
             }
@@ -480,12 +472,11 @@ impl Engine {
             if let (Some(id), Some(record)) = (&timer.lead_id, &decision.lead) {
                 fresh.insert(id.clone(), Some(record.clone()));
             }
-            observe(&decision);
-            batch.cancel_timer(timer.key.clone());
-            batch.ops.extend(decision_batch(decision, timer.lead_id.as_ref(), lead.as_ref(), now).ops);
+            batch.batch.cancel_timer(timer.key.clone());
+            batch.extend(apply(decision, timer.lead_id.as_ref(), lead.as_ref(), now));
             report.fired += 1;
         }
-        if !batch.is_empty() {
+        if !batch.batch.is_empty() {
             report.enqueued = self.commit(batch).await?;
         }
         Ok(report)
@@ -560,22 +551,17 @@ where
 }
 
 /// Routing's view after a commit: open hand-offs per person and each rule's next turn.
-pub(crate) fn advance_chart<'a>(
-    chart: &mut OrgChart,
-    events: impl IntoIterator<Item = &'a HistoryEvent>,
-    turns: impl IntoIterator<Item = (String, u64)>,
-) {
-    for event in events {
-        match &event.kind {
-            EventKind::HandoffStarted { owner, .. } => *chart.load.entry(owner.clone()).or_default() += 1,
-            EventKind::HandoffEnded { owner: Some(owner), .. } => {
-                let load = chart.load.entry(owner.clone()).or_default();
-                *load = load.saturating_sub(1);
-            }
-            _ => {}
+pub(crate) fn advance_chart(chart: &mut OrgChart, summary: &leadloop_core::Summary) {
+    for (_, owner) in &summary.handoffs_started {
+        *chart.load.entry(owner.clone()).or_default() += 1;
+    }
+    for ended in &summary.handoffs_ended {
+        if let Some(owner) = &ended.owner {
+            let load = chart.load.entry(owner.clone()).or_default();
+            *load = load.saturating_sub(1);
         }
     }
-    chart.turns.extend(turns);
+    chart.turns.extend(summary.turns.iter().map(|turn| (turn.rule.clone(), turn.next)));
 }
 
 /// Indexes an account's owner by its id and by its domain (`domain:acme.example`).

@@ -8,7 +8,7 @@ use leadloop_core::connector::Activity;
 use leadloop_core::{Actor, EventKind, HistoryEvent, LeadId, Suppression};
 use serde_json::json;
 
-use crate::{Engine, EngineError, decision_batch, observe};
+use crate::{Engine, EngineError, apply};
 
 impl Engine {
     /// The lead unsubscribed through its link (`source`: `one-click` or `form`). The policy
@@ -33,16 +33,15 @@ impl Engine {
                 EventKind::Activity { activity: activity.kind.clone(), detail: activity.detail.clone() },
             ),
         );
-        observe(&decision);
-        let mut batch = decision_batch(decision, Some(lead), Some(&record), now);
+        let mut applied = apply(decision, Some(lead), Some(&record), now);
         if let Some(address) = record.lead.email.as_deref().filter(|a| !a.trim().is_empty()) {
-            batch.suppress(Suppression {
+            applied.batch.suppress(Suppression {
                 address: address.trim().to_lowercase(),
                 reason: "unsubscribed".into(),
                 at: now,
             });
         }
-        self.commit(batch).await?;
+        self.commit(applied).await?;
         metrics::counter!("leadloop_nurture_unsubscribed_total").increment(1);
         Ok(true)
     }

@@ -669,7 +669,7 @@ mod tests {
     #[test]
     fn hard_bounce_is_only_about_the_leads_own_address() {
         let email = |to: &[&str]| OutgoingEmail {
-            key: leadloop_core::IdempotencyKey("k".into()),
+            key: leadloop_core::IdempotencyKey::parse("k").expect("valid key"),
             kind: "nurture".into(),
             template: "t".into(),
             to: to.iter().map(|s| s.to_string()).collect(),

@@ -33,7 +33,8 @@ impl Policy for Ladder {
         };
         let mut decision = Decision::default();
         decision.effects.push((
-            IdempotencyKey::from_parts([lead.lead.id.as_str(), &handoff.to_string(), &step.to_string()]),
+            IdempotencyKey::from_parts([lead.lead.id.as_str(), &handoff.to_string(), &step.to_string()])
+                .expect("valid key"),
             Effect::Email {
                 kind: "test".into(),
                 template: "t".into(),
@@ -100,7 +101,7 @@ async fn due_timers_fire_once_in_virtual_time() {
         .await
         .expect("ready")
         .into_iter()
-        .map(|e| e.key.0)
+        .map(|e| e.key.to_string())
         .collect();
     assert_eq!(keys, ["00Q1/1/1", "00Q1/1/2", "00Q1/1/3"]);
     assert_eq!(store.next_timer_due().await.expect("next"), None);

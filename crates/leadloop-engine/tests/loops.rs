@@ -109,7 +109,8 @@ impl Policy for Recorder {
         }
         let mut decision = Decision::default();
         decision.effects.push((
-            IdempotencyKey::from_parts(["fired", timer.key.as_str()]),
+            // A timer's key may hold `/`, which a key part may not: its parts become the key's.
+            IdempotencyKey::parse(&format!("fired/{}", timer.key)).expect("valid key"),
             Effect::Email {
                 kind: "test".into(),
                 template: "t".into(),
@@ -363,7 +364,7 @@ async fn queue_crm_write(store: &dyn Store, id: &str, now: Timestamp) {
     fields.insert("Status".into(), serde_json::json!("Working"));
     let effect = Effect::CrmUpdate { lead_id: LeadId::new(id), fields };
     let mut batch = Batch::new();
-    batch.enqueue(OutboxEntry::new(IdempotencyKey::from_parts(["crm", id]), effect, now));
+    batch.enqueue(OutboxEntry::new(IdempotencyKey::from_parts(["crm", id]).expect("valid key"), effect, now));
     store.commit(batch).await.expect("enqueue");
 }
 
@@ -388,7 +389,7 @@ async fn crm_relay_honours_retry_after_then_backs_off_with_growing_delays() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     stop(shutdown, task).await;
 
-    let key = IdempotencyKey::from_parts(["crm", "00Q1"]);
+    let key = IdempotencyKey::from_parts(["crm", "00Q1"]).expect("valid key");
     let delay = |attempts| {
         let relay =
             RelayConfig { retry_base: config.retry_base, retry_max: config.retry_max, ..Default::default() };

@@ -60,7 +60,13 @@ fn rules() -> Rules {
 }
 
 async fn outbox(store: &dyn Store, channel: Channel, now: Timestamp) -> Vec<String> {
-    store.outbox_ready(channel, now, 100).await.expect("ready").into_iter().map(|e| e.key.0).collect()
+    store
+        .outbox_ready(channel, now, 100)
+        .await
+        .expect("ready")
+        .into_iter()
+        .map(|e| e.key.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -78,10 +84,7 @@ async fn steps_queue_once_and_unsubscribe_stops_everything() {
 
     clock.advance(TimeDelta::days(1));
     let report = engine.tick().await.expect("tick");
-    assert_eq!(
-        report.enqueued.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
-        ["nurture/00Q1/welcome/1/0"]
-    );
+    assert_eq!(report.enqueued.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["nurture/00Q1/welcome/1/0"]);
     assert_eq!(engine.tick().await.expect("tick").fired, 0, "nothing twice");
     let entry = store.outbox_ready(Channel::Email, clock.now(), 10).await.expect("ready");
     let Effect::Email { kind, to, .. } = &entry[0].effect else { panic!("not an email") };

@@ -73,7 +73,11 @@ mod tests {
             lead_id: Some(LeadId::new("00Q1")),
             vars: serde_json::json!({ "lead": { "name": "Ana", "score": 68.0, "n": 3, "tags": [null, true] } }),
         };
-        OutboxEntry::new(IdempotencyKey("sla/00Q1/1/alert".into()), effect, chrono::DateTime::UNIX_EPOCH)
+        OutboxEntry::new(
+            IdempotencyKey::parse("sla/00Q1/1/alert").expect("valid key"),
+            effect,
+            chrono::DateTime::UNIX_EPOCH,
+        )
     }
 
     #[test]

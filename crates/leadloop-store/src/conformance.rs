@@ -49,7 +49,7 @@ pub fn email(key: &str) -> OutboxEntry {
         lead_id: Some(LeadId::new("00Q1")),
         vars: serde_json::json!({}),
     };
-    OutboxEntry::new(IdempotencyKey(key.into()), effect, t0())
+    OutboxEntry::new(IdempotencyKey::parse(key).expect("valid key"), effect, t0())
 }
 
 pub fn event(minutes: i64, name: &str) -> HistoryEvent {
@@ -214,7 +214,10 @@ pub async fn a_refused_batch_changes_nothing(store: Arc<dyn Store>) {
     assert_eq!(store.lead(&LeadId::new("00Q1")).await.expect("read"), None);
     assert!(store.history(&LeadId::new("00Q1")).await.expect("history").is_empty());
     assert_eq!(store.timer(&TimerKey::new("t1")).await.expect("timer"), None);
-    assert_eq!(store.outbox_entry(&IdempotencyKey("e1".into())).await.expect("entry"), None);
+    assert_eq!(
+        store.outbox_entry(&IdempotencyKey::parse("e1").expect("valid key")).await.expect("entry"),
+        None
+    );
     assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending"), pending_before);
     assert_eq!(store.cursor("c").await.expect("cursor"), None);
     assert!(store.items("b").await.expect("items").is_empty());
@@ -263,7 +266,8 @@ pub async fn two_writers_racing_on_one_lead_one_wins(store: Arc<dyn Store>) {
         let stored = store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead");
         assert_eq!(stored.lead.title.as_deref(), Some(won[0]), "the winner's write is the one stored");
         let loser = if won[0] == "a" { "b" } else { "a" };
-        let key = IdempotencyKey(format!("race/{round}/{loser}"));
+        let key = IdempotencyKey::from_parts(["race".to_owned(), round.to_string(), loser.to_string()])
+            .expect("valid key");
         assert_eq!(
             store.outbox_entry(&key).await.expect("entry"),
             None,
@@ -421,12 +425,12 @@ pub async fn batched_reads_answer_in_order(store: Arc<dyn Store>) {
 
 pub async fn channels_have_separate_queues(store: Arc<dyn Store>) {
     let write = OutboxEntry::new(
-        IdempotencyKey("w1".into()),
+        IdempotencyKey::parse("w1").expect("valid key"),
         Effect::CrmUpdate { lead_id: LeadId::new("00Q1"), fields: Default::default() },
         t0() - TimeDelta::minutes(5),
     );
     let hold = OutboxEntry::new(
-        IdempotencyKey("h1".into()),
+        IdempotencyKey::parse("h1").expect("valid key"),
         Effect::CalendarHold {
             person: leadloop_core::PersonId::new("005A"),
             lead_id: LeadId::new("00Q1"),
@@ -439,7 +443,7 @@ pub async fn channels_have_separate_queues(store: Arc<dyn Store>) {
     let mut batch = Batch::new();
     batch.enqueue(email("e1")).enqueue(write).enqueue(hold).enqueue(email("e2"));
     store.commit(batch).await.expect("commit");
-    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
+    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.to_string()).collect::<Vec<_>>();
     assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["e1", "e2"]);
     assert_eq!(keys(store.outbox_ready(Channel::Crm, t0(), 10).await.expect("ready")), ["w1"]);
     assert_eq!(keys(store.outbox_ready(Channel::Calendar, t0(), 10).await.expect("ready")), ["h1"]);
@@ -464,7 +468,7 @@ pub async fn entries_due_together_keep_queue_order(store: Arc<dyn Store>) {
     let mut batch = Batch::new();
     batch.enqueue(email("sla/1/executive"));
     store.commit(batch).await.expect("commit");
-    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
+    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.to_string()).collect::<Vec<_>>();
     let ready = store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready");
     assert_eq!(keys(ready.clone()), ["sla/1/alert", "sla/1/reminder", "sla/1/manager", "sla/1/executive"]);
     // A retry keeps the entry's place among entries due at the same instant.
@@ -661,7 +665,13 @@ pub async fn outbox_dedupes_by_key(store: Arc<dyn Store>) {
     let mut batch = Batch::new();
     batch.enqueue(email("k1")).enqueue(email("k1")).enqueue(email("k2"));
     let committed = store.commit(batch).await.expect("commit");
-    assert_eq!(committed.enqueued, vec![IdempotencyKey("k1".into()), IdempotencyKey("k2".into())]);
+    assert_eq!(
+        committed.enqueued,
+        vec![
+            IdempotencyKey::parse("k1").expect("valid key"),
+            IdempotencyKey::parse("k2").expect("valid key")
+        ]
+    );
     assert_eq!(committed.duplicates, 1);
     // Done entries still dedupe: a decision repeated after a crash sends nothing new.
     let mut done = email("k1");
@@ -674,7 +684,11 @@ pub async fn outbox_dedupes_by_key(store: Arc<dyn Store>) {
     let committed = store.commit(batch).await.expect("commit");
     assert!(committed.enqueued.is_empty());
     assert_eq!(committed.duplicates, 1);
-    let stored = store.outbox_entry(&IdempotencyKey("k1".into())).await.expect("entry").map(unsequenced);
+    let stored = store
+        .outbox_entry(&IdempotencyKey::parse("k1").expect("valid key"))
+        .await
+        .expect("entry")
+        .map(unsequenced);
     assert_eq!(stored, Some(done));
 }
 
@@ -687,7 +701,7 @@ pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
     let mut batch = Batch::new();
     batch.enqueue(email("a")).enqueue(email("b"));
     store.commit(batch).await.expect("commit");
-    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.0).collect::<Vec<_>>();
+    let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.to_string()).collect::<Vec<_>>();
     assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["a", "b"]);
     // "a" failed transiently: retry in 10 minutes.
     let mut retry = email("a");

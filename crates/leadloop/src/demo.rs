@@ -540,7 +540,7 @@ fn record(
                     .push((event.at + TimeDelta::minutes(rng.random_range(60..20 * 60)), lead.to_string()));
             }
         }
-        EventKind::HandoffEnded { outcome, .. } if outcome.starts_with("satisfied") => {
+        EventKind::HandoffEnded { outcome, .. } if outcome.is_satisfied() => {
             totals.satisfied += 1;
             bump("answered");
         }

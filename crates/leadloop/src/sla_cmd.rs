@@ -164,7 +164,10 @@ async fn ladder_emails(
     let mut out = Vec::new();
     for handoff in 1..=record.handoffs {
         for step in &policy.steps {
-            let key = leadloop_core::sla::step_key(record.lead.id.as_str(), handoff, &step.name);
+            // A key its parts cannot make was never queued.
+            let Ok(key) = leadloop_core::sla::step_key(record.lead.id.as_str(), handoff, &step.name) else {
+                continue;
+            };
             let Some(entry) = store.outbox_entry(&key).await? else { continue };
             let (state, at, reason) = match &entry.state {
                 OutboxState::Pending => ("queued", None, None),

@@ -121,7 +121,7 @@ async fn disqualify_records_the_reason() {
         other => panic!("expected a CRM update, got {other:?}"),
     }
     let history = rig.store.history(&LeadId::new("00Q1")).await.expect("history");
-    assert!(history.iter().any(|(_, e)| matches!(&e.kind, leadloop_core::EventKind::HandoffEnded { outcome, .. } if outcome.contains("student, no budget"))));
+    assert!(history.iter().any(|(_, e)| matches!(&e.kind, leadloop_core::EventKind::HandoffEnded { outcome, .. } if outcome.to_string().contains("student, no budget"))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

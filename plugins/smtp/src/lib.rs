@@ -293,7 +293,7 @@ impl Mailer for EmailConnector {
                 Ok(SendReceipt { message_id: id, reply })
             }
             Sender::Directory(dir) => {
-                let path = write_eml(dir, &email.key.0, &message.formatted()).map_err(|e| {
+                let path = write_eml(dir, email.key.as_str(), &message.formatted()).map_err(|e| {
                     ConnectorError::Transient {
                         message: format!("cannot write .eml into {}: {e}", dir.display()),
                         retry_after: None,

@@ -333,7 +333,7 @@ async fn the_hold_is_booked_in_the_next_free_slot_once_and_read_back() {
     let now = rig.clock.now();
     let holds = rig.store.outbox_ready(Channel::Calendar, now, 10).await.expect("outbox");
     assert_eq!(holds.len(), 1);
-    assert_eq!(holds[0].key, IdempotencyKey("hold/00Q1/1".into()));
+    assert_eq!(holds[0].key, IdempotencyKey::parse("hold/00Q1/1").expect("valid key"));
     let alert = rig.store.outbox_ready(Channel::Email, now, 10).await.expect("outbox");
     let Effect::Email { vars, .. } = &alert[0].effect else { panic!("an alert") };
     assert_eq!(vars["hold"]["start"], "2026-11-23 11:45 CET");
@@ -464,7 +464,7 @@ async fn free_busy_reports_busy_time_and_a_hold_is_removed_only_as_booked() {
         )]
     );
     // A hold, then its removal with If-Match: a stale etag leaves it, the current one removes it.
-    let key = IdempotencyKey("hold/00Q9/1".into());
+    let key = IdempotencyKey::parse("hold/00Q9/1").expect("valid key");
     let (start, end) =
         ("2026-11-24T13:00:00Z".parse().expect("instant"), "2026-11-24T13:30:00Z".parse().expect("instant"));
     rig.connector.place_hold(&ana, &key, start, end, "Call Eve").await.expect("hold");

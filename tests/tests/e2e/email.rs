@@ -46,7 +46,7 @@ async fn rig(config: RelayConfig, tls_peer: bool) -> Rig {
 }
 
 fn key(name: &str) -> IdempotencyKey {
-    IdempotencyKey(format!("sla/00Q1/1/{name}"))
+    IdempotencyKey::from_parts(["sla", "00Q1", "1", name]).expect("valid key")
 }
 
 /// Queues an email as a policy would, with the lead `00Q1` whose address is `lead_email`.
@@ -127,7 +127,7 @@ async fn alert_goes_out_over_starttls_with_auth_multipart_and_stable_message_id(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nurture_mail_carries_one_click_unsubscribe_headers() {
     let rig = rig(RelayConfig::default(), true).await;
-    let nurture = IdempotencyKey("nurture/00Q1/t/1".into());
+    let nurture = IdempotencyKey::parse("nurture/00Q1/t/1").expect("valid key");
     enqueue(&rig, &nurture, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
     assert_eq!(rig.relay.run_once().await.expect("round").sent, 1);
     let messages = rig.peer.messages().await.expect("messages");
@@ -195,7 +195,7 @@ async fn connection_dropped_after_data_resends_once_with_the_same_message_id() {
 async fn hard_bounce_moves_the_lead_to_graveyard_and_is_never_retried() {
     let rig = rig(RelayConfig::default(), true).await;
     rig.peer.faults(json!({ "reject": ["ana@acme.example"] })).await.expect("faults");
-    let first = IdempotencyKey("nurture/00Q1/t/1".into());
+    let first = IdempotencyKey::parse("nurture/00Q1/t/1").expect("valid key");
     enqueue(&rig, &first, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
     let report = rig.relay.run_once().await.expect("round");
     assert_eq!((report.failed, report.graveyarded), (1, 1), "{report:?}");
@@ -211,7 +211,7 @@ async fn hard_bounce_moves_the_lead_to_graveyard_and_is_never_retried() {
     assert_eq!(rig.relay.run_once().await.expect("round").handled(), 0);
     // And the suppressed address gets nothing more, even when the server would accept it.
     rig.peer.reset().await.expect("reset");
-    let second = IdempotencyKey("nurture/00Q1/t/2".into());
+    let second = IdempotencyKey::parse("nurture/00Q1/t/2").expect("valid key");
     enqueue(&rig, &second, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
     assert_eq!(rig.relay.run_once().await.expect("round").dropped, 1);
     assert!(matches!(state(&rig, &second).await, OutboxState::Dropped { .. }));
@@ -353,7 +353,7 @@ async fn an_unreachable_server_keeps_mail_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opted_out_lead_gets_no_mail() {
     let rig = rig(RelayConfig::default(), true).await;
-    let nurture = IdempotencyKey("nurture/00Q1/t/1".into());
+    let nurture = IdempotencyKey::parse("nurture/00Q1/t/1").expect("valid key");
     enqueue(&rig, &nurture, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
     let mut record = rig.store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead");
     record.lead.opted_out = true;

@@ -85,7 +85,7 @@ async fn relay_rig() -> RelayRig {
     let mut batch = Batch::new();
     let mut keys = Vec::new();
     for n in 0..EMAILS {
-        let key = step_key(&format!("00QF{n:04}"), 1, "alert");
+        let key = step_key(&format!("00QF{n:04}"), 1, "alert").expect("valid key");
         let effect = Effect::Email {
             kind: "sla.alert".into(),
             template: "sla_alert".into(),
@@ -235,7 +235,8 @@ async fn fault_5_smtp_421_and_451_for_hours_then_a_drop_after_data_lose_nothing(
         leadloop_engine::RelayConfig::default(),
     );
     let mut batch = Batch::new();
-    let keys: Vec<IdempotencyKey> = (0..5).map(|n| step_key(&format!("00Q5{n:03}"), 1, "alert")).collect();
+    let keys: Vec<IdempotencyKey> =
+        (0..5).map(|n| step_key(&format!("00Q5{n:03}"), 1, "alert").expect("valid key")).collect();
     for (n, key) in keys.iter().enumerate() {
         let effect = Effect::Email {
             kind: "sla.alert".into(),
@@ -496,7 +497,7 @@ async fn fault_9_restart_with_many_pending_timers_fires_each_due_one_once() {
     assert_eq!(queued as u64, total + DUE_AT_RESTART, "a reminder for the overdue, an escalation for all");
     assert_eq!(engine.store().next_timer_due().await.expect("next"), None, "no timer left behind");
     for i in [0, DUE_AT_RESTART, total - 1] {
-        let key = step_key(&handoff_lead(i), 1, "executive");
+        let key = step_key(&handoff_lead(i), 1, "executive").expect("valid key");
         assert!(engine.store().outbox_entry(&key).await.expect("read").is_some(), "{key}");
     }
 }

@@ -287,7 +287,7 @@ async fn retry_after_is_honoured_and_the_budget_reserve_defers_bulk_sync_not_wri
     let mut update = Map::new();
     update.insert("status".into(), json!("Working - Contacted"));
     batch.enqueue(OutboxEntry::new(
-        IdempotencyKey(String::from("w1")),
+        IdempotencyKey::parse("w1").expect("valid key"),
         Effect::CrmUpdate { lead_id: LeadId::new(&lead), fields: update },
         rig.clock.now(),
     ));
@@ -311,7 +311,7 @@ async fn write_back_batches_200_a_call_retries_record_errors_and_dead_letters_wh
         let status = if i == 5 { "Maybe Later" } else { "Working - Contacted" };
         update.insert("status".into(), json!(status));
         batch.enqueue(OutboxEntry::new(
-            IdempotencyKey(format!("w{i}")),
+            IdempotencyKey::parse(&format!("w{i}")).expect("valid key"),
             Effect::CrmUpdate { lead_id: LeadId::new(id), fields: update },
             rig.clock.now(),
         ));
@@ -322,7 +322,7 @@ async fn write_back_batches_200_a_call_retries_record_errors_and_dead_letters_wh
             .expect("id")
             .to_owned();
     batch.enqueue(OutboxEntry::new(
-        IdempotencyKey(String::from("task-1")),
+        IdempotencyKey::parse("task-1").expect("valid key"),
         Effect::CrmTask {
             lead_id: LeadId::new(&ids[0]),
             owner_id: leadloop_core::PersonId::new(&rep),
@@ -359,7 +359,7 @@ async fn write_back_batches_200_a_call_retries_record_errors_and_dead_letters_wh
     let dead = rig
         .engine
         .store()
-        .outbox_entry(&IdempotencyKey(String::from("w5")))
+        .outbox_entry(&IdempotencyKey::parse("w5").expect("valid key"))
         .await
         .expect("entry")
         .expect("w5");
