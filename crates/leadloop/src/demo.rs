@@ -271,17 +271,15 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let observer: leadloop_engine::Observer = Arc::new(move |observed: leadloop_engine::Observed<'_>| {
         let seen = match observed {
             leadloop_engine::Observed::Event(lead, event) => (lead.clone(), event.clone()),
-            // The timeline counts queued emails as the queueing events schema 1 recorded.
+            // The timeline counts queued emails by their kind (`sla.alert`, `nurture`, …), carried
+            // in a queueing event of the demo's own.
             leadloop_engine::Observed::Queued(entry) => match (&entry.effect, entry.effect.lead_id()) {
-                (leadloop_core::Effect::Email { .. }, Some(lead)) => (
+                (leadloop_core::Effect::Email { kind, .. }, Some(lead)) => (
                     lead.clone(),
                     HistoryEvent::new(
                         entry.created_at,
                         leadloop_core::Actor::System,
-                        EventKind::EffectQueued {
-                            key: entry.key.clone(),
-                            effect: entry.effect.name().into(),
-                        },
+                        EventKind::EffectQueued { key: entry.key.clone(), effect: kind.clone() },
                     ),
                 ),
                 _ => return,
@@ -544,14 +542,13 @@ fn record(
             totals.satisfied += 1;
             bump("answered");
         }
-        EventKind::EffectQueued { key, effect } if effect == "email" => {
-            let parts: Vec<&str> = key.as_str().split('/').collect();
-            let kind: &'static str = match (parts.first().copied(), parts.last().copied()) {
-                (Some("sla"), Some("alert")) => "alert",
-                (Some("sla"), Some("reminder")) => "reminder",
-                (Some("sla"), Some("manager")) => "manager",
-                (Some("sla"), Some("executive")) => "executive",
-                (Some("nurture"), _) => "nurture",
+        EventKind::EffectQueued { effect: kind, .. } => {
+            let kind: &'static str = match kind.as_str() {
+                "sla.alert" => "alert",
+                "sla.reminder" => "reminder",
+                "sla.manager" => "manager",
+                "sla.executive" => "executive",
+                "nurture" => "nurture",
                 _ => "other email",
             };
             *totals.emails.entry(kind.to_owned()).or_default() += 1;
