@@ -180,7 +180,7 @@ impl EmailRelay {
         let mut report = RelayReport::default();
         let mut sends = Vec::new();
         let screen = self.screen(&ready).await?;
-        for entry in ready {
+        for mut entry in ready {
             let Effect::Email { kind, template, to, cc, lead_id, .. } = &entry.effect else { continue };
             let opted_out = lead_id.as_ref().and_then(|id| screen.opted_out.get(id)).map(String::as_str);
             let (to, removed_to) = screen.unsuppressed(to, opted_out);
@@ -213,7 +213,6 @@ impl EmailRelay {
                 continue;
             }
             let (kind, template) = (kind.clone(), template.clone());
-            let mut entry = entry;
             // The variables travel with the message and go back into the entry when its
             // outcome is recorded: one copy per message in memory, not two.
             let vars = match &mut entry.effect {

@@ -96,19 +96,14 @@ fn convert(
         }
     }
     match tag {
-        keys::LEAD if codec::is_current(value) => {
-            let record: LeadRecord = codec::decode(value).map_err(|e| corrupt(key, e))?;
-            *stages.entry(record.stage).or_default() += 1;
-            if let Some(handoff) = &record.handoff {
-                *loads.entry(handoff.owner.as_str().to_owned()).or_default() += 1;
-            }
-            Ok(0)
-        }
         keys::LEAD => {
             let mut record: LeadRecord = codec::decode(value).map_err(|e| corrupt(key, e))?;
             *stages.entry(record.stage).or_default() += 1;
             if let Some(handoff) = &record.handoff {
                 *loads.entry(handoff.owner.as_str().to_owned()).or_default() += 1;
+            }
+            if codec::is_current(value) {
+                return Ok(0);
             }
             let id = &key[1..];
             let scored = std::mem::take(&mut record.scored);

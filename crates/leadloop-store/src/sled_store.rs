@@ -278,7 +278,9 @@ impl SledStore {
                     let id = record.lead.id.as_str().to_owned();
                     let current = self.lead_meta(&id, &leads)?;
                     check(&record.lead.id, expect, current.as_ref())?;
-                    if let (Expect::Version(v), true) = (expect, record.version <= expect_version(expect)) {
+                    if let Expect::Version(v) = expect
+                        && record.version <= v
+                    {
                         return Err(StoreError::Engine {
                             path: self.dir.clone(),
                             message: format!(
@@ -900,13 +902,6 @@ fn channel_index(channel: Channel) -> usize {
         Channel::Email => 0,
         Channel::Crm => 1,
         Channel::Calendar => 2,
-    }
-}
-
-fn expect_version(expect: Expect) -> u64 {
-    match expect {
-        Expect::Version(v) => v,
-        Expect::Absent | Expect::Any => 0,
     }
 }
 
