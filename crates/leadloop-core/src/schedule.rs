@@ -71,6 +71,75 @@ fn day_of_week(field: &str) -> Result<String, String> {
         .map(|parts| parts.join(","))
 }
 
+const MONTHS: [&str; 12] =
+    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
+
+/// Checks one crontab field against its range, in the admin's own terms ("hour 24 is out of
+/// range 0–23"), before the `cron` crate sees a translated form the admin never wrote.
+fn check_field(name: &str, field: &str, min: u32, max: u32, names: &[&str]) -> Result<(), String> {
+    let value = |text: &str| -> Result<u32, String> {
+        if let Ok(n) = text.parse::<u32>() {
+            return if (min..=max).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!("{name} {n} is out of range {min}–{max}"))
+            };
+        }
+        let upper = text.to_ascii_uppercase();
+        match names.iter().position(|n| upper == *n) {
+            Some(i) => Ok(i as u32 + min),
+            None if names.is_empty() => Err(format!("{name} `{text}` is not a number ({min}–{max})")),
+            None => Err(format!(
+                "{name} `{text}` is neither a number ({min}–{max}) nor a name ({}, …)",
+                names[..3].join(", ")
+            )),
+        }
+    };
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (part, None),
+        };
+        if let Some(step) = step {
+            match step.parse::<u32>() {
+                Ok(n) if n >= 1 => {}
+                _ => return Err(format!("{name}: step `/{step}` must be a whole number of at least 1")),
+            }
+        }
+        if range == "*" {
+            continue;
+        }
+        match range.split_once('-') {
+            Some((a, b)) => {
+                let (a, mut b) = (value(a)?, value(b)?);
+                // `FRI-SUN`: Sunday at the end of a day-of-week range is day 7.
+                if name == "day of week" && b == 0 {
+                    b = 7;
+                }
+                if a > b {
+                    return Err(format!(
+                        "{name} range `{range}` goes backwards; write it as two parts, e.g. `{a}-{max},{min}-{b}`"
+                    ));
+                }
+            }
+            None if range.is_empty() => return Err(format!("{name}: empty value in `{field}`")),
+            None => {
+                value(range)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the five crontab fields (minute, hour, day of month, month, day of week).
+fn check_fields(fields: &[&str]) -> Result<(), String> {
+    check_field("minute", fields[0], 0, 59, &[])?;
+    check_field("hour", fields[1], 0, 23, &[])?;
+    check_field("day of month", fields[2], 1, 31, &[])?;
+    check_field("month", fields[3], 1, 12, &MONTHS)?;
+    check_field("day of week", fields[4], 0, 7, &DAYS[..7])
+}
+
 impl Schedule {
     /// Parses `expression` (5 fields, 6 with seconds, or `@yearly`, `@monthly`, `@weekly`,
     /// `@daily`, `@midnight`, `@hourly`) in time zone `tz`.
@@ -92,9 +161,20 @@ impl Schedule {
             6 => (fields[0], &fields[1..]),
             n => return Err(error(format!("expected 5 fields (or 6 with seconds), found {n}"))),
         };
+        if fields.len() == 6 {
+            check_field("second", seconds, 0, 59, &[]).map_err(error)?;
+        }
+        check_fields(rest).map_err(error)?;
         let dow = day_of_week(rest[4]).map_err(error)?;
         let translated = format!("{seconds} {} {} {} {} {dow}", rest[0], rest[1], rest[2], rest[3]);
-        let inner = cron::Schedule::from_str(&translated).map_err(|e| error(e.to_string()))?;
+        // Anything the checks above let through and `cron` refuses is reported without the
+        // translated form (which the admin did not write).
+        let inner = cron::Schedule::from_str(&translated).map_err(|_| {
+            error(
+                "not a crontab expression: minute hour day-of-month month day-of-week, e.g. `0 10 * * 1-5`"
+                    .to_owned(),
+            )
+        })?;
         Ok(Self { expression: trimmed.to_owned(), inner, tz })
     }
 
@@ -271,6 +351,25 @@ mod tests {
             Schedule::parse("@fortnightly", utc).expect_err("unknown").reason.contains("unknown shortcut")
         );
         assert!(Schedule::parse("61 9 * * *", utc).is_err());
+        // In the admin's terms: the field, the value, the range; never the translated form.
+        let reason = |expression: &str| Schedule::parse(expression, utc).expect_err(expression).reason;
+        assert_eq!(reason("0 24 * * *"), "hour 24 is out of range 0–23");
+        assert_eq!(reason("60 9 * * *"), "minute 60 is out of range 0–59");
+        assert_eq!(reason("0 9 0 * *"), "day of month 0 is out of range 1–31");
+        assert_eq!(reason("0 9 * 13 *"), "month 13 is out of range 1–12");
+        assert_eq!(
+            reason("0 9 * foo *"),
+            "month `foo` is neither a number (1–12) nor a name (JAN, FEB, MAR, …)"
+        );
+        assert_eq!(reason("0 9 * * 1/0"), "day of week: step `/0` must be a whole number of at least 1");
+        assert_eq!(
+            reason("0 17-9 * * *"),
+            "hour range `17-9` goes backwards; write it as two parts, e.g. `17-23,0-9`"
+        );
+        // The edges are valid.
+        for ok in ["0 23 * * *", "59 0 31 12 7", "0 9 * * fri-sun", "0 9 * * 5-7", "*/15 8-18 * * mon-fri"] {
+            assert!(Schedule::parse(ok, utc).is_ok(), "{ok}");
+        }
     }
 
     #[test]

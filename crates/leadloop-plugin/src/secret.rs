@@ -63,7 +63,7 @@ impl SecretSource {
             SecretSource::File(path) => {
                 let path = credentials_path(path);
                 let raw = std::fs::read_to_string(&path)
-                    .map_err(|e| SecretError::File { path: path.clone(), reason: e.kind().to_string() })?;
+                    .map_err(|e| SecretError::File { path: shown(&path), reason: reason(&path, &e) })?;
                 raw.trim_end_matches(['\r', '\n']).to_owned()
             }
             SecretSource::Env(name) => {
@@ -84,6 +84,33 @@ impl fmt::Display for SecretSource {
             SecretSource::Env(name) => write!(f, "environment variable {name}"),
         }
     }
+}
+
+/// The path as an admin can find it: a relative one is shown from the working directory.
+fn shown(path: &Path) -> PathBuf {
+    if path.is_relative() {
+        std::env::current_dir().map(|dir| dir.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Why a secret file could not be read, in an admin's terms.
+fn reason(path: &Path, error: &std::io::Error) -> String {
+    let mut reason = match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (the user leadloop runs as must be able to read it)".to_owned()
+        }
+        std::io::ErrorKind::IsADirectory => "it is a directory, not a file".to_owned(),
+        _ => error.to_string(),
+    };
+    if path.is_relative() {
+        reason.push_str(
+            "; a relative path is read from the working directory, or from $CREDENTIALS_DIRECTORY when systemd sets it (LoadCredential=)",
+        );
+    }
+    reason
 }
 
 fn credentials_path(path: &Path) -> PathBuf {
@@ -111,7 +138,18 @@ mod tests {
     fn missing_and_empty_secrets_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = SecretSource::File(dir.path().join("nope")).resolve().expect_err("missing");
-        assert!(missing.to_string().contains("nope"), "{missing}");
+        assert_eq!(
+            missing.to_string(),
+            format!("cannot read secret file {}: no such file", dir.path().join("nope").display())
+        );
+        // A bare name says where it was looked for.
+        let bare = SecretSource::File("surely-missing-secret".into()).resolve().expect_err("missing");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert!(
+            bare.to_string().contains(&cwd.join("surely-missing-secret").display().to_string()),
+            "{bare}"
+        );
+        assert!(bare.to_string().contains("$CREDENTIALS_DIRECTORY"), "{bare}");
         let empty_path = dir.path().join("empty");
         std::fs::write(&empty_path, "\n").expect("write");
         let empty = SecretSource::File(empty_path).resolve().expect_err("empty");
