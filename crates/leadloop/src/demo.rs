@@ -67,6 +67,8 @@ struct Totals {
     handoffs: usize,
     satisfied: usize,
     crm_writes: usize,
+    /// A lead that was handed off, for the "look closer" commands.
+    example: Option<LeadId>,
 }
 
 pub fn main(args: DemoArgs) -> u8 {
@@ -239,6 +241,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let emu = Emulator::start(leadloop_sf_emulator::Config::default())
         .await
         .context("cannot start the Salesforce emulator")?;
+    // The run ends at the real present, so what the demo leaves reads naturally afterwards:
+    // hand-off ages, the funnel's last 30 days, the history's times.
+    emu.rewind(args.duration + Duration::from_secs(3600));
     let spec = SeedSpec {
         seed: args.seed,
         managers: 2,
@@ -261,7 +266,11 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let public =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("no free port")?;
     let text = config_text(&dir, &emu.url(), &ids, args.smtp.as_deref(), &public.to_string());
-    let config = match crate::config::load_str(std::path::Path::new("(demo config)"), &text) {
+    // The config is kept beside the state, so the commands printed at the end read the state
+    // with the rules that wrote it.
+    let config_path = dir.join("leadloop.toml");
+    std::fs::write(&config_path, &text).with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config = match crate::config::load(&config_path) {
         Ok((config, _)) => config,
         Err(errors) => anyhow::bail!("the demo's own config is invalid:\n{errors}"),
     };
@@ -443,7 +452,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
             for (lead, event) in drained {
                 while event.at >= hour + WINDOW {
-                    flush(hour, &mut tally);
+                    flush(hour, end, &mut tally);
                     hour += WINDOW;
                 }
                 record(&lead, &event, &mut tally, &mut totals, &mut answers, &mut rng);
@@ -458,7 +467,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    flush(hour, &mut tally);
+    flush(hour, end, &mut tally);
     // What is still queued goes out.
     email_relay.run_once().await?;
     totals.crm_writes += crm_relay.run_once().await?.written;
@@ -493,20 +502,40 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(addr) => println!("  the emails went to   {addr}"),
         None => println!("  the emails are in    {}", mail_dir.display()),
     }
-    println!(
-        "  look closer          leadloop leads list --config /dev/null --state-dir {}",
-        dir.join("state").display()
-    );
-    println!(
-        "                       leadloop report funnel --config /dev/null --state-dir {}",
-        dir.join("state").display()
-    );
+    for (i, command) in look_closer(&config_path, totals.example.as_ref()).iter().enumerate() {
+        let label = if i == 0 { "look closer" } else { "" };
+        println!("  {label:<20} {command}");
+    }
     let _ = std::io::stdout().flush();
     Ok(())
 }
 
 /// The emulator's clock follows the virtual one, so records changed in Salesforce during the
 /// demo carry the demo's time.
+/// Commands that read what the demo left, as they can be pasted: the binary that is running
+/// (a `cargo run` user has no `leadloop` on PATH) and the demo's own config.
+pub fn look_closer(config: &std::path::Path, example: Option<&LeadId>) -> Vec<String> {
+    let exe =
+        std::env::current_exe().map_or_else(|_| "leadloop".to_owned(), |p| shell_word(&p.to_string_lossy()));
+    let config = shell_word(&config.to_string_lossy());
+    let mut commands = vec![format!("{exe} leads list --config {config}")];
+    if let Some(lead) = example {
+        commands.push(format!("{exe} leads show --config {config} {}", shell_word(lead.as_str())));
+    }
+    commands.push(format!("{exe} sla list --config {config}"));
+    commands.push(format!("{exe} report funnel --config {config}"));
+    commands
+}
+
+/// `word` quoted for a POSIX shell when it needs to be.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c)) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 fn sync_emulator(emu: &Emulator, now: Timestamp) {
     let ahead = now - emu.now();
     if let Ok(ahead) = ahead.to_std() {
@@ -532,6 +561,9 @@ fn record(
         }
         EventKind::HandoffStarted { .. } => {
             totals.handoffs += 1;
+            if totals.example.is_none() {
+                totals.example = Some(lead.clone());
+            }
             // Two reps in five answer, between one and twenty hours later.
             if rng.random_bool(0.4) {
                 answers
@@ -558,13 +590,14 @@ fn record(
     }
 }
 
-fn flush(from: Timestamp, tally: &mut Tally) {
+/// Prints the window from `from` (cut at `end`, the end of the run) if anything happened.
+fn flush(from: Timestamp, end: Timestamp, tally: &mut Tally) {
     let lines = std::mem::take(&mut tally.lines);
     let routes = std::mem::take(&mut tally.routes);
     if lines.is_empty() && routes.is_empty() {
         return;
     }
-    println!("{} → {}", from.format("%a %d %b %H:%M"), (from + WINDOW).format("%a %H:%M"));
+    println!("{} → {}", from.format("%a %d %b %H:%M"), (from + WINDOW).min(end).format("%a %H:%M"));
     let line = |_: Timestamp, text: &str| println!("    {text}");
     let hour = from;
     let n = |k: &str| lines.get(k).copied().unwrap_or(0);
@@ -576,10 +609,18 @@ fn flush(from: Timestamp, tally: &mut Tally) {
         let why: Vec<String> = routes.iter().map(|(r, k)| format!("{k} by {r}")).collect();
         line(hour, &format!("routed {total} to reps: {}", why.join(", ")));
     }
+    // A rep's answer in the demo is the status that makes the lead Sales Qualified: one line
+    // when the two counts are the same leads.
+    let (answered, accepted) = (n("answered"), n("sales qualified"));
+    let answer = if answered > 0 && answered == accepted {
+        "answered by the rep (status changed in Salesforce): SLA met, now Sales Qualified"
+    } else {
+        "answered by the rep (status changed in Salesforce): SLA met"
+    };
+    let accepted_line = if answered == accepted { 0 } else { accepted };
     let sentences = [
         ("alert", "alerted the rep by email"),
-        ("answered", "answered by the rep (status changed in Salesforce): SLA met"),
-        ("sales qualified", "accepted by sales (Sales Qualified)"),
+        ("answered", answer),
         ("reminder", "reminded the rep: no status change in 24 h"),
         ("manager", "escalated to the manager: 48 h"),
         ("executive", "escalated to the executive: 72 h"),
@@ -588,6 +629,9 @@ fn flush(from: Timestamp, tally: &mut Tally) {
     for (key, sentence) in sentences {
         if n(key) > 0 {
             line(hour, &format!("{} {sentence}", n(key)));
+        }
+        if key == "answered" && accepted_line > 0 {
+            line(hour, &format!("{accepted_line} accepted by sales (Sales Qualified)"));
         }
     }
 }

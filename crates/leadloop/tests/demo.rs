@@ -41,6 +41,45 @@ fn demo_shows_the_whole_loop_and_leaves_the_emails() {
     let text = std::fs::read_to_string(escalation.path()).expect("read eml");
     assert!(text.contains("Cc:"), "the executive is copied:\n{text}");
 
+    // The "look closer" commands run as printed (the running binary, the demo's own config)
+    // and agree with what the demo did: the lead shown is scored with the demo's rules, as
+    // its history says.
+    let commands: Vec<&str> = stdout
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("look closer"))
+        .map(|line| line.trim_start().trim_start_matches("look closer").trim())
+        .filter(|line| !line.is_empty())
+        .collect();
+    assert_eq!(commands.len(), 4, "{stdout}");
+    for command in &commands {
+        let out = Command::new("sh").args(["-c", command]).output().expect("run command");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!text.trim().is_empty(), "{command} printed nothing");
+        if command.contains("leads show") {
+            let fit = text
+                .lines()
+                .filter(|l| l.contains("score_changed"))
+                .filter_map(|l| l.split("\"fit\":").nth(1))
+                .filter_map(|rest| rest.split([',', '}']).next())
+                .filter_map(|n| n.parse::<f64>().ok())
+                .next_back()
+                .expect("a score in the history");
+            assert!(text.contains(&format!("(fit {fit:.0} + engagement")), "{command}:\n{text}");
+            assert!(fit > 0.0, "{text}");
+        }
+        if command.contains("sla list") {
+            let negative = text
+                .split_whitespace()
+                .any(|w| w.starts_with('-') && w[1..].starts_with(|c: char| c.is_ascii_digit()));
+            assert!(!negative, "a hand-off aged negative hours:\n{text}");
+        }
+    }
+    let funnel = commands.iter().find(|c| c.contains("report funnel")).expect("funnel command");
+    let out = Command::new("sh").args(["-c", &format!("{funnel} --format json")]).output().expect("run");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["stages"][0]["entered"], 120, "the run falls inside the last 30 days: {report}");
+
     // The same directory twice is refused rather than mixed.
     let again = Command::new(env!("CARGO_BIN_EXE_leadloop"))
         .args(["demo", "--duration", "1h", "--dir"])

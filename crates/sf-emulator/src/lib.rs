@@ -442,6 +442,13 @@ impl Emulator {
         self.shared.offset_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
+    /// Moves the emulator's clock back: a run in virtual time that should end at the real
+    /// present (the demo) starts in the past. Call it before seeding records.
+    pub fn rewind(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
+        self.shared.offset_ms.fetch_sub(ms, Ordering::Relaxed);
+    }
+
     /// The emulator's clock: real time plus what [`Emulator::advance`] added.
     pub fn now(&self) -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp_millis(self.shared.now_ms()).unwrap_or_else(Utc::now)
