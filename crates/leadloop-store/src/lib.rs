@@ -53,6 +53,13 @@ pub enum StoreError {
     #[error("cannot use state directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
     #[error(
+        "state directory {path} is a file, not a directory; point --state-dir or daemon.state_dir at a directory"
+    )]
+    NotADirectory { path: PathBuf },
+    /// A command that only reads found no store where it looked (nothing was created).
+    #[error("no leadloop state in {path}: nothing has run with this state directory")]
+    NoState { path: PathBuf },
+    #[error(
         "no space left in state directory {path}; free space and restart leadloop (nothing was acknowledged that is not on disk)"
     )]
     NoSpace { path: PathBuf },

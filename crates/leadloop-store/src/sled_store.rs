@@ -91,8 +91,24 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (creating if needed) the store in `config.dir`, taking the directory lock and
     /// migrating older schemas.
+    /// Opens a store that must already exist, creating nothing: what a command that only
+    /// reads uses, so that pointing it at the wrong directory is an error, not a new, empty
+    /// store. [`StoreError::NoState`] when the directory holds no store.
+    pub fn open_existing(config: &SledConfig) -> Result<Arc<Self>> {
+        if config.dir.exists() && !config.dir.is_dir() {
+            return Err(StoreError::NotADirectory { path: config.dir.clone() });
+        }
+        if !config.dir.join("db").is_dir() {
+            return Err(StoreError::NoState { path: config.dir.clone() });
+        }
+        Self::open(config)
+    }
+
     pub fn open(config: &SledConfig) -> Result<Arc<Self>> {
         let dir = config.dir.clone();
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory { path: dir });
+        }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir { path: dir.clone(), source })?;
         let lock = DirLock::acquire(&dir)?;
         // With the directory lock held, sled's own file lock can only be held by an earlier

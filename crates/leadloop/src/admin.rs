@@ -67,7 +67,30 @@ pub fn router(state: AdminState) -> Router {
         .route("/quarantine", get(quarantine_list))
         .route("/leads", get(leads_list))
         .route("/sla/{lead}", get(sla_show))
+        .route("/report/funnel", get(funnel))
         .with_state(state)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FunnelQuery {
+    since: Option<String>,
+}
+
+/// `GET /report/funnel?since=30d`: the funnel, as `leadloop report funnel --format json`.
+async fn funnel(
+    State(state): State<AdminState>,
+    Query(query): Query<FunnelQuery>,
+) -> axum::response::Response {
+    let Some(store) = &state.store else { return unavailable("no store\n".into()) };
+    let since = match query.since.as_deref().map(leadloop_plugin::serde_duration::parse) {
+        None => std::time::Duration::from_secs(30 * 86_400),
+        Some(Ok(since)) => since,
+        Some(Err(error)) => return (StatusCode::BAD_REQUEST, format!("since: {error}\n")).into_response(),
+    };
+    match crate::report::funnel_since(store.as_ref(), since, chrono::Utc::now()).await {
+        Ok(report) => Json(report).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
 }
 
 fn unavailable(message: String) -> axum::response::Response {

@@ -111,20 +111,26 @@ pub struct ReadArgs {
     pub format: Format,
 }
 
+impl ReadArgs {
+    /// Where to read, for the commands that only read.
+    pub fn source(&self) -> crate::sla_cmd::Source<'_> {
+        crate::sla_cmd::Source {
+            config_path: &self.config.config,
+            state_dir: self.state_dir.clone(),
+            admin: self.admin_listen,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
     /// Per stage: inventory now, flow in and out, conversion onward, median time in stage.
     Funnel {
         #[command(flatten)]
-        config: ConfigArg,
-        /// The state directory; overrides the config's.
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        read: ReadArgs,
         /// The period, e.g. `30d`, `12w`.
         #[arg(long, default_value = "30d", value_parser = leadloop_plugin::serde_duration::parse)]
         since: std::time::Duration,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
     },
 }
 
@@ -215,6 +221,9 @@ pub enum EmailCommand {
         /// The recipient.
         #[arg(long, value_name = "ADDR")]
         to: String,
+        /// The state directory (for `deliver = "directory"`); overrides the config's.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Render a template with sample data, or with a stored lead's data.
     Preview {
@@ -235,7 +244,13 @@ pub enum EmailCommand {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The config file.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "LEADLOOP_CONFIG",
+        default_value = crate::config::DEFAULT_PATH
+    )]
     pub config: PathBuf,
 }
 
@@ -256,8 +271,9 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// The config file (for `daemon.state_dir` and store settings).
-    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "state_dir")]
+    /// The config file (for `daemon.state_dir` and store settings); without it and without
+    /// `--state-dir`, `$LEADLOOP_CONFIG` or /etc/leadloop/leadloop.toml.
+    #[arg(long, short = 'c', value_name = "FILE", env = "LEADLOOP_CONFIG")]
     pub config: Option<PathBuf>,
     /// The state directory; overrides the config's.
     #[arg(long, value_name = "DIR")]
@@ -283,29 +299,23 @@ pub fn main() -> ExitCode {
         Command::Export(args) => backup(args, true),
         Command::Import(args) => backup(args, false),
         Command::Sla { command: SlaCommand::List { read, overdue, rep } } => crate::sla_cmd::main(
-            &read.config.config,
-            read.state_dir,
-            read.admin_listen,
+            &read.source(),
             crate::sla_cmd::Query::List(crate::sla_cmd::Filter { overdue, rep }),
             read.format == Format::Json,
         ),
         Command::Leads { command: LeadsCommand::List { read, stage } } => crate::sla_cmd::main(
-            &read.config.config,
-            read.state_dir,
-            read.admin_listen,
+            &read.source(),
             crate::sla_cmd::Query::Leads(stage),
             read.format == Format::Json,
         ),
         Command::Sla { command: SlaCommand::Show { read, lead } }
         | Command::Leads { command: LeadsCommand::Show { read, lead } } => crate::sla_cmd::main(
-            &read.config.config,
-            read.state_dir,
-            read.admin_listen,
+            &read.source(),
             crate::sla_cmd::Query::Show(lead),
             read.format == Format::Json,
         ),
-        Command::Report { command: ReportCommand::Funnel { config, state_dir, since, format } } => {
-            crate::report::main(&config.config, state_dir, since, format == Format::Json)
+        Command::Report { command: ReportCommand::Funnel { read, since } } => {
+            crate::report::main(&read.source(), since, read.format == Format::Json)
         }
         Command::Quarantine(read) => crate::sync_cmd::quarantine(&read),
         Command::Sync { config, state_dir, once, format } => {
@@ -325,8 +335,8 @@ pub fn main() -> ExitCode {
             state_dir,
             format == Format::Json,
         ),
-        Command::Email { command: EmailCommand::Test { config, to } } => {
-            crate::email_cmd::test(&config.config, &to)
+        Command::Email { command: EmailCommand::Test { config, to, state_dir } } => {
+            crate::email_cmd::test(&config.config, &to, state_dir)
         }
         Command::Email { command: EmailCommand::Preview { config, template, lead, state_dir } } => {
             crate::email_cmd::preview(&config.config, &template, lead.as_deref(), state_dir)
@@ -345,9 +355,21 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, u8> {
 
 /// Prints findings to stderr; returns the config if it is usable.
 pub fn load_reporting(path: &Path) -> Result<Config, u8> {
+    load(path, true)
+}
+
+/// As [`load_reporting`], for commands that only read or preview: errors are printed, warnings
+/// are left to `validate` and the daemon's start, so they are not repeated by every query.
+pub fn load_for_reading(path: &Path) -> Result<Config, u8> {
+    load(path, false)
+}
+
+fn load(path: &Path, warnings_too: bool) -> Result<Config, u8> {
     match config::load(path) {
         Ok((config, warnings)) => {
-            eprint!("{warnings}");
+            if warnings_too {
+                eprint!("{warnings}");
+            }
             Ok(config)
         }
         Err(errors) => {
@@ -370,8 +392,13 @@ fn validate(path: &Path) -> u8 {
 }
 
 fn backup(args: BackupArgs, export: bool) -> u8 {
-    let config = match &args.config {
-        Some(path) => match load_reporting(path) {
+    let config_path = match (&args.config, &args.state_dir) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(_)) => None,
+        (None, None) => Some(PathBuf::from(crate::config::DEFAULT_PATH)),
+    };
+    let config = match &config_path {
+        Some(path) => match load_for_reading(path) {
             Ok(config) => config,
             Err(code) => return code,
         },
@@ -382,7 +409,13 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let store: Arc<dyn Store> = match crate::runtime::open_store(&config, args.state_dir.clone()) {
+        // Export only reads: it must not create an empty store where it looked.
+        let opened = if export {
+            crate::runtime::open_store_for_reading(&config, args.state_dir.clone())
+        } else {
+            crate::runtime::open_store(&config, args.state_dir.clone())
+        };
+        let store: Arc<dyn Store> = match opened {
             Ok(store) => store,
             Err(e) => {
                 eprintln!("{e}");

@@ -9,11 +9,11 @@ use leadloop_core::{Clock, IdempotencyKey, LeadId, Mailer, SystemClock};
 use leadloop_plugin::BuildContext;
 use leadloop_smtp::EmailConfig;
 
-use crate::cli::load_reporting;
+use crate::cli::load_for_reading;
 use crate::exit;
 
 fn email_config(path: &Path) -> Result<(crate::config::Config, EmailConfig), u8> {
-    let config = load_reporting(path)?;
+    let config = load_for_reading(path)?;
     match config.email() {
         Some(email) => Ok((config, email)),
         None => {
@@ -24,11 +24,30 @@ fn email_config(path: &Path) -> Result<(crate::config::Config, EmailConfig), u8>
 }
 
 /// Sends the `sla_alert` template with sample data to `to` and prints the server's reply.
-pub fn test(path: &Path, to: &str) -> u8 {
-    let (_, email) = match email_config(path) {
+/// With `deliver = "directory"` the message goes to the daemon's mail directory, which must
+/// already exist: a test never creates a state directory.
+pub fn test(path: &Path, to: &str, state_dir: Option<PathBuf>) -> u8 {
+    let (config, _) = match email_config(path) {
         Ok(found) => found,
         Err(code) => return code,
     };
+    let origin = match &state_dir {
+        Some(_) => "from --state-dir".to_owned(),
+        None => format!("daemon.state_dir of {}", path.display()),
+    };
+    let mut config = config;
+    if let Some(dir) = state_dir {
+        config.daemon.state_dir = dir;
+    }
+    let Some(email) = config.email() else { return exit::CONFIG };
+    if email.deliver == leadloop_smtp::Deliver::Directory && !config.daemon.state_dir.is_dir() {
+        eprintln!(
+            "{}",
+            crate::sla_cmd::no_state(&config.daemon.state_dir, &origin, None)
+                .replace("Point it at", "deliver = \"directory\" writes under it; point the test at")
+        );
+        return exit::STORE;
+    }
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -87,7 +106,8 @@ pub fn preview(path: &Path, template: &str, lead: Option<&str>, state_dir: Optio
             Err(code) => return code,
         };
         let record = runtime.block_on(async {
-            let store = crate::runtime::open_store(&config, state_dir).map_err(|e| e.to_string())?;
+            let store =
+                crate::runtime::open_store_for_reading(&config, state_dir).map_err(|e| e.to_string())?;
             store.lead(&LeadId::new(id)).await.map_err(|e| e.to_string())
         });
         match record {

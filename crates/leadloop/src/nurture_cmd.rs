@@ -11,7 +11,7 @@ use leadloop_core::{LeadId, LeadRecord, Timestamp};
 use leadloop_store::{Store, StoreError};
 use serde_json::{Value, json};
 
-use crate::cli::load_reporting;
+use crate::cli::load_for_reading;
 use crate::exit;
 
 /// Leads per track, from a scan of the store.
@@ -78,11 +78,11 @@ pub fn preview_json(
 }
 
 fn open(config: &crate::config::Config, state_dir: Option<PathBuf>) -> Result<Arc<dyn Store>, StoreError> {
-    crate::runtime::open_store(config, state_dir)
+    crate::runtime::open_store_for_reading(config, state_dir)
 }
 
 pub fn list(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> u8 {
-    let config = match load_reporting(config_path) {
+    let config = match load_for_reading(config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -148,7 +148,7 @@ pub fn preview(
     state_dir: Option<PathBuf>,
     json_out: bool,
 ) -> u8 {
-    let config = match load_reporting(config_path) {
+    let config = match load_for_reading(config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };

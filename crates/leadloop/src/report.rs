@@ -5,15 +5,13 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use leadloop_core::{EventKind, Stage, Timestamp};
 use leadloop_store::{Store, StoreError};
 use serde_json::{Value, json};
 
-use crate::cli::load_reporting;
+use crate::cli::load_for_reading;
 use crate::exit;
 
 /// The funnel stages in order; a move to a later one is a conversion.
@@ -107,27 +105,20 @@ pub async fn funnel(store: &dyn Store, since: Timestamp, now: Timestamp) -> Resu
     Ok(json!({ "since": since, "until": now, "stages": stages }))
 }
 
-pub fn main(config_path: &Path, state_dir: Option<PathBuf>, since: Duration, json_out: bool) -> u8 {
-    let config = match load_reporting(config_path) {
+/// The funnel over the `since` before `now`.
+pub async fn funnel_since(store: &dyn Store, since: Duration, now: Timestamp) -> Result<Value, StoreError> {
+    let from = now - chrono::TimeDelta::from_std(since).unwrap_or(chrono::TimeDelta::days(30));
+    funnel(store, from, now).await
+}
+
+pub fn main(source: &crate::sla_cmd::Source<'_>, since: Duration, json_out: bool) -> u8 {
+    let config = match load_for_reading(source.config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let runtime = match crate::cli::runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let result = runtime.block_on(async {
-        let store: Arc<dyn Store> = crate::runtime::open_store(&config, state_dir)?;
-        let now = chrono::Utc::now();
-        let since = now - chrono::TimeDelta::from_std(since).unwrap_or(chrono::TimeDelta::days(30));
-        funnel(store.as_ref(), since, now).await
-    });
-    let report = match result {
+    let report = match crate::sla_cmd::fetch(&config, source, &crate::sla_cmd::Query::Funnel(since)) {
         Ok(report) => report,
-        Err(error) => {
-            eprintln!("{error}");
-            return exit::STORE;
-        }
+        Err(code) => return code,
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
@@ -146,13 +137,15 @@ pub fn main(config_path: &Path, state_dir: Option<PathBuf>, since: Duration, jso
     for stage in report["stages"].as_array().into_iter().flatten() {
         let rate = stage["conversion_rate"].as_f64().map_or("-".to_owned(), |r| format!("{:.0}%", r * 100.0));
         let median = stage["median_hours_in_stage"].as_f64().map_or("-".to_owned(), |h| format!("{h:.1}"));
+        // Counts as numbers: a JSON value ignores the column width.
+        let count = |key: &str| stage[key].as_u64().unwrap_or(0);
         println!(
             "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10}",
             stage["label"].as_str().unwrap_or(""),
-            stage["inventory"],
-            stage["entered"],
-            stage["left"],
-            stage["converted"],
+            count("inventory"),
+            count("entered"),
+            count("left"),
+            count("converted"),
             rate,
             median
         );

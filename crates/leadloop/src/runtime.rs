@@ -40,6 +40,16 @@ pub fn open_store(config: &Config, state_dir: Option<PathBuf>) -> Result<Arc<dyn
     SledStore::open(&config.sled(state_dir)).map(|store| store as Arc<dyn Store>)
 }
 
+/// Opens the store for a command that only reads: nothing is created, and a directory that
+/// holds no store is [`StoreError::NoState`] (the caller then asks a running daemon or says
+/// where it looked).
+pub fn open_store_for_reading(
+    config: &Config,
+    state_dir: Option<PathBuf>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    SledStore::open_existing(&config.sled(state_dir)).map(|store| store as Arc<dyn Store>)
+}
+
 /// The rules the engine runs, as config says (the SLA with holds and signed links, lifecycle,
 /// scoring, routing, nurture), and the link signer when `[links]` is set. Every entry point
 /// gets its rules from here, so each decides exactly as the daemon does.

@@ -3,7 +3,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use leadloop_core::sla::{SlaConfig, SlaRules};
@@ -11,7 +11,7 @@ use leadloop_core::{LeadId, LeadRecord, OrgChart, OutboxState, Timestamp};
 use leadloop_store::{Store, StoreError};
 use serde_json::{Value, json};
 
-use crate::cli::load_reporting;
+use crate::cli::load_for_reading;
 use crate::exit;
 
 /// Which hand-offs to list.
@@ -219,6 +219,8 @@ pub enum Query {
     Leads(Option<String>),
     /// What the CRM sync set aside (`leadloop quarantine`).
     Quarantine,
+    /// The funnel over the last `since` (`leadloop report funnel`).
+    Funnel(std::time::Duration),
 }
 
 /// Leads in id order (optionally only those in `stage`), with stage, status, owner and score.
@@ -248,19 +250,52 @@ pub async fn leads(
     Ok(out)
 }
 
-/// Runs `query` against the store, or, when a daemon holds the state directory, against its
-/// admin listener. Errors are reported on stderr; the exit code is returned.
-pub fn fetch(
-    config: &crate::config::Config,
-    state_dir: Option<PathBuf>,
-    admin: Option<SocketAddr>,
-    query: &Query,
-) -> Result<Value, u8> {
+/// Where a read-only command looked for state: the config file it was given and the
+/// `--state-dir`/`--admin-listen` flags, for reading and for saying where it looked.
+#[derive(Debug, Clone)]
+pub struct Source<'a> {
+    pub config_path: &'a Path,
+    pub state_dir: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Source<'_> {
+    /// The directory read, and where that choice came from, as an admin would say it.
+    fn dir(&self, config: &crate::config::Config) -> (PathBuf, String) {
+        match &self.state_dir {
+            Some(dir) => (dir.clone(), "from --state-dir".to_owned()),
+            None => (
+                config.daemon.state_dir.clone(),
+                format!("daemon.state_dir of {}", self.config_path.display()),
+            ),
+        }
+    }
+}
+
+/// Says where a read-only command looked and found nothing, and how to point it elsewhere.
+pub fn no_state(dir: &Path, origin: &str, admin: Option<(SocketAddr, String)>) -> String {
+    let mut message = format!("no leadloop state in {} ({origin}); nothing was created", dir.display());
+    if let Some((admin, why)) = admin {
+        message.push_str(&format!(", and no daemon answered at {admin} ({why})"));
+    }
+    message.push_str(
+        ".\nPoint it at the daemon's state: --state-dir DIR (the daemon's --state-dir or daemon.state_dir), \
+         or --admin-listen ADDR to ask a running daemon.",
+    );
+    message
+}
+
+/// Runs `query` against the store; when a daemon holds the state directory, or the directory
+/// holds no state, against a running daemon's admin listener (`--admin-listen`, else the
+/// config's `daemon.admin_listen`). Nothing is ever created. Errors are reported on stderr;
+/// the exit code is returned.
+pub fn fetch(config: &crate::config::Config, source: &Source<'_>, query: &Query) -> Result<Value, u8> {
     let runtime = crate::cli::runtime()?;
-    let admin = admin.unwrap_or(config.daemon.admin_listen);
+    let admin = source.admin.unwrap_or(config.daemon.admin_listen);
+    let (dir, origin) = source.dir(config);
     let result: Result<Value, String> = runtime.block_on(async {
         let now = chrono::Utc::now();
-        match crate::runtime::open_store(config, state_dir) {
+        match crate::runtime::open_store_for_reading(config, source.state_dir.clone()) {
             Ok(store) => {
                 let store: Arc<dyn Store> = store;
                 match query {
@@ -272,38 +307,26 @@ pub fn fetch(
                         leads(store.as_ref(), &config.scoring, now, stage.as_deref()).await.map(Value::Array)
                     }
                     Query::Quarantine => crate::sync_cmd::quarantined(store.as_ref()).await.map(Value::Array),
+                    Query::Funnel(since) => crate::report::funnel_since(store.as_ref(), *since, now).await,
                 }
                 .map_err(|e| e.to_string())
             }
-            Err(StoreError::Locked { .. }) => {
-                let client = reqwest::Client::new();
-                let (url, request) = match query {
-                    Query::List(filter) => {
-                        let url = format!("http://{admin}/sla");
-                        let mut params = vec![("overdue", filter.overdue.to_string())];
-                        params.extend(filter.rep.iter().map(|rep| ("rep", rep.clone())));
-                        (url.clone(), client.get(url).query(&params))
-                    }
-                    Query::Leads(stage) => {
-                        let url = format!("http://{admin}/leads");
-                        let params: Vec<(&str, String)> = stage.iter().map(|s| ("stage", s.clone())).collect();
-                        (url.clone(), client.get(url).query(&params))
-                    }
-                    Query::Quarantine => {
-                        let url = format!("http://{admin}/quarantine");
-                        (url.clone(), client.get(url))
-                    }
-                    Query::Show(id) => {
-                        let mut url = reqwest::Url::parse(&format!("http://{admin}/sla/")).map_err(|e| e.to_string())?;
-                        url.path_segments_mut().map_err(|()| "bad admin address".to_owned())?.pop_if_empty().push(id);
-                        (url.to_string(), client.get(url))
-                    }
-                };
-                let response = request.send().await.map_err(|e| {
-                    format!("the state directory is in use by a running daemon, and its admin listener at {admin} did not answer ({e}); pass --admin-listen")
-                })?;
-                response.json::<Value>().await.map_err(|e| format!("{url}: {e}"))
-            }
+            Err(StoreError::Locked { .. }) => ask_daemon(admin, query).await.map_err(|e| {
+                format!(
+                    "the state directory {} is in use by a running daemon, and its admin listener at {admin} did not answer ({e}); pass --admin-listen",
+                    dir.display()
+                )
+            }),
+            Err(StoreError::NoState { .. }) => match ask_daemon(admin, query).await {
+                Ok(value) => {
+                    eprintln!(
+                        "no leadloop state in {} ({origin}); read from the daemon at {admin}",
+                        dir.display()
+                    );
+                    Ok(value)
+                }
+                Err(why) => Err(no_state(&dir, &origin, Some((admin, why)))),
+            },
             Err(error) => Err(error.to_string()),
         }
     });
@@ -313,20 +336,69 @@ pub fn fetch(
     })
 }
 
+/// Asks a running daemon's admin listener for what `query` reads.
+async fn ask_daemon(admin: SocketAddr, query: &Query) -> Result<Value, String> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (url, request) = match query {
+        Query::List(filter) => {
+            let url = format!("http://{admin}/sla");
+            let mut params = vec![("overdue", filter.overdue.to_string())];
+            params.extend(filter.rep.iter().map(|rep| ("rep", rep.clone())));
+            (url.clone(), client.get(url).query(&params))
+        }
+        Query::Leads(stage) => {
+            let url = format!("http://{admin}/leads");
+            let params: Vec<(&str, String)> = stage.iter().map(|s| ("stage", s.clone())).collect();
+            (url.clone(), client.get(url).query(&params))
+        }
+        Query::Quarantine => {
+            let url = format!("http://{admin}/quarantine");
+            (url.clone(), client.get(url))
+        }
+        Query::Funnel(since) => {
+            let url = format!("http://{admin}/report/funnel");
+            let since = format!("{}s", since.as_secs());
+            (url.clone(), client.get(url).query(&[("since", since)]))
+        }
+        Query::Show(id) => {
+            let mut url = reqwest::Url::parse(&format!("http://{admin}/sla/")).map_err(|e| e.to_string())?;
+            url.path_segments_mut().map_err(|()| "bad admin address".to_owned())?.pop_if_empty().push(id);
+            (url.to_string(), client.get(url))
+        }
+    };
+    let response = request.send().await.map_err(without_url)?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND && matches!(query, Query::Show(_)) {
+        return Ok(Value::Null);
+    }
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    response.json::<Value>().await.map_err(|e| format!("{url}: {}", without_url(e)))
+}
+
+/// reqwest's message without the URL it repeats (the caller names the address).
+fn without_url(error: reqwest::Error) -> String {
+    if error.is_connect() {
+        "connection refused or unreachable".to_owned()
+    } else if error.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        error.without_url().to_string()
+    }
+}
+
 /// Runs `query` against the store, or, when a daemon holds the state directory, against its
 /// admin listener.
-pub fn main(
-    config_path: &std::path::Path,
-    state_dir: Option<PathBuf>,
-    admin: Option<SocketAddr>,
-    query: Query,
-    json_out: bool,
-) -> u8 {
-    let config = match load_reporting(config_path) {
+pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
+    let config = match load_for_reading(source.config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let value = match fetch(&config, state_dir, admin, &query) {
+    let value = match fetch(&config, source, &query) {
         Ok(value) => value,
         Err(code) => return code,
     };
@@ -339,8 +411,8 @@ pub fn main(
         return exit::OK;
     }
     match query {
-        // `leadloop quarantine` prints its own rows (sync_cmd.rs).
-        Query::Quarantine => {}
+        // `leadloop quarantine` and `report funnel` print their own rows.
+        Query::Quarantine | Query::Funnel(_) => {}
         Query::Leads(_) => {
             let header = ["LEAD", "NAME", "STAGE", "SCORE", "OWNER", "STATUS"];
             println!(
@@ -373,7 +445,8 @@ pub fn main(
                     text("lead_id"),
                     text("lead"),
                     row["owner"].as_str().unwrap_or_else(|| row["owner_id"].as_str().unwrap_or("-")),
-                    row["handoff"],
+                    // As text: a JSON value ignores the column width.
+                    row["handoff"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
                     row["age_hours"].as_f64().unwrap_or(0.0),
                     text("last_step"),
                     text("next_step"),

@@ -141,16 +141,11 @@ pub async fn quarantined(store: &dyn Store) -> Result<Vec<serde_json::Value>, le
 /// `leadloop quarantine`: what the CRM sync set aside and why; from the store, or from the
 /// running daemon's admin listener when it holds the state directory.
 pub fn quarantine(read: &crate::cli::ReadArgs) -> u8 {
-    let config = match load_reporting(&read.config.config) {
+    let config = match crate::cli::load_for_reading(&read.config.config) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let rows = match crate::sla_cmd::fetch(
-        &config,
-        read.state_dir.clone(),
-        read.admin_listen,
-        &crate::sla_cmd::Query::Quarantine,
-    ) {
+    let rows = match crate::sla_cmd::fetch(&config, &read.source(), &crate::sla_cmd::Query::Quarantine) {
         Ok(value) => value.as_array().cloned().unwrap_or_default(),
         Err(code) => return code,
     };

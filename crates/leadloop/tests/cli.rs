@@ -623,4 +623,116 @@ async fn the_funnel_report_counts_inventory_flow_conversion_and_time_in_stage() 
     assert_eq!(stage("marketing_qualified")["conversion_rate"], 1.0);
     assert_eq!(stage("marketing_qualified")["median_hours_in_stage"], 4.0);
     assert_eq!(stage("sales_qualified")["inventory"], 1);
+
+    // The table's columns line up with its header: every row ends each column where the
+    // header does.
+    let output = bin()
+        .args(["report", "funnel", "--since", "7d", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    let ends = |line: &str| -> Vec<usize> {
+        line.char_indices()
+            .zip(line.chars().skip(1).chain([' ']))
+            .filter(|((_, c), next)| *c != ' ' && *next == ' ')
+            .map(|((i, _), _)| line[..=i].chars().count())
+            .collect()
+    };
+    let header = ends(lines[0]);
+    for row in &lines[1..] {
+        let row_ends = ends(row);
+        // The numeric columns (after the label) end where the header's do.
+        assert_eq!(&row_ends[row_ends.len() - 6..], &header[header.len() - 6..], "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_never_create_a_state_directory_and_find_the_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("not-here");
+    let unused_admin = format!("127.0.0.1:{}", free_port());
+    for args in [
+        &["sla", "list"][..],
+        &["sla", "show", "00Q1"],
+        &["leads", "list"],
+        &["leads", "show", "00Q1"],
+        &["quarantine"],
+        &["report", "funnel"],
+        &["nurture", "preview", "long-term", "--lead", "00Q1"],
+        &["email", "preview", "--template", "sla_alert", "--lead", "00Q1"],
+        &["email", "test", "--to", "a@example.com"],
+        &["export", "backup.jsonl"],
+    ] {
+        let mut command = bin();
+        command.args(args).arg("--config").arg(example_config()).arg("--state-dir").arg(&missing);
+        if ["sla", "leads", "quarantine", "report"].contains(&args[0]) {
+            command.args(["--admin-listen", &unused_admin]);
+        }
+        let output = command.current_dir(dir.path()).output().expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+        assert!(
+            stderr.contains(&format!("no leadloop state in {}", missing.display())),
+            "{args:?}: {stderr}"
+        );
+        if args[0] == "sla" {
+            assert!(stderr.contains(&format!("no daemon answered at {unused_admin}")), "{stderr}");
+            assert!(stderr.contains("--state-dir DIR"), "{stderr}");
+        }
+    }
+
+    // A daemon running elsewhere is found through its admin listener, and says so.
+    let state = dir.path().join("state");
+    state_with_a_handoff(&state).await;
+    let daemon = Daemon::start(&example_config(), &state);
+    daemon.wait_ready().await;
+    let admin = format!("127.0.0.1:{}", daemon.port);
+    let missing_dir = missing.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        bin()
+            .args(["sla", "list", "--format", "json", "--admin-listen", &admin, "--config"])
+            .arg(example_config())
+            .arg("--state-dir")
+            .arg(&missing_dir)
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("read from the daemon at 127.0.0.1:"), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(rows[0]["lead_id"], "00Q1");
+    assert!(!missing.exists());
+
+    // The funnel is read through the daemon too while it holds the state directory.
+    let admin = format!("127.0.0.1:{}", daemon.port);
+    let output = tokio::task::spawn_blocking(move || {
+        bin()
+            .args(["report", "funnel", "--format", "json", "--admin-listen", &admin, "--config"])
+            .arg(example_config())
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert!(report["stages"].as_array().is_some_and(|s| !s.is_empty()), "{report}");
+}
+
+#[test]
+fn without_config_the_default_path_is_named_with_how_to_change_it() {
+    let output = bin().args(["sla", "list"]).env_remove("LEADLOOP_CONFIG").output().expect("run");
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/etc/leadloop/leadloop.toml: cannot read config file (the default; pass --config FILE or set LEADLOOP_CONFIG)"), "{stderr}");
 }

@@ -135,10 +135,20 @@ fn nurture_list_and_preview_from_the_command_line() {
             .output()
             .expect("run leadloop")
     };
+    // Before anything ran: the tracks are listed, the counts are unknown and say why, and no
+    // state directory is created by looking.
     let list = run(&["nurture", "list", "--format", "json"]);
     assert_eq!(list.status.code(), Some(0), "{}", String::from_utf8_lossy(&list.stderr));
     let tracks: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
     assert_eq!(tracks[0]["name"], "long-term");
+    assert_eq!(tracks[0]["enrolled"], serde_json::Value::Null);
+    assert!(String::from_utf8_lossy(&list.stderr).contains("no leadloop state in"), "{list:?}");
+    assert!(!state.exists(), "a read-only command created {}", state.display());
+    drop(
+        leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(&state)).expect("create the store"),
+    );
+    let list = run(&["nurture", "list", "--format", "json"]);
+    let tracks: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
     assert_eq!(tracks[0]["enrolled"], 0);
     assert_eq!(tracks[0]["steps"][0]["schedule"], "1mo after enrolment at 10:00");
     let human = run(&["nurture", "list"]);

@@ -319,7 +319,12 @@ impl Config {
 /// config and any warnings.
 pub fn load(path: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Diagnostics::single(Diagnostic::file_error(path, format!("cannot read config file: {e}")))
+        let hint = if path == Path::new(DEFAULT_PATH) {
+            " (the default; pass --config FILE or set LEADLOOP_CONFIG)"
+        } else {
+            ""
+        };
+        Diagnostics::single(Diagnostic::file_error(path, format!("cannot read config file{hint}: {e}")))
     })?;
     load_str(path, &text)
 }
@@ -329,7 +334,6 @@ pub fn load_str(path: &Path, text: &str) -> Result<(Config, Diagnostics), Diagno
     diagnose::parse_and_check(path, text)
 }
 
-/// The default path named in help texts.
-pub fn default_path() -> PathBuf {
-    PathBuf::from("/etc/leadloop/leadloop.toml")
-}
+/// The config file a command reads without `--config` or `$LEADLOOP_CONFIG`: where the
+/// packaged unit and docs/operations.md install it.
+pub const DEFAULT_PATH: &str = "/etc/leadloop/leadloop.toml";
