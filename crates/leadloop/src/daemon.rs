@@ -135,6 +135,14 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     notify(&[NotifyState::Ready, NotifyState::Status("running")]);
     spawn_watchdog(engine.clone(), admin_stop.clone());
     tracing::info!(admin = %admin_addr, state_dir = %config.daemon.state_dir.display(), "leadloop ready");
+    if config.crm.is_none() {
+        // The example config has no CRM: say what that means, or the daemon looks dead.
+        tracing::warn!(
+            "no [crm] in the config: no leads will arrive, so nothing is scored, routed or sent; \
+             configure [crm] (docs/salesforce.md), or see the loop work with `leadloop demo` or \
+             `leadloop simulate --events FILE`"
+        );
+    }
 
     let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
         (Ok(term), Ok(hup)) => (term, hup),

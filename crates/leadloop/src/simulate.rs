@@ -18,7 +18,7 @@ use leadloop_store::Store;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::cli::load_reporting;
+use crate::cli::load_for_reading;
 use crate::exit;
 use crate::runtime::{BuildError, EmptyCalendar, Parts, Runtime, RuntimeOptions};
 
@@ -183,7 +183,7 @@ impl Printer<'_> {
 }
 
 pub fn main(config: &Path, events: &Path, until: Option<Timestamp>) -> u8 {
-    let config = match load_reporting(config) {
+    let config = match load_for_reading(config) {
         Ok(config) => config,
         Err(code) => return code,
     };

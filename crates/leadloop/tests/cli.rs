@@ -300,6 +300,16 @@ fn usage_errors_exit_64_and_help_exits_0() {
     let output = bin().arg("--help").output().expect("run");
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("validate"));
+    // `--version` is the workspace's version, the one every crate carries.
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
+        .expect("workspace manifest");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("workspace version");
+    let output = bin().arg("--version").output().expect("run");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("leadloop {version}"));
 }
 
 #[tokio::test]
