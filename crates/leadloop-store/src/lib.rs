@@ -65,6 +65,10 @@ pub enum StoreError {
     NoSpace { path: PathBuf },
     #[error("storage engine error in {path}: {message}")]
     Engine { path: PathBuf, message: String },
+    #[error(
+        "the store in {path} is damaged ({detail}); restore it from a backup (`leadloop import` of a `leadloop export` file into an empty state directory), or move the directory aside to start empty and resync from the CRM"
+    )]
+    Damaged { path: PathBuf, detail: String },
     #[error("corrupt record under key {key:?}: {message}")]
     Corrupt { key: String, message: String },
     #[error(

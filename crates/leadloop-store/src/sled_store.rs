@@ -115,8 +115,18 @@ impl SledStore {
         // store of this same process whose background threads are still winding down after
         // it was dropped (a restart in-process: tests, `demo`). Give them a moment.
         let mut waited = std::time::Duration::ZERO;
+        let existed = dir.join(CREATED).exists();
         let db = loop {
-            match sled::Config::new().path(dir.join("db")).cache_capacity(config.cache_bytes).open() {
+            // sled panics on some damaged files (an index out of bounds while it recovers):
+            // that is a damaged store to report, not a crash to restart into forever.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sled::Config::new().path(dir.join("db")).cache_capacity(config.cache_bytes).open()
+            }))
+            .map_err(|panic| StoreError::Damaged {
+                path: dir.clone(),
+                detail: format!("the storage engine failed reading it: {}", panic_text(&panic)),
+            })?;
+            match opened {
                 Ok(db) => break db,
                 // sled reports it as `ErrorKind::Other` with this message.
                 Err(sled::Error::Io(e))
@@ -125,6 +135,12 @@ impl SledStore {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     waited += std::time::Duration::from_millis(20);
+                }
+                Err(sled::Error::Corruption { .. }) => {
+                    return Err(StoreError::Damaged {
+                        path: dir.clone(),
+                        detail: "the storage engine found corrupted data".into(),
+                    });
                 }
                 Err(e) => return Err(engine_error(&dir, e)),
             }
@@ -146,7 +162,15 @@ impl SledStore {
             loads: Mutex::default(),
             _lock: lock,
         };
-        store.migrate()?;
+        store.migrate(existed)?;
+        if !existed {
+            // From now on this directory holds a store: a later open that finds no schema
+            // marker found a damaged store, not a new one.
+            let marker = store.dir.join(CREATED);
+            std::fs::write(&marker, format!("sled store, schema {SCHEMA_VERSION}\n"))
+                .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+                .map_err(|source| StoreError::Dir { path: store.dir.clone(), source })?;
+        }
         store.outbox_seq.store(store.read_u64(keys::OUTBOX_SEQ)?.unwrap_or(0), Ordering::SeqCst);
         for (i, channel) in Channel::ALL.into_iter().enumerate() {
             let count = store.read_u64(&keys::pending_counter(keys::ready(channel)))?.unwrap_or(0);
@@ -211,7 +235,10 @@ impl SledStore {
         }
     }
 
-    fn migrate(&self) -> Result<()> {
+    /// Checks the schema version and migrates to this build's. `existed`: the directory held
+    /// a store before this open (its marker file), so a missing schema version means the
+    /// store lost its records.
+    fn migrate(&self, existed: bool) -> Result<()> {
         let found = match self.tree.get(keys::SCHEMA).map_err(|e| self.err(e))? {
             Some(raw) => {
                 let bytes: [u8; 4] = raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
@@ -221,6 +248,12 @@ impl SledStore {
                 u32::from_be_bytes(bytes)
             }
             None => {
+                if existed {
+                    return Err(StoreError::Damaged {
+                        path: self.dir.clone(),
+                        detail: "its records are gone: the schema version a store always holds is missing (a truncated or deleted file)".into(),
+                    });
+                }
                 if self.tree.first().map_err(|e| self.err(e))?.is_some() {
                     return Err(StoreError::Corrupt {
                         key: "schema".into(),
@@ -934,6 +967,17 @@ fn check(lead: &LeadId, expect: Expect, current: Option<&LeadMeta>) -> Result<()
 
 fn corrupt(key: &[u8], message: &str) -> StoreError {
     StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message: message.to_owned() }
+}
+
+/// Marks a state directory whose store was created (next to `db/`, sled's own directory).
+const CREATED: &str = "store-created";
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 fn engine_error(dir: &Path, error: sled::Error) -> StoreError {

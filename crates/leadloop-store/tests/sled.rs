@@ -51,7 +51,39 @@ async fn unusable_state_dir_is_a_clear_error() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "x").expect("write");
     let error = SledStore::open(&SledConfig::new(&file)).expect_err("a file is not a state dir");
-    assert!(error.to_string().contains("cannot use state directory"), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "state directory {} is a file, not a directory; point --state-dir or daemon.state_dir at a directory",
+            file.display()
+        )
+    );
+}
+
+/// A store file cut short (a bad restore, a full disk outside leadloop, a copy interrupted)
+/// is reported as damaged, with what to do; it never opens as an empty store that would send
+/// every alert again.
+#[tokio::test]
+async fn a_truncated_store_is_reported_damaged_not_opened_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = SledStore::open(&SledConfig::new(dir.path())).expect("open");
+        let mut batch = Batch::new();
+        batch.put_lead(conformance::lead("00Q1")).set_cursor("c", "v1");
+        store.commit(batch).await.expect("commit");
+    }
+    let file = dir.path().join("db").join("db");
+    std::fs::OpenOptions::new().write(true).open(&file).expect("open file").set_len(10).expect("truncate");
+    let error = SledStore::open(&SledConfig::new(dir.path())).expect_err("damaged");
+    assert!(matches!(error, StoreError::Damaged { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("is damaged"), "{message}");
+    assert!(message.contains("leadloop export"), "{message}");
+    // A brand-new directory is still simply a new store.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(&SledConfig::new(fresh.path())).expect("a new store opens");
+    drop(store);
+    SledStore::open(&SledConfig::new(fresh.path())).expect("and opens again");
 }
 
 #[tokio::test]

@@ -247,6 +247,39 @@ fn unusable_state_dir_fails_with_exit_74() {
     assert!(stderr.contains("cannot use state directory"), "{stderr}");
 }
 
+/// A damaged store (a file cut short) stops the daemon at start with exit 74 and what to do,
+/// instead of opening empty and sending every alert again; `--state-dir` naming a file says so.
+#[tokio::test]
+async fn a_damaged_store_or_a_file_as_state_dir_exits_74_saying_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    state_with_a_handoff(&state).await;
+    let file = state.join("db").join("db");
+    std::fs::OpenOptions::new().write(true).open(&file).expect("open").set_len(10).expect("truncate");
+    let run = |state: &Path| {
+        bin()
+            .args(["run", "--config"])
+            .arg(example_config())
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+            .output()
+            .expect("run")
+    };
+    let output = run(&state);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(74), "{stderr}");
+    assert!(stderr.contains("is damaged"), "{stderr}");
+    assert!(stderr.contains("restore it from a backup"), "{stderr}");
+
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "").expect("write");
+    let output = run(&a_file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(74), "{stderr}");
+    assert!(stderr.contains("is a file, not a directory"), "{stderr}");
+}
+
 #[tokio::test]
 async fn export_then_import_gives_equal_checksums() {
     let dir = tempfile::tempdir().expect("tempdir");
