@@ -432,7 +432,7 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
                 let line = serde_json::json!({ "records": summary.records, "sha256": summary.sha256 });
                 #[allow(clippy::print_stdout)]
                 {
-                    println!("{line}");
+                    crate::outln!("{line}");
                 }
                 exit::OK
             }

@@ -309,21 +309,21 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let _links = runtime.spawn_links_listener(tokio_util::sync::CancellationToken::new());
 
     let mail_dir = dir.join("state").join("mail");
-    println!("leadloop demo — the whole loop, {}× faster than real time", args.speed);
-    println!(
+    crate::outln!("leadloop demo — the whole loop, {}× faster than real time", args.speed);
+    crate::outln!(
         "  Salesforce emulator  {} ({} leads, {} reps, {} managers, 1 executive)",
         emu.url(),
         ids.leads.len(),
         ids.reps.len(),
         ids.managers.len()
     );
-    println!("  state directory      {}", dir.join("state").display());
+    crate::outln!("  state directory      {}", dir.join("state").display());
     match &args.smtp {
-        Some(addr) => println!("  emails               to the SMTP server at {addr}"),
-        None => println!("  emails               {}", mail_dir.display()),
+        Some(addr) => crate::outln!("  emails               to the SMTP server at {addr}"),
+        None => crate::outln!("  emails               {}", mail_dir.display()),
     }
-    println!("  one-click links      http://{public}/l/… (while the demo runs)");
-    println!();
+    crate::outln!("  one-click links      http://{public}/l/… (while the demo runs)");
+    crate::outln!();
 
     // The first sync: the org's users, accounts, leads and tasks.
     let started = Instant::now();
@@ -479,32 +479,33 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             *totals.by_stage.entry(record.stage.as_str().to_owned()).or_default() += 1;
         }
     }
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "summary after {} virtual hours ({:.0} s real):",
         (end - start).num_hours(),
         started.elapsed().as_secs_f64()
     );
     let stages: Vec<String> = totals.by_stage.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("  leads by stage       {}", stages.join(", "));
-    println!(
+    crate::outln!("  leads by stage       {}", stages.join(", "));
+    crate::outln!(
         "  hand-offs            {} started, {} answered by the rep in Salesforce",
-        totals.handoffs, totals.satisfied
+        totals.handoffs,
+        totals.satisfied
     );
     let emails: Vec<String> = totals.emails.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    println!(
+    crate::outln!(
         "  emails               {}",
         if emails.is_empty() { "none".to_owned() } else { emails.join(", ") }
     );
-    println!("  written to the CRM   {} updates and tasks", totals.crm_writes);
-    println!("  Salesforce API calls {} (of {} a day)", emu.api_calls(), emu.config().daily_api_limit);
+    crate::outln!("  written to the CRM   {} updates and tasks", totals.crm_writes);
+    crate::outln!("  Salesforce API calls {} (of {} a day)", emu.api_calls(), emu.config().daily_api_limit);
     match &args.smtp {
-        Some(addr) => println!("  the emails went to   {addr}"),
-        None => println!("  the emails are in    {}", mail_dir.display()),
+        Some(addr) => crate::outln!("  the emails went to   {addr}"),
+        None => crate::outln!("  the emails are in    {}", mail_dir.display()),
     }
     for (i, command) in look_closer(&config_path, totals.example.as_ref()).iter().enumerate() {
         let label = if i == 0 { "look closer" } else { "" };
-        println!("  {label:<20} {command}");
+        crate::outln!("  {label:<20} {command}");
     }
     let _ = std::io::stdout().flush();
     Ok(())
@@ -597,8 +598,8 @@ fn flush(from: Timestamp, end: Timestamp, tally: &mut Tally) {
     if lines.is_empty() && routes.is_empty() {
         return;
     }
-    println!("{} → {}", from.format("%a %d %b %H:%M"), (from + WINDOW).min(end).format("%a %H:%M"));
-    let line = |_: Timestamp, text: &str| println!("    {text}");
+    crate::outln!("{} → {}", from.format("%a %d %b %H:%M"), (from + WINDOW).min(end).format("%a %H:%M"));
+    let line = |_: Timestamp, text: &str| crate::outln!("    {text}");
     let hour = from;
     let n = |k: &str| lines.get(k).copied().unwrap_or(0);
     if n("qualified") > 0 {
@@ -637,5 +638,5 @@ fn flush(from: Timestamp, end: Timestamp, tally: &mut Tally) {
 }
 
 fn line(at: Timestamp, text: &str) {
-    println!("{}  {text}", at.format("%a %d %b %H:%M"));
+    crate::outln!("{}  {text}", at.format("%a %d %b %H:%M"));
 }

@@ -75,7 +75,7 @@ pub fn test(path: &Path, to: &str, state_dir: Option<PathBuf>) -> u8 {
         };
         match mailer.send(&message).await {
             Ok(receipt) => {
-                println!("{} {}", receipt.message_id, receipt.reply);
+                crate::outln!("{} {}", receipt.message_id, receipt.reply);
                 exit::OK
             }
             Err(error) => {
@@ -124,9 +124,11 @@ pub fn preview(path: &Path, template: &str, lead: Option<&str>, state_dir: Optio
     }
     match templates.render(template, &vars) {
         Ok(rendered) => {
-            println!(
+            crate::outln!(
                 "Subject: {}\n\n--- text ---\n{}\n--- html ---\n{}",
-                rendered.subject, rendered.text, rendered.html
+                rendered.subject,
+                rendered.text,
+                rendered.html
             );
             exit::OK
         }

@@ -17,3 +17,30 @@ pub mod simulate;
 pub mod sla_cmd;
 pub mod sync_cmd;
 pub mod telemetry;
+
+/// Prints a line on stdout, like `println!`, except that a reader that went away
+/// (`leadloop leads list | head`) ends the command quietly with exit 0, as Unix tools do,
+/// instead of a panic.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out_line(format_args!($($arg)*))
+    };
+}
+
+/// What [`outln!`] calls.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    if let Err(error) = written {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cannot write to standard output: {error}");
+        std::process::exit(i32::from(exit::FAILURE));
+    }
+}

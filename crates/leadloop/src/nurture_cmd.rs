@@ -106,16 +106,16 @@ pub fn list(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> u
     };
     let tracks = list_json(&rules, counts.as_ref());
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&tracks).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&tracks).unwrap_or_default());
         return exit::OK;
     }
     if tracks.is_empty() {
-        println!("no nurture tracks configured");
+        crate::outln!("no nurture tracks configured");
         return exit::OK;
     }
     for track in &tracks {
         let enrolled = track["enrolled"].as_u64().map_or("?".to_owned(), |n| n.to_string());
-        println!(
+        crate::outln!(
             "{}  ({} steps, zone {}, catch-up {} within {}, {} enrolled)",
             track["name"].as_str().unwrap_or(""),
             track["steps"].as_array().map_or(0, Vec::len),
@@ -125,7 +125,7 @@ pub fn list(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> u
             enrolled,
         );
         for (i, step) in track["steps"].as_array().into_iter().flatten().enumerate() {
-            println!(
+            crate::outln!(
                 "  {:>2}. {:<16} {:<36} {}",
                 i + 1,
                 step["name"].as_str().unwrap_or(""),
@@ -135,7 +135,7 @@ pub fn list(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> u
         }
         let exits: Vec<&str> =
             track["exit"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        println!("  exits: {}", exits.join(", "));
+        crate::outln!("  exits: {}", exits.join(", "));
     }
     exit::OK
 }
@@ -189,7 +189,7 @@ pub fn preview(
         return exit::USAGE;
     };
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return exit::OK;
     }
     let how = if value["enrolled"] == Value::Bool(true) {
@@ -197,18 +197,18 @@ pub fn preview(
     } else {
         "not enrolled: as if it enrolled now".to_owned()
     };
-    println!(
+    crate::outln!(
         "{} ({}) on track {track}, zone {}, {how}",
         value["lead_id"].as_str().unwrap_or(""),
         value["lead"].as_str().unwrap_or(""),
         value["time_zone"].as_str().unwrap_or(""),
     );
     if value["opted_out"] == Value::Bool(true) {
-        println!("  opted out: nothing will be sent");
+        crate::outln!("  opted out: nothing will be sent");
         return exit::OK;
     }
     for send in value["sends"].as_array().into_iter().flatten() {
-        println!(
+        crate::outln!(
             "  {:>2}. {:<16} {:<24} {}",
             send["index"].as_u64().unwrap_or(0) + 1,
             send["step"].as_str().unwrap_or(""),

@@ -121,25 +121,31 @@ pub fn main(source: &crate::sla_cmd::Source<'_>, since: Duration, json_out: bool
         Err(code) => return code,
     };
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return exit::OK;
     }
-    println!(
+    crate::outln!(
         "funnel from {} to {}",
         report["since"].as_str().unwrap_or(""),
         report["until"].as_str().unwrap_or("")
     );
     let header = ["STAGE", "NOW", "IN", "OUT", "ONWARD", "RATE", "MEDIAN(h)"];
-    println!(
+    crate::outln!(
         "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10}",
-        header[0], header[1], header[2], header[3], header[4], header[5], header[6]
+        header[0],
+        header[1],
+        header[2],
+        header[3],
+        header[4],
+        header[5],
+        header[6]
     );
     for stage in report["stages"].as_array().into_iter().flatten() {
         let rate = stage["conversion_rate"].as_f64().map_or("-".to_owned(), |r| format!("{:.0}%", r * 100.0));
         let median = stage["median_hours_in_stage"].as_f64().map_or("-".to_owned(), |h| format!("{h:.1}"));
         // Counts as numbers: a JSON value ignores the column width.
         let count = |key: &str| stage[key].as_u64().unwrap_or(0);
-        println!(
+        crate::outln!(
             "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10}",
             stage["label"].as_str().unwrap_or(""),
             count("inventory"),

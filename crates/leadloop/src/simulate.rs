@@ -187,10 +187,22 @@ pub fn main(config: &Path, events: &Path, until: Option<Timestamp>) -> u8 {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let text = match std::fs::read_to_string(events) {
-        Ok(text) => text,
+    let bytes = match std::fs::read(events) {
+        Ok(bytes) => bytes,
         Err(e) => {
             eprintln!("{}: cannot read events: {e}", events.display());
+            return exit::DATA;
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            // Name the line, as for any other bad line.
+            let valid = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
+            let column = valid - bytes[..valid].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+            eprintln!("{}:{line}:{column}: not UTF-8 text (byte 0x{:02x})", events.display(), bytes[valid]);
             return exit::DATA;
         }
     };

@@ -407,7 +407,7 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
         return exit::FAILURE;
     }
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return exit::OK;
     }
     match query {
@@ -415,13 +415,18 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
         Query::Quarantine | Query::Funnel(_) => {}
         Query::Leads(_) => {
             let header = ["LEAD", "NAME", "STAGE", "SCORE", "OWNER", "STATUS"];
-            println!(
+            crate::outln!(
                 "{:<18} {:<24} {:<20} {:>6}  {:<18} {}",
-                header[0], header[1], header[2], header[3], header[4], header[5]
+                header[0],
+                header[1],
+                header[2],
+                header[3],
+                header[4],
+                header[5]
             );
             for row in value.as_array().into_iter().flatten() {
                 let text = |k: &str| row[k].as_str().unwrap_or("-").to_owned();
-                println!(
+                crate::outln!(
                     "{:<18} {:<24} {:<20} {:>6}  {:<18} {}",
                     text("lead_id"),
                     text("lead"),
@@ -434,13 +439,20 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
         }
         Query::List(_) => {
             let header = ["LEAD", "NAME", "OWNER", "#", "AGE(h)", "LAST", "NEXT", "NEXT AT"];
-            println!(
+            crate::outln!(
                 "{:<18} {:<24} {:<18} {:>4} {:>8}  {:<10} {:<10} {}",
-                header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7]
+                header[0],
+                header[1],
+                header[2],
+                header[3],
+                header[4],
+                header[5],
+                header[6],
+                header[7]
             );
             for row in value.as_array().into_iter().flatten() {
                 let text = |k: &str| row[k].as_str().unwrap_or("-").to_owned();
-                println!(
+                crate::outln!(
                     "{:<18} {:<24} {:<18} {:>4} {:>8.1}  {:<10} {:<10} {}{}",
                     text("lead_id"),
                     text("lead"),
@@ -461,18 +473,18 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                     .map(str::to_owned)
                     .unwrap_or_else(|| if v.is_null() { "-".into() } else { v.to_string() })
             };
-            println!("lead      {} ({})", text(&value["lead_id"]), text(&value["lead"]));
-            println!("status    {}", text(&value["status"]));
-            println!("stage     {}", text(&value["stage"]));
-            println!("owner     {}", text(&value["owner_id"]));
-            println!("hand-offs {}", text(&value["handoffs"]));
+            crate::outln!("lead      {} ({})", text(&value["lead_id"]), text(&value["lead"]));
+            crate::outln!("status    {}", text(&value["status"]));
+            crate::outln!("stage     {}", text(&value["stage"]));
+            crate::outln!("owner     {}", text(&value["owner_id"]));
+            crate::outln!("hand-offs {}", text(&value["handoffs"]));
             let score = &value["score"];
             let num = |v: &Value| match v.as_f64() {
                 Some(x) if (x - x.round()).abs() < 1e-9 => format!("{:.0}", x + 0.0),
                 Some(x) => format!("{x:.1}"),
                 None => text(v),
             };
-            println!(
+            crate::outln!(
                 "score     {} (fit {} + engagement {}; threshold {}; engagement halves every {} days)",
                 num(&score["combined"]),
                 num(&score["fit"]),
@@ -481,10 +493,10 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                 num(&score["half_life_days"])
             );
             for rule in score["fit_rules"].as_array().into_iter().flatten() {
-                println!("            fit {:>6}  {}", num(&rule["points"]), text(&rule["rule"]));
+                crate::outln!("            fit {:>6}  {}", num(&rule["points"]), text(&rule["rule"]));
             }
             for activity in score["activities"].as_array().into_iter().flatten() {
-                println!(
+                crate::outln!(
                     "            {} {:>6} scored, {:>6} now  {}",
                     text(&activity["at"]),
                     num(&activity["points"]),
@@ -493,7 +505,7 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                 );
             }
             match value["open_handoff"].as_object() {
-                Some(open) => println!(
+                Some(open) => crate::outln!(
                     "open      #{} under policy {}, last step {}, next {} at {}{}",
                     text(&open["handoff"]),
                     text(&open["policy"]),
@@ -502,9 +514,9 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                     text(&open["next_step_at"]),
                     if open["overdue"] == Value::Bool(true) { " (OVERDUE)" } else { "" }
                 ),
-                None => println!("open      none"),
+                None => crate::outln!("open      none"),
             }
-            println!("history:");
+            crate::outln!("history:");
             for event in value["history"].as_array().into_iter().flatten() {
                 let mut detail = event.clone();
                 if let Some(map) = detail.as_object_mut() {
@@ -512,7 +524,7 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                         map.remove(key);
                     }
                 }
-                println!(
+                crate::outln!(
                     "  {:>4} {} {:<16} {}",
                     text(&event["seq"]),
                     text(&event["at"]),

@@ -90,7 +90,7 @@ pub fn main(config_path: &Path, state_dir: Option<PathBuf>, once: bool, format: 
                     "seconds": elapsed.as_secs_f64(),
                     "errors": report.errors.iter().map(|(o, e)| serde_json::json!({"object": o, "error": e})).collect::<Vec<_>>(),
                 });
-                println!("{line}");
+                crate::outln!("{line}");
             }
             Format::Human => print_human(crm.name(), &report, &written, &usage, elapsed),
         }
@@ -106,27 +106,29 @@ fn print_human(
     elapsed: std::time::Duration,
 ) {
     let r = &report.records;
-    println!("synced from {name} in {:.1} s", elapsed.as_secs_f64());
-    println!("  fetched       {}", r.fetched);
-    println!("  stored        {}", r.stored);
-    println!("  unchanged     {}", r.unchanged);
-    println!("  quarantined   {}", r.quarantined);
-    println!("  deleted       {}", r.deleted);
-    println!("  effects       {} queued", r.enqueued);
-    println!(
+    crate::outln!("synced from {name} in {:.1} s", elapsed.as_secs_f64());
+    crate::outln!("  fetched       {}", r.fetched);
+    crate::outln!("  stored        {}", r.stored);
+    crate::outln!("  unchanged     {}", r.unchanged);
+    crate::outln!("  quarantined   {}", r.quarantined);
+    crate::outln!("  deleted       {}", r.deleted);
+    crate::outln!("  effects       {} queued", r.enqueued);
+    crate::outln!(
         "  written back  {} ({} to retry, {} dead-lettered)",
-        written.written, written.retried, written.dead_lettered
+        written.written,
+        written.retried,
+        written.dead_lettered
     );
-    println!("  api calls     {}", usage.calls);
+    crate::outln!("  api calls     {}", usage.calls);
     match (usage.used, usage.max) {
-        (Some(used), Some(max)) => println!(
+        (Some(used), Some(max)) => crate::outln!(
             "  budget        {used} of {max} daily calls used; {} left for bulk sync",
             usage.bulk_left.unwrap_or(0)
         ),
-        _ => println!("  budget        not reported by the CRM"),
+        _ => crate::outln!("  budget        not reported by the CRM"),
     }
     for (object, error) in &report.errors {
-        println!("  error         {object}: {error}");
+        crate::outln!("  error         {object}: {error}");
     }
 }
 
@@ -152,15 +154,15 @@ pub fn quarantine(read: &crate::cli::ReadArgs) -> u8 {
     match read.format {
         Format::Json => {
             for row in &rows {
-                println!("{row}");
+                crate::outln!("{row}");
             }
         }
         Format::Human => {
             if rows.is_empty() {
-                println!("nothing in quarantine");
+                crate::outln!("nothing in quarantine");
             }
             for row in &rows {
-                println!(
+                crate::outln!(
                     "{:<8} {:<18} {}  {}",
                     row["object"].as_str().unwrap_or("?"),
                     row["id"].as_str().unwrap_or("(no id)"),

@@ -779,3 +779,51 @@ fn without_config_the_default_path_is_named_with_how_to_change_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/etc/leadloop/leadloop.toml: cannot read config file (the default; pass --config FILE or set LEADLOOP_CONFIG)"), "{stderr}");
 }
+
+/// `leadloop leads list | head -1` ends quietly when `head` stops reading (no panic, exit 0).
+#[tokio::test]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    {
+        let store = leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(&state)).expect("store");
+        let mut batch = leadloop_store::Batch::new();
+        for i in 0..5000 {
+            let mut lead = leadloop_core::Lead::new(format!("00Q{i:06}"));
+            lead.first_name = Some("A long enough name to fill the pipe".into());
+            batch.put_lead(leadloop_core::LeadRecord::new(lead, chrono::Utc::now()));
+        }
+        leadloop_store::Store::commit(store.as_ref(), batch).await.expect("commit");
+    }
+    let script = format!(
+        "set -o pipefail; '{}' leads list --config '{}' --state-dir '{}' | head -1",
+        env!("CARGO_BIN_EXE_leadloop"),
+        example_config().display(),
+        state.display()
+    );
+    let output = Command::new("bash").args(["-c", &script]).output().expect("bash");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1);
+}
+
+/// An events file with a byte that is not UTF-8 is refused naming the line and column.
+#[test]
+fn simulate_names_the_line_that_is_not_utf8() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    let mut bytes = br#"{"at":"2026-03-02T14:00:00Z","type":"lead","lead":{"id":"00Q1"}}"#.to_vec();
+    bytes.extend_from_slice(b"\n{\"at\":\"2026-03-02T15:00:00Z\",\"x\":\"\xff\"}\n");
+    std::fs::write(&events, bytes).expect("write");
+    let output = bin()
+        .args(["simulate", "--config"])
+        .arg(example_config())
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains(&format!("{}:2:35: not UTF-8 text (byte 0xff)", events.display())), "{stderr}");
+}
