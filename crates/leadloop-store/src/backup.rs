@@ -44,9 +44,27 @@ fn backup_err(path: &Path, what: impl std::fmt::Display) -> StoreError {
 }
 
 /// Writes every record of `store` to `path` (through a temporary file renamed into place).
+/// The file holds personal data, so only its owner may read it (0600); a failed export leaves
+/// no partial file behind.
 pub async fn export(store: &dyn Store, path: &Path) -> Result<ExportSummary> {
     let tmp = path.with_extension("partial");
-    let file = File::create(&tmp).map_err(|e| backup_err(&tmp, e))?;
+    let written = export_to(store, path, &tmp).await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+async fn export_to(store: &dyn Store, path: &Path, tmp: &Path) -> Result<ExportSummary> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = tmp.to_path_buf();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| backup_err(&tmp, e))?;
     let mut out = HashingWriter { inner: BufWriter::new(file), hasher: Sha256::new() };
     let header = Header { format: FORMAT.into(), version: FORMAT_VERSION, schema: SCHEMA_VERSION };
     write_line(&mut out, &header).map_err(|e| backup_err(&tmp, e))?;

@@ -109,7 +109,16 @@ impl SledStore {
         if dir.exists() && !dir.is_dir() {
             return Err(StoreError::NotADirectory { path: dir });
         }
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir { path: dir.clone(), source })?;
+        // A new state directory holds personal data: only its owner may enter it. An existing
+        // one keeps its mode (systemd's StateDirectory= sets its own).
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| StoreError::Dir { path: dir.clone(), source })?;
+        }
         let lock = DirLock::acquire(&dir)?;
         // With the directory lock held, sled's own file lock can only be held by an earlier
         // store of this same process whose background threads are still winding down after

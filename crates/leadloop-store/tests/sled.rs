@@ -116,3 +116,21 @@ async fn reopening_right_after_a_drop_waits_for_sleds_own_lock() {
     let store = SledStore::open(&SledConfig::new(dir.path())).expect("open");
     assert_eq!(store.cursor("round").await.expect("cursor").as_deref(), Some("59"));
 }
+
+/// State and backups hold personal data: a new state directory is 0700, an export 0600.
+#[tokio::test]
+async fn new_state_directories_and_exports_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("state");
+    let store = SledStore::open(&SledConfig::new(&dir)).expect("open");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let mut batch = Batch::new();
+    batch.put_lead(conformance::lead("00Q1"));
+    store.commit(batch).await.expect("commit");
+    let out = root.path().join("backup.jsonl");
+    leadloop_store::export(store.as_ref(), &out).await.expect("export");
+    assert_eq!(mode(&out), 0o600);
+    assert!(!root.path().join("backup.partial").exists());
+}

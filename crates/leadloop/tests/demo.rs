@@ -31,8 +31,13 @@ fn demo_shows_the_whole_loop_and_leaves_the_emails() {
     }
     let mail = dir.path().join("state").join("mail");
     assert!(stdout.contains(&format!("the emails are in    {}", mail.display())), "{stdout}");
-    let emails: Vec<_> = std::fs::read_dir(&mail).expect("mail dir").collect();
+    let emails: Vec<_> = std::fs::read_dir(&mail).expect("mail dir").filter_map(Result::ok).collect();
     assert!(emails.len() > 50, "{} emails", emails.len());
+    // Mail holds personal data: the directory is 0700, each message 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&mail), 0o700);
+    assert!(emails.iter().all(|e| mode(&e.path()) == 0o600), "an .eml readable by others");
     let escalation = std::fs::read_dir(&mail)
         .expect("mail dir")
         .filter_map(Result::ok)

@@ -168,9 +168,12 @@ impl EmailConfig {
         let sender = match self.deliver {
             Deliver::Directory => {
                 let dir = self.directory.clone().unwrap_or_default();
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    BuildError::new("email.directory", format!("cannot create {}: {e}", dir.display()))
-                })?;
+                // Mail holds personal data: a directory only its owner may enter.
+                std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                    .create(&dir)
+                    .map_err(|e| {
+                        BuildError::new("email.directory", format!("cannot create {}: {e}", dir.display()))
+                    })?;
                 Sender::Directory(dir)
             }
             Deliver::Smtp => {
@@ -331,7 +334,11 @@ fn write_eml(dir: &Path, key: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let name = format!("{}-{}.eml", &safe[..safe.len().min(80)], &id[..12]);
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true),
+        0o600,
+    )
+    .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;

@@ -276,11 +276,61 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_routing(&config, &mut report);
     check_calendar(&config, &mut report);
     check_nurture(&config, &mut report);
+    check_secret_modes(text, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
     findings.extend(findings_extra);
     let diagnostics = Diagnostics(findings);
     if diagnostics.has_errors() { Err(diagnostics) } else { Ok((config, diagnostics)) }
+}
+
+/// Secret files (`*_file` keys other than CA certificates) readable by group or others, outside
+/// systemd's credentials directory: a warning, since anyone on the host could read them.
+fn check_secret_modes(text: &str, report: &mut impl FnMut(String, String, Severity)) {
+    fn walk(value: &toml::Value, path: &str, found: &mut Vec<(String, String)>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    if let toml::Value::String(file) = value
+                        && key.ends_with("_file")
+                        && key != "ca_file"
+                    {
+                        found.push((path.clone(), file.clone()));
+                    }
+                    walk(value, &path, found);
+                }
+            }
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Ok(table) = text.parse::<toml::Table>() else { return };
+    let value = toml::Value::Table(table);
+    let mut found = Vec::new();
+    walk(&value, "", &mut found);
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY");
+    for (key, file) in found {
+        let path = Path::new(&file);
+        if path.is_relative() && credentials.is_some() {
+            continue; // systemd's LoadCredential= makes these private to the service
+        }
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            report(
+                key,
+                format!(
+                    "secret file {file} can be read by others on this host (mode {mode:04o}); `chmod 600 {file}`, or pass it with systemd's LoadCredential="
+                ),
+                Severity::Warning,
+            );
+        }
+    }
 }
 
 fn check_people(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
@@ -823,6 +873,28 @@ email = "mgr@x.example"
 name = "Manager M"
 role = "manager"
 "#;
+
+    #[test]
+    fn secret_files_others_can_read_are_a_warning_at_their_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("link_key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef0123456789abcdef").expect("write");
+        let input = format!(
+            "[links]\npublic_listen = \"127.0.0.1:9478\"\npublic_url = \"https://leads.example.com\"\nsigning_key_file = \"{}\"\n",
+            key.display()
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        check(
+            &input,
+            &[&format!(
+                "t.toml:4:1: links.signing_key_file: warning: secret file {0} can be read by others on this host (mode 0644); `chmod 600 {0}`, or pass it with systemd's LoadCredential=",
+                key.display()
+            )],
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        check(&input, &[]);
+    }
 
     #[test]
     fn calendar_problems_are_reported_at_their_keys() {
