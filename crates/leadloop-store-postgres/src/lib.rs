@@ -109,7 +109,17 @@ impl PgError {
 fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => {
+            // The driver's own text is short ("error connecting to server"); the cause says why.
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -403,7 +413,7 @@ async fn acquire_instance(
     tls: &MakeRustlsConnect,
 ) -> Result<(tokio_postgres::Client, Arc<AtomicBool>), PgError> {
     let mut pg = config.driver_config("leadloop");
-    pg.application_name(&holder_name());
+    pg.application_name(holder_name());
     let (client, connection) = pg.connect(tls.clone()).await.map_err(PgError::db("cannot connect"))?;
     let lost = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&lost);

@@ -38,6 +38,17 @@ fn server() -> String {
 /// Numbers the schemas of this process (tests run in parallel in one process).
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// An error with its causes ("error connecting to server: Connection refused").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Schemas made by one test, dropped when it ends.
 struct Schemas {
     names: Mutex<Vec<String>>,
@@ -53,6 +64,7 @@ impl Schemas {
                 Some(Self { names: Mutex::new(Vec::new()) })
             }
             Err(error) if std::env::var("LEADLOOP_TEST_PG").as_deref() == Ok("skip") => {
+                let error = chain(&error);
                 eprintln!(
                     "skipped: PostgreSQL at {} is unreachable ({error}) and LEADLOOP_TEST_PG=skip",
                     server()
@@ -60,9 +72,10 @@ impl Schemas {
                 None
             }
             Err(error) => panic!(
-                "PostgreSQL at {} is unreachable: {error}. Start it (trust auth, database `test`), point \
+                "PostgreSQL at {} is unreachable: {}. Start it (trust auth, database `test`), point \
                  LEADLOOP_TEST_PG_URL at one, or set LEADLOOP_TEST_PG=skip to skip these tests",
-                server()
+                server(),
+                chain(&error)
             ),
         }
     }
@@ -338,6 +351,6 @@ async fn an_unreachable_server_is_a_clear_error_without_the_password() {
     config.pool_size = 2;
     let error = PgStore::open(&config).await.expect_err("nothing listens on port 9");
     let message = error.to_string();
-    assert!(message.contains("cannot connect"), "{message}");
+    assert!(message.contains("cannot connect") && message.contains("refused"), "{message}");
     assert!(!message.contains("s3cret-pw"), "{message}");
 }
