@@ -382,7 +382,7 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let store: Arc<dyn Store> = match crate::runtime::open_store(&config, args.state_dir.clone()) {
+        let store: Arc<dyn Store> = match crate::runtime::open_store(&config, args.state_dir.clone()).await {
             Ok(store) => store,
             Err(e) => {
                 eprintln!("{e}");

@@ -117,7 +117,7 @@ pub fn main(config_path: &Path, state_dir: Option<PathBuf>, since: Duration, jso
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let store: Arc<dyn Store> = crate::runtime::open_store(&config, state_dir)?;
+        let store: Arc<dyn Store> = crate::runtime::open_store(&config, state_dir).await?;
         let now = chrono::Utc::now();
         let since = now - chrono::TimeDelta::from_std(since).unwrap_or(chrono::TimeDelta::days(30));
         funnel(store.as_ref(), since, now).await

@@ -260,7 +260,7 @@ pub fn fetch(
     let admin = admin.unwrap_or(config.daemon.admin_listen);
     let result: Result<Value, String> = runtime.block_on(async {
         let now = chrono::Utc::now();
-        match crate::runtime::open_store(config, state_dir) {
+        match crate::runtime::open_store(config, state_dir).await {
             Ok(store) => {
                 let store: Arc<dyn Store> = store;
                 match query {
@@ -275,7 +275,7 @@ pub fn fetch(
                 }
                 .map_err(|e| e.to_string())
             }
-            Err(StoreError::Locked { .. }) => {
+            Err(error) if error.is_locked() => {
                 let client = reqwest::Client::new();
                 let (url, request) = match query {
                     Query::List(filter) => {
