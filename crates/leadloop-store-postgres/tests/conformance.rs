@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use leadloop_core::LeadId;
 use leadloop_store::{Batch, Expect, Found, Store, StoreError, conformance};
+use leadloop_store::{SledConfig, SledStore};
 use leadloop_store_postgres::{PgConfig, PgStore, SCHEMA_VERSION, SslMode};
 
 const PREFIX: &str = "leadloop_test_";
@@ -353,4 +354,71 @@ async fn an_unreachable_server_is_a_clear_error_without_the_password() {
     let message = error.to_string();
     assert!(message.contains("cannot connect") && message.contains("refused"), "{message}");
     assert!(!message.contains("s3cret-pw"), "{message}");
+}
+
+/// The same state exports to the same file from either engine, so a store moves between them
+/// by export and import, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_are_the_same_file_from_sled_and_postgres() {
+    use chrono::TimeDelta;
+    use conformance::{email, event, lead, lead_in_handoff, person, t0, timer};
+    let Some(schemas) = Schemas::new().await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = SledStore::open(&SledConfig::new(dir.path().join("sled"))).expect("sled");
+    let mut batch = Batch::new();
+    let mut scored = lead("00Q2");
+    scored.scored =
+        vec![leadloop_core::scoring::ScoredActivity { at: t0(), rule: "web".into(), points: 5.0 }];
+    batch
+        .put_lead(lead("00Q10"))
+        .put_lead(scored)
+        .put_lead(lead_in_handoff("00Q1", "005A"))
+        .append_history(LeadId::new("ab"), event(0, "x"))
+        .append_history(LeadId::new("a"), event(0, "y"))
+        .append_history(LeadId::new("a"), event(1, "z"))
+        // sled orders by length first: "b" before "aa", bucket "digest/z" before "digest/aa".
+        .append_history(LeadId::new("aa"), event(2, "w"))
+        .append_history(LeadId::new("b"), event(2, "v"))
+        .put_item("digest/aa", "k", serde_json::json!(1))
+        .put_item("digest/z", "k", serde_json::json!(2))
+        .mark_seen(LeadId::new("aa"), "t")
+        .mark_seen(LeadId::new("b"), "t")
+        .put_person(person("005B", Some("005A")))
+        .put_person(person("005A", None))
+        .set_timer(timer("b", t0() + TimeDelta::hours(1)))
+        .set_timer(timer("a", t0() + TimeDelta::hours(1)))
+        .set_timer(timer("c", t0() + TimeDelta::microseconds(1500)))
+        .enqueue(email("k2"))
+        .enqueue(email("k1"))
+        .set_cursor("salesforce.lead", "c1")
+        .set_cursor("calendar", "c2")
+        .suppress(leadloop_core::Suppression { address: "B@x.example".into(), reason: "r".into(), at: t0() })
+        .suppress(leadloop_core::Suppression { address: "a@x.example".into(), reason: "r".into(), at: t0() })
+        .put_item("digest/long-bucket", "k", serde_json::json!({ "n": 1 }))
+        .put_item("digest/b", "k2", serde_json::json!([1, 2]))
+        .put_item("digest/b", "k1", serde_json::json!(null))
+        .mark_seen(LeadId::new("00Q1"), "task/2")
+        .mark_seen(LeadId::new("00Q10"), "task/1")
+        .mark_seen(LeadId::new("00Q1"), "task/1");
+    sled.commit(batch).await.expect("commit");
+    let from_sled = dir.path().join("sled.jsonl");
+    let sled_summary = leadloop_store::export(sled.as_ref(), &from_sled).await.expect("export sled");
+    let pg = schemas.open().await;
+    leadloop_store::import(pg.as_ref(), &from_sled).await.expect("import into postgres");
+    let from_pg = dir.path().join("pg.jsonl");
+    let pg_summary = leadloop_store::export(pg.as_ref(), &from_pg).await.expect("export postgres");
+    assert_eq!(pg_summary, sled_summary, "same records, same checksum");
+    assert_eq!(std::fs::read(&from_pg).expect("read"), std::fs::read(&from_sled).expect("read"));
+    // And back.
+    let back = SledStore::open(&SledConfig::new(dir.path().join("back"))).expect("sled");
+    leadloop_store::import(back.as_ref(), &from_pg).await.expect("import into sled");
+    let again = dir.path().join("again.jsonl");
+    assert_eq!(leadloop_store::export(back.as_ref(), &again).await.expect("export"), sled_summary);
+    // The imported queue order holds: a new entry queues after the imported ones.
+    let mut batch = Batch::new();
+    batch.enqueue(email("k3"));
+    pg.commit(batch).await.expect("enqueue");
+    let ready = pg.outbox_ready(leadloop_core::Channel::Email, t0(), 10).await.expect("ready");
+    let keys: Vec<String> = ready.iter().map(|e| e.key.to_string()).collect();
+    assert_eq!(keys, ["k2", "k1", "k3"]);
 }
