@@ -1152,6 +1152,10 @@ impl Store for PgStore {
             .start()
             .await
             .map_err(inner.db("cannot begin the export"))?;
+        // Each table is one query read at the pace of the writer: no statement timeout.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(inner.db("cannot begin the export"))?;
         for (table, sql) in inner.sql.scan.iter().enumerate() {
             let statement = tx.prepare_cached(sql).await.map_err(inner.db("cannot prepare the export"))?;
             let rows = tx

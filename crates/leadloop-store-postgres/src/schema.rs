@@ -170,6 +170,11 @@ pub(crate) fn lock_key(purpose: &str, schema: &str) -> i64 {
 pub async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<u32, PgError> {
     let q = quoted(schema);
     let tx = client.transaction().await.map_err(PgError::db("cannot start the migration"))?;
+    // A migration rewriting a large table may run long: `statement_timeout` is for the daemon's
+    // queries, not for this.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(PgError::db("cannot start the migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key("migrate", schema)])
         .await
         .map_err(PgError::db("cannot take the migration lock"))?;
