@@ -81,7 +81,7 @@ template = "nurture_example"
     drop(sample);
 
     let dir = tempfile::tempdir()?;
-    let store = open_store(&config, Some(dir.path().to_path_buf()))?;
+    let store = open_store(&config, Some(dir.path().to_path_buf())).await?;
     let load_started = Instant::now();
     let mut n = 0;
     while n < args.leads {

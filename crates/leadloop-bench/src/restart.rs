@@ -42,7 +42,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = crate::config(&format!("[store]\ncache_mb = {}\n", args.cache_mb))?;
     let load_started = Instant::now();
     {
-        let store = open_store(&config, Some(state.clone()))?;
+        let store = open_store(&config, Some(state.clone())).await?;
         write_handoffs(store.as_ref(), t0, args.timers, args.due).await?;
     }
     let load = load_started.elapsed();
@@ -55,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The restart, as the daemon does it: open the store, build the daemon's runtime (load the
     // org chart, start the email connector), tick, relay.
     let started = Instant::now();
-    let store = open_store(&config, Some(state.clone()))?;
+    let store = open_store(&config, Some(state.clone())).await?;
     let opened = started.elapsed();
     let options = RuntimeOptions::new(clock.clone())
         .state_dir(Some(state))

@@ -34,7 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = crate::config(&format!("[store]\ncache_mb = {}\n", args.cache_mb))?;
     let load_started = Instant::now();
     {
-        let store = open_store(&config, Some(dir.path().to_path_buf()))?;
+        let store = open_store(&config, Some(dir.path().to_path_buf())).await?;
         // Hand-offs started over the last 24 hours; the reminder is due 24 h after each.
         leadloop_tests::handoffs::write_handoffs(store.as_ref(), t0, args.handoffs, 0).await?;
     }

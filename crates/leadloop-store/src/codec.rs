@@ -1,4 +1,5 @@
-//! How stored values are encoded: a one-byte format tag, then the value.
+//! How stored values are encoded: a one-byte format tag, then the value. Every engine stores
+//! these same bytes (sled as its values, PostgreSQL in `bytea` columns).
 //!
 //! - [`MSGPACK`] (`0x01`): MessagePack through `rmp-serde`, structs as maps with field names, so
 //!   a field added with `#[serde(default)]` reads old values and a field removed is ignored, as

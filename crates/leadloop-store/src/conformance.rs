@@ -1,5 +1,5 @@
 //! The conformance suite every storage engine must pass. Each case gets a fresh, empty store
-//! from the factory; the sled tests run it, and a PostgreSQL engine will run the same cases.
+//! from the factory; the sled tests and the PostgreSQL tests (crate leadloop-store-postgres) run it.
 
 use std::future::Future;
 use std::sync::Arc;

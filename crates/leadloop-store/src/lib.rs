@@ -15,7 +15,7 @@
 //! counters (open hand-offs, activities seen, outbox depth), never a scan of every lead.
 
 mod backup;
-mod codec;
+pub mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod keys;
@@ -79,10 +79,29 @@ pub enum StoreError {
         "lead {lead} changed while it was being decided (expected {expected}, found {found}); decide again from fresh state"
     )]
     Conflict { lead: LeadId, expected: Expect, found: Found },
+    #[error(
+        "PostgreSQL schema {schema} has schema version {found}, newer than this leadloop understands ({supported}); run a newer leadloop"
+    )]
+    SchemaTooNew { schema: String, found: u32, supported: u32 },
+    #[error(
+        "PostgreSQL schema {schema} is in use by another leadloop{holder}; stop it or use another schema"
+    )]
+    SchemaLocked { schema: String, holder: String },
+    /// A database engine's failure: what was being done, and the server's or driver's message.
+    #[error("PostgreSQL schema {schema}: {message}")]
+    Database { schema: String, message: String },
     #[error("{0}")]
     Backup(String),
     #[error("store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether another leadloop holds the store (a state directory or a database schema), so
+    /// a command can ask the running daemon instead.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Locked { .. } | StoreError::SchemaLocked { .. })
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -411,9 +411,9 @@ fn backup(args: BackupArgs, export: bool) -> u8 {
     runtime.block_on(async move {
         // Export only reads: it must not create an empty store where it looked.
         let opened = if export {
-            crate::runtime::open_store_for_reading(&config, args.state_dir.clone())
+            crate::runtime::open_store_for_reading(&config, args.state_dir.clone()).await
         } else {
-            crate::runtime::open_store(&config, args.state_dir.clone())
+            crate::runtime::open_store(&config, args.state_dir.clone()).await
         };
         let store: Arc<dyn Store> = match opened {
             Ok(store) => store,

@@ -29,8 +29,8 @@ use crate::{exit, telemetry};
 const SLA_GAUGE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Settings that a reload cannot change; a new value waits for a restart.
-fn restart_only(config: &Config) -> (PathBuf, std::net::SocketAddr, u64) {
-    (config.daemon.state_dir.clone(), config.daemon.admin_listen, config.store.cache_mb)
+fn restart_only(config: &Config) -> (PathBuf, std::net::SocketAddr, config::StoreConfig) {
+    (config.daemon.state_dir.clone(), config.daemon.admin_listen, config.store.clone())
 }
 
 pub fn main(args: RunArgs) -> u8 {

@@ -106,8 +106,9 @@ pub fn preview(path: &Path, template: &str, lead: Option<&str>, state_dir: Optio
             Err(code) => return code,
         };
         let record = runtime.block_on(async {
-            let store =
-                crate::runtime::open_store_for_reading(&config, state_dir).map_err(|e| e.to_string())?;
+            let store = crate::runtime::open_store_for_reading(&config, state_dir)
+                .await
+                .map_err(|e| e.to_string())?;
             store.lead(&LeadId::new(id)).await.map_err(|e| e.to_string())
         });
         match record {

@@ -77,8 +77,11 @@ pub fn preview_json(
     }))
 }
 
-fn open(config: &crate::config::Config, state_dir: Option<PathBuf>) -> Result<Arc<dyn Store>, StoreError> {
-    crate::runtime::open_store_for_reading(config, state_dir)
+async fn open(
+    config: &crate::config::Config,
+    state_dir: Option<PathBuf>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    crate::runtime::open_store_for_reading(config, state_dir).await
 }
 
 pub fn list(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> u8 {
@@ -92,7 +95,7 @@ pub fn list(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> u
         Err(code) => return code,
     };
     let counts = runtime.block_on(async {
-        match open(&config, state_dir) {
+        match open(&config, state_dir).await {
             Ok(store) => enrolled(store.as_ref()).await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         }
@@ -166,8 +169,8 @@ pub fn preview(
         Err(code) => return code,
     };
     let record = runtime.block_on(async {
-        let store = open(&config, state_dir).map_err(|e| match e {
-            StoreError::Locked { .. } => format!(
+        let store = open(&config, state_dir).await.map_err(|e| match e {
+            e if e.is_locked() => format!(
                 "{e}; nurture preview reads the store directly: run it against a copy (leadloop export, then import into another --state-dir)"
             ),
             other => other.to_string(),

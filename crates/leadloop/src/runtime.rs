@@ -24,30 +24,51 @@ use leadloop_engine::calendar::{CalendarPoller, CalendarRelay};
 use leadloop_engine::crm::{CrmRelay, CrmSync};
 use leadloop_engine::{EmailRelay, Engine, EngineError, Observer};
 use leadloop_store::{Batch, SledStore, Store, StoreError};
+use leadloop_store_postgres::PgStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, StoreEngine};
 use crate::exit;
 use crate::links::Signer;
 
 /// How long the public link listener gets to finish its requests once the engine has drained.
 const LISTENER_GRACE: Duration = Duration::from_secs(2);
 
-/// Opens the state directory's store. The one place that names the storage engine: another
-/// engine is a change to this function.
-pub fn open_store(config: &Config, state_dir: Option<PathBuf>) -> Result<Arc<dyn Store>, StoreError> {
-    SledStore::open(&config.sled(state_dir)).map(|store| store as Arc<dyn Store>)
+/// Opens the configured store: sled in the state directory (`state_dir`, else
+/// `daemon.state_dir`), or PostgreSQL in `[store] schema` (the state directory then holds no
+/// state). The one place that names the storage engines: another engine is a change to this
+/// function.
+pub async fn open_store(config: &Config, state_dir: Option<PathBuf>) -> Result<Arc<dyn Store>, StoreError> {
+    match config.store.engine {
+        StoreEngine::Sled => SledStore::open(&config.sled(state_dir)).map(|store| store as Arc<dyn Store>),
+        StoreEngine::Postgres => {
+            let pg = config.store.postgres().map_err(|e| StoreError::Database {
+                schema: config
+                    .store
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| leadloop_store_postgres::DEFAULT_SCHEMA.into()),
+                message: format!("store.{}: {}", e.key, e.message),
+            })?;
+            PgStore::open(&pg).await.map(|store| store as Arc<dyn Store>)
+        }
+    }
 }
 
-/// Opens the store for a command that only reads: nothing is created, and a directory that
-/// holds no store is [`StoreError::NoState`] (the caller then asks a running daemon or says
-/// where it looked).
-pub fn open_store_for_reading(
+/// Opens the store for a command that only reads: nothing is created, and a state directory
+/// that holds no store is [`StoreError::NoState`] (the caller then asks a running daemon or
+/// says where it looked). PostgreSQL opens as for the daemon.
+pub async fn open_store_for_reading(
     config: &Config,
     state_dir: Option<PathBuf>,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    SledStore::open_existing(&config.sled(state_dir)).map(|store| store as Arc<dyn Store>)
+    match config.store.engine {
+        StoreEngine::Sled => {
+            SledStore::open_existing(&config.sled(state_dir)).map(|store| store as Arc<dyn Store>)
+        }
+        StoreEngine::Postgres => open_store(config, state_dir).await,
+    }
 }
 
 /// The rules the engine runs, as config says (the SLA with holds and signed links, lifecycle,
@@ -277,7 +298,7 @@ impl Runtime {
         }
         let store = match store {
             Some(store) => store,
-            None => open_store(&config, None).map_err(BuildError::store("cannot open the store"))?,
+            None => open_store(&config, None).await.map_err(BuildError::store("cannot open the store"))?,
         };
         write_people(store.as_ref(), &config)
             .await

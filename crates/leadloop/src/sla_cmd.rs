@@ -295,11 +295,13 @@ pub fn fetch(config: &crate::config::Config, source: &Source<'_>, query: &Query)
     let (dir, origin) = source.dir(config);
     let result: Result<Value, String> = runtime.block_on(async {
         let now = chrono::Utc::now();
-        match crate::runtime::open_store_for_reading(config, source.state_dir.clone()) {
+        match crate::runtime::open_store_for_reading(config, source.state_dir.clone()).await {
             Ok(store) => {
                 let store: Arc<dyn Store> = store;
                 match query {
-                    Query::List(filter) => list(store.as_ref(), &config.sla, now, filter).await.map(Value::Array),
+                    Query::List(filter) => {
+                        list(store.as_ref(), &config.sla, now, filter).await.map(Value::Array)
+                    }
                     Query::Show(id) => show(store.as_ref(), &config.sla, &config.scoring, now, id)
                         .await
                         .map(|v| v.unwrap_or(Value::Null)),
@@ -311,10 +313,9 @@ pub fn fetch(config: &crate::config::Config, source: &Source<'_>, query: &Query)
                 }
                 .map_err(|e| e.to_string())
             }
-            Err(StoreError::Locked { .. }) => ask_daemon(admin, query).await.map_err(|e| {
+            Err(error) if error.is_locked() => ask_daemon(admin, query).await.map_err(|e| {
                 format!(
-                    "the state directory {} is in use by a running daemon, and its admin listener at {admin} did not answer ({e}); pass --admin-listen",
-                    dir.display()
+                    "{error}; and its admin listener at {admin} did not answer ({e}); pass --admin-listen"
                 )
             }),
             Err(StoreError::NoState { .. }) => match ask_daemon(admin, query).await {

@@ -266,6 +266,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
         }
         findings.push(at(locate(&path), path, message, severity));
     };
+    check_store(&config, &mut report);
     check_people(&config, &mut report);
     check_email(&config, &mut report, &mut findings_extra);
     check_crm(&config, &mut report);
@@ -329,6 +330,64 @@ fn check_secret_modes(text: &str, report: &mut impl FnMut(String, String, Severi
                 ),
                 Severity::Warning,
             );
+        }
+    }
+}
+
+fn check_store(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let store = &config.store;
+    match store.engine {
+        super::StoreEngine::Sled => {
+            for key in store.postgres_keys_set() {
+                report(
+                    format!("store.{key}"),
+                    "applies only to engine = \"postgres\"; ignored with sled".into(),
+                    Severity::Warning,
+                );
+            }
+        }
+        super::StoreEngine::Postgres => {
+            if let Some(schema) = &store.schema
+                && let Err(message) = leadloop_store_postgres::check_schema_name(schema)
+            {
+                report("store.schema".into(), message, Severity::Error);
+            }
+            match store.postgres() {
+                // Reported above, whatever the URL did, so every problem shows at once.
+                Err(e) if e.key == "schema" => {}
+                Err(e) => report(format!("store.{}", e.key), e.message, Severity::Error),
+                Ok(pg) => {
+                    if pg.pool_size < 2 {
+                        report(
+                            "store.pool_size".into(),
+                            "must be at least 2 (one connection commits while others read)".into(),
+                            Severity::Error,
+                        );
+                    }
+                    if pg.sslmode == leadloop_store_postgres::SslMode::Require {
+                        report(
+                            "store.sslmode".into(),
+                            "\"require\" encrypts but does not check the server's certificate; use \"verify-full\" (with ca_file for a private CA)".into(),
+                            Severity::Warning,
+                        );
+                    }
+                }
+            }
+            if let Some(ca) = &store.ca_file {
+                if store.sslmode.unwrap_or_default() != leadloop_store_postgres::SslMode::VerifyFull {
+                    report(
+                        "store.ca_file".into(),
+                        "used only with sslmode = \"verify-full\"; ignored".into(),
+                        Severity::Warning,
+                    );
+                } else if let Err(e) = std::fs::metadata(ca) {
+                    report(
+                        "store.ca_file".into(),
+                        format!("cannot read {}: {e}", ca.display()),
+                        Severity::Error,
+                    );
+                }
+            }
         }
     }
 }
@@ -1004,6 +1063,81 @@ role = "manager"
                 "t.toml:9:1: sla.policy[0].step[0].to: `boss@x.example` is not a recipient: use \"rep\", \"manager\", \"executive\" or \"address:someone@example.com\"",
                 "t.toml:11:1: sla.policy[0].step[1].name: step `alert` appears twice in this policy",
                 "t.toml:12:1: sla.policy[0].step[1].after: steps must be in order of `after`",
+            ],
+        );
+    }
+
+    #[test]
+    fn postgres_without_a_url_names_the_keys_to_set() {
+        check(
+            "[store]\nengine = \"postgres\"\nschema = \"Bad-Name\"\npool_size = 1\nsslmode = \"disable\"\nca_file = \"/etc/ssl/pg.pem\"\n",
+            &[
+                "t.toml:2:1: store.engine: engine = \"postgres\" needs `url_file` or `url_env` (the connection URL is a secret and is never written in this file)",
+                "t.toml:3:1: store.schema: schema `Bad-Name`: use 1 to 63 lowercase letters, digits and `_`, not starting with a digit or `pg_`",
+                "t.toml:6:1: store.ca_file: warning: used only with sslmode = \"verify-full\"; ignored",
+            ],
+        );
+        check(
+            "[store]\nengine = \"postgres\"\nurl_file = \"/nonexistent/leadloop/pg-url\"\nsslmode = \"verify-ca\"\n",
+            &[
+                "t.toml:3:1: store.url_file: cannot read secret file /nonexistent/leadloop/pg-url: no such file",
+                "t.toml:4:11: store.sslmode: unknown variant `verify-ca`, expected one of `disable`, `require`, `verify-full`",
+            ],
+        );
+        check(
+            "[store]\nengine = \"postgres\"\nurl_file = \"/nonexistent/leadloop/pg-url\"\nurl_env = \"PG_URL\"\n",
+            &["t.toml:4:1: store.url_env: set `url_file` or `url_env`, not both"],
+        );
+    }
+
+    #[test]
+    fn postgres_url_file_is_read_and_never_shown() {
+        check(
+            "[store]\nengine = \"postgres\"\nurl_file = \"/nonexistent/leadloop/pg-url\"\n",
+            &[
+                "t.toml:3:1: store.url_file: cannot read secret file /nonexistent/leadloop/pg-url: no such file",
+            ],
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = dir.path().join("pg-url");
+        std::fs::write(&url, "postgres://leadloop:s3cret-pw@db.example/crm\n").expect("write");
+        std::fs::set_permissions(&url, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        let input = format!(
+            "[store]\nengine = \"postgres\"\nurl_file = \"{}\"\npool_size = 4\nstatement_timeout = \"5s\"\nschema = \"crm_leads\"\n",
+            url.display()
+        );
+        let (config, warnings) = parse_and_check(Path::new("t.toml"), &input).expect("valid");
+        assert!(warnings.0.is_empty(), "{warnings}");
+        let pg = config.store.postgres().expect("postgres settings");
+        assert_eq!(
+            (pg.pool_size, pg.statement_timeout, pg.schema.as_str()),
+            (4, std::time::Duration::from_secs(5), "crm_leads")
+        );
+        assert_eq!(pg.describe(), "leadloop@db.example:5432/crm");
+        for shown in [format!("{config:?}"), format!("{pg:?}")] {
+            assert!(!shown.contains("s3cret-pw"), "{shown}");
+        }
+        // A URL that does not parse is reported at its key, without its text.
+        std::fs::write(&url, "postgres://leadloop:s3cret-pw@db.example/crm?sslmode=sideways\n")
+            .expect("write");
+        let rendered: Vec<String> = match parse_and_check(Path::new("t.toml"), &input) {
+            Ok((_, d)) | Err(d) => d.iter().map(ToString::to_string).collect(),
+        };
+        assert_eq!(rendered.len(), 1, "{rendered:?}");
+        assert!(
+            rendered[0].starts_with("t.toml:3:1: store.url_file: cannot parse the connection URL"),
+            "{rendered:?}"
+        );
+        assert!(!rendered[0].contains("s3cret-pw"), "{rendered:?}");
+    }
+
+    #[test]
+    fn postgres_settings_with_sled_are_pointed_out() {
+        check(
+            "[store]\ncache_mb = 32\nurl_env = \"PG_URL\"\nsslmode = \"require\"\n",
+            &[
+                "t.toml:3:1: store.url_env: warning: applies only to engine = \"postgres\"; ignored with sled",
+                "t.toml:4:1: store.sslmode: warning: applies only to engine = \"postgres\"; ignored with sled",
             ],
         );
     }

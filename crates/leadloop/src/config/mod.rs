@@ -211,21 +211,115 @@ impl Default for DaemonConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreEngine {
+    /// sled, in `daemon.state_dir`.
     #[default]
     Sled,
+    /// PostgreSQL, in one schema of a database.
+    Postgres,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[store]`: which engine keeps leadloop's state, and its settings. The PostgreSQL settings
+/// are options so that one set with the sled engine can be pointed out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub engine: StoreEngine,
-    /// Upper bound of the engine's page cache, in MiB.
+    /// sled: upper bound of the engine's page cache, in MiB.
     pub cache_mb: u64,
+    /// PostgreSQL: a file holding the connection URL (a secret: never in this file).
+    pub url_file: Option<PathBuf>,
+    /// PostgreSQL: an environment variable holding the connection URL.
+    pub url_env: Option<String>,
+    /// PostgreSQL: connections in the pool (default 8, at least 2).
+    pub pool_size: Option<usize>,
+    /// PostgreSQL: the longest one statement may run (default 30s; "0s" leaves the server's).
+    #[serde(default, with = "optional_duration")]
+    pub statement_timeout: Option<Duration>,
+    /// PostgreSQL: `disable`, `require` or `verify-full` (default).
+    pub sslmode: Option<leadloop_store_postgres::SslMode>,
+    /// PostgreSQL: PEM file of the certificate authorities trusted with `verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: the schema holding leadloop's tables (default `leadloop`).
+    pub schema: Option<String>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { engine: StoreEngine::Sled, cache_mb: 64 }
+        Self {
+            engine: StoreEngine::Sled,
+            cache_mb: 64,
+            url_file: None,
+            url_env: None,
+            pool_size: None,
+            statement_timeout: None,
+            sslmode: None,
+            ca_file: None,
+            schema: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL keys that are set, by name (they mean nothing to sled).
+    pub fn postgres_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("url_file", self.url_file.is_some()),
+            ("url_env", self.url_env.is_some()),
+            ("pool_size", self.pool_size.is_some()),
+            ("statement_timeout", self.statement_timeout.is_some()),
+            ("sslmode", self.sslmode.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("schema", self.schema.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
+    /// The PostgreSQL engine's settings, reading the connection URL from `url_file` or
+    /// `url_env`. On failure, the key at fault (under `store.`) and why; the URL is never in
+    /// the message.
+    pub fn postgres(&self) -> Result<leadloop_store_postgres::PgConfig, leadloop_plugin::BuildError> {
+        use leadloop_plugin::BuildError;
+        let url = leadloop_plugin::secret_from("url", self.url_file.as_deref(), self.url_env.as_deref())
+            // Both set: point at the second, a key that is in the file.
+            .map_err(|e| if e.key == "url" { BuildError::new("url_env", e.message) } else { e })?
+            .ok_or_else(|| {
+                BuildError::new(
+                    "engine",
+                    "engine = \"postgres\" needs `url_file` or `url_env` (the connection URL is a secret and is never written in this file)",
+                )
+            })?;
+        let key = if self.url_file.is_some() { "url_file" } else { "url_env" };
+        let mut config = leadloop_store_postgres::PgConfig::new(url.expose())
+            .map_err(|e| BuildError::new(key, e.to_string()))?;
+        if let Some(schema) = &self.schema {
+            config = config.schema(schema.clone()).map_err(|e| BuildError::new("schema", e.to_string()))?;
+        }
+        if let Some(size) = self.pool_size {
+            config.pool_size = size;
+        }
+        if let Some(timeout) = self.statement_timeout {
+            config.statement_timeout = timeout;
+        }
+        if let Some(mode) = self.sslmode {
+            config.sslmode = mode;
+        }
+        config.ca_file = self.ca_file.clone();
+        Ok(config)
+    }
+}
+
+/// An optional duration written as people write them ("30s").
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "leadloop_plugin::serde_duration")] Duration);
+        Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|Wrapped(d)| d))
     }
 }
 
