@@ -28,7 +28,8 @@ pub fn lead(record: &LeadRecord) -> Value {
         "lead_source": lead.lead_source,
         "status": lead.status,
         "stage": record.stage.as_str(),
-        "score": (record.fit_score + record.engagement_score).round(),
+        // A whole number: templates print it as `72`, not `72.0`.
+        "score": (record.fit_score + record.engagement_score).round() as i64,
         "interests": lead.interests,
         "score_reasons": [],
     })

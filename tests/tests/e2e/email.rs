@@ -115,7 +115,7 @@ async fn alert_goes_out_over_starttls_with_auth_multipart_and_stable_message_id(
     let data = message["data"].as_str().expect("data");
     assert!(data.contains("multipart/alternative"), "{data}");
     assert!(data.contains("Content-Type: text/plain") && data.contains("Content-Type: text/html"), "{data}");
-    assert_eq!(header(message, "Subject"), Some("New lead for you: Ana Lima (Acme)"));
+    assert_eq!(header(message, "Subject"), Some("Contact Ana Lima (Acme): new lead for you"));
     assert_eq!(header(message, "Reply-To"), Some("sales-ops@corp.example"));
     assert!(header(message, "List-Unsubscribe").is_none(), "internal alerts carry no List-Unsubscribe");
 
