@@ -131,7 +131,10 @@ async fn nurture_mail_carries_one_click_unsubscribe_headers() {
     enqueue(&rig, &nurture, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
     assert_eq!(rig.relay.run_once().await.expect("round").sent, 1);
     let messages = rig.peer.messages().await.expect("messages");
-    assert_eq!(header(&messages[0], "List-Unsubscribe"), Some("<https://leadloop.example.com/l/SAMPLE-UNSUBSCRIBE>"));
+    assert_eq!(
+        header(&messages[0], "List-Unsubscribe"),
+        Some("<https://leadloop.example.com/l/SAMPLE-UNSUBSCRIBE>")
+    );
     assert_eq!(header(&messages[0], "List-Unsubscribe-Post"), Some("List-Unsubscribe=One-Click"));
     assert!(header(&messages[0], "From").is_some_and(|f| f.contains("marketing@corp.example")));
 }
