@@ -418,6 +418,52 @@ impl NurtureRules {
         out
     }
 
+    /// Steps that would send a lead the same email as an earlier step of the same track: the
+    /// same template (for a lead with no listed interest, or with one listed interest) and the
+    /// same links. `(key, message)` for each, e.g. `nurture.tracks[0].steps[1]`.
+    pub fn repeated_steps(&self) -> Vec<(String, String)> {
+        let resolve = |step: &StepConfig, interest: Option<&str>| -> String {
+            interest
+                .and_then(|i| {
+                    step.by_interest.iter().find(|(k, _)| k.eq_ignore_ascii_case(i)).map(|(_, t)| t)
+                })
+                .unwrap_or(&step.template)
+                .clone()
+        };
+        let name = |step: &StepConfig, index: usize| {
+            step.name.clone().unwrap_or_else(|| format!("step {}", index + 1))
+        };
+        let mut out = Vec::new();
+        for (t, track) in self.config.tracks.iter().enumerate() {
+            for (j, later) in track.steps.iter().enumerate() {
+                let repeat = track.steps[..j].iter().enumerate().find_map(|(i, earlier)| {
+                    if earlier.links != later.links {
+                        return None;
+                    }
+                    let interests: Vec<&String> =
+                        earlier.by_interest.keys().chain(later.by_interest.keys()).collect();
+                    std::iter::once(None)
+                        .chain(interests.into_iter().map(|i| Some(i.as_str())))
+                        .find(|interest| resolve(earlier, *interest) == resolve(later, *interest))
+                        .map(|interest| (i, earlier, interest))
+                });
+                if let Some((i, earlier, interest)) = repeat {
+                    let whom = interest.map(|i| format!(" to leads interested in `{i}`")).unwrap_or_default();
+                    out.push((
+                        format!("nurture.tracks[{t}].steps[{j}]"),
+                        format!(
+                            "`{}` sends the same email as `{}`{whom} (template `{}`, the same links): the lead gets it twice; give each step its own template or links",
+                            name(later, j),
+                            name(earlier, i),
+                            resolve(later, interest),
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     fn track(&self, name: &str) -> Option<&Track> {
         self.tracks.iter().find(|t| t.config.name == name)
     }

@@ -53,6 +53,8 @@ impl Rules {
         lifecycle: LifecycleConfig,
         routing: RoutingConfig,
     ) -> Self {
+        // The ladder's emails say why the lead matters: its top score reasons.
+        let sla = sla.with_scoring(scoring.clone());
         Self { sla, scoring, lifecycle, routing, nurture: NurtureRules::default() }
     }
 

@@ -188,6 +188,8 @@ pool = [{world}]
 
 [sla]
 open_statuses = ["Open - Not Contacted"]
+# The emulator serves each lead's page at Salesforce's Lightning record URL.
+crm_url = "{url}/lightning/r/Lead/{{id}}/view"
 accept_status = "Working - Contacted"
 recycle_status = "Open - Not Contacted"
 disqualify_status = "Closed - Not Converted"
@@ -201,18 +203,21 @@ name = "welcome"
 enrol = {{ stages = ["engaged", "prospect", "recycled"], recycled = true }}
 exit = ["mql", "converted", "end"]
 time_zone = "lead"
+# Each step carries its own content (a tracked link), so the two emails differ.
 [[nurture.tracks.steps]]
 name = "day 1"
 after = "1d"
 from = "enrolment"
 at = "10:00"
 template = "nurture_example"
+links = {{ "getting-started guide" = "https://www.example.com/guides/getting-started" }}
 [[nurture.tracks.steps]]
 name = "day 3"
 after = "2d"
 from = "previous"
 at = "10:00"
 template = "nurture_example"
+links = {{ "customer story" = "https://www.example.com/customers/acme" }}
 "#,
         state = dir.join("state").display(),
         client = leadloop_sf_emulator::Config::default().consumer_key,
@@ -639,4 +644,37 @@ fn flush(from: Timestamp, end: Timestamp, tally: &mut Tally) {
 
 fn line(at: Timestamp, text: &str) {
     crate::outln!("{}  {text}", at.format("%a %d %b %H:%M"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_links_leads_to_the_emulator_and_sends_no_nurture_email_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("salesforce-secret"), "secret").expect("write");
+        std::fs::write(dir.path().join("links-key"), "k".repeat(64)).expect("write");
+        let ids = leadloop_sf_emulator::SeedIds {
+            executive: "005E".into(),
+            managers: vec!["005M".into()],
+            reps: vec!["005A".into(), "005B".into()],
+            queue: "00GQ".into(),
+            accounts: vec![],
+            leads: vec![],
+            tasks: vec![],
+        };
+        let text = config_text(dir.path(), "http://127.0.0.1:4321", &ids, None, "127.0.0.1:4322");
+        let (config, warnings) = crate::config::load_str(std::path::Path::new("(demo config)"), &text)
+            .expect("the demo config is valid");
+        // Expected on loopback with people from the CRM: plain-http links, reps the config does
+        // not list. Anything else (a nurture step repeating an earlier one, say) is a finding.
+        let unexpected: Vec<String> = warnings
+            .iter()
+            .filter(|w| w.key != "links.public_url" && !w.key.starts_with("routing.rule"))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(unexpected, Vec::<String>::new());
+        assert_eq!(config.sla.crm_url.as_deref(), Some("http://127.0.0.1:4321/lightning/r/Lead/{id}/view"));
+    }
 }

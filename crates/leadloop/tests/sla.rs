@@ -462,7 +462,12 @@ fn managers_get_one_daily_digest_instead_of_a_copy_per_lead() {
         &mut raw,
     );
     let digest = String::from_utf8(raw).expect("utf-8").lines().last().map(str::to_owned).expect("line");
-    assert!(digest.contains("\"subject\":\"2 overdue leads in your team (2026-03-04)\""), "{digest}");
+    assert!(
+        digest.contains(
+            "\"subject\":\"Follow up: 2 leads in your team waiting for first contact (2026-03-04)\""
+        ),
+        "{digest}"
+    );
 }
 
 #[test]

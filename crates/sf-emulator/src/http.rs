@@ -52,7 +52,9 @@ impl Reply {
     fn into_response(self) -> Response {
         let mut builder =
             Response::builder().status(StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK));
-        if !self.body.is_empty() {
+        if !self.body.is_empty()
+            && !self.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
             builder = builder.header(header::CONTENT_TYPE, "application/json;charset=UTF-8");
         }
         for (name, value) in self.headers {
@@ -83,6 +85,8 @@ async fn handle(
         data(&shared, &method, &target, &headers, &body).await
     } else if let Some(rest) = path.strip_prefix("/__emulator/") {
         control(&shared, &method, rest, uri.query().unwrap_or(""), &body)
+    } else if let Some(rest) = path.strip_prefix("/lightning/r/") {
+        if method == Method::GET { record_page(&shared, rest) } else { Reply::not_found() }
     } else {
         Reply::not_found()
     };
@@ -290,6 +294,68 @@ fn percent_decode(s: &str) -> String {
 
 pub(crate) fn form_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// `GET /lightning/r/{Object}/{Id}/view`: a record's page, at the path of Salesforce's Lightning
+/// record URL, so links built as `{instance}/lightning/r/Lead/{id}/view` open while the emulator
+/// runs. A plain HTML table of the record's fields (the owner's name beside `OwnerId`); no
+/// session needed, not an API call.
+fn record_page(shared: &Shared, rest: &str) -> Reply {
+    let html = |status: u16, title: &str, body: &str| {
+        let page = format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{}</title></head>\n<body>\n<h1>{}</h1>\n{body}\n<p><small>Salesforce emulator</small></p>\n</body></html>\n",
+            escape(title),
+            escape(title),
+        );
+        let mut reply = Reply::raw(status, page.into_bytes());
+        reply.headers.push(("Content-Type", "text/html; charset=utf-8".to_owned()));
+        reply
+    };
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let [object, id, "view"] = parts.as_slice() else {
+        return html(404, "Not found", "<p>Record pages are at /lightning/r/OBJECT/ID/view.</p>");
+    };
+    let db = shared.db();
+    let Some(store) = db.object(object) else {
+        return html(404, "Not found", &format!("<p>No object named {}.</p>", escape(object)));
+    };
+    let Some(record) = store.live(id) else {
+        let why = if store.is_deleted(id) { "was deleted" } else { "does not exist" };
+        return html(404, "Not found", &format!("<p>{} {} {why}.</p>", store.name, escape(id)));
+    };
+    let fields = store.to_map(record);
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let owner = fields.get("OwnerId").map(text).and_then(|owner| {
+        let users = db.object("User")?;
+        users.live(&owner).and_then(|u| users.to_map(u).get("Name").map(text))
+    });
+    let mut rows = String::new();
+    for (name, value) in &fields {
+        let mut value = text(value);
+        if value.is_empty() {
+            continue;
+        }
+        if name == "OwnerId"
+            && let Some(owner) = &owner
+        {
+            value = format!("{owner} ({value})");
+        }
+        rows.push_str(&format!(
+            "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
+            escape(name),
+            escape(&value)
+        ));
+    }
+    let title = fields.get("Name").map(text).filter(|n| !n.is_empty()).unwrap_or_else(|| (*id).to_owned());
+    html(200, &format!("{}: {title}", store.name), &format!("<table cellpadding=\"4\">\n{rows}</table>"))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The `/__emulator/` control endpoints (not counted as API calls).

@@ -924,6 +924,46 @@ async fn every_fault_fires_as_queued_and_is_consumed() {
 }
 
 #[tokio::test]
+async fn a_record_has_a_page_at_its_lightning_url() {
+    let emu = Emulator::start(Config::default()).await.expect("start");
+    let owner = emu.insert("User", obj(json!({ "FirstName": "Rita", "LastName": "Rep", "IsActive": true })));
+    let id = emu.insert(
+        "Lead",
+        lead(
+            "Lima",
+            "Acme & <Co>",
+            json!({ "FirstName": "Ana", "Title": "VP Engineering", "OwnerId": owner }),
+        ),
+    );
+    let http = reqwest::Client::new();
+    let page = |path: String| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(path).send().await.expect("get");
+            let status = resp.status().as_u16();
+            let kind = resp.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
+            (status, kind, resp.text().await.expect("text"))
+        }
+    };
+    let (status, kind, html) = page(format!("{}/lightning/r/Lead/{id}/view", emu.url())).await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(kind.as_deref(), Some("text/html; charset=utf-8"));
+    assert!(html.contains("<h1>Lead: Ana Lima</h1>"), "{html}");
+    assert!(html.contains("<td>VP Engineering</td>"), "{html}");
+    assert!(html.contains("<td>Acme &amp; &lt;Co&gt;</td>"), "escaped: {html}");
+    assert!(html.contains(&format!("<td>Rita Rep ({owner})</td>")), "the owner by name: {html}");
+    // Not an API call, and no session needed.
+    assert_eq!(emu.api_calls(), 0);
+    emu.delete("Lead", &id);
+    let (status, _, html) = page(format!("{}/lightning/r/Lead/{id}/view", emu.url())).await;
+    assert_eq!(status, 404);
+    assert!(html.contains("was deleted"), "{html}");
+    for path in ["/lightning/r/Lead/00Qnope/view", "/lightning/r/Nope/x/view", "/lightning/r/Lead"] {
+        assert_eq!(page(format!("{}{path}", emu.url())).await.0, 404, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn control_endpoints_drive_an_emulator_from_outside() {
     let emu = Emulator::start(Config::default()).await.expect("start");
     let http = reqwest::Client::new();

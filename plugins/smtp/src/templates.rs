@@ -223,11 +223,25 @@ pub fn single_line(text: &str) -> String {
     cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Sample data of the shape leadloop passes, for previews and validation.
+/// Sample data of the shape leadloop passes, for previews and validation: realistic values for
+/// every variable any built-in template uses. A template whose name starts with `nurture` gets
+/// nurture links (`links.guide`) instead of the SLA's one-click answers.
 pub fn sample_vars(template: &str) -> Value {
+    let mut vars = sla_sample();
+    if template.starts_with("nurture") {
+        vars["kind"] = json!("nurture");
+        vars["step"] = json!("day 3");
+        vars["links"] = json!({ "guide": "https://leadloop.example.com/l/SAMPLE-GUIDE" });
+    } else {
+        vars["kind"] = json!(template);
+    }
+    vars
+}
+
+fn sla_sample() -> Value {
     let person = |name: &str, email: &str| json!({ "id": "005S", "name": name, "email": email, "time_zone": "America/New_York" });
     json!({
-        "kind": template,
+        "kind": "sla.reminder",
         "step": "reminder",
         "lead": {
             "id": "00QSAMPLE",
@@ -244,6 +258,7 @@ pub fn sample_vars(template: &str) -> Value {
             "stage": "marketing_qualified",
             "score": 72,
             "interests": ["integrations"],
+            "score_reasons": ["senior title (+40)", "demo request (+30)", "content downloads (+10)"],
         },
         "owner": person("Rep Sample", "rep@example.com"),
         "manager": person("Manager Sample", "manager@example.com"),
@@ -253,8 +268,9 @@ pub fn sample_vars(template: &str) -> Value {
             "started": "2026-03-02 09:00 EST",
             "age": "24 hours",
             "step": "reminder",
-            "next_step": "reminder with your manager copied",
+            "next_step": "manager",
             "next_step_at": "2026-03-04 09:00 EST",
+            "next_copies": ["Manager Sample"],
             "missed_steps": 0,
         },
         "crm_url": "https://example.my.salesforce.com/00QSAMPLE",
@@ -262,7 +278,13 @@ pub fn sample_vars(template: &str) -> Value {
         // (with who gets their steps instead); null when there is none.
         "hold": { "start": "2026-03-03 10:00 EST", "end": "2026-03-03 10:30 EST" },
         "away": { "until": "2026-03-04 00:00 EST", "backup": person("Backup Sample", "backup@example.com") },
-        "unsubscribe_url": "https://leadloop.example.com/u/SAMPLE",
+        "unsubscribe_url": "https://leadloop.example.com/l/SAMPLE-UNSUBSCRIBE",
+        // Nurture mail: the track, the step and its number, the round, the lead's local time.
+        "track": "welcome",
+        "step_number": 2,
+        "steps": 3,
+        "round": 1,
+        "local_time": "2026-03-03 10:00 EST",
         "person": person("Manager Sample", "manager@example.com"),
         "date": "2026-03-03",
         "count": 1,
@@ -272,6 +294,7 @@ pub fn sample_vars(template: &str) -> Value {
             "lead": "Ana Lima",
             "company": "Acme",
             "owner": "Rep Sample",
+            "owner_email": "rep@example.com",
             "step": "manager",
             "started": "2026-03-02 09:00 EST",
             "age": "24 hours",
@@ -308,6 +331,7 @@ pub fn known_variables() -> BTreeSet<String> {
     }
     let mut out = BTreeSet::new();
     walk("", &sample_vars("x"), &mut out);
+    walk("", &sample_vars("nurture"), &mut out);
     out
 }
 
@@ -334,6 +358,364 @@ mod tests {
             assert!(!rendered.subject.is_empty() && !rendered.subject.contains('\n'), "{name}: {rendered:?}");
             let expected = if *name == "sla_weekly" { "75%" } else { "Ana" };
             assert!(rendered.text.contains(expected), "{name}: {}", rendered.text);
+        }
+    }
+
+    /// Every built-in template, by name (each has three parts).
+    fn built_in_names() -> Vec<&'static str> {
+        let mut names: Vec<&str> =
+            BUILT_IN.iter().filter_map(|(full, _)| full.strip_suffix(".subject")).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The per-lead emails of the SLA ladder.
+    const LADDER: &[&str] = &["sla_alert", "sla_reminder", "sla_manager", "sla_executive"];
+
+    /// The variables with everything optional left out, as a lead with only a name, a rep with
+    /// no manager or executive on record, no `[links]`, no `sla.crm_url`, no scoring, the last
+    /// step of the ladder, and nurture with no links.
+    fn bare_vars(name: &str) -> Value {
+        let mut vars = sample_vars(name);
+        for field in
+            ["first_name", "email", "company", "title", "industry", "country", "lead_source", "status"]
+        {
+            vars["lead"][field] = Value::Null;
+        }
+        vars["lead"]["name"] = json!("Lima");
+        vars["lead"]["interests"] = json!([]);
+        vars["lead"]["score_reasons"] = json!([]);
+        for role in ["manager", "executive"] {
+            vars[role] = json!({ "id": "", "name": format!("(no {role} on record)"), "email": null, "time_zone": null });
+        }
+        vars["handoff"]["next_step"] = Value::Null;
+        vars["handoff"]["next_step_at"] = Value::Null;
+        vars["handoff"]["next_copies"] = json!([]);
+        vars["crm_url"] = json!("");
+        vars["unsubscribe_url"] = json!("");
+        vars["hold"] = Value::Null;
+        vars["away"] = Value::Null;
+        vars["links"] = if name.starts_with("nurture") {
+            json!({})
+        } else {
+            json!({ "accept": "", "recycle": "", "disqualify": "" })
+        };
+        vars["items"] = json!([{
+            "lead_id": "00QSAMPLE", "handoff": 1, "lead": "Lima", "company": null, "owner": null,
+            "owner_email": null, "step": "manager", "started": "2026-03-02 09:00 EST", "age": "2 days",
+            "crm_url": "",
+        }]);
+        vars["summary"]["median_first_touch"] = Value::Null;
+        vars
+    }
+
+    /// What an HTML part says once its entities are decoded.
+    fn unescape(html: &str) -> String {
+        html.replace("&#x2f;", "/")
+            .replace("&#x27;", "'")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    }
+
+    /// Everything a reader would see as broken: an empty or scheme-only link, a label with
+    /// nothing after it, an unrendered tag, a value that printed as `none`, stray blank lines,
+    /// and text and HTML parts that disagree about what the email offers.
+    fn hygiene(r: &Rendered) -> Vec<String> {
+        let mut problems = Vec::new();
+        let html = unescape(&r.html);
+        for (part, body) in
+            [("subject", r.subject.as_str()), ("txt", r.text.as_str()), ("html", html.as_str())]
+        {
+            let mut flag = |what: String| problems.push(format!("{part}: {what}"));
+            if body.trim().is_empty() {
+                flag("empty".into());
+            }
+            for bad in [
+                "{{",
+                "}}",
+                "{%",
+                "%}",
+                "href=\"\"",
+                "href=''",
+                "<>",
+                "()",
+                "undefined",
+                " ,",
+                " .",
+                " ;",
+                "  :",
+            ] {
+                if body.contains(bad) {
+                    flag(format!("contains {bad:?}"));
+                }
+            }
+            for word in body.split(|c: char| !c.is_alphanumeric()) {
+                if ["none", "None", "null", "NaN"].contains(&word) {
+                    flag(format!("a value printed as {word:?}"));
+                }
+            }
+            for scheme in ["http://", "https://", "mailto:"] {
+                for (at, _) in body.match_indices(scheme) {
+                    let after = body[at + scheme.len()..].chars().next();
+                    if after.is_none_or(|c| c.is_whitespace() || "\"'<>?&".contains(c)) {
+                        flag(format!("an empty {scheme} link"));
+                    }
+                }
+            }
+        }
+        if r.subject.contains("  ") || r.subject.ends_with(':') {
+            problems.push(format!("subject: {:?}", r.subject));
+        }
+        let lines: Vec<&str> = r.text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.ends_with(' ') {
+                problems.push(format!("txt: trailing space in {line:?}"));
+            }
+            // A label ending in `:` introduces something on the next lines (indented, a list or
+            // a URL); with nothing there, a value or a link is missing.
+            if line.trim_end().ends_with(':') {
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                let introduces = next.starts_with(' ') || next.starts_with("- ") || next.starts_with("http");
+                if !introduces {
+                    problems.push(format!("txt: {line:?} is followed by {next:?}"));
+                }
+            }
+            if line.is_empty() && lines.get(i + 1).is_some_and(|next| next.is_empty()) {
+                problems.push(format!("txt: two blank lines before line {}", i + 2));
+            }
+        }
+        if r.text.starts_with('\n') || r.text.ends_with("\n\n") {
+            problems.push("txt: starts or ends with a blank line".into());
+        }
+        for href in html.split("href=\"").skip(1).filter_map(|h| h.split('"').next()) {
+            let ok = ["http://", "https://", "mailto:"].iter().any(|scheme| {
+                href.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('?'))
+            });
+            if !ok {
+                problems.push(format!("html: link to {href:?}"));
+            }
+        }
+        for empty in ["<p></p>", "<li></li>", "<ul>\n</ul>", "<strong></strong>", "<a href"] {
+            if empty != "<a href" && html.contains(empty) {
+                problems.push(format!("html: {empty}"));
+            }
+        }
+        // The two parts offer the same: every URL and every offer in one is in the other.
+        let urls = |body: &str| -> BTreeSet<String> {
+            body.split(|c: char| c.is_whitespace() || "\"<>".contains(c))
+                .filter(|w| ["http://", "https://", "mailto:"].iter().any(|s| w.starts_with(s)))
+                .map(|w| w.trim_end_matches(['.', ',', ')']).to_owned())
+                .collect()
+        };
+        let (text_urls, mut html_urls) = (urls(&r.text), urls(&html));
+        // `mailto:ADDRESS` behind an address the text shows plainly (clients link it) is the same.
+        html_urls.retain(|url| {
+            url.strip_prefix("mailto:")
+                .is_none_or(|address| address.contains('?') || !r.text.contains(address))
+        });
+        for url in text_urls.symmetric_difference(&html_urls) {
+            problems.push(format!("only one part links {url}"));
+        }
+        for offer in [
+            "Open the lead",
+            "Why this lead",
+            "Answer in one click",
+            "held in your calendar",
+            "is away until",
+            "What you can do",
+            "we picked for you",
+        ] {
+            if r.text.contains(offer) != html.contains(offer) {
+                problems.push(format!("only one part says {offer:?}"));
+            }
+        }
+        problems
+    }
+
+    #[test]
+    fn every_built_in_template_reads_cleanly_with_full_and_with_bare_vars() {
+        let templates = Templates::load(None).expect("load");
+        let names = built_in_names();
+        assert_eq!(names.len(), 7, "{names:?}");
+        let mut failures = Vec::new();
+        for name in names {
+            for (label, vars) in [("full", sample_vars(name)), ("bare", bare_vars(name))] {
+                let rendered =
+                    templates.render(name, &vars).unwrap_or_else(|e| panic!("{name} ({label}): {e}"));
+                let problems = hygiene(&rendered);
+                if !problems.is_empty() {
+                    failures.push(format!(
+                        "{name} ({label}): {problems:#?}\n--- subject\n{}\n--- txt\n{}\n--- html\n{}",
+                        rendered.subject, rendered.text, rendered.html
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    #[test]
+    fn the_hygiene_check_sees_what_a_reader_would() {
+        let clean = Rendered {
+            subject: "Contact Ana".into(),
+            text: "Ana is yours.\n\nOpen the lead: https://crm.example/1".into(),
+            html: "<p>Ana is yours.</p>\n<p><a href=\"https://crm.example/1\">Open the lead</a></p>".into(),
+        };
+        assert_eq!(hygiene(&clean), Vec::<String>::new());
+        let broken =
+            |text: &str, html: &str| Rendered { text: text.into(), html: html.into(), ..clean.clone() };
+        for (text, html) in [
+            ("Ana is yours.\n\nOpen the lead: ", "<p><a href=\"\">Open the lead</a></p>"),
+            ("Ana is yours.\n\nOpen the lead: http://", "<p><a href=\"http://\">Open the lead</a></p>"),
+            ("Ana (none) is yours.", "<p>Ana (none) is yours.</p>"),
+            ("Ana is {{ lead.name }}.", "<p>Ana</p>"),
+            ("Ana is yours.\n\n\nBye.", "<p>Ana is yours.</p><p>Bye.</p>"),
+            ("Ana is yours.\nOpen the lead:\nBye.", "<p>Open the lead</p>"),
+            ("Ask: mailto:?subject=x", "<p><a href=\"mailto:?subject=x\">Ask</a></p>"),
+            ("Ana is yours.", "<p>Ana is yours. <a href=\"https://crm.example/1\">Open the lead</a></p>"),
+        ] {
+            assert!(!hygiene(&broken(text, html)).is_empty(), "not flagged: {text:?} / {html:?}");
+        }
+    }
+
+    #[test]
+    fn the_ladder_links_the_lead_only_with_a_crm_url() {
+        let templates = Templates::load(None).expect("load");
+        for name in LADDER {
+            let with = templates.render(name, &sample_vars(name)).expect("render");
+            let url = "https://example.my.salesforce.com/00QSAMPLE";
+            assert!(with.text.contains(&format!("Open the lead: {url}")), "{name}: {}", with.text);
+            assert!(
+                unescape(&with.html).contains(&format!("<a href=\"{url}\"><strong>Open the lead")),
+                "{name}"
+            );
+            let mut vars = sample_vars(name);
+            vars["crm_url"] = json!("");
+            let without = templates.render(name, &vars).expect("render");
+            assert!(!without.text.contains("Open the lead"), "{name}: {}", without.text);
+            assert!(!without.html.contains("Open the lead"), "{name}: {}", without.html);
+        }
+        let mut vars = sample_vars("sla_digest");
+        vars["items"][0]["crm_url"] = json!("");
+        let digest = templates.render("sla_digest", &vars).expect("render");
+        assert!(!digest.text.contains("Open the lead:"), "{}", digest.text);
+        assert!(!digest.html.contains("href=\"\""), "{}", digest.html);
+    }
+
+    #[test]
+    fn ladder_emails_lead_with_the_point_and_say_why_the_lead_matters() {
+        let templates = Templates::load(None).expect("load");
+        for name in LADDER {
+            let mut vars = sample_vars(name);
+            vars["away"] = Value::Null;
+            let rendered = templates.render(name, &vars).expect("render");
+            let first = rendered.text.lines().next().unwrap_or_default();
+            assert!(first.starts_with("Ana Lima, VP Engineering at Acme, "), "{name}: {first}");
+            assert!(rendered.subject.contains("ontact Ana Lima (Acme)"), "{name}: {}", rendered.subject);
+            assert!(
+                rendered
+                    .text
+                    .contains("Why this lead: senior title (+40), demo request (+30), content downloads (+10); score 72."),
+                "{name}: {}",
+                rendered.text
+            );
+            vars["lead"]["score_reasons"] = json!([]);
+            let plain = templates.render(name, &vars).expect("render");
+            assert!(!plain.text.contains("Why this lead"), "{name}: {}", plain.text);
+            // Without a title or company the name reads on: no dangling comma.
+            for (title, company, reads) in [
+                (None, None, "Ana Lima "),
+                (None, Some("Acme"), "Ana Lima at Acme "),
+                (Some("CTO"), None, "Ana Lima, CTO, "),
+            ] {
+                vars["lead"]["title"] = json!(title);
+                vars["lead"]["company"] = json!(company);
+                let rendered = templates.render(name, &vars).expect("render");
+                assert!(rendered.text.starts_with(reads), "{name}: {}", rendered.text);
+                assert!(
+                    unescape(&rendered.html)
+                        .starts_with(&format!("<p><strong>Ana Lima</strong>{}", &reads[8..])),
+                    "{name}: {}",
+                    rendered.html
+                );
+            }
+        }
+        let alert = templates.render("sla_alert", &sample_vars("sla_alert")).expect("render");
+        assert!(
+            alert.text.contains("If the status has not changed by 2026-03-04 09:00 EST, you get a reminder with Manager Sample copied."),
+            "{}",
+            alert.text
+        );
+    }
+
+    #[test]
+    fn the_executive_escalation_offers_what_can_be_done() {
+        let templates = Templates::load(None).expect("load");
+        let rendered = templates.render("sla_executive", &sample_vars("sla_executive")).expect("render");
+        let text = &rendered.text;
+        assert!(text.contains("What you can do:"), "{text}");
+        assert!(
+            text.contains("- Executive Sample: ask Manager Sample for a plan:\n  mailto:manager@example.com?cc=rep%40example.com&subject=Plan%20for%20Ana%20Lima%2C%20waiting%2024%20hours"),
+            "{text}"
+        );
+        assert!(text.contains("- Open the lead: https://example.my.salesforce.com/00QSAMPLE"), "{text}");
+        assert!(text.contains("  Accept:      https://leadloop.example.com/l/SAMPLE-ACCEPT"), "{text}");
+        let html = unescape(&rendered.html);
+        assert!(
+            html.contains("<a href=\"mailto:manager@example.com?cc=rep%40example.com&subject=Plan%20for"),
+            "{html}"
+        );
+        // With no manager on record there is no one to ask: no mailto, the rest stays.
+        let mut vars = sample_vars("sla_executive");
+        vars["manager"] = json!({ "id": "", "name": "(no manager on record)", "email": "ops@example.com", "time_zone": null });
+        let rendered = templates.render("sla_executive", &vars).expect("render");
+        assert!(
+            !rendered.text.contains("mailto:") && !rendered.text.contains("no manager"),
+            "{}",
+            rendered.text
+        );
+        assert!(rendered.text.contains("- Open the lead: "), "{}", rendered.text);
+    }
+
+    #[test]
+    fn the_nurture_email_promises_only_what_it_links() {
+        let templates = Templates::load(None).expect("load");
+        let with = templates.render("nurture_example", &sample_vars("nurture_example")).expect("render");
+        assert_eq!(with.subject, "Ana, the guide we picked for you");
+        assert!(
+            with.text.contains(
+                "Here is the guide we picked for you, as you showed interest in integrations:\nhttps://leadloop.example.com/l/SAMPLE-GUIDE"
+            ),
+            "{}",
+            with.text
+        );
+        assert!(
+            with.text.contains(
+                "To stop receiving these emails: https://leadloop.example.com/l/SAMPLE-UNSUBSCRIBE"
+            )
+        );
+        // Two links: a short list, each by its name.
+        let mut vars = sample_vars("nurture_example");
+        vars["links"] =
+            json!({ "checklist": "https://x.example/c", "customer story": "https://x.example/s" });
+        let two = templates.render("nurture_example", &vars).expect("render");
+        assert_eq!(two.subject, "Ana, a few things we picked for you");
+        assert!(
+            two.text
+                .contains("- The checklist: https://x.example/c\n- The customer story: https://x.example/s"),
+            "{}",
+            two.text
+        );
+        // No link: no promise, and no unsubscribe line without its link.
+        let without = templates.render("nurture_example", &bare_vars("nurture_example")).expect("render");
+        assert_eq!(without.subject, "Thank you for your interest");
+        for part in [&without.subject, &without.text, &without.html] {
+            assert!(
+                !part.contains("guide") && !part.contains("picked") && !part.contains("stop receiving"),
+                "{part}"
+            );
         }
     }
 
@@ -369,9 +751,9 @@ mod tests {
             "{}",
             rendered.text
         );
-        assert!(
-            rendered.text.contains("is away until 2026-11-25 00:00 CET, so this goes to you, Lee Backup.")
-        );
+        assert!(rendered.text.starts_with(
+            "Lee Backup: Rep Sample is away until 2026-11-25 00:00 CET, so this new lead comes to you.\n"
+        ));
         assert!(rendered.html.contains("held in your calendar: 2026-11-24 10:00 CET"), "{}", rendered.html);
     }
 
@@ -382,11 +764,7 @@ mod tests {
         vars["lead"]["name"] = json!("Ana\r\nBcc: victim@example.com");
         let rendered = templates.render("sla_alert", &vars).expect("render");
         assert!(!rendered.subject.contains('\r') && !rendered.subject.contains('\n'));
-        assert!(
-            rendered.subject.starts_with("New lead for you: Ana Bcc: victim@example.com"),
-            "{}",
-            rendered.subject
-        );
+        assert!(rendered.subject.starts_with("Contact Ana Bcc: victim@example.com"), "{}", rendered.subject);
     }
 
     #[test]

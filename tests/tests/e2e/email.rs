@@ -115,7 +115,7 @@ async fn alert_goes_out_over_starttls_with_auth_multipart_and_stable_message_id(
     let data = message["data"].as_str().expect("data");
     assert!(data.contains("multipart/alternative"), "{data}");
     assert!(data.contains("Content-Type: text/plain") && data.contains("Content-Type: text/html"), "{data}");
-    assert_eq!(header(message, "Subject"), Some("New lead for you: Ana Lima (Acme)"));
+    assert_eq!(header(message, "Subject"), Some("Contact Ana Lima (Acme): new lead for you"));
     assert_eq!(header(message, "Reply-To"), Some("sales-ops@corp.example"));
     assert!(header(message, "List-Unsubscribe").is_none(), "internal alerts carry no List-Unsubscribe");
 
@@ -131,7 +131,10 @@ async fn nurture_mail_carries_one_click_unsubscribe_headers() {
     enqueue(&rig, &nurture, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
     assert_eq!(rig.relay.run_once().await.expect("round").sent, 1);
     let messages = rig.peer.messages().await.expect("messages");
-    assert_eq!(header(&messages[0], "List-Unsubscribe"), Some("<https://leadloop.example.com/u/SAMPLE>"));
+    assert_eq!(
+        header(&messages[0], "List-Unsubscribe"),
+        Some("<https://leadloop.example.com/l/SAMPLE-UNSUBSCRIBE>")
+    );
     assert_eq!(header(&messages[0], "List-Unsubscribe-Post"), Some("List-Unsubscribe=One-Click"));
     assert!(header(&messages[0], "From").is_some_and(|f| f.contains("marketing@corp.example")));
 }

@@ -371,10 +371,38 @@ impl SlaRules {
         let tz = Self::tz_of(owner);
         let local = |at: Timestamp| at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
         let next = policy.steps.get(index + 1);
+        // Who the next step reaches that this one does not (the rep aside): the rep reads
+        // "if unchanged by …, NAME is copied". Digested roles get a digest, not a copy.
+        let reached = |step: &super::Step| -> Vec<String> {
+            let mut names = Vec::new();
+            for recipient in step.to.iter().chain(&step.cc) {
+                let name = match recipient {
+                    Recipient::Rep => None,
+                    Recipient::Manager if digest_roles.contains(&DigestRole::Manager) => None,
+                    Recipient::Executive if digest_roles.contains(&DigestRole::Executive) => None,
+                    Recipient::Manager => manager.map(|p| p.name.clone()),
+                    Recipient::Executive => executive.map(|p| p.name.clone()),
+                    Recipient::Address(address) => Some(address.trim_start_matches("address:").to_owned()),
+                };
+                if let Some(name) = name
+                    && !names.contains(&name)
+                {
+                    names.push(name);
+                }
+            }
+            names
+        };
+        let now_reached = reached(step);
+        let next_copies: Vec<String> =
+            next.map(&reached).unwrap_or_default().into_iter().filter(|n| !now_reached.contains(n)).collect();
+        let lead_vars = match &self.scoring {
+            Some(scoring) => vars::lead_scored(record, scoring, now),
+            None => vars::lead(record),
+        };
         let placeholder = |role: &str| json!({ "id": "", "name": format!("(no {role} on record)"), "email": fallback, "time_zone": null });
         let mut vars = json!({
             "kind": step.kind,
-            "lead": vars::lead(record),
+            "lead": lead_vars,
             "owner": owner.map(vars::person).unwrap_or_else(|| placeholder("owner")),
             "manager": manager.map(vars::person).unwrap_or_else(|| placeholder("manager")),
             "executive": executive.map(vars::person).unwrap_or_else(|| placeholder("executive")),
@@ -385,6 +413,7 @@ impl SlaRules {
                 "step": step.name,
                 "next_step": next.map(|s| s.name.clone()),
                 "next_step_at": self.due(policy, handoff, index + 1, people).map(local),
+                "next_copies": next_copies,
                 "missed_steps": missed,
             },
             "crm_url": self.config.crm_url.as_deref().map(|u| u.replace("{id}", record.lead.id.as_str())).unwrap_or_default(),
@@ -451,6 +480,7 @@ impl SlaRules {
                         "lead": record.lead.display_name(),
                         "company": record.lead.company,
                         "owner": owner.map(|p| p.name.clone()),
+                        "owner_email": owner.map(|p| p.email.clone()),
                         "step": step.name,
                         "started": local(handoff.started_at),
                         "age": human_duration(now - handoff.started_at),
@@ -747,6 +777,8 @@ mod tests {
         record: LeadRecord,
         timer: Option<Timer>,
         sent: Vec<Sent>,
+        /// The template variables of each email in `sent`.
+        vars: Vec<Value>,
         events: Vec<HistoryEvent>,
     }
 
@@ -769,6 +801,7 @@ mod tests {
                 record: record.clone(),
                 timer: None,
                 sent: Vec::new(),
+                vars: Vec::new(),
                 events: Vec::new(),
             };
             let decision = world.sla.on_lead(None, record, &world.people, t0);
@@ -778,8 +811,9 @@ mod tests {
 
         fn take(&mut self, decision: Decision, now: Timestamp) {
             for (key, effect) in decision.effects {
-                if let Effect::Email { to, cc, .. } = effect {
+                if let Effect::Email { to, cc, vars, .. } = effect {
                     self.sent.push((now, key.to_string(), to, cc));
+                    self.vars.push(vars);
                 }
             }
             if decision.cancel_timers.iter().any(|k| Some(k) == self.timer.as_ref().map(|t| &t.key)) {
@@ -848,6 +882,44 @@ mod tests {
         assert_eq!(world.sent, expected);
         assert_eq!(world.timer, None, "nothing after the top of the ladder");
         assert_eq!(world.record.handoff.as_ref().map(|h| h.next_step), Some(4));
+    }
+
+    #[test]
+    fn each_step_tells_who_the_next_one_copies_and_why_the_lead_matters() {
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(default_policy(), "UTC", t0);
+        world.run_until(t0 + TimeDelta::hours(100));
+        let copies: Vec<&Value> = world.vars.iter().map(|v| &v["handoff"]["next_copies"]).collect();
+        // The reminder copies no one new; the manager step copies mgr; the executive step
+        // copies exec (mgr already had the manager step); nothing follows the executive step.
+        assert_eq!(copies, [&json!([]), &json!(["mgr"]), &json!(["exec"]), &json!([])]);
+        assert_eq!(world.vars[3]["handoff"]["next_step_at"], Value::Null);
+        // Without scoring rules the reasons are an empty list, never missing.
+        assert_eq!(world.vars[0]["lead"]["score_reasons"], json!([]));
+
+        // With them, the lead's top reasons.
+        let scoring = crate::scoring::ScoringConfig {
+            fit: vec![crate::scoring::FitRule {
+                name: "senior title".into(),
+                field: "title".into(),
+                equals: vec![],
+                contains: vec!["vp".into()],
+                min: None,
+                max: None,
+                points: 40.0,
+            }],
+            ..Default::default()
+        };
+        let sla = SlaRules::new(SlaConfig::default()).with_scoring(scoring);
+        let mut record = world.record.clone();
+        record.handoff = None;
+        record.lead.title = Some("VP Sales".into());
+        let decision = sla.on_lead(None, record, &world.people, t0);
+        let reasons = decision.effects.iter().find_map(|(_, e)| match e {
+            Effect::Email { vars, .. } => Some(vars["lead"]["score_reasons"].clone()),
+            _ => None,
+        });
+        assert_eq!(reasons, Some(json!(["senior title (+40)"])));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct SlaRules {
     links: Option<std::sync::Arc<dyn LinkMaker>>,
     /// Book a follow-up hold this long in the rep's calendar at hand-off.
     hold: Option<Duration>,
+    /// The scoring rules, for the top score reasons (`lead.score_reasons`) in the ladder's mail.
+    scoring: Option<std::sync::Arc<crate::scoring::ScoringConfig>>,
 }
 
 fn timer_key(lead: &str) -> TimerKey {
@@ -83,7 +85,13 @@ fn human_duration(d: TimeDelta) -> String {
 impl SlaRules {
     pub fn new(config: SlaConfig) -> Self {
         let policies = config.policies();
-        Self { config, policies, links: None, hold: None }
+        Self { config, policies, links: None, hold: None, scoring: None }
+    }
+
+    /// Lists the lead's top score reasons in the ladder's emails (`lead.score_reasons`).
+    pub fn with_scoring(mut self, scoring: crate::scoring::ScoringConfig) -> Self {
+        self.scoring = Some(std::sync::Arc::new(scoring));
+        self
     }
 
     /// At hand-off, plans a "Call <lead>" hold of `length` in the rep's next free slot in

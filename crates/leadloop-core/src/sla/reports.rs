@@ -27,6 +27,19 @@ pub fn report_item_lead(item: &Value) -> Option<crate::LeadId> {
     item.get("lead_id").and_then(Value::as_str).map(crate::LeadId::new)
 }
 
+/// A digest item as templates see it: every field an item has today, so an item stored by an
+/// earlier version (without `owner_email`, say) renders under strict templates as `null`.
+fn digest_row(item: &Value) -> Value {
+    let mut row = item.clone();
+    if let Some(map) = row.as_object_mut() {
+        for key in ["lead", "company", "owner", "owner_email", "step", "started", "age"] {
+            map.entry(key).or_insert(Value::Null);
+        }
+        map.entry("crm_url").or_insert_with(|| json!(""));
+    }
+    row
+}
+
 impl SlaRules {
     /// Records a hand-off for its executive's weekly summary (a later entry for the same
     /// hand-off replaces an earlier one) and makes sure the summary is scheduled.
@@ -99,13 +112,13 @@ impl SlaRules {
         let (effect_kind, template, vars) = match kind {
             ReportKind::Digest => {
                 // Only hand-offs still open: an answered lead drops out of the digest.
-                let rows: Vec<&Value> = items
+                let rows: Vec<Value> = items
                     .iter()
                     .filter(|(_, item, lead)| {
                         lead.as_ref().and_then(|l| l.handoff.as_ref()).map(|h| json!(h.number))
                             == item.get("handoff").cloned()
                     })
-                    .map(|(_, item, _)| item)
+                    .map(|(_, item, _)| digest_row(item))
                     .collect();
                 if rows.is_empty() {
                     return decision;
@@ -117,6 +130,10 @@ impl SlaRules {
                 )
             }
             ReportKind::Weekly => {
+                // A week without hand-offs has nothing to report: no email.
+                if items.is_empty() {
+                    return decision;
+                }
                 let handoffs = items.len();
                 let met = items.iter().filter(|(_, item, _)| item["met"] == json!(true)).count();
                 let mut touches: Vec<i64> =
@@ -151,5 +168,89 @@ impl SlaRules {
             now,
         );
         decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveTime, Weekday};
+
+    use super::*;
+    use crate::person::{Person, PersonId, Role};
+    use crate::sla::{SlaConfig, WeeklySummary};
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("instant")
+    }
+
+    fn exec() -> OrgChart {
+        OrgChart::new([Person {
+            id: PersonId::new("exec"),
+            email: "exec@corp.example".into(),
+            name: "Erin Exec".into(),
+            manager: None,
+            time_zone: Some("UTC".into()),
+            role: Role::Executive,
+            active: true,
+            capacity: None,
+        }])
+    }
+
+    fn timer(kind: ReportKind, due: Timestamp) -> Timer {
+        let bucket = ReportBucket::new(kind, PersonId::new("exec"));
+        Timer { key: bucket.timer_key(), due, lead_id: None, kind: TimerKind::Report { bucket } }
+    }
+
+    fn emails(decision: &Decision) -> Vec<&Value> {
+        decision
+            .effects
+            .iter()
+            .filter_map(|(_, effect)| match effect {
+                Effect::Email { vars, .. } => Some(vars),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_week_without_handoffs_sends_no_summary_but_stays_scheduled() {
+        let weekly =
+            WeeklySummary { day: Weekday::Mon, time: NaiveTime::from_hms_opt(8, 0, 0).expect("time") };
+        let sla = SlaRules::new(SlaConfig { weekly_summary: Some(weekly), ..SlaConfig::default() });
+        let now = at("2026-03-09T08:00:00Z");
+        let decision = sla.report(&timer(ReportKind::Weekly, now), &[], &exec(), now);
+        assert!(emails(&decision).is_empty(), "{:?}", decision.effects);
+        assert_eq!(
+            decision.set_timers.iter().map(|t| t.due).collect::<Vec<_>>(),
+            [at("2026-03-16T08:00:00Z")]
+        );
+    }
+
+    #[test]
+    fn a_digest_item_stored_without_newer_fields_still_renders_them() {
+        let sla = SlaRules::new(SlaConfig::default());
+        let now = at("2026-03-09T08:00:00Z");
+        // An item as an earlier version stored it: no `owner_email`, no `crm_url`.
+        let item = json!({ "lead_id": "00Q1", "handoff": 1, "lead": "Ana Lima", "owner": "Rep A", "step": "manager" });
+        let mut lead = LeadRecord::new(crate::Lead::new("00Q1"), now);
+        lead.handoff = Some(Handoff {
+            number: 1,
+            owner: PersonId::new("rep"),
+            status: None,
+            started_at: now,
+            policy: "default".into(),
+            next_step: 2,
+            paused_seconds: 0,
+            hold: None,
+        });
+        let items = [("00Q1/1".to_owned(), item, Some(lead))];
+        let decision = sla.report(&timer(ReportKind::Digest, now), &items, &exec(), now);
+        let vars = emails(&decision);
+        assert_eq!(vars.len(), 1);
+        let row = &vars[0]["items"][0];
+        // Present as null (strict templates fail on a missing key, not on null).
+        assert_eq!(row.get("owner_email"), Some(&Value::Null));
+        assert_eq!(row.get("company"), Some(&Value::Null));
+        assert_eq!(row.get("crm_url"), Some(&json!("")));
     }
 }

@@ -831,6 +831,9 @@ fn check_nurture(config: &Config, report: &mut impl FnMut(String, String, Severi
             }
         }
     }
+    for (key, message) in rules.repeated_steps() {
+        report(key, message, Severity::Warning);
+    }
     if !rules.is_empty() && config.links.is_none() {
         report(
             "nurture".into(),
@@ -1139,6 +1142,41 @@ role = "manager"
                 "t.toml:3:1: store.url_env: warning: applies only to engine = \"postgres\"; ignored with sled",
                 "t.toml:4:1: store.sslmode: warning: applies only to engine = \"postgres\"; ignored with sled",
             ],
+        );
+    }
+
+    #[test]
+    fn a_nurture_step_that_repeats_an_earlier_one_is_a_warning() {
+        let track = |second: &str| {
+            format!(
+                "[[nurture.tracks]]\nname = \"t\"\n[[nurture.tracks.steps]]\nname = \"day 1\"\nafter = \"1d\"\ntemplate = \"nurture_example\"\nlinks = {{ guide = \"https://x.example/guide\" }}\n[[nurture.tracks.steps]]\nafter = \"2d\"\ntemplate = \"nurture_example\"\n{second}\n"
+            )
+        };
+        let warnings = |text: &str| -> Vec<String> {
+            let (_, warnings) = parse_and_check(Path::new("t.toml"), text).expect("valid");
+            warnings.iter().map(ToString::to_string).filter(|w| w.contains("nurture.tracks")).collect()
+        };
+        assert_eq!(
+            warnings(&track("links = { guide = \"https://x.example/guide\" }")),
+            [
+                "t.toml:8:1: nurture.tracks[0].steps[1]: warning: `step 2` sends the same email as `day 1` (template `nurture_example`, the same links): the lead gets it twice; give each step its own template or links"
+            ]
+        );
+        // Other content: not the same email.
+        assert_eq!(
+            warnings(&track("links = { \"customer story\" = \"https://x.example/story\" }")),
+            Vec::<String>::new()
+        );
+        // The same email only for leads whose interest picks the earlier step's template.
+        let text = track("links = { guide = \"https://x.example/guide\" }").replace(
+            "after = \"2d\"\ntemplate = \"nurture_example\"",
+            "after = \"2d\"\ntemplate = \"sla_alert\"\nby_interest = { ai = \"nurture_example\" }",
+        );
+        assert_eq!(
+            warnings(&text),
+            [
+                "t.toml:8:1: nurture.tracks[0].steps[1]: warning: `step 2` sends the same email as `day 1` to leads interested in `ai` (template `nurture_example`, the same links): the lead gets it twice; give each step its own template or links"
+            ]
         );
     }
 
