@@ -264,10 +264,10 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let clock = Arc::new(VirtualClock::new(start));
     sync_emulator(&emu, clock.now());
 
-    std::fs::write(dir.join("salesforce-secret"), &emu.config().client_secret)?;
+    write_secret(&dir.join("salesforce-secret"), &emu.config().client_secret)?;
     let mut key = [0u8; 32];
     StdRng::seed_from_u64(args.seed ^ 0x5eed).fill(&mut key);
-    std::fs::write(dir.join("links-key"), key.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
+    write_secret(&dir.join("links-key"), &key.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
     let public =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("no free port")?;
     let text = config_text(&dir, &emu.url(), &ids, args.smtp.as_deref(), &public.to_string());
@@ -518,6 +518,19 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// The emulator's clock follows the virtual one, so records changed in Salesforce during the
 /// demo carry the demo's time.
+/// Writes a secret file only its owner can read, as leadloop expects secrets to be.
+fn write_secret(path: &std::path::Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(value.as_bytes())
+}
+
 /// Commands that read what the demo left, as they can be pasted: the binary that is running
 /// (a `cargo run` user has no `leadloop` on PATH) and the demo's own config.
 pub fn look_closer(config: &std::path::Path, example: Option<&LeadId>) -> Vec<String> {
@@ -653,8 +666,8 @@ mod tests {
     #[test]
     fn the_demo_config_links_leads_to_the_emulator_and_sends_no_nurture_email_twice() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("salesforce-secret"), "secret").expect("write");
-        std::fs::write(dir.path().join("links-key"), "k".repeat(64)).expect("write");
+        super::write_secret(&dir.path().join("salesforce-secret"), "secret").expect("write");
+        super::write_secret(&dir.path().join("links-key"), &"k".repeat(64)).expect("write");
         let ids = leadloop_sf_emulator::SeedIds {
             executive: "005E".into(),
             managers: vec!["005M".into()],

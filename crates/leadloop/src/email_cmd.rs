@@ -112,7 +112,9 @@ pub fn preview(path: &Path, template: &str, lead: Option<&str>, state_dir: Optio
             store.lead(&LeadId::new(id)).await.map_err(|e| e.to_string())
         });
         match record {
-            Ok(Some(record)) => vars["lead"] = leadloop_core::vars::lead(&record),
+            Ok(Some(record)) => {
+                vars["lead"] = leadloop_core::vars::lead_scored(&record, &config.scoring, chrono::Utc::now())
+            }
             Ok(None) => {
                 eprintln!("no lead {id} in the store");
                 return exit::FAILURE;
