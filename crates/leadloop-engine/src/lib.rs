@@ -413,7 +413,9 @@ impl Engine {
         &self.clock
     }
 
-    /// Unix seconds of the run loop's last turn.
+    /// Unix seconds by which the run loop promised to turn again: the start of the tick in
+    /// progress, or the end of the wait it is in. A loop stuck inside a tick (a store that
+    /// hangs) falls behind its promise; a loop waiting or backing off does not.
     pub fn heartbeat(&self) -> i64 {
         self.heartbeat.load(Ordering::Relaxed)
     }
@@ -510,6 +512,9 @@ impl Engine {
                     backoff
                 }
             };
+            let next_turn =
+                self.clock.now() + chrono::TimeDelta::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
+            self.heartbeat.store(next_turn.timestamp(), Ordering::Relaxed);
             // Biased: when more is due (a zero wait) and shutdown came, both branches are
             // ready; shutdown must win, or chance starts another tick.
             tokio::select! {

@@ -176,29 +176,30 @@ async fn run_ticks_when_a_timer_falls_due_and_not_before() {
     let (shutdown, task) = spawn_run(&engine, max_idle);
     settle().await;
     assert!(policy.fired().is_empty(), "nothing is due at the start");
-    // The heartbeat says when the loop last turned (each turn writes the clock's second).
+    // The heartbeat says when the loop promised to turn again: the end of the wait it is in
+    // (a loop stuck inside a tick falls behind it; the watchdog looks for that).
     let turned_at = |m: i64| minutes(m).timestamp();
-    assert_eq!(engine.heartbeat(), turned_at(0));
+    assert_eq!(engine.heartbeat(), turned_at(10), "the loop waits for t1");
 
     pass(&clock, Duration::from_secs(600) - Duration::from_millis(1)).await;
     assert!(policy.fired().is_empty(), "t1 fired before it was due");
-    assert_eq!(engine.heartbeat(), turned_at(0), "the loop turned before t1 was due");
+    assert_eq!(engine.heartbeat(), turned_at(10), "the loop turned before t1 was due");
     pass(&clock, Duration::from_millis(1)).await;
     notified(&queued, "t1's email was queued when t1 fell due").await;
     assert_eq!(policy.fired(), [("t1".to_owned(), minutes(10))]);
-    assert_eq!(engine.heartbeat(), turned_at(10));
+    assert_eq!(engine.heartbeat(), turned_at(70), "next: max_idle, t2 is further");
 
     // t2 is 140 min away, more than max_idle (60 min): the loop turns at minutes 70 and 130
     // without firing it, then sleeps exactly until it.
-    for turn in [70, 130] {
+    for (turn, next) in [(70, 130), (130, 150)] {
         pass(&clock, max_idle - Duration::from_millis(1)).await;
-        assert_eq!(engine.heartbeat(), turned_at(turn - 60), "turned before max_idle");
+        assert_eq!(engine.heartbeat(), turned_at(turn), "turned before max_idle");
         pass(&clock, Duration::from_millis(1)).await;
-        assert_eq!(engine.heartbeat(), turned_at(turn), "no turn when max_idle passed");
+        assert_eq!(engine.heartbeat(), turned_at(next), "no turn when max_idle passed");
     }
     pass(&clock, Duration::from_secs(20 * 60) - Duration::from_millis(1)).await;
     assert_eq!(policy.fired().len(), 1, "t2 fired before it was due");
-    assert_eq!(engine.heartbeat(), turned_at(130), "the loop turned before t2 was due");
+    assert_eq!(engine.heartbeat(), turned_at(150), "the loop turned before t2 was due");
     pass(&clock, Duration::from_millis(1)).await;
     notified(&queued, "t2's email was queued when t2 fell due").await;
     assert_eq!(policy.fired()[1], ("t2".to_owned(), minutes(150)));
@@ -206,8 +207,8 @@ async fn run_ticks_when_a_timer_falls_due_and_not_before() {
     stop(shutdown, task).await.expect("run ends cleanly");
 }
 
-/// The watchdog's heartbeat: the loop turns (and says so) at least every `max_idle` while
-/// nothing is due, and not more often.
+/// The watchdog's heartbeat: the loop turns at least every `max_idle` while nothing is due,
+/// and not more often, each turn promising the next.
 #[tokio::test(start_paused = true)]
 async fn run_turns_every_max_idle_and_the_heartbeat_moves_with_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -219,14 +220,15 @@ async fn run_turns_every_max_idle_and_the_heartbeat_moves_with_it() {
     let max_idle = Duration::from_secs(60);
     let (shutdown, task) = spawn_run(&engine, max_idle);
     settle().await;
-    let mut last = start().timestamp() + 1;
-    assert_eq!(engine.heartbeat(), last, "the loop's first turn beats at once");
+    // Each turn promises the next one max_idle later.
+    let mut next = start().timestamp() + 1 + 60;
+    assert_eq!(engine.heartbeat(), next, "the loop's first turn beats at once");
     for _ in 0..3 {
         pass(&clock, max_idle - Duration::from_millis(1)).await;
-        assert_eq!(engine.heartbeat(), last, "turned before max_idle passed");
+        assert_eq!(engine.heartbeat(), next, "turned before max_idle passed");
         pass(&clock, Duration::from_millis(1)).await;
-        last += 60;
-        assert_eq!(engine.heartbeat(), last, "did not turn when max_idle passed");
+        next += 60;
+        assert_eq!(engine.heartbeat(), next, "did not turn when max_idle passed");
     }
     stop(shutdown, task).await.expect("run ends cleanly");
 }

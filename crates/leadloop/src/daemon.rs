@@ -262,8 +262,11 @@ fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) {
         return;
     }
     let interval = Duration::from_micros(usec / 2);
-    // The loop turns at least every `max_idle`; allow the whole watchdog interval on top.
-    let stale_after = Duration::from_micros(usec).as_secs() as i64 + 60;
+    // The engine's heartbeat is when its loop promised to turn again (the tick in progress
+    // began, or the wait it is in ends). Behind that by more than `WatchdogSec`, the loop is
+    // stuck inside a tick: the pings stop, and systemd restarts the service within two
+    // watchdog intervals of the hang.
+    let stale_after = Duration::from_micros(usec).as_secs().max(1) as i64;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         loop {

@@ -278,11 +278,30 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_calendar(&config, &mut report);
     check_nurture(&config, &mut report);
     check_secret_modes(text, &mut report);
+    check_daemon(&config, &mut report);
 
     findings.sort_by_key(|d| (d.line, d.column));
     findings.extend(findings_extra);
     let diagnostics = Diagnostics(findings);
     if diagnostics.has_errors() { Err(diagnostics) } else { Ok((config, diagnostics)) }
+}
+
+/// The unit's `TimeoutStopSec=30s` must cover the drain (`shutdown_grace`) and the listeners'
+/// own 2 s each after it, or systemd kills the daemon mid-drain.
+fn check_daemon(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    const UNIT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    const LISTENERS: std::time::Duration = std::time::Duration::from_secs(4);
+    let grace = config.daemon.shutdown_grace;
+    if grace + LISTENERS >= UNIT_STOP_TIMEOUT {
+        report(
+            "daemon.shutdown_grace".into(),
+            format!(
+                "{} plus up to 4 s for the listeners reaches the unit's TimeoutStopSec=30s: systemd would kill leadloop before it drains; keep it under 26s or raise TimeoutStopSec in the unit too",
+                humantime::format_duration(grace)
+            ),
+            Severity::Warning,
+        );
+    }
 }
 
 /// Secret files (`*_file` keys other than CA certificates) readable by group or others, outside
@@ -935,6 +954,17 @@ email = "mgr@x.example"
 name = "Manager M"
 role = "manager"
 "#;
+
+    #[test]
+    fn a_shutdown_grace_the_unit_cannot_wait_for_is_a_warning() {
+        check("[daemon]\nshutdown_grace = \"25s\"\n", &[]);
+        check(
+            "[daemon]\nshutdown_grace = \"26s\"\n",
+            &[
+                "t.toml:2:1: daemon.shutdown_grace: warning: 26s plus up to 4 s for the listeners reaches the unit's TimeoutStopSec=30s: systemd would kill leadloop before it drains; keep it under 26s or raise TimeoutStopSec in the unit too",
+            ],
+        );
+    }
 
     #[test]
     fn secret_files_others_can_read_are_a_warning_at_their_key() {
