@@ -47,6 +47,9 @@ pub struct Answer {
 pub struct Dav {
     http: reqwest::Client,
     auth: Auth,
+    /// The configured server's origin: credentials go there and nowhere else, whatever
+    /// absolute href a server answers with.
+    server: Url,
 }
 
 /// The method names reqwest does not define.
@@ -55,14 +58,14 @@ fn method(name: &'static str) -> Method {
 }
 
 impl Dav {
-    pub fn new(timeout: Duration, auth: Auth) -> Result<Self, String> {
+    pub fn new(timeout: Duration, auth: Auth, server: &Url) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("leadloop/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self { http, auth })
+        Ok(Self { http, auth, server: server.clone() })
     }
 
     /// Sends one request; transport failures are transient. The caller judges the status.
@@ -75,7 +78,14 @@ impl Dav {
     ) -> Result<Answer, ConnectorError> {
         let mut request = self.http.request(method(name), url.clone());
         if let Some(auth) = self.auth.header() {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
+            if url.origin() == self.server.origin() {
+                request = request.header(reqwest::header::AUTHORIZATION, auth);
+            } else {
+                tracing::warn!(
+                    url = %url,
+                    "not sending calendar credentials to a server other than the configured one"
+                );
+            }
         }
         for (key, value) in headers {
             request = request.header(*key, value);
@@ -367,6 +377,41 @@ END:VCALENDAR&#13;
         assert!(parse_multistatus("<html><body>proxy error</body></html>").is_err());
         assert!(parse_multistatus("not xml").is_err());
         assert!(parse_multistatus(r#"<multistatus xmlns="DAV:"><response/></multistatus>"#).is_err());
+    }
+
+    /// A server that answers 200 once and reports whether the request carried credentials.
+    async fn one_request_server() -> (Url, tokio::task::JoinHandle<bool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url: Url = format!("http://{}/dav/", listener.local_addr().expect("addr")).parse().expect("url");
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+            String::from_utf8_lossy(&request).to_ascii_lowercase().contains("\r\nauthorization:")
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn credentials_go_to_the_configured_server_only() {
+        let (configured, at_configured) = one_request_server().await;
+        let (other, at_other) = one_request_server().await;
+        let auth = Auth::Basic { username: "ana".into(), password: Secret::for_tests("pw") };
+        let dav = Dav::new(Duration::from_secs(5), auth, &configured).expect("client");
+        dav.request("PROPFIND", &configured, &[], None).await.expect("configured server");
+        // An absolute href a server answered with, on another host: no credentials.
+        dav.request("PROPFIND", &other, &[], None).await.expect("other server");
+        assert!(at_configured.await.expect("join"), "the configured server gets the credentials");
+        assert!(!at_other.await.expect("join"), "another server must not");
     }
 
     #[test]

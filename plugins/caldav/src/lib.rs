@@ -181,7 +181,8 @@ impl CalendarConfig {
             (self.password_file.as_deref(), self.password_env.as_deref()),
             (self.token_file.as_deref(), self.token_env.as_deref()),
         )?;
-        let dav = |auth: Auth| Dav::new(self.timeout, auth).map_err(|e| BuildError::new("calendar", e));
+        let dav =
+            |auth: Auth| Dav::new(self.timeout, auth, &base).map_err(|e| BuildError::new("calendar", e));
         let mut people = BTreeMap::new();
         for (i, person) in self.people.iter().enumerate() {
             let prefix = format!("calendar.person[{i}].");

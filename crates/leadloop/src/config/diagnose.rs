@@ -554,6 +554,9 @@ fn check_crm(config: &Config, report: &mut impl FnMut(String, String, Severity))
     for (key, message) in &problems {
         report(format!("crm.salesforce.{key}"), message.clone(), Severity::Error);
     }
+    if let Some(host) = cleartext_host(&salesforce.login_url) {
+        report("crm.salesforce.login_url".into(), cleartext_message(&host), Severity::Error);
+    }
     if problems.is_empty() {
         // Reads the secrets and parses the key, without calling Salesforce.
         let cx = leadloop_plugin::BuildContext {
@@ -881,6 +884,24 @@ fn check_outbox(config: &Config, report: &mut impl FnMut(String, String, Severit
     }
 }
 
+/// The host of an `http://` URL that is not on loopback: credentials sent there cross the
+/// network in clear.
+fn cleartext_host(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "http" {
+        return None;
+    }
+    let host = parsed.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then_some(host)
+}
+
+fn cleartext_message(host: &str) -> String {
+    format!(
+        "http:// would send credentials and lead data to {host} unencrypted; use https:// (http:// is accepted on loopback only, for tests and the emulator)"
+    )
+}
+
 fn check_calendar(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
     let known = |id: &str| config.people.iter().any(|p| p.id.as_deref() == Some(id));
     for (i, policy) in config.sla.policies.iter().enumerate() {
@@ -903,6 +924,9 @@ fn check_calendar(config: &Config, report: &mut impl FnMut(String, String, Sever
     let Some(calendar) = &config.calendar else { return };
     for (key, message) in calendar.check() {
         report(format!("calendar.{key}"), message, Severity::Error);
+    }
+    if let Some(host) = cleartext_host(&calendar.url) {
+        report("calendar.url".into(), cleartext_message(&host), Severity::Error);
     }
     for (i, person) in calendar.people.iter().enumerate() {
         if !known(&person.id) {
@@ -954,6 +978,24 @@ email = "mgr@x.example"
 name = "Manager M"
 role = "manager"
 "#;
+
+    #[test]
+    fn cleartext_credentials_off_loopback_are_refused() {
+        assert_eq!(cleartext_host("http://login.example.com"), Some("login.example.com".into()));
+        assert_eq!(cleartext_host("http://10.0.0.5:8080/dav/"), Some("10.0.0.5".into()));
+        for ok in [
+            "https://login.salesforce.com",
+            "http://127.0.0.1:4321",
+            "http://localhost:5232/",
+            "http://[::1]:80/",
+        ] {
+            assert_eq!(cleartext_host(ok), None, "{ok}");
+        }
+        assert!(
+            cleartext_message("x.example")
+                .starts_with("http:// would send credentials and lead data to x.example")
+        );
+    }
 
     #[test]
     fn a_shutdown_grace_the_unit_cannot_wait_for_is_a_warning() {
