@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leadloop::links::{Signer, router};
+use leadloop::links::{LinkRules, Signer};
 use leadloop_core::sla::{SlaConfig, SlaRules};
-use leadloop_core::{Channel, Clock, Effect, Lead, LeadId, VirtualClock};
+use leadloop_core::{Channel, Clock, Effect, Lead, LeadId, OutboxState, VirtualClock};
 use leadloop_engine::Engine;
 use leadloop_plugin::Secret;
 use leadloop_store::{SledConfig, SledStore, Store};
@@ -56,10 +56,13 @@ async fn tracked_links_record_a_click_and_redirect_to_the_signed_target() {
         .rules(SlaRules::new(SlaConfig::default()))
         .with_nurture(config.nurture_rules(Some(signer.clone())));
     let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules.clone()));
-    tokio::spawn({
-        let app = router(signer, engine.clone());
-        async move { axum::serve(listener, app).await }
-    });
+    tokio::spawn(leadloop::links::serve(
+        listener,
+        signer,
+        engine.clone(),
+        LinkRules::default(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let mut lead = Lead::new("00Q1");
     lead.email = Some("ana@acme.example".into());
     lead.time_zone = Some("Europe/Berlin".into());
@@ -86,6 +89,16 @@ async fn tracked_links_record_a_click_and_redirect_to_the_signed_target() {
 
     let client =
         reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    // Before the email is delivered no reader can have clicked: redirected, not counted.
+    assert_eq!(client.get(&guide).send().await.expect("GET").status(), 302);
+    let record = store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead");
+    assert_eq!(record.engagement_score, 0.0);
+    let mut delivered = email[0].clone();
+    delivered.state = OutboxState::Done { at: clock.now() };
+    let mut batch = leadloop_store::Batch::new();
+    batch.update_outbox(delivered);
+    store.commit(batch).await.expect("delivered");
+    clock.advance(chrono::TimeDelta::minutes(2));
     let response = client.get(&guide).send().await.expect("GET");
     assert_eq!(response.status(), 302);
     assert_eq!(
