@@ -215,18 +215,25 @@ fn two_days() -> Duration {
 /// Makes the signed URLs of nurture mail. The binary implements it (it holds the key and the
 /// public URL).
 pub trait NurtureLinks: Send + Sync + std::fmt::Debug {
-    /// The one-click unsubscribe URL (RFC 8058) of `lead`.
-    fn unsubscribe(&self, lead: &LeadId, now: Timestamp) -> String;
-    /// A tracked redirect to `target` that reports a click on `link` of `track`'s `step`.
-    fn click(
-        &self,
-        lead: &LeadId,
-        track: &str,
-        step: &str,
-        link: &str,
-        target: &str,
-        now: Timestamp,
-    ) -> String;
+    /// The one-click unsubscribe URL (RFC 8058) of `lead`, mailed to `address`: the link
+    /// suppresses that address even once the lead is gone.
+    fn unsubscribe(&self, lead: &LeadId, address: &str, now: Timestamp) -> String;
+    /// A tracked redirect to `link.target` that reports a click on it.
+    fn click(&self, link: &TrackedLink<'_>, now: Timestamp) -> String;
+}
+
+/// One tracked link in one nurture email.
+#[derive(Debug, Clone, Copy)]
+pub struct TrackedLink<'a> {
+    /// The email's idempotency key: its delivery time tells a mail scanner's prefetch from a
+    /// reader's click.
+    pub message: Option<&'a IdempotencyKey>,
+    pub lead: &'a LeadId,
+    pub track: &'a str,
+    pub step: &'a str,
+    /// The link's name in the step's `links`.
+    pub link: &'a str,
+    pub target: &'a str,
 }
 
 /// A config problem: the dotted key and what is wrong.
@@ -986,18 +993,29 @@ impl NurtureRules {
         let step = &track.steps[index];
         let Some(address) = record.lead.email.clone() else { return };
         let id = &record.lead.id;
+        let key = send_key(id.as_str(), &track.config.name, enrolment.round, index as u32);
         let links: serde_json::Map<String, Value> = step_config
             .links
             .iter()
             .map(|(name, target)| {
                 let url = match &self.links {
-                    Some(maker) => maker.click(id, &track.config.name, &step.name, name, target, now),
+                    Some(maker) => {
+                        let link = TrackedLink {
+                            message: key.as_ref().ok(),
+                            lead: id,
+                            track: &track.config.name,
+                            step: &step.name,
+                            link: name,
+                            target,
+                        };
+                        maker.click(&link, now)
+                    }
                     None => target.clone(),
                 };
                 (name.clone(), Value::String(url))
             })
             .collect();
-        let unsubscribe = self.links.as_ref().map(|m| m.unsubscribe(id, now)).unwrap_or_default();
+        let unsubscribe = self.links.as_ref().map(|m| m.unsubscribe(id, &address, now)).unwrap_or_default();
         let template = Self::template(step_config, record);
         let tz = self.lead_zone(record);
         let vars = json!({
@@ -1020,7 +1038,6 @@ impl NurtureRules {
             lead_id: Some(id.clone()),
             vars,
         };
-        let key = send_key(id.as_str(), &track.config.name, enrolment.round, index as u32);
         if let Some(key) = decision.queue(key, email, now) {
             decision.facts.push(Fact::NurtureSend { key, track: track.config.name.clone() });
         }

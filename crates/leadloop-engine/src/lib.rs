@@ -25,6 +25,7 @@ use leadloop_store::{Batch, Expect, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued, stamp};
+pub use nurture::{Click, ClickOutcome, ClickRules, Unsubscribed};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 
 /// How many times a read → decide → commit step is decided again when the store reports

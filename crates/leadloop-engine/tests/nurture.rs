@@ -16,7 +16,7 @@ use leadloop_core::{
     Channel, Clock, Decision, Effect, Lead, LeadId, LeadRecord, OrgChart, Timer, TimerKey, TimerKind,
     Timestamp, VirtualClock,
 };
-use leadloop_engine::{Engine, Policy};
+use leadloop_engine::{Engine, Policy, Unsubscribed};
 use leadloop_store::{Batch, SledConfig, SledStore, Store};
 
 fn start() -> Timestamp {
@@ -91,11 +91,23 @@ async fn steps_queue_once_and_unsubscribe_stops_everything() {
     assert_eq!((kind.as_str(), to.as_slice()), ("nurture", &["Ana@Acme.example".to_owned()][..]));
 
     // A click is an activity; scoring counts it.
-    engine.record_click(&id, "welcome", "step 1", "pricing", "https://example.com/p").await.expect("click");
+    let click = leadloop_engine::Click {
+        lead: &id,
+        track: "welcome",
+        step: "step 1",
+        link: "pricing",
+        url: "https://example.com/p",
+        message: None,
+    };
+    let rules = leadloop_engine::ClickRules::default();
+    assert_eq!(
+        engine.record_click(&click, &rules).await.expect("click"),
+        leadloop_engine::ClickOutcome::Counted
+    );
     let record = store.lead(&id).await.expect("read").expect("lead");
     assert!(record.engagement_score > 9.0, "{}", record.engagement_score);
 
-    assert!(engine.unsubscribe(&id, "one-click").await.expect("unsubscribe"));
+    assert_eq!(engine.unsubscribe(&id, None, "one-click").await.expect("unsubscribe"), Unsubscribed::Done);
     let record = store.lead(&id).await.expect("read").expect("lead");
     assert!(record.lead.opted_out);
     assert!(record.nurture.tracks.is_empty() && record.nurture.opted_out_at.is_some());
@@ -107,9 +119,14 @@ async fn steps_queue_once_and_unsubscribe_stops_everything() {
         "{crm:?}"
     );
     // A second unsubscribe changes nothing more; an unknown lead is reported as such.
-    assert!(engine.unsubscribe(&id, "form").await.expect("unsubscribe"));
+    let events = store.history(&id).await.expect("history").len();
+    assert_eq!(engine.unsubscribe(&id, None, "form").await.expect("unsubscribe"), Unsubscribed::Already);
+    assert_eq!(store.history(&id).await.expect("history").len(), events, "a repeat writes nothing");
     assert_eq!(outbox(store.as_ref(), Channel::Crm, clock.now()).await.len(), 1);
-    assert!(!engine.unsubscribe(&LeadId::new("nobody"), "form").await.expect("unsubscribe"));
+    assert_eq!(
+        engine.unsubscribe(&LeadId::new("nobody"), None, "form").await.expect("unsubscribe"),
+        Unsubscribed::Unknown
+    );
 
     clock.advance(TimeDelta::days(10));
     assert_eq!(engine.tick().await.expect("tick").enqueued.len(), 0);

@@ -106,7 +106,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn({
         let stop = admin_stop.clone();
-        async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
+        async move { crate::serve::serve(listener, router, crate::serve::Limits::ADMIN, stop).await }
     });
 
     let shutdown = CancellationToken::new();

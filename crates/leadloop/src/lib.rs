@@ -13,6 +13,7 @@ pub mod links;
 pub mod nurture_cmd;
 pub mod report;
 pub mod runtime;
+pub mod serve;
 pub mod simulate;
 pub mod sla_cmd;
 pub mod sync_cmd;

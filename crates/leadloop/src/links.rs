@@ -4,35 +4,52 @@
 //! A token is `PAYLOAD.MAC`: the payload in base64url, and an HMAC-SHA256 of it under the
 //! configured key. SLA payloads are `ACTION.LEAD.HANDOFF.EXPIRES`; nurture payloads are a small
 //! JSON object (`{"k":"u",…}` to unsubscribe, `{"k":"c",…}` for a click, whose target URL is
-//! inside the signed payload, so the redirect is never open). The listener exposes only
-//! `/l/TOKEN`: a GET shows a confirmation page with a form (mail scanners that fetch links
-//! change nothing), the POST performs the action — for unsubscribe links that POST is the
-//! RFC 8058 one-click (`List-Unsubscribe=One-Click`). A click GET records the click and
-//! redirects. It is meant to sit behind the company's reverse proxy, apart from the admin
-//! listener.
+//! inside the signed payload, so the redirect is never open). An unsubscribe token carries the
+//! address it was mailed to, sealed (ChaCha20-Poly1305 under a key derived from the link key),
+//! so the address is suppressed even when the lead is gone yet never shows in a URL; a click
+//! token carries the key of its email, whose delivery time tells a scanner from a reader.
+//!
+//! The listener exposes only `/l/TOKEN`: a GET shows a confirmation page with a form (mail
+//! scanners that fetch links change nothing), the POST performs the action — for unsubscribe
+//! links that POST is the RFC 8058 one-click, whatever its body's encoding. A click GET
+//! records the click (when [`ClickRules`] let it count) and redirects; a HEAD records nothing.
+//! The token is verified before any body is read; a client address or a token used too often
+//! is answered without a durable write ([`LinkLimits`]). It is meant to sit behind the
+//! company's reverse proxy, apart from the admin listener.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Form, Path, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use hmac::{Hmac, Mac};
-use leadloop_core::nurture::NurtureLinks;
+use leadloop_core::nurture::{NurtureLinks, TrackedLink};
 use leadloop_core::sla::{ActionOutcome, LinkMaker, SalesAction};
-use leadloop_core::{LeadId, Timestamp};
-use leadloop_engine::Engine;
+use leadloop_core::{IdempotencyKey, LeadId, Timestamp};
+use leadloop_engine::{Click, ClickOutcome, ClickRules, Engine, Unsubscribed};
 use leadloop_plugin::Secret;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde::Deserialize;
 use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
 
 type HmacSha256 = Hmac<Sha256>;
+
+const ADDRESS_KEY_LABEL: &[u8] = b"leadloop unsubscribe address key v1";
+const ADDRESS_NONCE_LABEL: &[u8] = b"leadloop unsubscribe address nonce v1";
 
 /// `[links]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +70,89 @@ pub struct LinksConfig {
     /// in an old email must still work).
     #[serde(default = "default_nurture_ttl", with = "leadloop_plugin::serde_duration")]
     pub nurture_ttl: Duration,
+    /// One click per lead, step and link is counted per window this long; `0s` counts all.
+    #[serde(default = "default_click_window", with = "leadloop_plugin::serde_duration")]
+    pub click_window: Duration,
+    /// Clicks sooner than this after their email was delivered are mail scanners fetching
+    /// links, and are not counted; `0s` counts them.
+    #[serde(default = "default_click_min_delay", with = "leadloop_plugin::serde_duration")]
+    pub click_min_delay: Duration,
+    /// `[links.limits]`: what the public listener allows one client, one link and everyone.
+    #[serde(default)]
+    pub limits: LinkLimits,
+}
+
+fn default_click_window() -> Duration {
+    ClickRules::default().window
+}
+
+fn default_click_min_delay() -> Duration {
+    ClickRules::default().min_delay
+}
+
+/// `[links.limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkLimits {
+    /// A client must send its request headers within this (idle connections close after it).
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub header_read_timeout: Duration,
+    /// The whole request, body and answer included (else 408).
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub request_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Requests handled at once; more wait their turn.
+    pub max_in_flight: usize,
+    /// The largest request body, in bytes (else 413, unread).
+    pub max_body_bytes: usize,
+    /// Requests per minute from one client address (an IPv6 client by its /64), in bursts of
+    /// as many; more get 429.
+    pub per_ip_per_minute: u32,
+    /// Uses of one link that are acted on per `per_token_window`; past that a click still
+    /// redirects but is not recorded, and an answer or unsubscribe gets 429.
+    pub per_token: u32,
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub per_token_window: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (by default loopback: a proxy
+    /// on the same host).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for LinkLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            max_in_flight: 64,
+            max_body_bytes: 8 * 1024,
+            per_ip_per_minute: 120,
+            per_token: 5,
+            per_token_window: Duration::from_secs(600),
+            trusted_proxies: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)],
+        }
+    }
+}
+
+impl LinkLimits {
+    /// The connection-level part, for [`crate::serve::serve`].
+    pub fn serve(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            max_body: self.max_body_bytes,
+        }
+    }
+}
+
+/// How the public listener treats requests: its limits and which clicks count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkRules {
+    pub limits: LinkLimits,
+    pub clicks: ClickRules,
 }
 
 fn default_ttl() -> Duration {
@@ -84,6 +184,14 @@ impl LinksConfig {
         }
         Ok(key)
     }
+
+    /// The listener's limits and click rules, as configured.
+    pub fn rules(&self) -> LinkRules {
+        LinkRules {
+            limits: self.limits.clone(),
+            clicks: ClickRules { window: self.click_window, min_delay: self.click_min_delay },
+        }
+    }
 }
 
 /// What a verified token says.
@@ -112,6 +220,10 @@ pub enum NurtureClaim {
     Unsubscribe {
         #[serde(rename = "l")]
         lead: LeadId,
+        /// The address the link was mailed to, sealed ([`Signer::seal_address`]); links sent
+        /// before addresses were bound have none.
+        #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
         #[serde(rename = "e")]
         expires: i64,
     },
@@ -128,6 +240,9 @@ pub enum NurtureClaim {
         link: String,
         #[serde(rename = "u")]
         url: String,
+        /// The key of the email that carried the link (older links have none).
+        #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+        message: Option<IdempotencyKey>,
         #[serde(rename = "e")]
         expires: i64,
     },
@@ -215,6 +330,56 @@ impl Signer {
             .map_err(|_| TokenError::Invalid)
     }
 
+    /// `address`, lowercased and sealed for `lead`'s unsubscribe token: ChaCha20-Poly1305
+    /// under a key derived from the link key, with the lead as associated data and a nonce
+    /// derived from lead, address and expiry (the same link is the same token; different ones
+    /// never share a nonce). `None` for a blank address.
+    pub fn seal_address(&self, lead: &LeadId, address: &str, expires: i64) -> Option<String> {
+        let address = address.trim().to_lowercase();
+        if address.is_empty() {
+            return None;
+        }
+        let mut mac = self.mac();
+        mac.update(ADDRESS_NONCE_LABEL);
+        for part in [lead.as_str().as_bytes(), address.as_bytes(), &expires.to_be_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        let nonce: [u8; 12] = mac.finalize().into_bytes()[..12].try_into().ok()?;
+        let mut sealed = address.into_bytes();
+        self.address_key()?
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(lead.as_str().as_bytes()),
+                &mut sealed,
+            )
+            .ok()?;
+        let mut bytes = nonce.to_vec();
+        bytes.extend(sealed);
+        Some(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The address [`seal_address`](Self::seal_address) sealed for `lead`.
+    pub fn open_address(&self, lead: &LeadId, sealed: &str) -> Option<String> {
+        let bytes = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        let (nonce, sealed) = bytes.split_at_checked(12)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let address = self
+            .address_key()?
+            .open_in_place(nonce, Aad::from(lead.as_str().as_bytes()), &mut sealed)
+            .ok()?;
+        String::from_utf8(address.to_vec()).ok()
+    }
+
+    /// The sealing key: an HMAC of a label under the link key. The labels hold spaces, which
+    /// base64url never does, so no token's MAC can equal them.
+    fn address_key(&self) -> Option<LessSafeKey> {
+        let mut mac = self.mac();
+        mac.update(ADDRESS_KEY_LABEL);
+        UnboundKey::new(&CHACHA20_POLY1305, &mac.finalize().into_bytes()).ok().map(LessSafeKey::new)
+    }
+
     fn mac(&self) -> HmacSha256 {
         // HMAC takes keys of any length; this cannot fail.
         HmacSha256::new_from_slice(self.key.expose().as_bytes()).unwrap_or_else(|_| unreachable_mac())
@@ -273,42 +438,182 @@ impl LinkMaker for Signer {
 }
 
 impl NurtureLinks for Signer {
-    fn unsubscribe(&self, lead: &LeadId, now: Timestamp) -> String {
-        let claim =
-            NurtureClaim::Unsubscribe { lead: lead.clone(), expires: (now + self.nurture_ttl).timestamp() };
+    fn unsubscribe(&self, lead: &LeadId, address: &str, now: Timestamp) -> String {
+        let expires = (now + self.nurture_ttl).timestamp();
+        let claim = NurtureClaim::Unsubscribe {
+            lead: lead.clone(),
+            address: self.seal_address(lead, address, expires),
+            expires,
+        };
         format!("{}/l/{}", self.base, self.nurture_token(&claim))
     }
 
-    fn click(
-        &self,
-        lead: &LeadId,
-        track: &str,
-        step: &str,
-        link: &str,
-        target: &str,
-        now: Timestamp,
-    ) -> String {
+    fn click(&self, link: &TrackedLink<'_>, now: Timestamp) -> String {
         let claim = NurtureClaim::Click {
-            lead: lead.clone(),
-            track: track.to_owned(),
-            step: step.to_owned(),
-            link: link.to_owned(),
-            url: target.to_owned(),
+            lead: link.lead.clone(),
+            track: link.track.to_owned(),
+            step: link.step.to_owned(),
+            link: link.link.to_owned(),
+            url: link.target.to_owned(),
+            message: link.message.cloned(),
             expires: (now + self.nurture_ttl).timestamp(),
         };
         format!("{}/l/{}", self.base, self.nurture_token(&claim))
     }
 }
 
+/// The per-client and per-link rate limits, in memory (a restart forgets them; the engine's
+/// click rules, which are durable, still hold).
+struct Guard {
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_token: DefaultKeyedRateLimiter<String>,
+    trusted_proxies: Vec<IpAddr>,
+    max_body: usize,
+    /// Checks since the limiters last forgot idle keys.
+    checks: AtomicU64,
+}
+
+/// Every this many checks the limiters forget keys that are back to a full allowance, so
+/// their memory follows the recent traffic, not all traffic ever.
+const FORGET_EVERY: u64 = 4096;
+
+impl Guard {
+    fn new(limits: &LinkLimits) -> Self {
+        let per_minute = NonZeroU32::new(limits.per_ip_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_token = NonZeroU32::new(limits.per_token).unwrap_or(NonZeroU32::MIN);
+        let token_period = (limits.per_token_window / per_token.get()).max(Duration::from_millis(1));
+        let token_quota = Quota::with_period(token_period)
+            .unwrap_or_else(|| Quota::per_minute(per_token))
+            .allow_burst(per_token);
+        Self {
+            per_ip: DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute)),
+            per_token: DefaultKeyedRateLimiter::keyed(token_quota),
+            trusted_proxies: limits.trusted_proxies.clone(),
+            max_body: limits.max_body_bytes,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    fn tidy(&self) {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            self.per_ip.retain_recent();
+            self.per_token.retain_recent();
+        }
+    }
+
+    /// `Err(wait)` when the client has used up its allowance.
+    fn admit_client(&self, client: IpAddr) -> Result<(), Duration> {
+        self.tidy();
+        self.per_ip
+            .check_key(&client_key(client))
+            .map_err(|n| n.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// `Err(wait)` when this link was acted on too often lately. Keyed by the token's MAC:
+    /// only verified tokens get here, so only links really sent take memory.
+    fn admit_token(&self, token: &str) -> Result<(), Duration> {
+        self.tidy();
+        let mac = token.rsplit_once('.').map_or(token, |(_, mac)| mac).to_owned();
+        self.per_token.check_key(&mac).map_err(|n| n.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// Clients are limited by address; an IPv6 client by its /64, which one host usually holds
+/// whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+        },
+    }
+}
+
+/// The client's address: the peer's, or — when the peer is a trusted proxy — the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for hop in forwarded.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 #[derive(Clone)]
 struct PublicState {
     signer: Arc<Signer>,
     engine: Engine,
+    clicks: ClickRules,
+    guard: Arc<Guard>,
 }
 
-/// The public listener's routes: `/l/TOKEN` and nothing else.
-pub fn router(signer: Arc<Signer>, engine: Engine) -> Router {
-    Router::new().route("/l/{token}", get(confirm).post(perform)).with_state(PublicState { signer, engine })
+/// The public listener's routes: `/l/TOKEN` and nothing else, behind the per-client limit.
+pub fn router(signer: Arc<Signer>, engine: Engine, rules: &LinkRules) -> Router {
+    let state =
+        PublicState { signer, engine, clicks: rules.clicks, guard: Arc::new(Guard::new(&rules.limits)) };
+    Router::new()
+        .route("/l/{token}", get(confirm).post(perform))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), per_client))
+        .with_state(state)
+}
+
+/// Serves the public listener on `listener` until `stop`, within `rules.limits`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    signer: Arc<Signer>,
+    engine: Engine,
+    rules: LinkRules,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    crate::serve::serve(listener, router(signer, engine, &rules), rules.limits.serve(), stop).await
+}
+
+/// Refuses a client past its allowance with 429, before anything else is looked at.
+async fn per_client(State(state): State<PublicState>, request: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        let client = client_ip(peer.ip(), request.headers(), &state.guard.trusted_proxies);
+        if let Err(wait) = state.guard.admit_client(client) {
+            metrics::counter!("leadloop_links_throttled_total", "by" => "client").increment(1);
+            tracing::debug!(%client, "public listener: client over its request rate");
+            return too_many(wait);
+        }
+    }
+    next.run(request).await
+}
+
+fn too_many(wait: Duration) -> Response {
+    let mut response = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        "<p>Please wait a moment and try again.</p>",
+    );
+    let seconds = wait.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -330,10 +635,11 @@ fn refused(error: TokenError) -> Response {
     page(status, &error.to_string(), "<p>Open the lead in the CRM instead.</p>")
 }
 
-async fn confirm(State(state): State<PublicState>, Path(token): Path<String>) -> Response {
+/// GET (and HEAD, which axum answers from the GET handler without a body).
+async fn confirm(State(state): State<PublicState>, method: Method, Path(token): Path<String>) -> Response {
     let claim = match state.signer.verify_any(&token, state.engine.clock().now()) {
         Ok(AnyClaim::Sales(claim)) => claim,
-        Ok(AnyClaim::Nurture(claim)) => return nurture_get(&state, claim).await,
+        Ok(AnyClaim::Nurture(claim)) => return nurture_get(&state, &method, &token, claim).await,
         Err(error) => return refused(error),
     };
     let lead = state.engine.store().lead(&claim.lead).await.ok().flatten();
@@ -350,25 +656,54 @@ async fn confirm(State(state): State<PublicState>, Path(token): Path<String>) ->
     page(StatusCode::OK, &title, &form)
 }
 
-#[derive(Debug, Deserialize)]
-struct Answer {
-    reason: Option<String>,
+/// The request body, read only now that the token is known good, and at most `max` bytes.
+async fn read_body(body: Body, max: usize) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, max).await.map_err(|_| {
+        page(StatusCode::PAYLOAD_TOO_LARGE, "Too large", "<p>This request is larger than a link's form.</p>")
+    })
 }
 
+/// The `reason` of the Disqualify form (the only form that asks for one), from a URL-encoded
+/// body; any other body gives none.
+fn reason(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let urlencoded = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    if !urlencoded {
+        return None;
+    }
+    form_urlencoded::parse(body)
+        .find(|(name, _)| name == "reason")
+        .map(|(_, value)| value.chars().filter(|c| !c.is_control()).take(200).collect::<String>())
+        .filter(|r| !r.trim().is_empty())
+}
+
+/// POST: perform the action. The token is checked first, then the link's allowance, and only
+/// then is the body (capped) read.
 async fn perform(
     State(state): State<PublicState>,
     Path(token): Path<String>,
-    Form(answer): Form<Answer>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let claim = match state.signer.verify_any(&token, state.engine.clock().now()) {
-        Ok(AnyClaim::Sales(claim)) => claim,
-        Ok(AnyClaim::Nurture(claim)) => return nurture_post(&state, claim).await,
+        Ok(claim) => claim,
         Err(error) => return refused(error),
     };
-    let reason: Option<String> = answer
-        .reason
-        .map(|r| r.chars().filter(|c| !c.is_control()).take(200).collect())
-        .filter(|r: &String| !r.trim().is_empty());
+    if let Err(wait) = state.guard.admit_token(&token) {
+        metrics::counter!("leadloop_links_throttled_total", "by" => "link").increment(1);
+        return too_many(wait);
+    }
+    let body = match read_body(body, state.guard.max_body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let claim = match claim {
+        AnyClaim::Sales(claim) => claim,
+        AnyClaim::Nurture(claim) => return nurture_post(&state, claim).await,
+    };
+    let reason = if claim.action == SalesAction::Disqualify { reason(&headers, &body) } else { None };
     match state.engine.sales_action(&claim.lead, claim.handoff, claim.action, reason.as_deref()).await {
         Ok(ActionOutcome::Done) => {
             tracing::info!(lead_id = %claim.lead, handoff = claim.handoff, action = claim.action.as_str(), "hand-off answered from an email link");
@@ -385,34 +720,67 @@ async fn perform(
         ),
         Err(error) => {
             tracing::error!(%error, lead_id = %claim.lead, "email link action failed");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again",
-                "<p>leadloop could not record this just now. Nothing was lost; try the link again in a minute.</p>",
-            )
+            try_again()
         }
     }
 }
 
+fn try_again() -> Response {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Please try again",
+        "<p>This could not be recorded just now. Nothing was lost; try again in a minute.</p>",
+    )
+}
+
 /// A nurture link opened: an unsubscribe shows its confirmation form (a mail scanner fetching
-/// it changes nothing); a click is recorded and redirected to its signed target.
-async fn nurture_get(state: &PublicState, claim: NurtureClaim) -> Response {
+/// it changes nothing); a click is recorded when it counts, and redirected to its signed
+/// target in any case. A HEAD, or a link used past its allowance, records nothing.
+async fn nurture_get(state: &PublicState, method: &Method, token: &str, claim: NurtureClaim) -> Response {
     match claim {
         NurtureClaim::Unsubscribe { .. } => page(
             StatusCode::OK,
             "Unsubscribe?",
             "<p>You will receive no more of these emails.</p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>",
         ),
-        NurtureClaim::Click { lead, track, step, link, url, .. } => {
-            // The redirect goes out even if recording fails: the reader wanted the page.
-            if let Err(error) = state.engine.record_click(&lead, &track, &step, &link, &url).await {
-                tracing::warn!(%error, lead_id = %lead, track, link, "cannot record a tracked click");
+        NurtureClaim::Click { lead, track, step, link, url, message, .. } => {
+            let ignored = if method == Method::HEAD {
+                Some("head")
+            } else if state.guard.admit_token(token).is_err() {
+                metrics::counter!("leadloop_links_throttled_total", "by" => "link").increment(1);
+                Some("replayed")
+            } else {
+                None
+            };
+            match ignored {
+                Some(reason) => {
+                    metrics::counter!("leadloop_nurture_clicks_ignored_total", "reason" => reason)
+                        .increment(1);
+                }
+                None => {
+                    let click = Click {
+                        lead: &lead,
+                        track: &track,
+                        step: &step,
+                        link: &link,
+                        url: &url,
+                        message: message.as_ref(),
+                    };
+                    // The redirect goes out even if recording fails: the reader wanted the page.
+                    match state.engine.record_click(&click, &state.clicks).await {
+                        Ok(ClickOutcome::Counted) => {}
+                        Ok(outcome) => {
+                            tracing::debug!(lead_id = %lead, track, link, outcome = outcome.as_str(), "tracked click not counted")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, lead_id = %lead, track, link, "cannot record a tracked click")
+                        }
+                    }
+                }
             }
             // 302 Found: the target is the signed one, so this is never an open redirect.
-            match axum::http::HeaderValue::from_str(&url) {
-                Ok(location) => {
-                    (StatusCode::FOUND, [(axum::http::header::LOCATION, location)]).into_response()
-                }
+            match HeaderValue::from_str(&url) {
+                Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
                 Err(_) => {
                     page(StatusCode::BAD_REQUEST, "Broken link", "<p>This link's target is not valid.</p>")
                 }
@@ -421,25 +789,41 @@ async fn nurture_get(state: &PublicState, claim: NurtureClaim) -> Response {
     }
 }
 
-/// A nurture link's POST: the one-click unsubscribe (RFC 8058) or the confirmation form's.
+/// A nurture link's POST: the one-click unsubscribe (RFC 8058, whatever the body) or the
+/// confirmation form's.
 async fn nurture_post(state: &PublicState, claim: NurtureClaim) -> Response {
-    let NurtureClaim::Unsubscribe { lead, .. } = claim else {
+    let NurtureClaim::Unsubscribe { lead, address, .. } = claim else {
         return page(StatusCode::METHOD_NOT_ALLOWED, "Not here", "<p>Nothing to do.</p>");
     };
-    match state.engine.unsubscribe(&lead, "one-click").await {
-        Ok(_) => {
-            tracing::info!(lead_id = %lead, "lead unsubscribed from nurture mail");
-            page(StatusCode::OK, "Unsubscribed", "<p>You will receive no more of these emails.</p>")
+    let address = match address.map(|sealed| state.signer.open_address(&lead, &sealed)) {
+        None => None,
+        Some(Some(address)) => Some(address),
+        // A token whose MAC is right always opens; this one was made with another key.
+        Some(None) => return refused(TokenError::Invalid),
+    };
+    match state.engine.unsubscribe(&lead, address.as_deref(), "one-click").await {
+        Ok(Unsubscribed::Done) => {
+            tracing::info!(lead_id = %lead, "unsubscribed from nurture mail");
+            unsubscribed()
+        }
+        Ok(Unsubscribed::Already) => unsubscribed(),
+        Ok(Unsubscribed::Unknown) => {
+            tracing::warn!(lead_id = %lead, "unsubscribe for a lead no longer stored, from a link without its address");
+            page(
+                StatusCode::OK,
+                "Unsubscribed",
+                "<p>The subscription this link belonged to no longer exists: none of these emails will be sent to it.</p>",
+            )
         }
         Err(error) => {
             tracing::error!(%error, lead_id = %lead, "unsubscribe failed");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again",
-                "<p>This could not be recorded just now. Nothing was lost; try again in a minute.</p>",
-            )
+            try_again()
         }
     }
+}
+
+fn unsubscribed() -> Response {
+    page(StatusCode::OK, "Unsubscribed", "<p>You will receive no more of these emails.</p>")
 }
 
 #[cfg(test)]
@@ -471,8 +855,16 @@ mod tests {
     fn nurture_tokens_carry_their_target_and_refuse_tampering() {
         let now: Timestamp = "2026-03-02T14:00:00Z".parse().expect("instant");
         let s = signer("0123456789abcdef0123456789abcdef");
-        let url =
-            s.click(&LeadId::new("00Q.1"), "welcome", "step 1", "pricing", "https://example.com/p?a=1", now);
+        let lead = LeadId::new("00Q.1");
+        let link = TrackedLink {
+            message: None,
+            lead: &lead,
+            track: "welcome",
+            step: "step 1",
+            link: "pricing",
+            target: "https://example.com/p?a=1",
+        };
+        let url = s.click(&link, now);
         let token = url.strip_prefix("https://leads.example.com/l/").expect("base url");
         let Ok(AnyClaim::Nurture(NurtureClaim::Click { lead, url, .. })) = s.verify_any(token, now) else {
             panic!("a click claim")
@@ -484,7 +876,7 @@ mod tests {
             r#"{"k":"c","l":"00Q.1","t":"welcome","s":"step 1","n":"pricing","u":"https://evil.example","e":9999999999}"#,
         );
         assert_eq!(s.verify_any(&format!("{forged}.{mac}"), now), Err(TokenError::Invalid));
-        let unsubscribe = s.unsubscribe(&LeadId::new("00Q1"), now);
+        let unsubscribe = s.unsubscribe(&LeadId::new("00Q1"), "Ana@Acme.example", now);
         let token = unsubscribe.strip_prefix("https://leads.example.com/l/").expect("base url");
         assert!(matches!(s.verify_any(token, now), Ok(AnyClaim::Nurture(NurtureClaim::Unsubscribe { .. }))));
         // Nurture links outlive SLA links (400 days by default).
@@ -494,5 +886,42 @@ mod tests {
         let sla = s.link(SalesAction::Accept, &LeadId::new("00Q1"), 1, now);
         let token = sla.strip_prefix("https://leads.example.com/l/").expect("base url");
         assert!(matches!(s.verify_any(token, now), Ok(AnyClaim::Sales(_))));
+    }
+
+    #[test]
+    fn sealed_addresses_open_only_for_their_lead_and_key() {
+        let s = signer("0123456789abcdef0123456789abcdef");
+        let lead = LeadId::new("00Q1");
+        let sealed = s.seal_address(&lead, " Ana@Acme.Example ", 1_900_000_000).expect("sealed");
+        assert!(!String::from_utf8_lossy(&URL_SAFE_NO_PAD.decode(&sealed).expect("base64")).contains("acme"));
+        assert_eq!(s.open_address(&lead, &sealed).as_deref(), Some("ana@acme.example"));
+        // The same link is the same token; another expiry is another nonce.
+        assert_eq!(
+            s.seal_address(&lead, "ana@acme.example", 1_900_000_000).as_deref(),
+            Some(sealed.as_str())
+        );
+        assert_ne!(
+            s.seal_address(&lead, "ana@acme.example", 1_900_000_001).as_deref(),
+            Some(sealed.as_str())
+        );
+        assert_eq!(s.open_address(&LeadId::new("00Q2"), &sealed), None);
+        assert_eq!(signer("another key, also thirty-two bytes").open_address(&lead, &sealed), None);
+        assert_eq!(s.seal_address(&lead, "  ", 1_900_000_000), None);
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_names_it() {
+        let trusted: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip")];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1, 198.51.100.7, 10.0.0.2"));
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(client_ip(ip("127.0.0.1"), &headers, &trusted), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("203.0.113.5"), &headers, &trusted), ip("203.0.113.5"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &HeaderMap::new(), &trusted), ip("127.0.0.1"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("garbage, 10.0.0.2"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &headers, &trusted), ip("10.0.0.2"));
+        // An IPv6 client counts by its /64; a mapped IPv4 one as IPv4.
+        assert_eq!(client_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 }

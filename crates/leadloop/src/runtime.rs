@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreEngine};
 use crate::exit;
-use crate::links::Signer;
+use crate::links::{LinkRules, Signer};
 
 /// How long the public link listener gets to finish its requests once the engine has drained.
 const LISTENER_GRACE: Duration = Duration::from_secs(2);
@@ -264,8 +264,9 @@ pub struct Runtime {
     pub email: Option<Arc<EmailRelay>>,
     pub crm: Option<CrmParts>,
     pub calendar: Option<CalendarParts>,
-    /// The bound public link listener, served by `run`.
+    /// The bound public link listener, served by `run`, and what it allows.
     public: Option<tokio::net::TcpListener>,
+    link_rules: LinkRules,
     /// Cancelled to stop the engine and every relay and poller; the connectors hold it too.
     stop: CancellationToken,
     max_idle: Duration,
@@ -423,6 +424,7 @@ impl Runtime {
             crm,
             calendar,
             public,
+            link_rules: config.links.as_ref().map(|links| links.rules()).unwrap_or_default(),
             stop,
             max_idle: config.daemon.max_idle,
             shutdown_grace: config.daemon.shutdown_grace,
@@ -435,7 +437,7 @@ impl Runtime {
         &mut self,
         stop: CancellationToken,
     ) -> Option<JoinHandle<std::io::Result<()>>> {
-        serve_links(self.public.take(), self.signer.clone(), &self.engine, stop)
+        serve_links(self.public.take(), self.signer.clone(), &self.engine, &self.link_rules, stop)
     }
 
     /// The address the public link listener is bound to, if it runs.
@@ -457,6 +459,7 @@ impl Runtime {
             crm,
             calendar,
             public,
+            link_rules,
             stop,
             max_idle,
             shutdown_grace,
@@ -490,7 +493,7 @@ impl Runtime {
         });
         // The public listener outlives the drain: a rep's click during it still gets an answer.
         let listeners = CancellationToken::new();
-        let public_task = serve_links(public, signer, &engine, listeners.clone());
+        let public_task = serve_links(public, signer, &engine, &link_rules, listeners.clone());
 
         let mut ended = tokio::select! {
             _ = shutdown.cancelled() => None,
@@ -552,13 +555,12 @@ fn serve_links(
     listener: Option<tokio::net::TcpListener>,
     signer: Option<Arc<Signer>>,
     engine: &Engine,
+    rules: &LinkRules,
     stop: CancellationToken,
 ) -> Option<JoinHandle<std::io::Result<()>>> {
     let (listener, signer) = (listener?, signer?);
-    let router = crate::links::router(signer, engine.clone());
-    Some(tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
-    }))
+    let (engine, rules) = (engine.clone(), rules.clone());
+    Some(tokio::spawn(crate::links::serve(listener, signer, engine, rules, stop)))
 }
 
 /// A calendar with nothing in it for each person `[calendar]` maps, which keeps the holds it

@@ -87,6 +87,14 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "leadloop_email_oldest_due_seconds",
         "how long the most overdue pending email has been due"
     );
+    metrics::describe_counter!(
+        "leadloop_nurture_clicks_ignored_total",
+        "tracked-link clicks redirected but not counted, by reason (head, early, repeated, replayed, unknown_lead)"
+    );
+    metrics::describe_counter!(
+        "leadloop_links_throttled_total",
+        "public listener requests refused or not acted on past a rate limit, by client or link"
+    );
     metrics::describe_gauge!("leadloop_store_size_bytes", "size of the state directory's store on disk");
     metrics::describe_gauge!("leadloop_store_commits", "batches committed since start");
     metrics::describe_gauge!("leadloop_store_flushes", "flushes to disk since start (commits share flushes)");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use leadloop::links::{Signer, router};
+use leadloop::links::{LinkRules, Signer};
 use leadloop_core::sla::{SlaConfig, SlaRules};
 use leadloop_core::{Channel, Effect, Lead, LeadId, Person, PersonId, Role, VirtualClock};
 use leadloop_engine::Engine;
@@ -34,10 +34,13 @@ async fn rig() -> Rig {
     ));
     let rules = SlaRules::new(SlaConfig::default()).with_links(signer.clone());
     let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules));
-    tokio::spawn({
-        let app = router(signer, engine.clone());
-        async move { axum::serve(listener, app).await }
-    });
+    tokio::spawn(leadloop::links::serve(
+        listener,
+        signer,
+        engine.clone(),
+        LinkRules::default(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     engine
         .upsert_person(Person {
             id: PersonId::new("005A"),

@@ -179,7 +179,10 @@ fn widen(text: &str, range: Range<usize>) -> Range<usize> {
     let head = text[line_start..range.start].trim_matches(|c: char| c.is_whitespace() || c == '[');
     let tail = text[range.end..line_end].trim_matches(|c: char| c.is_whitespace() || c == ']');
     let start = if head.is_empty() { line_start } else { range.start };
-    let end = if tail.is_empty() || tail.starts_with('#') { line_end } else { range.end };
+    // Only a range that starts its line takes the closing brackets after it: the last element
+    // of a one-line array (`key = ["bad"]`) must leave the array's `]` behind.
+    let end =
+        if (tail.is_empty() && head.is_empty()) || tail.starts_with('#') { line_end } else { range.end };
     start..end
 }
 
@@ -735,7 +738,47 @@ fn check_links(config: &Config, report: &mut impl FnMut(String, String, Severity
             Severity::Error,
         );
     }
+    if links.click_window.is_zero() {
+        report(
+            "links.click_window".into(),
+            "0s counts every click, replays included: repeated clicks can reach an engagement cap".into(),
+            Severity::Warning,
+        );
+    }
+    if links.click_min_delay.is_zero() {
+        report(
+            "links.click_min_delay".into(),
+            "0s counts clicks made as the email is delivered, which are mail scanners fetching its links"
+                .into(),
+            Severity::Warning,
+        );
+    }
+    let limits = &links.limits;
+    let zero = |key: &str, is_zero: bool, report: &mut dyn FnMut(String, String, Severity)| {
+        if is_zero {
+            report(format!("links.limits.{key}"), "must be more than 0".into(), Severity::Error);
+        }
+    };
+    zero("header_read_timeout", limits.header_read_timeout.is_zero(), report);
+    zero("request_timeout", limits.request_timeout.is_zero(), report);
+    zero("max_connections", limits.max_connections == 0, report);
+    zero("max_in_flight", limits.max_in_flight == 0, report);
+    zero("per_ip_per_minute", limits.per_ip_per_minute == 0, report);
+    zero("per_token", limits.per_token == 0, report);
+    zero("per_token_window", limits.per_token_window.is_zero(), report);
+    if limits.max_body_bytes < MIN_LINK_BODY {
+        report(
+            "links.limits.max_body_bytes".into(),
+            format!(
+                "must be at least {MIN_LINK_BODY}: mail clients send the one-click unsubscribe as a multipart form"
+            ),
+            Severity::Error,
+        );
+    }
 }
+
+/// The smallest body cap accepted for the public listener, in bytes.
+const MIN_LINK_BODY: usize = 1024;
 
 fn check_scoring(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
     const FIELDS: [&str; 7] =
@@ -1213,6 +1256,33 @@ role = "manager"
             &[
                 "t.toml:3:1: store.url_env: warning: applies only to engine = \"postgres\"; ignored with sled",
                 "t.toml:4:1: store.sslmode: warning: applies only to engine = \"postgres\"; ignored with sled",
+            ],
+        );
+    }
+
+    #[test]
+    fn link_limits_are_checked_at_their_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "a test key that is at least 32 bytes long").expect("key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        let head = format!(
+            "[links]\npublic_listen = \"127.0.0.1:9478\"\npublic_url = \"https://leads.example.com\"\nsigning_key_file = \"{}\"\n",
+            key.display()
+        );
+        check(&format!("{head}[links.limits]\nmax_connections = 512\nper_token_window = \"10min\"\n"), &[]);
+        check(
+            &format!(
+                "{head}click_window = \"0s\"\nclick_min_delay = \"0s\"\n[links.limits]\nheader_read_timeout = \"0s\"\nmax_connections = 0\nmax_body_bytes = 100\nper_token = 0\ntrusted_proxies = [\"proxy.local\"]\n"
+            ),
+            &[
+                "t.toml:5:1: links.click_window: warning: 0s counts every click, replays included: repeated clicks can reach an engagement cap",
+                "t.toml:6:1: links.click_min_delay: warning: 0s counts clicks made as the email is delivered, which are mail scanners fetching its links",
+                "t.toml:8:1: links.limits.header_read_timeout: must be more than 0",
+                "t.toml:9:1: links.limits.max_connections: must be more than 0",
+                "t.toml:10:1: links.limits.max_body_bytes: must be at least 1024: mail clients send the one-click unsubscribe as a multipart form",
+                "t.toml:11:1: links.limits.per_token: must be more than 0",
+                "t.toml:12:20: links.limits.trusted_proxies[0]: invalid IP address syntax",
             ],
         );
     }
