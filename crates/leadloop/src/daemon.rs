@@ -212,7 +212,7 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                 || next.routing != config.routing
                 || next.nurture != config.nurture
                 || next.email.is_some() != config.email.is_some()
-                || next.links.is_some() != config.links.is_some()
+                || next.links != config.links
             {
                 tracing::warn!(
                     "[sla], [scoring], [lifecycle], [routing], [nurture], [email] and [links] changes apply on restart"
@@ -230,6 +230,7 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                         sla: config.sla.clone(),
                         email: config.email.clone(),
                         outbox: config.outbox.clone(),
+                        links: config.links.clone(),
                         ..next
                     };
                     tracing::info!(file = %path.display(), people = config.people.len(), "config reloaded; people applied");

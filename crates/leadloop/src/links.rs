@@ -52,7 +52,7 @@ const ADDRESS_KEY_LABEL: &[u8] = b"leadloop unsubscribe address key v1";
 const ADDRESS_NONCE_LABEL: &[u8] = b"leadloop unsubscribe address nonce v1";
 
 /// `[links]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinksConfig {
     /// Where the public listener binds; put the company's reverse proxy in front of it.
