@@ -1196,38 +1196,8 @@ impl Store for PgStore {
 
     async fn load(&self, records: Vec<Record>) -> Result<()> {
         let inner = &self.inner;
-        let mut batch = Batch::new();
-        let mut history = Vec::new();
-        for record in records {
-            match record {
-                Record::Lead { v } => {
-                    batch.put_lead(*v);
-                }
-                Record::Person { v } => {
-                    batch.put_person(v);
-                }
-                // History keeps its exported sequence numbers.
-                Record::History { lead, seq, v } => history.push((lead, seq, v)),
-                Record::Seen { lead, key } => {
-                    batch.mark_seen(lead, key);
-                }
-                Record::Timer { v } => {
-                    batch.set_timer(v);
-                }
-                Record::Outbox { v } => {
-                    batch.update_outbox(v);
-                }
-                Record::Cursor { name, value } => {
-                    batch.set_cursor(name, value);
-                }
-                Record::Suppression { v } => {
-                    batch.suppress(v);
-                }
-                Record::Item { bucket, key, v } => {
-                    batch.put_item(bucket, key, v);
-                }
-            }
-        }
+        // History keeps its exported sequence numbers.
+        let (batch, history) = leadloop_store::import_batch(records);
         inner.ensure_instance().await.map_err(|e| inner.err(e))?;
         let mut client = inner.conn().await?;
         let tx = client.transaction().await.map_err(inner.db("cannot begin the import"))?;

@@ -342,6 +342,33 @@ pub enum Record {
     },
 }
 
+/// History entries set apart by [`import_batch`]: (lead, exported sequence number, event).
+pub type ImportedHistory = Vec<(LeadId, u64, HistoryEvent)>;
+
+/// Records as exported, turned into the batch an engine's [`Store::load`] commits, with the
+/// history set apart: it keeps its exported sequence numbers, so each engine writes it directly.
+pub fn import_batch(records: Vec<Record>) -> (Batch, ImportedHistory) {
+    let mut batch = Batch::new();
+    let mut history = Vec::new();
+    for record in records {
+        match record {
+            Record::Lead { v } => batch.put_lead(*v),
+            Record::Person { v } => batch.put_person(v),
+            Record::History { lead, seq, v } => {
+                history.push((lead, seq, v));
+                continue;
+            }
+            Record::Seen { lead, key } => batch.mark_seen(lead, key),
+            Record::Timer { v } => batch.set_timer(v),
+            Record::Outbox { v } => batch.update_outbox(v),
+            Record::Cursor { name, value } => batch.set_cursor(name, value),
+            Record::Suppression { v } => batch.suppress(v),
+            Record::Item { bucket, key, v } => batch.put_item(bucket, key, v),
+        };
+    }
+    (batch, history)
+}
+
 /// Sizes for metrics and `status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {

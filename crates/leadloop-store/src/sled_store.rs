@@ -876,39 +876,11 @@ impl Store for SledStore {
     }
 
     async fn load(&self, records: Vec<Record>) -> Result<()> {
-        let mut batch = Batch::new();
+        let (batch, imported) = crate::import_batch(records);
+        // History keeps its exported sequence numbers.
         let mut history = sled::Batch::default();
-        for record in records {
-            match record {
-                Record::Lead { v } => {
-                    batch.put_lead(*v);
-                }
-                Record::Person { v } => {
-                    batch.put_person(v);
-                }
-                // History keeps its exported sequence numbers.
-                Record::History { lead, seq, v } => {
-                    history.insert(keys::history(lead.as_str(), seq), codec_encode(&v)?)
-                }
-                Record::Seen { lead, key } => {
-                    batch.mark_seen(lead, key);
-                }
-                Record::Timer { v } => {
-                    batch.set_timer(v);
-                }
-                Record::Outbox { v } => {
-                    batch.update_outbox(v);
-                }
-                Record::Cursor { name, value } => {
-                    batch.set_cursor(name, value);
-                }
-                Record::Suppression { v } => {
-                    batch.suppress(v);
-                }
-                Record::Item { bucket, key, v } => {
-                    batch.put_item(bucket, key, v);
-                }
-            }
+        for (lead, seq, event) in imported {
+            history.insert(keys::history(lead.as_str(), seq), codec_encode(&event)?);
         }
         {
             let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
