@@ -31,20 +31,17 @@ pub fn test(path: &Path, to: &str, state_dir: Option<PathBuf>) -> u8 {
         Ok(found) => found,
         Err(code) => return code,
     };
-    let origin = match &state_dir {
-        Some(_) => "from --state-dir".to_owned(),
-        None => format!("daemon.state_dir of {}", path.display()),
-    };
+    let source = crate::sla_cmd::Source { config_path: path, state_dir, admin: None };
+    let (dir, origin) = source.dir(&config);
     let mut config = config;
-    if let Some(dir) = state_dir {
-        config.daemon.state_dir = dir;
-    }
+    config.daemon.state_dir = dir;
     let Some(email) = config.email() else { return exit::CONFIG };
     if email.deliver == leadloop_smtp::Deliver::Directory && !config.daemon.state_dir.is_dir() {
         eprintln!(
-            "{}",
-            crate::sla_cmd::no_state(&config.daemon.state_dir, &origin, None)
-                .replace("Point it at", "deliver = \"directory\" writes under it; point the test at")
+            "no leadloop state in {} ({origin}); nothing was created.\n\
+             deliver = \"directory\" writes the test message under the daemon's state directory: \
+             pass the daemon's --state-dir, or configure [email.smtp].",
+            config.daemon.state_dir.display()
         );
         return exit::STORE;
     }

@@ -261,7 +261,7 @@ pub struct Source<'a> {
 
 impl Source<'_> {
     /// The directory read, and where that choice came from, as an admin would say it.
-    fn dir(&self, config: &crate::config::Config) -> (PathBuf, String) {
+    pub fn dir(&self, config: &crate::config::Config) -> (PathBuf, String) {
         match &self.state_dir {
             Some(dir) => (dir.clone(), "from --state-dir".to_owned()),
             None => (
@@ -272,17 +272,15 @@ impl Source<'_> {
     }
 }
 
-/// Says where a read-only command looked and found nothing, and how to point it elsewhere.
-pub fn no_state(dir: &Path, origin: &str, admin: Option<(SocketAddr, String)>) -> String {
-    let mut message = format!("no leadloop state in {} ({origin}); nothing was created", dir.display());
-    if let Some((admin, why)) = admin {
-        message.push_str(&format!(", and no daemon answered at {admin} ({why})"));
-    }
-    message.push_str(
-        ".\nPoint it at the daemon's state: --state-dir DIR (the daemon's --state-dir or daemon.state_dir), \
+/// Says where a read-only command looked and found nothing, which daemon did not answer, and
+/// how to point it elsewhere.
+fn no_state(dir: &Path, origin: &str, admin: SocketAddr, why: &str) -> String {
+    format!(
+        "no leadloop state in {} ({origin}); nothing was created, and no daemon answered at {admin} ({why}).\n\
+         Point it at the daemon's state: --state-dir DIR (the daemon's --state-dir or daemon.state_dir), \
          or --admin-listen ADDR to ask a running daemon.",
-    );
-    message
+        dir.display()
+    )
 }
 
 /// Runs `query` against the store; when a daemon holds the state directory, or the directory
@@ -326,7 +324,7 @@ pub fn fetch(config: &crate::config::Config, source: &Source<'_>, query: &Query)
                     );
                     Ok(value)
                 }
-                Err(why) => Err(no_state(&dir, &origin, Some((admin, why)))),
+                Err(why) => Err(no_state(&dir, &origin, admin, &why)),
             },
             Err(error) => Err(error.to_string()),
         }
