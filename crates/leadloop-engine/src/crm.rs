@@ -538,6 +538,23 @@ impl CrmSync {
                         errors = report.errors.len(),
                         "crm sync pass done"
                     );
+                    if !report.errors.is_empty() {
+                        // Why, once per distinct reason (a deferred pass fails every object
+                        // for the same one).
+                        let mut reasons: Vec<&str> = Vec::new();
+                        for (_, error) in &report.errors {
+                            if !reasons.contains(&error.as_str()) {
+                                reasons.push(error);
+                            }
+                        }
+                        let objects: Vec<String> = report.errors.iter().map(|(o, _)| o.to_string()).collect();
+                        tracing::warn!(
+                            objects = %objects.join(","),
+                            reason = %reasons.join("; "),
+                            retry_after_s = report.retry_after.map(|d| d.as_secs()),
+                            "crm sync pass left objects for later"
+                        );
+                    }
                     if report.errors.is_empty() {
                         failures = 0;
                         interval

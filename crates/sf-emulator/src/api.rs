@@ -17,6 +17,15 @@ const LOCATOR_TTL_MS: i64 = 15 * 60 * 1000;
 const DELETED_WINDOW_MS: i64 = 15 * 24 * 3600 * 1000;
 const COLLECTION_LIMIT: usize = 200;
 const COMPOSITE_LIMIT: usize = 25;
+/// Of a Composite request's subrequests, how many may be queries or sObject Collections.
+const COMPOSITE_QUERY_LIMIT: usize = 5;
+
+/// Whether a subrequest's URL is a query (`/query`, `/queryAll`, a query-more locator) or an
+/// sObject Collections call (`/composite/sobjects`).
+fn is_query_or_collection(url: &str) -> bool {
+    let path = url.split('?').next().unwrap_or_default();
+    path.split('/').any(|part| part == "query" || part == "queryAll") || path.contains("/composite/sobjects")
+}
 
 /// Routes one data request. `force_all_or_none` is set for collections inside an all-or-none
 /// Composite request.
@@ -840,6 +849,19 @@ fn composite(shared: &Shared, _version: &str, body: &[u8]) -> Reply {
     };
     if subs.len() > COMPOSITE_LIMIT {
         return Reply::error(400, "LIMIT_EXCEEDED", "Exceeded max limit of subrequests: 25");
+    }
+    // At most five of them may be queries (Query, QueryAll, query more) or sObject Collections.
+    let heavy = subs
+        .iter()
+        .filter_map(|s| s.get("url").and_then(Value::as_str))
+        .filter(|url| is_query_or_collection(url))
+        .count();
+    if heavy > COMPOSITE_QUERY_LIMIT {
+        return Reply::error(
+            400,
+            "LIMIT_EXCEEDED",
+            "Exceeded max limit of query and sObject Collections subrequests: 5",
+        );
     }
     for s in subs {
         let ok = s.get("method").and_then(Value::as_str).is_some()

@@ -184,11 +184,22 @@ async fn data(shared: &Shared, method: &Method, target: &str, headers: &HeaderMa
         None => match authorize(shared, headers) {
             Err(r) => r,
             Ok(()) => {
-                // Count the call unless the allowance is used up.
-                let counted = shared
-                    .api_used
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| (used < max).then_some(used + 1))
-                    .is_ok();
+                // Count the call unless the allowance (or the app's quota) is used up.
+                let app_left = shared.config.app_api_quota.as_ref().is_none_or(|app| {
+                    shared
+                        .app_used
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                            (used < app.quota).then_some(used + 1)
+                        })
+                        .is_ok()
+                });
+                let counted = app_left
+                    && shared
+                        .api_used
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                            (used < max).then_some(used + 1)
+                        })
+                        .is_ok();
                 if counted {
                     shared.api_calls.fetch_add(1, Ordering::Relaxed);
                     let batch = headers
@@ -212,7 +223,12 @@ async fn data(shared: &Shared, method: &Method, target: &str, headers: &HeaderMa
         },
     };
     let used = shared.api_used.load(Ordering::Relaxed);
-    reply.headers.push(("Sforce-Limit-Info", format!("api-usage={used}/{max}")));
+    let mut info = format!("api-usage={used}/{max}");
+    if let Some(app) = &shared.config.app_api_quota {
+        let app_used = shared.app_used.load(Ordering::Relaxed);
+        info.push_str(&format!("; per-app-api-usage={app_used}/{}(appName={})", app.quota, app.app_name));
+    }
+    reply.headers.push(("Sforce-Limit-Info", info));
     reply
 }
 

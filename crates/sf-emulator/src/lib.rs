@@ -37,6 +37,10 @@ pub struct Config {
     pub batch_size: usize,
     /// The daily API request allowance (`Sforce-Limit-Info: api-usage=USED/MAX`).
     pub daily_api_limit: u64,
+    /// The connected app's own quota, where the org sets one: `Sforce-Limit-Info` then carries
+    /// `; per-app-api-usage=USED/QUOTA(appName=NAME)`, and a call past the quota is refused with
+    /// `REQUEST_LIMIT_EXCEEDED`.
+    pub app_api_quota: Option<AppQuota>,
     /// The connected app's consumer key: the JWT `iss` and the `client_id` of the other grants.
     pub consumer_key: String,
     pub client_secret: String,
@@ -55,12 +59,20 @@ pub struct Config {
     pub login_url: Option<String>,
 }
 
+/// A connected app's API quota (`per-app-api-usage`).
+#[derive(Debug, Clone)]
+pub struct AppQuota {
+    pub app_name: String,
+    pub quota: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             api_version: "v62.0".to_owned(),
             batch_size: 2000,
             daily_api_limit: 100_000,
+            app_api_quota: None,
             consumer_key: "leadloop-consumer-key".to_owned(),
             client_secret: "leadloop-client-secret".to_owned(),
             jwt_public_key_pem: None,
@@ -211,6 +223,8 @@ pub(crate) struct Shared {
     pub sessions: Mutex<HashMap<String, Session>>,
     pub cursors: Mutex<HashMap<String, Cursor>>,
     pub api_used: AtomicU64,
+    /// Calls counted against the connected app's quota.
+    pub app_used: AtomicU64,
     pub api_calls: AtomicU64,
     pub logins: AtomicU64,
     pub requests: Mutex<VecDeque<RequestLog>>,
@@ -309,6 +323,7 @@ impl Emulator {
             sessions: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
             api_used: AtomicU64::new(0),
+            app_used: AtomicU64::new(0),
             api_calls: AtomicU64::new(0),
             logins: AtomicU64::new(0),
             requests: Mutex::new(VecDeque::new()),
@@ -419,6 +434,11 @@ impl Emulator {
     /// Sets the used part of the daily allowance (what `Sforce-Limit-Info` reports).
     pub fn set_api_usage(&self, used: u64) {
         self.shared.api_used.store(used, Ordering::Relaxed);
+    }
+
+    /// Sets the used part of the connected app's quota (`per-app-api-usage`).
+    pub fn set_app_api_usage(&self, used: u64) {
+        self.shared.app_used.store(used, Ordering::Relaxed);
     }
 
     /// Queues a fault.

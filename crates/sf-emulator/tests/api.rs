@@ -859,6 +859,53 @@ async fn api_usage_is_reported_counted_and_enforced() {
 }
 
 #[tokio::test]
+async fn a_connected_app_quota_shows_as_a_second_limit_entry_and_is_enforced() {
+    let config = Config {
+        app_api_quota: Some(leadloop_sf_emulator::AppQuota { app_name: "leadloop".into(), quota: 3 }),
+        ..Config::default()
+    };
+    let emu = Emulator::start(config).await.expect("start");
+    let api = Api::login(&emu).await;
+    let limits = format!("/services/data/{V}/limits");
+    for used in 1..=3 {
+        let resp = api.get_raw(&limits).await;
+        assert_eq!(
+            resp.headers()["sforce-limit-info"].to_str().ok(),
+            Some(format!("api-usage={used}/100000; per-app-api-usage={used}/3(appName=leadloop)").as_str())
+        );
+    }
+    let resp = api.get_raw(&limits).await;
+    assert_eq!(resp.status(), 403, "past the app's quota");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body[0]["errorCode"], "REQUEST_LIMIT_EXCEEDED");
+}
+
+#[tokio::test]
+async fn composite_takes_at_most_five_queries() {
+    let emu = Emulator::start(Config::default()).await.expect("start");
+    let api = Api::login(&emu).await;
+    let query = |i: usize| json!({ "method": "GET", "url": format!("/services/data/{V}/query?q=SELECT+Id+FROM+Lead"), "referenceId": format!("q{i}") });
+    let five: Vec<Value> = (0..5).map(query).collect();
+    let (status, out) = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/services/data/{V}/composite"),
+            &json!({ "compositeRequest": five }),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let six: Vec<Value> = (0..6).map(query).collect();
+    let (status, out) = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/services/data/{V}/composite"),
+            &json!({ "compositeRequest": six }),
+        )
+        .await;
+    assert_eq!((status, out[0]["errorCode"].as_str()), (400, Some("LIMIT_EXCEEDED")), "{out}");
+}
+
+#[tokio::test]
 async fn every_fault_fires_as_queued_and_is_consumed() {
     let emu = Emulator::start(Config { batch_size: 200, ..Config::default() }).await.expect("start");
     emu.insert_many("Lead", (0..700).map(|i| lead(&format!("L{i}"), "Co", json!({}))).collect());

@@ -21,18 +21,68 @@ pub enum Priority {
 }
 
 /// The daily allowance as the last response reported it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Budget {
+    /// The org's calls used and allowed in its rolling 24 hours (`api-usage`).
     pub used: Option<u64>,
     pub max: Option<u64>,
+    /// This connected app's quota, where the org sets one (`per-app-api-usage`).
+    pub app: Option<(u64, u64)>,
+    /// The org may run past its allowance for a while (`api-bursts`): Salesforce, not the
+    /// governor, then says when a call is one too many.
+    pub bursts: bool,
 }
 
 impl Budget {
-    /// Calls bulk sync may still make before only the reserve is left.
+    /// Calls bulk sync may still make before only the reserve is left: the tighter of the org's
+    /// allowance and the app's quota.
     pub fn bulk_left(&self, reserve: f64) -> Option<u64> {
-        let (used, max) = (self.used?, self.max?);
-        let keep = (max as f64 * reserve).ceil() as u64;
-        Some(max.saturating_sub(keep).saturating_sub(used))
+        let left = |used: u64, max: u64| {
+            let keep = (max as f64 * reserve).ceil() as u64;
+            max.saturating_sub(keep).saturating_sub(used)
+        };
+        let org = self.used.zip(self.max).map(|(used, max)| left(used, max));
+        let app = self.app.map(|(used, max)| left(used, max));
+        match (org, app) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Reads a `Sforce-Limit-Info` value into this budget. Salesforce documents one entry
+    /// (`api-usage=25/5000`) or several separated by `;` (`api-usage=25/5000;
+    /// per-app-api-usage=17/250(appName=sample-connected-app)`, `api-usage=110018/100000;
+    /// api-bursts=1/750`); entries it may add later are skipped. Returns whether anything was read.
+    pub fn read_limit_info(&mut self, info: &str) -> bool {
+        let mut read = false;
+        for entry in info.split([';', ',']) {
+            let Some((name, value)) = entry.trim().split_once('=') else { continue };
+            // `17/250(appName=…)`: the part before the parenthesis.
+            let value = value.split('(').next().unwrap_or_default();
+            let Some((used, max)) = value.split_once('/') else { continue };
+            let (Ok(used), Ok(max)) = (used.trim().parse::<u64>(), max.trim().parse::<u64>()) else {
+                continue;
+            };
+            match name.trim() {
+                "api-usage" => {
+                    self.used = Some(used);
+                    self.max = Some(max);
+                    // A reading without `api-bursts` says the org is within its allowance.
+                    self.bursts = false;
+                    read = true;
+                }
+                "per-app-api-usage" => {
+                    self.app = Some((used, max));
+                    read = true;
+                }
+                "api-bursts" => {
+                    self.bursts = used < max;
+                    read = true;
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
@@ -101,22 +151,25 @@ impl Api {
     /// Refuses a call the budget cannot afford, before it is made.
     fn admit(&self, priority: Priority) -> Result<(), ConnectorError> {
         let budget = *self.budget.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(used), Some(max)) = (budget.used, budget.max) else { return Ok(()) };
         match priority {
             Priority::Bulk if budget.bulk_left(self.reserve) == Some(0) => {
                 metrics_deferred();
                 Err(transient(
                     format!(
-                        "api budget low: {used} of {max} daily calls used and {:.0} % is kept for SLA writes; bulk sync deferred",
+                        "api budget low: {}; {:.0} % is kept for SLA writes, so bulk sync is deferred",
+                        describe(&budget),
                         self.reserve * 100.0
                     ),
                     Some(LIMIT_BACKOFF),
                 ))
             }
-            Priority::Critical if used >= max => Err(transient(
-                format!("api budget spent: {used} of {max} daily calls used"),
-                Some(LIMIT_BACKOFF),
-            )),
+            Priority::Critical
+                if budget.app.is_some_and(|(used, max)| used >= max)
+                    || (!budget.bursts
+                        && budget.used.zip(budget.max).is_some_and(|(used, max)| used >= max)) =>
+            {
+                Err(transient(format!("api budget spent: {}", describe(&budget)), Some(LIMIT_BACKOFF)))
+            }
             _ => Ok(()),
         }
     }
@@ -209,24 +262,36 @@ impl Api {
     }
 
     fn record_limit(&self, info: &str) {
-        // `api-usage=25/15000`, possibly with other entries after a comma.
-        for part in info.split(',') {
-            let Some(value) = part.trim().strip_prefix("api-usage=") else { continue };
-            let Some((used, max)) = value.split_once('/') else { continue };
-            if let (Ok(used), Ok(max)) = (used.trim().parse::<u64>(), max.trim().parse::<u64>()) {
-                let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
-                budget.used = Some(used);
-                budget.max = Some(max);
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if budget.read_limit_info(info) {
+            if let (Some(used), Some(max)) = (budget.used, budget.max) {
                 metrics::gauge!("leadloop_crm_api_used").set(used as f64);
                 metrics::gauge!("leadloop_crm_api_max").set(max as f64);
+            }
+            if let Some((used, max)) = budget.app {
+                metrics::gauge!("leadloop_crm_app_api_used").set(used as f64);
+                metrics::gauge!("leadloop_crm_app_api_max").set(max as f64);
             }
         }
     }
 
     #[cfg(test)]
     pub fn set_budget(&self, used: u64, max: u64) {
-        *self.budget.lock().unwrap_or_else(|p| p.into_inner()) = Budget { used: Some(used), max: Some(max) };
+        *self.budget.lock().unwrap_or_else(|p| p.into_inner()) =
+            Budget { used: Some(used), max: Some(max), ..Budget::default() };
     }
+}
+
+/// The budget in an operator's words: "9,000 of 10,000 daily calls used (this app: 240 of 250)".
+fn describe(budget: &Budget) -> String {
+    let mut parts = Vec::new();
+    if let (Some(used), Some(max)) = (budget.used, budget.max) {
+        parts.push(format!("{used} of {max} daily calls used"));
+    }
+    if let Some((used, max)) = budget.app {
+        parts.push(format!("this connected app's quota: {used} of {max}"));
+    }
+    parts.join(", ")
 }
 
 fn metrics_deferred() {
@@ -259,11 +324,40 @@ mod tests {
 
     #[test]
     fn reserve_keeps_a_share_for_critical_writes() {
-        let budget = Budget { used: Some(700), max: Some(1000) };
+        let budget = Budget { used: Some(700), max: Some(1000), ..Budget::default() };
         assert_eq!(budget.bulk_left(0.2), Some(100));
-        let budget = Budget { used: Some(850), max: Some(1000) };
+        let budget = Budget { used: Some(850), max: Some(1000), ..Budget::default() };
         assert_eq!(budget.bulk_left(0.2), Some(0));
         assert_eq!(Budget::default().bulk_left(0.2), None);
+    }
+
+    #[test]
+    fn reads_every_documented_form_of_the_limit_header() {
+        let mut budget = Budget::default();
+        assert!(budget.read_limit_info("api-usage=25/5000"));
+        assert_eq!((budget.used, budget.max, budget.app), (Some(25), Some(5000), None));
+
+        let mut budget = Budget::default();
+        assert!(
+            budget
+                .read_limit_info("api-usage=25/5000; per-app-api-usage=17/250(appName=sample-connected-app)")
+        );
+        assert_eq!((budget.used, budget.max, budget.app), (Some(25), Some(5000), Some((17, 250))));
+        // The app's quota is the tighter: 250 - 50 kept - 17 used.
+        assert_eq!(budget.bulk_left(0.2), Some(183));
+
+        let mut budget = Budget::default();
+        assert!(budget.read_limit_info("api-usage=110018/100000; api-bursts=1/750"));
+        assert_eq!((budget.used, budget.max), (Some(110_018), Some(100_000)));
+        assert!(budget.bursts, "the org is bursting past its allowance");
+        assert_eq!(budget.bulk_left(0.2), Some(0));
+
+        // Unknown entries are skipped, and a reading without bursts ends the burst.
+        assert!(budget.read_limit_info("api-usage=10/100000;future-thing=abc"));
+        assert!(!budget.bursts);
+        let mut budget = Budget::default();
+        assert!(!budget.read_limit_info("nothing-we-know=1/2"));
+        assert_eq!(budget, Budget::default());
     }
 
     #[test]

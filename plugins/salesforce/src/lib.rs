@@ -37,6 +37,10 @@ pub const COLLECTION_LIMIT: usize = 200;
 /// Salesforce keeps deleted records for 15 days; an older delete cursor means a full resync.
 const DELETE_WINDOW_DAYS: i64 = 15;
 
+/// Queries one Composite request may hold (Salesforce: 5 of its 25 subrequests). Each object's
+/// first page is one query, and its delete check one more subrequest of another kind.
+const COMPOSITE_QUERIES: usize = 5;
+
 /// Where a sync of one object stands; stored by the engine as an opaque string, and only
 /// after the records read up to it are durable.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -619,9 +623,22 @@ impl Crm for Salesforce {
                 None => firsts.push((i, request.object, cursor)),
             }
         }
-        if !firsts.is_empty() {
-            for (i, result) in self.first_pages(&firsts).await? {
-                results[i] = Some(result);
+        // Salesforce takes at most five queries in one Composite request: one call per five
+        // objects. A call that fails fails its own objects only.
+        let chunks: Vec<_> = firsts.chunks(COMPOSITE_QUERIES).collect();
+        for chunk in &chunks {
+            match self.first_pages(chunk).await {
+                Ok(pages) => {
+                    for (i, result) in pages {
+                        results[i] = Some(result);
+                    }
+                }
+                Err(error) if chunks.len() == 1 => return Err(error),
+                Err(error) => {
+                    for (i, _, _) in *chunk {
+                        results[*i] = Some(Err(error.clone()));
+                    }
+                }
             }
         }
         Ok(results

@@ -29,7 +29,11 @@ struct Rig {
 
 impl Rig {
     async fn start(spec: Option<SeedSpec>) -> Rig {
-        let emu = Emulator::start(leadloop_sf_emulator::Config::default()).await.expect("emulator");
+        Self::start_with(leadloop_sf_emulator::Config::default(), spec).await
+    }
+
+    async fn start_with(config: leadloop_sf_emulator::Config, spec: Option<SeedSpec>) -> Rig {
+        let emu = Emulator::start(config).await.expect("emulator");
         if let Some(spec) = spec {
             seed::populate(&emu, &spec);
         }
@@ -296,6 +300,33 @@ async fn retry_after_is_honoured_and_the_budget_reserve_defers_bulk_sync_not_wri
     let written = relay.run_once().await.expect("relay");
     assert_eq!(written.written, 1);
     assert_eq!(rig.emu.get("Lead", &lead).expect("lead")["Status"], json!("Working - Contacted"));
+}
+
+/// Salesforce sends several `;`-separated entries in `Sforce-Limit-Info` when the org sets a
+/// quota for the connected app; the governor reads them and keeps to the tighter one.
+#[tokio::test]
+async fn a_connected_app_quota_in_a_multi_entry_limit_header_defers_bulk_sync() {
+    let config = leadloop_sf_emulator::Config {
+        app_api_quota: Some(leadloop_sf_emulator::AppQuota { app_name: "leadloop".into(), quota: 250 }),
+        ..leadloop_sf_emulator::Config::default()
+    };
+    let rig = Rig::start_with(config, Some(spec(6_000))).await;
+    // The org has used 1 % of its day; this app has used 240 of its 250.
+    rig.emu.set_api_usage(1_000);
+    rig.emu.set_app_api_usage(240);
+    let report = rig.sync().pass().await.expect("pass");
+    let usage = rig.crm.usage();
+    assert_eq!((usage.used, usage.max), (Some(1_001), Some(100_000)), "the org's figures are read");
+    assert_eq!(usage.bulk_left, Some(0), "the app's quota is the tighter one: {usage:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|(_, e)| e.contains("api budget low") && e.contains("connected app's quota: 241 of 250")),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(rig.lead_count().await, 2_000, "the first page came back with the quota in it");
 }
 
 #[tokio::test]
