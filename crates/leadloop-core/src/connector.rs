@@ -208,6 +208,18 @@ pub trait Crm: Send + Sync {
     fn usage(&self) -> ApiUsage {
         ApiUsage::default()
     }
+
+    /// The connector's last reading of the CRM's allowance, in its own encoding (opaque to the
+    /// engine, like a cursor). The engine keeps it in the store after each pass and gives it
+    /// back to a new process through [`Crm::restore_budget_state`], so a `sync --once` knows the
+    /// budget before its first call. `None`: nothing worth keeping.
+    fn budget_state(&self) -> Option<String> {
+        None
+    }
+
+    /// Takes back what [`Crm::budget_state`] returned in an earlier process; a connector ignores
+    /// a reading too old to trust or one it cannot read.
+    fn restore_budget_state(&self, _state: &str) {}
 }
 
 /// A message for the mailer: which template, for whom, with what data. The mailer renders it.

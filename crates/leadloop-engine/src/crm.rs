@@ -410,9 +410,32 @@ impl CrmSync {
         format!("crm.{}.{}", self.crm.name(), object)
     }
 
+    /// Where the connector's last budget reading is kept between processes.
+    pub fn budget_name(&self) -> String {
+        format!("crm.{}.budget", self.crm.name())
+    }
+
     /// Reads every object until no page is left, each page durable before the next is asked.
     pub async fn pass(&self) -> Result<SyncReport, EngineError> {
         let calls_before = self.crm.usage().calls;
+        if calls_before == 0
+            && let Some(state) = self.engine.store().cursor(&self.budget_name()).await?
+        {
+            // A new process: what the last one learnt of the allowance, before any call.
+            self.crm.restore_budget_state(&state);
+        }
+        let report = self.pass_inner(calls_before).await?;
+        if report.api_calls > 0
+            && let Some(state) = self.crm.budget_state()
+        {
+            let mut batch = Batch::new();
+            batch.set_cursor(self.budget_name(), state);
+            self.engine.store().commit(batch).await?;
+        }
+        Ok(report)
+    }
+
+    async fn pass_inner(&self, calls_before: u64) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         let pending = self.objects.clone();
         {

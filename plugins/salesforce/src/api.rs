@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use leadloop_core::Timestamp;
 use leadloop_core::connector::{ApiUsage, ConnectorError};
 use reqwest::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::{Authenticator, Session, transient};
@@ -21,7 +22,7 @@ pub enum Priority {
 }
 
 /// The daily allowance as the last response reported it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budget {
     /// The org's calls used and allowed in its rolling 24 hours (`api-usage`).
     pub used: Option<u64>,
@@ -112,6 +113,17 @@ struct ErrorItem {
 /// calls come back gradually.
 const LIMIT_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
+/// How long a reading kept by an earlier process is trusted: the allowance is a rolling 24
+/// hours, so an older reading says little about now.
+const SAVED_BUDGET_TTL: chrono::Duration = chrono::Duration::minutes(15);
+
+/// A reading as kept in the store between processes.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedBudget {
+    budget: Budget,
+    at: Timestamp,
+}
+
 #[derive(Debug)]
 pub struct Api {
     http: reqwest::Client,
@@ -145,6 +157,30 @@ impl Api {
             used: budget.used,
             max: budget.max,
             bulk_left: budget.bulk_left(self.reserve),
+        }
+    }
+
+    /// The last reading with when it was taken, for the store; `None` before any response.
+    pub fn budget_state(&self, now: Timestamp) -> Option<String> {
+        let budget = *self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if budget.used.is_none() && budget.app.is_none() {
+            return None;
+        }
+        serde_json::to_string(&SavedBudget { budget, at: now }).ok()
+    }
+
+    /// Takes an earlier process's reading when this one has none yet and it is recent.
+    pub fn restore_budget_state(&self, state: &str, now: Timestamp) {
+        let Ok(saved) = serde_json::from_str::<SavedBudget>(state) else {
+            tracing::debug!("the kept api budget reading is unreadable; ignored");
+            return;
+        };
+        if now - saved.at > SAVED_BUDGET_TTL || saved.at > now {
+            return;
+        }
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if budget.used.is_none() && budget.app.is_none() {
+            *budget = saved.budget;
         }
     }
 

@@ -712,6 +712,14 @@ impl Crm for Salesforce {
     fn usage(&self) -> ApiUsage {
         self.api.usage()
     }
+
+    fn budget_state(&self) -> Option<String> {
+        self.api.budget_state(self.clock.now())
+    }
+
+    fn restore_budget_state(&self, state: &str) {
+        self.api.restore_budget_state(state, self.clock.now());
+    }
 }
 
 fn max_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {

@@ -329,6 +329,31 @@ async fn a_connected_app_quota_in_a_multi_entry_limit_header_defers_bulk_sync() 
     assert_eq!(rig.lead_count().await, 2_000, "the first page came back with the quota in it");
 }
 
+/// A new process (each `sync --once`, a restart) starts from the last process's reading of
+/// the allowance, kept in the store, instead of spending a call to learn it; an old reading is
+/// not trusted.
+#[tokio::test]
+async fn the_budget_reading_outlives_the_process() {
+    let rig = Rig::start(Some(spec(6_000))).await;
+    rig.emu.set_api_usage(85_000);
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(report.api_calls, 1, "the first process spends one call to learn the budget");
+    assert!(report.errors.iter().any(|(_, e)| e.contains("api budget low")), "{:?}", report.errors);
+
+    let rig = rig.restart().await;
+    let calls = rig.emu.api_calls();
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(rig.emu.api_calls(), calls, "the next process knows the budget without a call");
+    assert_eq!(report.api_calls, 0);
+    assert!(report.errors.iter().any(|(_, e)| e.contains("api budget low")), "{:?}", report.errors);
+
+    // Sixteen minutes on, the kept reading is too old: the next process asks again.
+    rig.advance(std::time::Duration::from_secs(16 * 60));
+    let rig = rig.restart().await;
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(report.api_calls, 1, "{report:?}");
+}
+
 #[tokio::test]
 async fn write_back_batches_200_a_call_retries_record_errors_and_dead_letters_what_keeps_failing() {
     let rig = Rig::start(Some(spec(450))).await;
