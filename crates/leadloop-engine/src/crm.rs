@@ -699,7 +699,11 @@ impl CrmRelay {
             })
             .collect();
         let outcomes: Vec<Result<(), ConnectorError>> = match self.crm.push(&writes).await {
-            Ok(results) => results,
+            Ok(results) => {
+                // The CRM answered; nothing of it is recorded yet.
+                crate::relay::failpoint("crm.after_push");
+                results
+            }
             Err(error) => {
                 // The call failed as a whole: nothing was written, the work stays.
                 tracing::warn!(%error, writes = writes.len(), "crm write-back failed; will retry");

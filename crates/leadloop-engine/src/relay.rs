@@ -13,7 +13,8 @@
 //! - Global and per-recipient-domain rate limits hold messages back without counting an
 //!   attempt.
 //! - Failpoints (testing only, see [`failpoint`]): `relay.before_send` and `relay.after_send`
-//!   abort the process at those two points when `LEADLOOP_FAILPOINTS` names them.
+//!   abort the process at those two points when `LEADLOOP_FAILPOINTS` names them (the CRM
+//!   relay has `crm.after_push`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -94,6 +94,7 @@ pub(crate) fn dispatch(
         ("PATCH", ["composite", "sobjects"] | ["composite", "sobjects", ""]) => {
             collections(shared, body, true, force_all_or_none)
         }
+        ("PATCH", ["composite", "sobjects", object, field]) => upsert(shared, object, field, body),
         ("POST", ["composite"] | ["composite", ""]) => composite(shared, version, body),
         _ => Reply::not_found(),
     }
@@ -695,6 +696,112 @@ fn delete_one(shared: &Shared, object: &str, id: &str) -> Reply {
 }
 
 // ----- sObject Collections -----
+
+/// sObject Collections upsert (`PATCH …/composite/sobjects/OBJECT/FIELD`, API 46+): each record
+/// is matched on the External ID field; a match is updated, no match creates one. Answers
+/// `[{id, success, errors, created}]` in order.
+fn upsert(shared: &Shared, object: &str, field: &str, body: &[u8]) -> Reply {
+    let req = match parse_object(body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let all_or_none = req.get("allOrNone").and_then(Value::as_bool).unwrap_or(false);
+    let Some(records) = req.get("records").and_then(Value::as_array) else {
+        return Reply::error(400, "INVALID_FIELD", "Missing required field: records");
+    };
+    if records.len() > COLLECTION_LIMIT {
+        return Reply::error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        );
+    }
+    if shared.db().object(object).is_none() {
+        return Reply::error(404, "NOT_FOUND", &format!("The requested resource does not exist: {object}"));
+    }
+    if !shared.is_external_id(object, field) {
+        return Reply::error(
+            400,
+            "INVALID_FIELD",
+            &format!("Field name provided, {field} is not an External ID or indexed field for {object}"),
+        );
+    }
+    let now = shared.now_ms();
+    let mut db = shared.db_mut();
+    for r in records {
+        if let (Some(m), Some(obj)) = (r.as_object(), db.object(object))
+            && let Some(reply) = unknown_field(obj, m)
+        {
+            return reply;
+        }
+    }
+    let mark = db.begin();
+    let mut results: Vec<Result<(String, bool), RecErr>> = Vec::with_capacity(records.len());
+    for r in records {
+        let Some(m) = r.as_object() else {
+            results.push(Err(rec_err("JSON_PARSER_ERROR", "each record must be a JSON object", &[])));
+            continue;
+        };
+        if r.pointer("/attributes/type").and_then(Value::as_str) != Some(object) {
+            results.push(Err(rec_err(
+                "INVALID_TYPE",
+                format!("sObject type must be {object}, as the request URI names"),
+                &[],
+            )));
+            continue;
+        }
+        if m.contains_key("Id") || m.contains_key("id") {
+            results.push(Err(rec_err(
+                "INVALID_FIELD",
+                "Only external ids are supported, not record ids",
+                &["Id"],
+            )));
+            continue;
+        }
+        let Some(key) = m.get(field).and_then(Value::as_str).filter(|k| !k.is_empty()) else {
+            results.push(Err(rec_err("MISSING_ARGUMENT", format!("{field} not specified"), &[field])));
+            continue;
+        };
+        let existing = db.object(object).and_then(|obj| {
+            obj.index
+                .values()
+                .filter_map(|&slot| obj.record(slot))
+                .filter(|rec| !rec.deleted)
+                .map(|rec| obj.to_map(rec))
+                .find(|map| map.get(field).and_then(Value::as_str) == Some(key))
+                .and_then(|map| map.get("Id").and_then(Value::as_str).map(str::to_owned))
+        });
+        let result = match existing {
+            Some(id) => {
+                write_record(shared, &mut db, object, Some(&id), m.clone(), now).map(|id| (id, false))
+            }
+            None => write_record(shared, &mut db, object, None, m.clone(), now).map(|id| (id, true)),
+        };
+        results.push(result);
+    }
+    let failed = results.iter().any(Result::is_err);
+    if all_or_none && failed {
+        db.rollback_to(mark);
+    }
+    db.end();
+    drop(db);
+    let out: Vec<Value> = results
+        .iter()
+        .map(|r| match r {
+            Ok((id, created)) if all_or_none && failed => json!({
+                "id": id, "success": false, "created": created,
+                "errors": errors_json(&rec_err(
+                    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                    "Record rolled back because not all records were valid and the request was using AllOrNone header",
+                    &[],
+                )),
+            }),
+            Ok((id, created)) => json!({ "id": id, "success": true, "errors": [], "created": created }),
+            Err(e) => json!({ "success": false, "errors": errors_json(e) }),
+        })
+        .collect();
+    Reply::json(200, &Value::Array(out))
+}
 
 fn collections(shared: &Shared, body: &[u8], update: bool, force_all_or_none: bool) -> Reply {
     let req = match parse_object(body) {

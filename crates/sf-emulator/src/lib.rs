@@ -230,6 +230,8 @@ pub(crate) struct Shared {
     pub requests: Mutex<VecDeque<RequestLog>>,
     pub faults: Mutex<Vec<Fault>>,
     pub seq: AtomicU64,
+    /// `(object, field)` pairs declared External ID and unique (upsert keys).
+    pub external_ids: Mutex<Vec<(String, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,6 +239,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    pub fn is_external_id(&self, object: &str, field: &str) -> bool {
+        lock(&self.external_ids).iter().any(|(o, f)| o == object && f == field)
+    }
+
     pub fn now_ms(&self) -> i64 {
         Utc::now().timestamp_millis() + self.offset_ms.load(Ordering::Relaxed)
     }
@@ -329,6 +335,7 @@ impl Emulator {
             requests: Mutex::new(VecDeque::new()),
             faults: Mutex::new(Vec::new()),
             seq: AtomicU64::new(1),
+            external_ids: Mutex::new(Vec::new()),
         });
         let (tx, rx) = oneshot::channel();
         let router = http::router(shared.clone());
@@ -395,6 +402,19 @@ impl Emulator {
     /// Declares a custom field on an object (so queries and API writes may name it).
     pub fn declare_field(&self, object: &str, field: &str) -> bool {
         self.shared.db_mut().object_mut(object).map(|o| o.declare(field)).is_some()
+    }
+
+    /// Declares a custom field marked External ID and unique, as an admin does in Setup, so
+    /// `PATCH …/composite/sobjects/OBJECT/FIELD` upserts on it. False for an unknown object.
+    pub fn declare_external_id(&self, object: &str, field: &str) -> bool {
+        if !self.declare_field(object, field) {
+            return false;
+        }
+        let mut ids = lock(&self.shared.external_ids);
+        if !ids.iter().any(|(o, f)| o == object && f == field) {
+            ids.push((object.to_owned(), field.to_owned()));
+        }
+        true
     }
 
     /// A live record with its system fields and every set field.

@@ -61,6 +61,10 @@ struct Args {
     /// The login URL JWT assertions must name as `aud` (default: the emulator's own URL).
     #[arg(long)]
     login_url: Option<String>,
+    /// A custom field marked External ID and unique, as `OBJECT.FIELD` (e.g.
+    /// `Task.Leadloop_Key__c`), for upserts (repeatable).
+    #[arg(long = "external-id", value_name = "OBJECT.FIELD")]
+    external_ids: Vec<String>,
     /// Log filter (RUST_LOG syntax); logs go to stderr.
     #[arg(long, default_value = "warn")]
     log: String,
@@ -104,6 +108,16 @@ async fn run(args: Args) -> Result<(), String> {
     let emu = Emulator::start_on(config, args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    for external_id in &args.external_ids {
+        let declared = external_id
+            .split_once('.')
+            .is_some_and(|(object, field)| !field.is_empty() && emu.declare_external_id(object, field));
+        if !declared {
+            return Err(format!(
+                "--external-id {external_id}: expected OBJECT.FIELD with a known object, like Task.Leadloop_Key__c"
+            ));
+        }
+    }
     if args.seed_leads > 0 || args.seed_tasks > 0 {
         let started = Instant::now();
         let spec = SeedSpec {

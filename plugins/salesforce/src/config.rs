@@ -58,6 +58,11 @@ pub struct SalesforceConfig {
     /// less than this remains.
     #[serde(default = "default_reserve")]
     pub budget_reserve: f64,
+    /// A custom Task field marked External ID and unique (e.g. `Leadloop_Key__c`): follow-up
+    /// tasks are then upserted on it with their idempotency key, so a call repeated after a
+    /// crash updates the task instead of creating a second one. Without it, such a repeat
+    /// may leave two tasks (`validate` says so).
+    pub task_key_field: Option<String>,
     /// How long one HTTP request may take.
     #[serde(default = "default_timeout", with = "leadloop_plugin::serde_duration")]
     pub timeout: Duration,
@@ -138,6 +143,7 @@ impl SalesforceConfig {
             page_size: default_page_size(),
             overlap: default_overlap(),
             budget_reserve: default_reserve(),
+            task_key_field: None,
             timeout: default_timeout(),
             fields: FieldsConfig::default(),
         }
@@ -166,6 +172,14 @@ impl SalesforceConfig {
             problems.push((
                 "budget_reserve".into(),
                 format!("{} is not a share between 0 and 1 (0.2 keeps 20 %)", self.budget_reserve),
+            ));
+        }
+        if let Some(field) = &self.task_key_field
+            && !is_api_name(field)
+        {
+            problems.push((
+                "task_key_field".into(),
+                format!("`{field}` is not a Salesforce field API name (letters, digits and `_`, like `Leadloop_Key__c`)"),
             ));
         }
         let has = |file: &Option<PathBuf>, env: &Option<String>| file.is_some() || env.is_some();
@@ -229,6 +243,15 @@ fn valid_version(v: &str) -> bool {
 pub(crate) fn valid_field_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A field API name: a letter, then letters, digits and single underscores (`Leadloop_Key__c`
+/// ends in the custom-field suffix, whose double underscore is allowed).
+fn is_api_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 80
 }
 
 #[cfg(test)]

@@ -548,13 +548,14 @@ impl Salesforce {
     async fn push_chunk(
         &self,
         method: Method,
+        path: &str,
         records: Vec<Value>,
     ) -> Result<Vec<Result<(), ConnectorError>>, ConnectorError> {
         let count = records.len();
         let body = json!({"allOrNone": false, "records": records});
         let response = self
             .api
-            .call(method, &self.api.data_path("composite/sobjects"), Some(&body), Priority::Critical, None)
+            .call(method, &self.api.data_path(path), Some(&body), Priority::Critical, None)
             .await
             .map_err(|e| e.error)?;
         let results: Vec<SaveResult> =
@@ -655,6 +656,7 @@ impl Crm for Salesforce {
         let mut results: Vec<Option<Result<(), ConnectorError>>> = writes.iter().map(|_| None).collect();
         let mut updates = Vec::new();
         let mut creates = Vec::new();
+        let mut upserts = Vec::new();
         let lead_mapping = self.mapping(CrmObject::Lead);
         for (i, write) in writes.iter().enumerate() {
             match write {
@@ -686,14 +688,26 @@ impl Crm for Salesforce {
                     if let (Some(due), Some(map)) = (due, task.as_object_mut()) {
                         map.insert("ActivityDate".into(), json!(due.format("%Y-%m-%d").to_string()));
                     }
-                    creates.push((i, task));
+                    match (&self.config.task_key_field, task.as_object_mut()) {
+                        (Some(field), Some(map)) => {
+                            map.insert(field.clone(), json!(key.as_str()));
+                            upserts.push((i, task));
+                        }
+                        _ => creates.push((i, task)),
+                    }
                 }
             }
         }
-        for (method, list) in [(Method::PATCH, updates), (Method::POST, creates)] {
+        let upsert_path = self.config.task_key_field.as_ref().map(|f| format!("composite/sobjects/Task/{f}"));
+        for (method, path, list) in [
+            (Method::PATCH, Some("composite/sobjects".to_owned()), updates),
+            (Method::POST, Some("composite/sobjects".to_owned()), creates),
+            (Method::PATCH, upsert_path, upserts),
+        ] {
+            let Some(path) = path else { continue };
             for chunk in list.chunks(COLLECTION_LIMIT) {
                 let records = chunk.iter().map(|(_, r)| r.clone()).collect();
-                let outcomes = self.push_chunk(method.clone(), records).await?;
+                let outcomes = self.push_chunk(method.clone(), &path, records).await?;
                 for ((i, _), outcome) in chunk.iter().zip(outcomes) {
                     results[*i] = Some(outcome);
                 }

@@ -500,3 +500,96 @@ async fn logs_in_with_a_signed_jwt_and_with_a_refresh_token() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(report.records.fetched >= 30);
 }
+
+/// Queues `n` follow-up tasks for one lead in a fresh state directory, due a minute ago in
+/// wall-clock time (the worker runs on the system clock).
+async fn queue_tasks(state: &std::path::Path, lead: &str, owner: &str, n: usize) {
+    let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(state)).expect("store");
+    let mut batch = Batch::new();
+    let queued_at = leadloop_core::SystemClock.now() - TimeDelta::minutes(1);
+    for i in 0..n {
+        batch.enqueue(OutboxEntry::new(
+            IdempotencyKey::parse(&format!("task{i}")).expect("valid key"),
+            Effect::CrmTask {
+                lead_id: LeadId::new(lead),
+                owner_id: leadloop_core::PersonId::new(owner),
+                subject: format!("Call the lead back ({i})"),
+                due: None,
+            },
+            queued_at,
+        ));
+    }
+    store.commit(batch).await.expect("queue tasks");
+}
+
+/// Runs the CRM relay worker over `state`; with `failpoint`, armed through the environment.
+fn crm_relay_worker(
+    emu: &Emulator,
+    state: &std::path::Path,
+    secret: &std::path::Path,
+    key_field: Option<&str>,
+    failpoint: Option<&str>,
+) -> std::process::ExitStatus {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_leadloop-crm-relay-worker"));
+    command.arg(state).arg(emu.url()).arg(&emu.config().consumer_key).arg(secret);
+    if let Some(field) = key_field {
+        command.arg(field);
+    }
+    command.env_remove(leadloop_engine::relay::FAILPOINTS_ENV);
+    if let Some(point) = failpoint {
+        command.env(leadloop_engine::relay::FAILPOINTS_ENV, point);
+    }
+    let output = command.output().expect("run the crm relay worker");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() && !stderr.trim().is_empty() {
+        eprintln!("crm relay worker stderr:\n{stderr}");
+    }
+    output.status
+}
+
+/// Fault case: the process dies after Salesforce answered a task write and before the answer
+/// is recorded; the restarted process writes it again. With `task_key_field` the repeat is an
+/// upsert on the idempotency key: one task per key. Without it the task exists twice (the
+/// documented risk `validate` warns of).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_killed_after_salesforce_created_tasks_leaves_one_task_per_key_with_an_external_id() {
+    use std::os::unix::process::ExitStatusExt;
+    const TASKS: usize = 5;
+    const FIELD: &str = "Leadloop_Key__c";
+    let emu = Emulator::start(leadloop_sf_emulator::Config::default()).await.expect("emulator");
+    assert!(emu.declare_external_id("Task", FIELD));
+    let owner = emu
+        .insert("User", fields(json!({"Username": "rep@corp.example", "LastName": "Rep", "IsActive": true})));
+    let lead = emu.insert("Lead", fields(json!({"LastName": "Lead", "Company": "Co", "OwnerId": owner})));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, &emu.config().client_secret).expect("secret");
+
+    let mut counts = Vec::new();
+    for (run, key_field) in [("with", Some(FIELD)), ("without", None)] {
+        let state = dir.path().join(format!("state-{run}"));
+        queue_tasks(&state, &lead, &owner, TASKS).await;
+        let before = emu.count("Task");
+        let status = crm_relay_worker(&emu, &state, &secret, key_field, Some("crm.after_push"));
+        assert_eq!(status.signal(), Some(6), "the failpoint kills the worker (SIGABRT): {status:?}");
+        assert_eq!(emu.count("Task") - before, TASKS, "Salesforce created the tasks before the kill");
+        let status = crm_relay_worker(&emu, &state, &secret, key_field, None);
+        assert!(status.success(), "the restarted worker finishes the outbox: {status:?}");
+        let created = emu.count("Task") - before;
+        let duplicated = created - TASKS;
+        eprintln!(
+            "fault: killed after Salesforce answered {TASKS} task writes, before recording them, \
+             {run} task_key_field — tasks {created}, lost 0, duplicated {duplicated}"
+        );
+        counts.push(created);
+    }
+    assert_eq!(counts[0], TASKS, "with the External ID field, one task per key");
+    let keyed: Vec<String> = emu
+        .all("Task")
+        .iter()
+        .filter_map(|t| t.get(FIELD).and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = keyed.iter().collect();
+    assert_eq!((keyed.len(), unique.len()), (TASKS, TASKS), "{keyed:?}");
+    assert_eq!(counts[1], 2 * TASKS, "without it, the documented risk: each task twice");
+}

@@ -560,6 +560,19 @@ fn check_crm(config: &Config, report: &mut impl FnMut(String, String, Severity))
     if let Some(host) = cleartext_host(&salesforce.login_url) {
         report("crm.salesforce.login_url".into(), cleartext_message(&host), Severity::Error);
     }
+    let creates_tasks = config.sla.policies.iter().flat_map(|p| &p.steps).any(|step| {
+        step.actions.iter().any(|a| matches!(a, leadloop_core::sla::StepAction::CreateTask { .. }))
+    });
+    if creates_tasks && salesforce.task_key_field.is_none() {
+        report(
+            "crm.salesforce.task_key_field".into(),
+            "SLA steps create follow-up tasks, but no External ID field is named for them: a crash \
+             between Salesforce's answer and leadloop recording it would create a task twice \
+             (see docs/salesforce.md, \"Tasks exactly once\")"
+                .into(),
+            Severity::Warning,
+        );
+    }
     if problems.is_empty() {
         // Reads the secrets and parses the key, without calling Salesforce.
         let cx = leadloop_plugin::BuildContext {
@@ -1037,6 +1050,35 @@ role = "manager"
         assert!(
             cleartext_message("x.example")
                 .starts_with("http:// would send credentials and lead data to x.example")
+        );
+    }
+
+    #[test]
+    fn tasks_without_an_external_id_field_are_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret").expect("write");
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let crm = format!(
+            "[crm]\ntype = \"salesforce\"\n[crm.salesforce]\nlogin_url = \"https://login.salesforce.com\"\nclient_id = \"id\"\nauth = \"client_credentials\"\nclient_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let sla = "[[sla.policy]]\nname = \"p\"\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\nactions = [{ type = \"create_task\", subject = \"Call\" }]\n";
+        check(
+            &format!("{crm}{sla}"),
+            &[
+                "t.toml:3:6: crm.salesforce.task_key_field: warning: SLA steps create follow-up tasks, but no External ID field is named for them: a crash between Salesforce's answer and leadloop recording it would create a task twice (see docs/salesforce.md, \"Tasks exactly once\")",
+            ],
+        );
+        let keyed = crm.replace("auth = ", "task_key_field = \"Leadloop_Key__c\"\nauth = ");
+        check(&format!("{keyed}{sla}"), &[]);
+        let bad = crm.replace("auth = ", "task_key_field = \"Leadloop Key\"\nauth = ");
+        check(
+            &format!("{bad}{sla}"),
+            &[
+                "t.toml:6:1: crm.salesforce.task_key_field: `Leadloop Key` is not a Salesforce field API name (letters, digits and `_`, like `Leadloop_Key__c`)",
+            ],
         );
     }
 
