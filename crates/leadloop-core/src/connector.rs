@@ -25,6 +25,10 @@ pub enum ConnectorError {
     /// Credentials were refused; an operator must act.
     #[error("authentication failed: {message}")]
     Auth { message: String },
+    /// A local disk the connector writes to is full (the `.eml` directory): no retry in this
+    /// process helps, so the daemon stops (exit 74) and the work waits for the restart.
+    #[error("no space left: {message}")]
+    NoSpace { message: String },
 }
 
 impl ConnectorError {

@@ -65,6 +65,46 @@ pub struct TickReport {
     pub more: bool,
 }
 
+/// Raised once a part of the daemon hit a failure that no retry in this process can fix (a
+/// full disk under the mail directory); the daemon stops on it with exit 74, as it does on a
+/// broken store ([`Store::broken`]).
+#[derive(Debug, Clone)]
+pub struct Halt(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for Halt {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(None)))
+    }
+}
+
+impl Halt {
+    /// Raises the halt with why (the first reason is kept).
+    pub fn raise(&self, why: String) {
+        self.0.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(why);
+            true
+        });
+    }
+
+    /// Why the halt was raised, if it was.
+    pub fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves once the halt is raised, with why.
+    pub async fn raised(&self) -> String {
+        let mut watch = self.0.subscribe();
+        let why = watch.wait_for(Option::is_some).await.ok().and_then(|why| why.clone());
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -86,6 +126,8 @@ pub struct Engine {
     calendar: Arc<std::sync::RwLock<Arc<leadloop_core::calendar::CalendarSignals>>>,
     /// The keys of the CRM quarantine bucket, once read (`crm.rs`).
     quarantined: Arc<std::sync::Mutex<Option<std::collections::BTreeSet<String>>>>,
+    /// Raised by a part that cannot go on in this process (see [`Halt`]).
+    halt: Halt,
 }
 
 impl std::fmt::Debug for Engine {
@@ -108,7 +150,13 @@ impl Engine {
             observer: None,
             calendar: Arc::default(),
             quarantined: Arc::default(),
+            halt: Halt::default(),
         }
+    }
+
+    /// The halt every part built from this engine raises when it cannot go on.
+    pub fn halt(&self) -> Halt {
+        self.halt.clone()
     }
 
     /// Wakes `notify` whenever a commit queues effects (a relay's waker; each relay adds
@@ -500,8 +548,10 @@ impl Engine {
                 }
                 // A full disk leaves sled refusing every write until the store is reopened:
                 // stop, so the daemon exits and its supervisor restarts it.
-                Err(EngineError::Store(error @ StoreError::NoSpace { .. })) => {
-                    tracing::error!(%error, "state directory full; stopping");
+                Err(EngineError::Store(
+                    error @ (StoreError::NoSpace { .. } | StoreError::Stalled { .. }),
+                )) => {
+                    tracing::error!(%error, "the store takes no more writes; stopping");
                     return Err(EngineError::Store(error));
                 }
                 Err(error) => {

@@ -126,6 +126,8 @@ pub struct EmailRelay {
     wake: Arc<Notify>,
     /// The engine's writer lock, held while an outcome that may change a lead is recorded.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Raised when the mailer reports a full local disk.
+    halt: Option<crate::Halt>,
 }
 
 impl std::fmt::Debug for EmailRelay {
@@ -159,7 +161,14 @@ impl EmailRelay {
             limiter: Mutex::new(Limiter::default()),
             wake: Arc::new(Notify::new()),
             writer: Arc::default(),
+            halt: None,
         }
+    }
+
+    /// Raises `halt` when the mailer reports a full local disk (the daemon then stops).
+    pub fn with_halt(mut self, halt: crate::Halt) -> Self {
+        self.halt = Some(halt);
+        self
     }
 
     /// Shares the engine's writer lock, so a hard bounce moving a lead to Graveyard never
@@ -245,6 +254,15 @@ impl EmailRelay {
             let mut batch = Batch::new();
             for (mut entry, mut email, result) in chunk {
                 let outcome = match result {
+                    // A full local disk (the `.eml` directory): nothing was sent and nothing
+                    // is recorded; the entry waits, as it is, for the restart.
+                    Err(ConnectorError::NoSpace { message }) => {
+                        tracing::error!(key = %entry.key, error = %message, "email not written: no space left; stopping");
+                        if let Some(halt) = &self.halt {
+                            halt.raise(message);
+                        }
+                        continue;
+                    }
                     Ok(receipt) => Outcome::Sent { reply: receipt.reply },
                     Err(ConnectorError::Permanent { message }) => {
                         Outcome::Failed { hard_bounce: hard_bounced(&message, &email), reason: message }

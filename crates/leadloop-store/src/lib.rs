@@ -63,6 +63,12 @@ pub enum StoreError {
         "no space left in state directory {path}; free space and restart leadloop (nothing was acknowledged that is not on disk)"
     )]
     NoSpace { path: PathBuf },
+    /// A flush did not return within its deadline (a full or failing disk): the store takes no
+    /// more writes in this process.
+    #[error(
+        "the store in {path} did not finish writing to disk within {waited_s} s (a full or failing disk?); leadloop stops: check the disk and its free space, then restart (nothing was acknowledged that is not on disk)"
+    )]
+    Stalled { path: PathBuf, waited_s: u64 },
     #[error("storage engine error in {path}: {message}")]
     Engine { path: PathBuf, message: String },
     #[error(
@@ -480,4 +486,12 @@ pub trait Store: Send + Sync + 'static {
     async fn is_empty(&self) -> Result<bool>;
 
     fn stats(&self) -> Stats;
+
+    /// Resolves once the store can take no more writes until it is opened again, with why
+    /// (sled: a full disk, or a flush that did not return within its deadline). The daemon
+    /// stops on it (exit 74) instead of running on a store that refuses everything. A store
+    /// that recovers by itself (PostgreSQL retries a full server disk) never resolves it.
+    async fn broken(&self) -> StoreError {
+        std::future::pending().await
+    }
 }

@@ -30,13 +30,24 @@ pub struct SledConfig {
     pub dir: PathBuf,
     /// Upper bound of sled's page cache, in bytes (default 64 MiB).
     pub cache_bytes: u64,
+    /// How long a flush to disk may take before the store gives up on this process (a full
+    /// or failing disk can leave sled's flush waiting forever): every later write and
+    /// durable read is refused with [`StoreError::Stalled`] and [`Store::broken`] resolves.
+    pub flush_timeout: std::time::Duration,
 }
 
 impl SledConfig {
     pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+    /// Below the unit's `WatchdogSec=30s`, so a stalled disk ends in exit 74 with the reason
+    /// rather than in a watchdog kill.
+    pub const DEFAULT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), cache_bytes: Self::DEFAULT_CACHE_BYTES }
+        Self {
+            dir: dir.into(),
+            cache_bytes: Self::DEFAULT_CACHE_BYTES,
+            flush_timeout: Self::DEFAULT_FLUSH_TIMEOUT,
+        }
     }
 }
 
@@ -79,7 +90,17 @@ pub struct SledStore {
     stages: Mutex<HashMap<Stage, u64>>,
     /// Open hand-offs per owner, mirrored from the counters kept in the store.
     loads: Mutex<HashMap<String, u64>>,
+    flush_timeout: std::time::Duration,
+    /// Set once the store can take no more writes in this process (see [`Store::broken`]).
+    broken: tokio::sync::watch::Sender<Option<Broken>>,
     _lock: DirLock,
+}
+
+/// Why a store takes no more writes until it is opened again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    NoSpace,
+    Stalled { waited_s: u64 },
 }
 
 impl std::fmt::Debug for SledStore {
@@ -169,6 +190,8 @@ impl SledStore {
             reads: AtomicU64::new(0),
             stages: Mutex::default(),
             loads: Mutex::default(),
+            flush_timeout: config.flush_timeout,
+            broken: tokio::sync::watch::Sender::new(None),
             _lock: lock,
         };
         store.migrate(existed)?;
@@ -620,12 +643,16 @@ impl SledStore {
         Ok(())
     }
 
-    /// Waits until every write numbered `seq` or lower is on disk.
+    /// Waits until every write numbered `seq` or lower is on disk. The flush runs on a
+    /// blocking thread with a deadline (`flush_timeout`): past it the store is broken (a
+    /// flush that never returns would otherwise hold every writer forever).
     async fn sync_to(&self, seq: u64) -> Result<()> {
+        self.check_broken()?;
         if self.flushed.load(Ordering::SeqCst) >= seq {
             return Ok(());
         }
         let _flushing = self.flush_lock.lock().await;
+        self.check_broken()?;
         if self.flushed.load(Ordering::SeqCst) >= seq {
             return Ok(());
         }
@@ -633,12 +660,62 @@ impl SledStore {
         let target = self.written.load(Ordering::SeqCst);
         let db = self.db.clone();
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || db.flush().map_err(|e| engine_error(&dir, e))).await.map_err(
-            |e| StoreError::Engine { path: self.dir.clone(), message: format!("flush task failed: {e}") },
-        )??;
+        let flush = tokio::task::spawn_blocking(move || {
+            flush_failpoint();
+            db.flush().map_err(|e| engine_error(&dir, e))
+        });
+        let flushed = match tokio::time::timeout(self.flush_timeout, flush).await {
+            Ok(joined) => joined.map_err(|e| StoreError::Engine {
+                path: self.dir.clone(),
+                message: format!("flush task failed: {e}"),
+            })?,
+            Err(_) => {
+                // The blocking thread is left to itself: nothing can cancel sled's flush.
+                let waited_s = self.flush_timeout.as_secs().max(1);
+                self.mark_broken(Broken::Stalled { waited_s });
+                return Err(StoreError::Stalled { path: self.dir.clone(), waited_s });
+            }
+        };
+        self.note(flushed)?;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_max(target, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Refuses at once when the store is broken.
+    fn check_broken(&self) -> Result<()> {
+        match *self.broken.borrow() {
+            None => Ok(()),
+            Some(why) => Err(self.broken_error(why)),
+        }
+    }
+
+    fn broken_error(&self, why: Broken) -> StoreError {
+        match why {
+            Broken::NoSpace => StoreError::NoSpace { path: self.dir.clone() },
+            Broken::Stalled { waited_s } => StoreError::Stalled { path: self.dir.clone(), waited_s },
+        }
+    }
+
+    /// The first reason wins; watchers of [`Store::broken`] are told once.
+    fn mark_broken(&self, why: Broken) {
+        self.broken.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(why);
+            true
+        });
+    }
+
+    /// Passes `result` on, marking the store broken on a full disk: sled keeps refusing
+    /// writes after one until it is opened again, and a batch it refused may be half
+    /// applied in memory, so nothing more may be read as durable or written.
+    fn note<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(StoreError::NoSpace { .. }) = &result {
+            self.mark_broken(Broken::NoSpace);
+        }
+        result
     }
 }
 
@@ -648,7 +725,8 @@ impl Store for SledStore {
         if batch.is_empty() {
             return Ok(Committed::default());
         }
-        let (seq, committed) = self.apply(batch)?;
+        self.check_broken()?;
+        let (seq, committed) = self.note(self.apply(batch))?;
         self.sync_to(seq).await?;
         Ok(committed)
     }
@@ -901,6 +979,19 @@ impl Store for SledStore {
         Ok(true)
     }
 
+    async fn broken(&self) -> StoreError {
+        let mut watch = self.broken.subscribe();
+        let why = match watch.wait_for(Option::is_some).await {
+            Ok(why) => *why,
+            // The sender lives as long as the store.
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => self.broken_error(why),
+            None => std::future::pending().await,
+        }
+    }
+
     fn stats(&self) -> Stats {
         Stats {
             size_on_disk: self.db.size_on_disk().unwrap_or(0),
@@ -959,6 +1050,30 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".to_owned())
+}
+
+/// Failpoint `store.flush_stall` (testing only, armed by `LEADLOOP_FAILPOINTS` as the relay's
+/// are, `store.flush_stall@N` for the N-th flush): the flush never returns, as sled's can on a
+/// full or failing disk.
+fn flush_failpoint() {
+    static ARMED: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let armed = ARMED.get_or_init(|| {
+        let spec = std::env::var("LEADLOOP_FAILPOINTS").unwrap_or_default();
+        spec.split(',').map(str::trim).find_map(|item| match item.split_once('@') {
+            None if item == "store.flush_stall" => Some(1),
+            Some(("store.flush_stall", n)) => n.parse::<u64>().ok().filter(|n| *n >= 1),
+            _ => None,
+        })
+    });
+    if let Some(at) = *armed
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= at
+    {
+        tracing::error!(failpoint = "store.flush_stall", "failpoint armed; this flush never returns");
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 fn engine_error(dir: &Path, error: sled::Error) -> StoreError {

@@ -48,7 +48,10 @@ pub fn main(args: RunArgs) -> u8 {
                 return exit::FAILURE;
             }
         };
-    runtime.block_on(run(args, config))
+    let code = runtime.block_on(run(args, config));
+    // A flush stuck on a failing disk keeps its blocking thread: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 fn apply_overrides(config: &mut Config, args: &RunArgs) {
@@ -151,6 +154,9 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             return exit::FAILURE;
         }
     };
+    // Set when the daemon stops because it cannot go on in this process (exit 74).
+    let mut stopped_by: Option<String> = None;
+    let halt = engine.halt();
     let ended = loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received; draining"); break None; }
@@ -163,6 +169,20 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             }
             // The engine loop ended by itself (a full disk); the runtime has drained the rest.
             ended = &mut running => break Some(ended),
+            // Whatever write found the disk full or stalled (a sync page, a relay's outcome, a
+            // link answer): stop now, not at the engine's next commit.
+            error = store.broken() => {
+                ready.store(false, Ordering::SeqCst);
+                tracing::error!(%error, "the store takes no more writes; draining and stopping (exit 74)");
+                stopped_by = Some(error.to_string());
+                break None;
+            }
+            why = halt.raised() => {
+                ready.store(false, Ordering::SeqCst);
+                tracing::error!(error = %why, "cannot go on; draining and stopping (exit 74)");
+                stopped_by = Some(why);
+                break None;
+            }
         }
     };
 
@@ -174,6 +194,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         None => (&mut running).await,
     };
     let code = match ended {
+        _ if stopped_by.is_some() => exit::STORE,
         Ok(ended) => ended.exit_code(),
         Err(error) => {
             tracing::error!(%error, "runtime task panicked");
@@ -186,9 +207,18 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         Err(_) => tracing::warn!("admin listener did not stop in time"),
         _ => {}
     }
-    drop(engine);
-    drop(store);
-    tracing::info!("leadloop stopped");
+    if code == exit::STORE {
+        // Closing sled flushes, which a full or stalled disk may never finish: leave the
+        // store to the process's exit (what is acknowledged is on disk already).
+        std::mem::forget(engine);
+        std::mem::forget(store);
+        let why = stopped_by.as_deref().unwrap_or("the store failed");
+        tracing::error!(exit = code, "leadloop stopped: {why}");
+    } else {
+        drop(engine);
+        drop(store);
+        tracing::info!("leadloop stopped");
+    }
     code
 }
 

@@ -335,7 +335,8 @@ impl Runtime {
                 tracing::info!(deliver = mailer.name(), "email connector started");
                 let relay =
                     EmailRelay::new(Arc::clone(&store), Arc::clone(&clock), mailer, config.outbox.relay())
-                        .with_writer_lock(engine.writer_lock());
+                        .with_writer_lock(engine.writer_lock())
+                        .with_halt(engine.halt());
                 engine = engine.with_waker(relay.waker());
                 Some(Arc::new(relay))
             }
@@ -657,7 +658,9 @@ impl Ended {
     pub fn exit_code(&self) -> u8 {
         match self {
             Ended::Shutdown => exit::OK,
-            Ended::EngineFailed(EngineError::Store(StoreError::NoSpace { .. })) => exit::STORE,
+            Ended::EngineFailed(EngineError::Store(
+                StoreError::NoSpace { .. } | StoreError::Stalled { .. },
+            )) => exit::STORE,
             Ended::EngineStopped | Ended::EngineFailed(_) | Ended::EnginePanicked => exit::FAILURE,
         }
     }

@@ -148,6 +148,32 @@ fn take_counted(shared: &Shared, slow: bool) -> Option<std::time::Duration> {
     Some(out)
 }
 
+/// Fires an `InvalidUtf8` fault whose marker the body holds: each occurrence becomes 0xFF.
+fn corrupt_utf8(shared: &Shared, body: &mut Vec<u8>) {
+    let mut faults = shared.faults();
+    let Some(pos) = faults.iter().position(|f| match f {
+        Fault::InvalidUtf8 { marker, .. } => body.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        _ => false,
+    }) else {
+        return;
+    };
+    let Some(Fault::InvalidUtf8 { marker, times }) = faults.get_mut(pos) else { return };
+    let marker = marker.clone().into_bytes();
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = &body[..];
+    while let Some(at) = rest.windows(marker.len()).position(|w| w == marker.as_slice()) {
+        out.extend_from_slice(&rest[..at]);
+        out.push(0xff);
+        rest = &rest[at + marker.len()..];
+    }
+    out.extend_from_slice(rest);
+    *body = out;
+    *times = times.saturating_sub(1);
+    if *times == 0 {
+        faults.remove(pos);
+    }
+}
+
 fn limit_exceeded() -> Reply {
     Reply::error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
 }
@@ -207,6 +233,7 @@ async fn data(shared: &Shared, method: &Method, target: &str, headers: &HeaderMa
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_batch_size);
                     let mut r = api::dispatch(shared, method.as_str(), target, batch, body, false);
+                    corrupt_utf8(shared, &mut r.body);
                     if take_counted(shared, false).is_some() {
                         let keep = r.body.len() / 2;
                         r.body.truncate(keep.max(1));

@@ -100,7 +100,7 @@ impl Default for Config {
 /// `{"kind":"limit_exceeded","times":1}`, `{"kind":"fail_page","nth":2}`,
 /// `{"kind":"slow","delay_ms":500,"times":1}`,
 /// `{"kind":"record_error","id":"00Q…","status_code":"UNABLE_TO_LOCK_ROW","message":"…","times":1}`,
-/// `{"kind":"malformed","times":1}`.
+/// `{"kind":"malformed","times":1}`, `{"kind":"invalid_utf8","marker":"BADBYTE","times":1}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "FaultWire")]
 pub enum Fault {
@@ -118,6 +118,10 @@ pub enum Fault {
     RecordError { id: String, status_code: String, message: String, times: u32 },
     /// The next `times` data responses have a truncated JSON body.
     Malformed { times: u32 },
+    /// In the next `times` data responses whose body holds `marker` (text in a record), each
+    /// occurrence becomes the single byte 0xFF, which is not UTF-8: a corrupt record as a
+    /// proxy or a bad integration could deliver it.
+    InvalidUtf8 { marker: String, times: u32 },
 }
 
 #[derive(Deserialize)]
@@ -155,6 +159,11 @@ enum FaultWire {
         #[serde(default = "one")]
         times: u32,
     },
+    InvalidUtf8 {
+        marker: String,
+        #[serde(default = "one")]
+        times: u32,
+    },
 }
 
 fn one() -> u32 {
@@ -181,6 +190,12 @@ impl TryFrom<FaultWire> for Fault {
                 Fault::RecordError { id, status_code, message, times }
             }
             FaultWire::Malformed { times } => Fault::Malformed { times },
+            FaultWire::InvalidUtf8 { marker, times } => {
+                if marker.is_empty() {
+                    return Err("invalid_utf8 needs a non-empty marker".into());
+                }
+                Fault::InvalidUtf8 { marker, times }
+            }
         })
     }
 }

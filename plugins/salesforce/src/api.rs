@@ -271,7 +271,7 @@ impl Api {
             if bytes.is_empty() {
                 return Ok(Value::Null);
             }
-            return serde_json::from_slice(&bytes).map_err(|e| {
+            return decode_body(&bytes).map_err(|e| {
                 transient(format!("{}: malformed response body ({e}); will retry", redact(path)), None).into()
             });
         }
@@ -335,6 +335,19 @@ fn metrics_deferred() {
 }
 
 /// Salesforce's error bodies are arrays of `{message, errorCode, fields}`.
+/// A JSON body. Bytes that are not UTF-8 (one bad byte in one record of a Composite answer)
+/// are replaced by U+FFFD instead of failing the whole answer; the mapping then quarantines
+/// the record whose text holds one, and the rest syncs.
+pub fn decode_body(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    if std::str::from_utf8(bytes).is_ok() {
+        return serde_json::from_slice(bytes);
+    }
+    tracing::warn!(
+        "salesforce answer is not valid UTF-8; the bad bytes are replaced and the records holding them quarantined"
+    );
+    serde_json::from_str(&String::from_utf8_lossy(bytes))
+}
+
 pub fn error_detail(bytes: &[u8]) -> (Option<String>, String) {
     if let Ok(items) = serde_json::from_slice::<Vec<ErrorItem>>(bytes)
         && let Some(first) = items.first()
@@ -394,6 +407,17 @@ mod tests {
         let mut budget = Budget::default();
         assert!(!budget.read_limit_info("nothing-we-know=1/2"));
         assert_eq!(budget, Budget::default());
+    }
+
+    #[test]
+    fn a_body_with_bytes_that_are_not_utf8_still_decodes() {
+        let mut body = br#"{"records":[{"LastName":"Ok"},{"LastName":"Bad"#.to_vec();
+        body.push(0xff);
+        body.extend_from_slice(br#""}]}"#);
+        assert!(serde_json::from_slice::<Value>(&body).is_err());
+        let value = decode_body(&body).expect("decodes");
+        assert_eq!(value["records"][0]["LastName"], "Ok");
+        assert_eq!(value["records"][1]["LastName"], "Bad\u{FFFD}");
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub struct SalesforceConfig {
     /// standard mapping.
     #[serde(default)]
     pub fields: FieldsConfig,
+    /// The Lead field (a custom text field such as `Disqualify_Reason__c`) that the reason a
+    /// rep types in a one-click Disqualify answer is written to. Unset, the reason stays in
+    /// leadloop's history only.
+    #[serde(default)]
+    pub disqualify_reason_field: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -146,6 +151,7 @@ impl SalesforceConfig {
             task_key_field: None,
             timeout: default_timeout(),
             fields: FieldsConfig::default(),
+            disqualify_reason_field: None,
         }
     }
 
@@ -160,6 +166,14 @@ impl SalesforceConfig {
             problems.push((
                 "api_version".into(),
                 format!("`{}` is not an API version like `v62.0`", self.api_version),
+            ));
+        }
+        if let Some(field) = &self.disqualify_reason_field
+            && (field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            problems.push((
+                "disqualify_reason_field".into(),
+                format!("`{field}` is not a Salesforce field name (like `Disqualify_Reason__c`)"),
             ));
         }
         if self.client_id.trim().is_empty() {

@@ -661,7 +661,20 @@ impl Crm for Salesforce {
         for (i, write) in writes.iter().enumerate() {
             match write {
                 CrmWrite::UpdateLead { lead_id, fields, .. } => {
-                    let (mut mapped, unknown) = mapping::lead_update_fields(lead_mapping, fields);
+                    // The Disqualify reason goes to its configured field, cut to a text
+                    // field's 255 characters; without one it is left out (kept in history).
+                    let mut fields = fields.clone();
+                    let reason = fields.remove(mapping::DISQUALIFY_REASON);
+                    let (mut mapped, unknown) = mapping::lead_update_fields(lead_mapping, &fields);
+                    match (reason, &self.config.disqualify_reason_field) {
+                        (Some(Value::String(reason)), Some(field)) => {
+                            mapped.insert(field.clone(), json!(reason.chars().take(255).collect::<String>()));
+                        }
+                        (Some(_), None) => {
+                            tracing::debug!(lead_id = %lead_id, "no disqualify_reason_field configured; the reason stays in leadloop's history")
+                        }
+                        _ => {}
+                    }
                     if !unknown.is_empty() {
                         tracing::warn!(lead_id = %lead_id, fields = ?unknown, "no salesforce field is mapped for these; not written");
                     }

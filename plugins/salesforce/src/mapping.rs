@@ -104,6 +104,65 @@ pub fn check_target(object: CrmObject, target: &str) -> Result<(), String> {
     ))
 }
 
+/// The longest text Salesforce stores in a field, in characters, from its field reference
+/// (`string`/`email`/`picklist` lengths); a record holding more did not come from Salesforce
+/// as documented, and would carry it into subjects, logs and the store. Custom fields are
+/// capped at a long text area's 131,072.
+pub fn max_chars(object: CrmObject, field: &str) -> usize {
+    const LONG_TEXT: usize = 131_072;
+    let known: &[(&str, usize)] = match object {
+        CrmObject::Lead => &[
+            ("FirstName", 40),
+            ("LastName", 80),
+            ("Email", 80),
+            ("Company", 255),
+            ("Title", 128),
+            ("Industry", 255),
+            ("Country", 80),
+            ("LeadSource", 255),
+            ("Status", 255),
+        ],
+        CrmObject::Contact => &[("FirstName", 40), ("LastName", 80), ("Email", 80)],
+        CrmObject::User => {
+            &[("Email", 128), ("Name", 121), ("FirstName", 40), ("LastName", 80), ("TimeZoneSidKey", 40)]
+        }
+        CrmObject::Task => &[("Subject", 255), ("Status", 255), ("Type", 255)],
+        CrmObject::Account => &[("Name", 255), ("Website", 255)],
+    };
+    known.iter().find(|(name, _)| name.eq_ignore_ascii_case(field)).map_or(LONG_TEXT, |(_, n)| *n)
+}
+
+/// Why a mapped text value cannot be taken as it is: bytes that were not UTF-8 (replaced by
+/// U+FFFD when the response was decoded), or more characters than Salesforce stores.
+fn text_problem(object: CrmObject, field: &str, value: &str) -> Option<String> {
+    if value.contains('\u{FFFD}') {
+        return Some(format!("{field}: not valid UTF-8 (the CRM sent bytes that are not text)"));
+    }
+    let limit = max_chars(object, field);
+    // Counting stops past the limit: a huge value costs no more than the limit.
+    let count = value.chars().take(limit + 1).count();
+    (count > limit).then(|| {
+        format!("{field}: {} characters, more than the {limit} Salesforce allows", value.chars().count())
+    })
+}
+
+/// The record as kept in the quarantine: a text value over its field's limit is cut to the
+/// limit, marked, so a huge field is not stored whole.
+fn quarantined_raw(object: CrmObject, raw: &Map<String, Value>) -> Value {
+    let mut out = raw.clone();
+    for (field, value) in out.iter_mut() {
+        if let Value::String(text) = value {
+            let limit = max_chars(object, field);
+            if text.chars().take(limit + 1).count() > limit {
+                let total = text.chars().count();
+                let kept: String = text.chars().take(limit).collect();
+                *text = format!("{kept}… [cut: {total} characters]");
+            }
+        }
+    }
+    Value::Object(out)
+}
+
 /// The mapping in force for one object: standard fields plus config, config winning.
 #[derive(Debug, Clone)]
 pub struct Mapping {
@@ -145,7 +204,7 @@ impl Mapping {
             object: self.object,
             id: (!id.is_empty()).then(|| id.clone()),
             reason,
-            raw: Value::Object(raw.clone()),
+            raw: quarantined_raw(self.object, raw),
         };
         if !is_salesforce_id(&id) {
             return Err(quarantine(if id.is_empty() {
@@ -153,6 +212,13 @@ impl Mapping {
             } else {
                 format!("Id `{id}` is not a Salesforce id")
             }));
+        }
+        for crm in self.fields.keys() {
+            if let Some(Value::String(text)) = raw.get(crm)
+                && let Some(problem) = text_problem(self.object, crm, text)
+            {
+                return Err(quarantine(problem));
+            }
         }
         let mut values = Values::default();
         for (crm, ours) in &self.fields {
@@ -395,6 +461,10 @@ pub fn format_datetime(t: Timestamp) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// The write-back field holding the reason of a one-click Disqualify answer; written to
+/// `disqualify_reason_field` when one is configured.
+pub const DISQUALIFY_REASON: &str = "disqualify_reason";
+
 /// leadloop's field names in a write-back, to Salesforce's. Unknown names are returned in
 /// the second list (the relay records them; they are not sent).
 pub fn lead_update_fields(
@@ -472,6 +542,26 @@ mod tests {
             assert_eq!(error.reason, reason, "{input}");
             assert_eq!(error.raw, input);
         }
+    }
+
+    #[test]
+    fn quarantines_text_over_salesforce_limits_or_not_utf8_and_keeps_it_cut() {
+        let long = "x".repeat(1_500_000);
+        let error = lead_mapping()
+            .map(&raw(json!({"Id": "00Q000000000006AAA", "LastName": "X", "FirstName": long})))
+            .expect_err("quarantined");
+        assert_eq!(error.reason, "FirstName: 1500000 characters, more than the 40 Salesforce allows");
+        let kept = error.raw["FirstName"].as_str().expect("text");
+        assert!(kept.starts_with(&"x".repeat(40)) && kept.ends_with("… [cut: 1500000 characters]"), "{kept}");
+        assert!(kept.len() < 100);
+        // At the limit is fine, as is a custom field far longer than a standard one.
+        let at_limit = json!({"Id": "00Q000000000007AAA", "LastName": "X", "FirstName": "y".repeat(40),
+            "Segment__c": "z".repeat(5000)});
+        lead_mapping().map(&raw(at_limit)).expect("maps");
+        let error = lead_mapping()
+            .map(&raw(json!({"Id": "00Q000000000008AAA", "LastName": "Bad\u{FFFD}Byte"})))
+            .expect_err("quarantined");
+        assert_eq!(error.reason, "LastName: not valid UTF-8 (the CRM sent bytes that are not text)");
     }
 
     #[test]

@@ -297,9 +297,11 @@ impl Mailer for EmailConnector {
             }
             Sender::Directory(dir) => {
                 let path = write_eml(dir, email.key.as_str(), &message.formatted()).map_err(|e| {
-                    ConnectorError::Transient {
-                        message: format!("cannot write .eml into {}: {e}", dir.display()),
-                        retry_after: None,
+                    let message = format!("cannot write .eml into {}: {e}", dir.display());
+                    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+                        ConnectorError::NoSpace { message }
+                    } else {
+                        ConnectorError::Transient { message, retry_after: None }
                     }
                 })?;
                 Ok(SendReceipt { message_id: id, reply: format!("written to {}", path.display()) })
@@ -334,13 +336,20 @@ fn write_eml(dir: &Path, key: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let name = format!("{}-{}.eml", &safe[..safe.len().min(80)], &id[..12]);
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::os::unix::fs::OpenOptionsExt::mode(
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true),
-        0o600,
-    )
-    .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    let written = (|| {
+        let mut file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true),
+            0o600,
+        )
+        .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(error) = written {
+        // A half-written file (a full disk) is not left behind to hold the space.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(error);
+    }
     Ok(path)
 }

@@ -54,7 +54,7 @@ impl Rig {
         secret: &std::path::Path,
     ) -> (Engine, Arc<leadloop_salesforce::Salesforce>, Arc<CrmSync>) {
         let text = format!(
-            "[crm]\ntype = \"salesforce\"\n[crm.salesforce]\nlogin_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n[crm.salesforce.fields.lead]\nInterests__c = \"interests\"\n",
+            "[crm]\ntype = \"salesforce\"\n[crm.salesforce]\nlogin_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\ndisqualify_reason_field = \"Disqualify_Reason__c\"\n[crm.salesforce.fields.lead]\nInterests__c = \"interests\"\n",
             emu.url(),
             emu.config().consumer_key,
             secret.display()
@@ -200,6 +200,68 @@ async fn quarantines_bad_records_while_the_rest_syncs_and_releases_them_when_fix
     let items = rig.engine.store().items(QUARANTINE).await.expect("items");
     assert!(!items.iter().any(|(k, _)| k == &format!("lead/{bad_email}")));
     assert_eq!(rig.lead_count().await, 21);
+}
+
+/// Text Salesforce would never send (a first name of 1.5 MB, a byte that is not UTF-8 in one
+/// record of the Composite answer) quarantines that record, with the reason, while every
+/// other record of all five objects syncs; the oversized value is kept cut, not whole.
+#[tokio::test]
+async fn oversized_text_and_bytes_that_are_not_utf8_quarantine_the_record_not_the_sync() {
+    let rig = Rig::start(Some(spec(20))).await;
+    let huge = rig.emu.insert(
+        "Lead",
+        fields(json!({"FirstName": "x".repeat(1_500_000), "LastName": "Huge", "Company": "X"})),
+    );
+    let bad_byte = rig.emu.insert("Lead", fields(json!({"LastName": "BadBADBYTEByte", "Company": "X"})));
+    rig.emu.fault(Fault::InvalidUtf8 { marker: "BADBYTE".into(), times: 1 });
+    let report = rig.sync().pass().await.expect("pass");
+    assert!(report.errors.is_empty(), "no object failed: {:?}", report.errors);
+    assert_eq!(report.records.quarantined, 2, "{report:?}");
+    assert_eq!(rig.lead_count().await, 20, "every other lead synced");
+    assert!(rig.emu.all("User").len() > 1 && rig.engine.org_chart().people().count() > 1, "users synced too");
+    let items: std::collections::BTreeMap<String, Value> =
+        rig.engine.store().items(QUARANTINE).await.expect("items").into_iter().collect();
+    let huge_item = &items[&format!("lead/{huge}")];
+    assert_eq!(huge_item["reason"], "FirstName: 1500000 characters, more than the 40 Salesforce allows");
+    let kept = huge_item["raw"]["FirstName"].as_str().expect("kept cut");
+    assert!(kept.len() < 100 && kept.ends_with("[cut: 1500000 characters]"), "{kept}");
+    assert_eq!(
+        items[&format!("lead/{bad_byte}")]["reason"],
+        "LastName: not valid UTF-8 (the CRM sent bytes that are not text)"
+    );
+    // Fixed in Salesforce, both are released by the next pass.
+    rig.advance(std::time::Duration::from_secs(60));
+    rig.emu.update("Lead", &huge, fields(json!({"FirstName": "Hugh"})));
+    rig.emu.update("Lead", &bad_byte, fields(json!({"LastName": "Byte"})));
+    let report = rig.sync().pass().await.expect("pass");
+    assert_eq!(report.records.quarantined, 0, "{report:?}");
+    assert_eq!(rig.lead_count().await, 22);
+}
+
+/// The reason a rep types in a one-click Disqualify answer is written to the configured
+/// `disqualify_reason_field` with the status (the org has the custom field, as it must).
+#[tokio::test]
+async fn the_disqualify_reason_is_written_to_its_configured_field() {
+    let rig = Rig::start(Some(spec(3))).await;
+    assert!(rig.emu.declare_field("Lead", "Disqualify_Reason__c"));
+    rig.sync().pass().await.expect("pass");
+    let id = rig.emu.all("Lead")[0]["Id"].as_str().expect("id").to_owned();
+    let mut update = Map::new();
+    update.insert("status".into(), json!("Closed - Not Converted"));
+    update.insert("disqualify_reason".into(), json!("student, no budget"));
+    let mut batch = Batch::new();
+    batch.enqueue(OutboxEntry::new(
+        IdempotencyKey::parse("sla/answer").expect("valid key"),
+        Effect::CrmUpdate { lead_id: LeadId::new(&id), fields: update },
+        rig.clock.now(),
+    ));
+    rig.engine.store().commit(batch).await.expect("enqueue");
+    let relay = CrmRelay::new(&rig.engine, rig.crm.clone(), CrmRelayConfig::default());
+    let report = relay.run_once().await.expect("round");
+    assert_eq!(report.written, 1, "{report:?}");
+    let lead = rig.emu.get("Lead", &id).expect("lead");
+    assert_eq!(lead["Status"], "Closed - Not Converted");
+    assert_eq!(lead["Disqualify_Reason__c"], "student, no budget");
 }
 
 #[tokio::test]

@@ -367,6 +367,13 @@ fn check_store(config: &Config, report: &mut impl FnMut(String, String, Severity
                     Severity::Warning,
                 );
             }
+            if store.flush_timeout < std::time::Duration::from_secs(1) {
+                report(
+                    "store.flush_timeout".into(),
+                    "must be at least 1s (a healthy disk can take that long to flush)".into(),
+                    Severity::Error,
+                );
+            }
         }
         super::StoreEngine::Postgres => {
             if let Some(schema) = &store.schema

@@ -226,6 +226,10 @@ pub struct StoreConfig {
     pub engine: StoreEngine,
     /// sled: upper bound of the engine's page cache, in MiB.
     pub cache_mb: u64,
+    /// sled: how long a flush to disk may take before the daemon gives up and exits 74 (a
+    /// full or failing disk can leave it waiting forever).
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub flush_timeout: Duration,
     /// PostgreSQL: a file holding the connection URL (a secret: never in this file).
     pub url_file: Option<PathBuf>,
     /// PostgreSQL: an environment variable holding the connection URL.
@@ -248,6 +252,7 @@ impl Default for StoreConfig {
         Self {
             engine: StoreEngine::Sled,
             cache_mb: 64,
+            flush_timeout: leadloop_store::SledConfig::DEFAULT_FLUSH_TIMEOUT,
             url_file: None,
             url_env: None,
             pool_size: None,
@@ -365,6 +370,7 @@ impl Config {
         leadloop_store::SledConfig {
             dir: dir.unwrap_or_else(|| self.daemon.state_dir.clone()),
             cache_bytes: self.store.cache_mb.saturating_mul(1024 * 1024),
+            flush_timeout: self.store.flush_timeout,
         }
     }
 
