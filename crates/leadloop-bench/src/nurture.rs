@@ -31,10 +31,19 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
+    // Nurture mail needs [links] (every email carries a signed unsubscribe link).
+    let keys = tempfile::tempdir()?;
+    let key = keys.path().join("links-key");
+    std::fs::write(&key, "a benchmark key that is at least 32 bytes long")?;
     let config = crate::config(&format!(
         r#"
 [store]
 cache_mb = {}
+
+[links]
+public_listen = "127.0.0.1:9478"
+public_url = "https://leads.example.com"
+signing_key_file = "{}"
 
 [nurture]
 frequency_cap = {{ max = 2, per = "7days" }}
@@ -54,7 +63,8 @@ after = "3mo"
 from = "enrolment"
 template = "nurture_example"
 "#,
-        args.cache_mb
+        args.cache_mb,
+        key.display()
     ))?;
     // The daemon's rules for this config, as the runtime below runs them.
     let (rules, _) = engine_rules(&config).map_err(|e| anyhow::anyhow!(e))?;

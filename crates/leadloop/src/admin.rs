@@ -1,18 +1,25 @@
 //! The admin HTTP listener: `/healthz` (alive), `/readyz` (store open and engine started, not
-//! draining) and `/metrics` (Prometheus text). Bound to loopback by default; it exposes
-//! nothing a lead or rep should reach.
+//! draining) and `/metrics` (Prometheus text), open to whoever reaches the listener; and the
+//! data views the read-only commands ask a running daemon for (`/sla`, `/sla/LEAD`, `/leads`,
+//! `/quarantine`, `/report/funnel`: lead names, companies, addresses, raw CRM records,
+//! histories), which answer only as [`AdminAuth`] allows. Bound to loopback by default.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hmac::{Hmac, Mac};
+use leadloop_plugin::Secret;
 use leadloop_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::Sha256;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -21,6 +28,111 @@ pub struct AdminState {
     pub store: Option<Arc<dyn Store>>,
     pub sla: Arc<leadloop_core::sla::SlaConfig>,
     pub scoring: Arc<leadloop_core::scoring::ScoringConfig>,
+    /// Who may read the data views.
+    pub auth: Arc<AdminAuth>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The label the token is compared under: both sides are HMACs of it, compared in constant
+/// time, so neither the token's bytes nor its length leak through timing.
+const TOKEN_LABEL: &[u8] = b"leadloop admin token v1";
+
+/// Who may read the admin listener's data views.
+pub enum AdminAuth {
+    /// `Authorization: Bearer TOKEN` with the configured token (`daemon.admin_token_file` or
+    /// `daemon.admin_token_env`); held as its HMAC, never as text.
+    Token(Vec<u8>),
+    /// No token configured and the listener bound to loopback: the data views answer local
+    /// clients, as the host's own users can already read the state directory's owner's files.
+    Loopback,
+    /// No token configured and the listener bound to an address other hosts can reach: the
+    /// data views answer 403.
+    Refuse,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdminAuth::Token(_) => "AdminAuth::Token([redacted])",
+            AdminAuth::Loopback => "AdminAuth::Loopback",
+            AdminAuth::Refuse => "AdminAuth::Refuse",
+        })
+    }
+}
+
+fn token_mac(token: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length; this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(TOKEN_LABEL).unwrap_or_else(|_| std::process::abort());
+    mac.update(token);
+    mac
+}
+
+impl AdminAuth {
+    /// The policy for a listener bound to `listen` with `token` configured (or not).
+    pub fn new(token: Option<&Secret>, listen: SocketAddr) -> Self {
+        match token {
+            Some(token) => {
+                AdminAuth::Token(token_mac(token.expose().trim().as_bytes()).finalize().into_bytes().to_vec())
+            }
+            None if listen.ip().is_loopback() => AdminAuth::Loopback,
+            None => AdminAuth::Refuse,
+        }
+    }
+
+    /// Whether a request with `headers` may read the data views; if not, the answer.
+    fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
+        match self {
+            AdminAuth::Loopback => Ok(()),
+            AdminAuth::Refuse => Err((
+                StatusCode::FORBIDDEN,
+                "lead data is not served on an admin listener other hosts can reach without a token: \
+                 set daemon.admin_token_file (or admin_token_env), or bind daemon.admin_listen to loopback\n",
+            )
+                .into_response()),
+            AdminAuth::Token(expected) => {
+                let presented = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim());
+                let Some(presented) = presented else {
+                    return Err(unauthorized(
+                        "this needs `Authorization: Bearer TOKEN` with the daemon's admin token (daemon.admin_token_file)\n",
+                    ));
+                };
+                // Constant time: the HMAC comparison never stops at the first differing byte.
+                if token_mac(presented.as_bytes()).verify_slice(expected).is_err() {
+                    return Err(unauthorized("the admin token is not right\n"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn unauthorized(message: &'static str) -> Response {
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer realm=\"leadloop admin\"")], message)
+        .into_response()
+}
+
+/// Lets a request through to a data view only as [`AdminAuth`] allows; a refusal is logged
+/// with the client's address (never what it sent).
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    match state.auth.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            let peer = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_default();
+            tracing::warn!(%peer, path = request.uri().path(), status = refused.status().as_u16(), "admin data view refused");
+            metrics::counter!("leadloop_admin_refused_total").increment(1);
+            refused
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -58,16 +170,21 @@ struct SlaQuery {
     rep: Option<String>,
 }
 
+/// The admin routes: health, readiness and metrics open; the data views behind
+/// [`AdminAuth`].
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+    let data = Router::new()
         .route("/sla", get(sla_list))
         .route("/quarantine", get(quarantine_list))
         .route("/leads", get(leads_list))
         .route("/sla/{lead}", get(sla_show))
         .route("/report/funnel", get(funnel))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(data)
         .with_state(state)
 }
 
@@ -138,4 +255,75 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     metrics::gauge!("leadloop_ready").set(if state.ready.load(Ordering::SeqCst) { 1.0 } else { 0.0 });
     let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn app(auth: AdminAuth) -> Router {
+        router(AdminState {
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: None,
+            store: None,
+            sla: Arc::new(leadloop_core::sla::SlaConfig::default()),
+            scoring: Arc::new(leadloop_core::scoring::ScoringConfig::default()),
+            auth: Arc::new(auth),
+        })
+    }
+
+    /// The status of `GET path` with `authorization`, if any.
+    async fn status(app: &Router, path: &str, authorization: Option<&str>) -> u16 {
+        let mut request = axum::http::Request::get(path);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request.body(axum::body::Body::empty()).expect("request");
+        app.clone().oneshot(request).await.expect("answer").status().as_u16()
+    }
+
+    const DATA: [&str; 5] = ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel"];
+
+    #[tokio::test]
+    async fn data_views_need_the_token_and_health_does_not() {
+        let listen: SocketAddr = "0.0.0.0:9477".parse().expect("addr");
+        let app = app(AdminAuth::new(Some(&Secret::for_tests(TOKEN)), listen));
+        for open in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(status(&app, open, None).await, 200, "{open}");
+        }
+        let right = format!("Bearer {TOKEN}");
+        let wrong = format!("Bearer {}", TOKEN.replace('0', "1"));
+        for path in DATA {
+            assert_eq!(status(&app, path, None).await, 401, "{path} without a token");
+            assert_eq!(status(&app, path, Some(&wrong)).await, 401, "{path} with a wrong token");
+            assert_eq!(status(&app, path, Some(TOKEN)).await, 401, "{path} without the scheme");
+            assert_eq!(status(&app, path, Some(&format!("Basic {TOKEN}"))).await, 401, "{path}: Basic");
+            // Let through: this test state has no store, so the view itself answers 503.
+            assert_eq!(status(&app, path, Some(&right)).await, 503, "{path} with the token");
+            assert_eq!(status(&app, path, Some(&format!("bearer  {TOKEN} "))).await, 503, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_token_data_views_answer_on_loopback_only() {
+        let loopback = app(AdminAuth::new(None, "127.0.0.1:9477".parse().expect("addr")));
+        let exposed = app(AdminAuth::new(None, "0.0.0.0:9477".parse().expect("addr")));
+        for path in DATA {
+            assert_eq!(status(&loopback, path, None).await, 503, "{path} on loopback");
+            assert_eq!(status(&exposed, path, None).await, 403, "{path} off loopback");
+        }
+        assert_eq!(status(&exposed, "/healthz", None).await, 200);
+        assert!(matches!(AdminAuth::new(None, "[::1]:9477".parse().expect("addr")), AdminAuth::Loopback));
+        assert_eq!(
+            format!(
+                "{:?}",
+                AdminAuth::new(Some(&Secret::for_tests(TOKEN)), "127.0.0.1:1".parse().expect("addr"))
+            ),
+            "AdminAuth::Token([redacted])"
+        );
+    }
 }

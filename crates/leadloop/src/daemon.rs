@@ -91,6 +91,16 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
 
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = config.daemon.admin_listen;
+    let admin_auth = match config.daemon.admin_token() {
+        Ok(token) => admin::AdminAuth::new(token.as_ref(), admin_addr),
+        Err(error) => {
+            tracing::error!(key = %format!("daemon.{}", error.key), error = %error.message, "cannot read the admin token");
+            return exit::CONFIG;
+        }
+    };
+    if matches!(admin_auth, admin::AdminAuth::Refuse) {
+        tracing::warn!(addr = %admin_addr, "the admin listener is not on loopback and no daemon.admin_token_file is set: its data views (/sla, /leads, /quarantine, /report/funnel) answer 403; /healthz, /readyz and /metrics stay open");
+    }
     let listener = match tokio::net::TcpListener::bind(admin_addr).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -104,6 +114,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         store: Some(Arc::clone(&store)),
         sla: Arc::new(config.sla.clone()),
         scoring: Arc::new(config.scoring.clone()),
+        auth: Arc::new(admin_auth),
     });
     // The admin listener, the gauges and the watchdog stop after the runtime has drained.
     let admin_stop = CancellationToken::new();

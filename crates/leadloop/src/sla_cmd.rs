@@ -311,12 +311,12 @@ pub fn fetch(config: &crate::config::Config, source: &Source<'_>, query: &Query)
                 }
                 .map_err(|e| e.to_string())
             }
-            Err(error) if error.is_locked() => ask_daemon(admin, query).await.map_err(|e| {
+            Err(error) if error.is_locked() => ask_daemon(admin, &config.daemon, query).await.map_err(|e| {
                 format!(
                     "{error}; and its admin listener at {admin} did not answer ({e}); pass --admin-listen"
                 )
             }),
-            Err(StoreError::NoState { .. }) => match ask_daemon(admin, query).await {
+            Err(StoreError::NoState { .. }) => match ask_daemon(admin, &config.daemon, query).await {
                 Ok(value) => {
                     eprintln!(
                         "no leadloop state in {} ({origin}); read from the daemon at {admin}",
@@ -335,8 +335,19 @@ pub fn fetch(config: &crate::config::Config, source: &Source<'_>, query: &Query)
     })
 }
 
-/// Asks a running daemon's admin listener for what `query` reads.
-async fn ask_daemon(admin: SocketAddr, query: &Query) -> Result<Value, String> {
+/// Asks a running daemon's admin listener for what `query` reads, with the admin token of
+/// `daemon` (`admin_token_file` or `admin_token_env`) when one is configured.
+async fn ask_daemon(
+    admin: SocketAddr,
+    daemon: &crate::config::DaemonConfig,
+    query: &Query,
+) -> Result<Value, String> {
+    // A token that cannot be read (a file only the daemon's user may read) is not sent; if
+    // the daemon wants one, its refusal says so, with why this one was not sent.
+    let (token, unread) = match daemon.admin_token() {
+        Ok(token) => (token, None),
+        Err(error) => (None, Some(format!("daemon.{}: {}", error.key, error.message))),
+    };
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(30))
@@ -369,12 +380,28 @@ async fn ask_daemon(admin: SocketAddr, query: &Query) -> Result<Value, String> {
             (url.to_string(), client.get(url))
         }
     };
+    let request = match &token {
+        Some(token) => request.bearer_auth(token.expose().trim()),
+        None => request,
+    };
     let response = request.send().await.map_err(without_url)?;
     if response.status() == reqwest::StatusCode::NOT_FOUND && matches!(query, Query::Show(_)) {
         return Ok(Value::Null);
     }
     if !response.status().is_success() {
-        return Err(format!("{url} answered {}", response.status()));
+        let status = response.status();
+        let said = response.text().await.unwrap_or_default();
+        let hint = match (status, &unread, &token) {
+            (reqwest::StatusCode::UNAUTHORIZED, Some(unread), _) => {
+                format!("; the token was not sent: {unread}")
+            }
+            (reqwest::StatusCode::UNAUTHORIZED, None, None) => {
+                "; set daemon.admin_token_file (or admin_token_env) in the config to the daemon's admin token"
+                    .to_owned()
+            }
+            _ => String::new(),
+        };
+        return Err(format!("{url} answered {status}: {}{hint}", said.trim()));
     }
     response.json::<Value>().await.map_err(|e| format!("{url}: {}", without_url(e)))
 }

@@ -698,6 +698,20 @@ async fn read_only_commands_never_create_a_state_directory_and_find_the_daemon()
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("not-here");
     let unused_admin = format!("127.0.0.1:{}", free_port());
+    // The example config's nurture tracks are commented out (they need [links]): `nurture
+    // preview` reads one with a track.
+    let key = dir.path().join("links-key");
+    std::fs::write(&key, "a test key that is at least 32 bytes long").expect("key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let nurture_config = dir.path().join("nurture.toml");
+    std::fs::write(
+        &nurture_config,
+        format!(
+            "[links]\npublic_listen = \"127.0.0.1:9478\"\npublic_url = \"https://leads.example.com\"\nsigning_key_file = \"{}\"\n[[nurture.tracks]]\nname = \"long-term\"\n[[nurture.tracks.steps]]\nafter = \"1mo\"\ntemplate = \"nurture_example\"\n",
+            key.display()
+        ),
+    )
+    .expect("config");
     for args in [
         &["sla", "list"][..],
         &["sla", "show", "00Q1"],
@@ -711,7 +725,8 @@ async fn read_only_commands_never_create_a_state_directory_and_find_the_daemon()
         &["export", "backup.jsonl"],
     ] {
         let mut command = bin();
-        command.args(args).arg("--config").arg(example_config()).arg("--state-dir").arg(&missing);
+        let config = if args[0] == "nurture" { nurture_config.clone() } else { example_config() };
+        command.args(args).arg("--config").arg(config).arg("--state-dir").arg(&missing);
         if ["sla", "leads", "quarantine", "report"].contains(&args[0]) {
             command.args(["--admin-listen", &unused_admin]);
         }
@@ -770,6 +785,69 @@ async fn read_only_commands_never_create_a_state_directory_and_find_the_daemon()
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert!(report["stages"].as_array().is_some_and(|s| !s.is_empty()), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_data_views_need_the_token_and_the_commands_send_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    state_with_a_handoff(&state).await;
+    let token = "3f6c0a9e8b7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4e3d";
+    let token_file = dir.path().join("admin_token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token");
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let config = dir.path().join("leadloop.toml");
+    std::fs::write(&config, format!("[daemon]\nadmin_token_file = \"{}\"\n", token_file.display()))
+        .expect("config");
+    let no_token = dir.path().join("no-token.toml");
+    std::fs::write(&no_token, "[daemon]\n").expect("config");
+
+    let daemon = Daemon::start(&config, &state);
+    daemon.wait_ready().await;
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    assert_eq!(daemon.get("/metrics").await.0, 200);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", daemon.port);
+    for path in ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel"] {
+        let bare = client.get(url(path)).send().await.expect("GET");
+        assert_eq!(bare.status(), 401, "{path} without a token");
+        assert!(bare.headers().contains_key("www-authenticate"), "{path}");
+        let wrong = client.get(url(path)).bearer_auth(&token[1..]).send().await.expect("GET");
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+        let right = client.get(url(path)).bearer_auth(token).send().await.expect("GET");
+        assert_eq!(right.status(), 200, "{path} with the token");
+    }
+    let leads: serde_json::Value =
+        client.get(url("/leads")).bearer_auth(token).send().await.expect("GET").json().await.expect("json");
+    assert_eq!(leads[0]["lead_id"], "00Q1", "{leads}");
+
+    // The read-only commands ask the daemon (it holds the state directory) with the token of
+    // their config; without one they are refused, and say what to set.
+    let admin = format!("127.0.0.1:{}", daemon.port);
+    let run = move |config: PathBuf, state: PathBuf, admin: String| {
+        tokio::task::spawn_blocking(move || {
+            bin()
+                .args(["leads", "list", "--format", "json", "--admin-listen", &admin, "--config"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(&state)
+                .output()
+                .expect("run")
+        })
+    };
+    let output = run(config.clone(), state.clone(), admin.clone()).await.expect("join");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(rows[0]["lead_id"], "00Q1");
+    let output = run(no_token, state.clone(), admin).await.expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(74), "{stderr}");
+    assert!(
+        stderr.contains("401 Unauthorized") && stderr.contains("set daemon.admin_token_file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token), "{stderr}");
 }
 
 #[test]

@@ -144,6 +144,7 @@ async fn slow_clients_of_the_admin_listener_are_cut_off_while_health_answers() {
         store: None,
         sla: Arc::new(SlaConfig::default()),
         scoring: Arc::new(leadloop_core::scoring::ScoringConfig::default()),
+        auth: Arc::new(leadloop::admin::AdminAuth::Loopback),
     });
     let limits = Limits { header_read_timeout: Duration::from_secs(1), ..Limits::ADMIN };
     tokio::spawn(leadloop::serve::serve(listener, router, limits, CancellationToken::new()));
@@ -182,9 +183,14 @@ async fn rig(rules: LinkRules) -> Rig {
     let addr = listener.local_addr().expect("addr");
     let base = format!("http://{addr}");
     let signer = Arc::new(Signer::new(Secret::for_tests(KEY), &base, Duration::from_secs(14 * 86_400)));
+    let key = dir.path().join("link-key");
+    std::fs::write(&key, KEY).expect("key");
     let (config, _) = leadloop::config::load_str(
         Path::new("t.toml"),
-        "[[scoring.engagement]]\nname = \"clicks\"\nactivity = \"email_click\"\npoints = 1\n[[nurture.tracks]]\nname = \"t\"\n[[nurture.tracks.steps]]\nafter = \"30d\"\ntemplate = \"nurture_example\"\n",
+        &format!(
+            "[[scoring.engagement]]\nname = \"clicks\"\nactivity = \"email_click\"\npoints = 1\n[[nurture.tracks]]\nname = \"t\"\n[[nurture.tracks.steps]]\nafter = \"30d\"\ntemplate = \"nurture_example\"\n[links]\npublic_listen = \"{addr}\"\npublic_url = \"{base}\"\nsigning_key_file = \"{}\"\n",
+            key.display()
+        ),
     )
     .expect("config");
     let policy = config

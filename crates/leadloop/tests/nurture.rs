@@ -38,11 +38,22 @@ at = "10:00"
 template = "nurture_example"
 "#;
 
+/// `CONFIG` with the `[links]` nurture mail needs, its key written in `dir`.
+fn config_text(dir: &std::path::Path) -> String {
+    let key = dir.join("links-key");
+    std::fs::write(&key, "a test key that is at least 32 bytes long").expect("key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    format!(
+        "{CONFIG}\n[links]\npublic_listen = \"127.0.0.1:9478\"\npublic_url = \"https://leads.example.com\"\nsigning_key_file = \"{}\"\n",
+        key.display()
+    )
+}
+
 #[tokio::test]
 async fn tracked_links_record_a_click_and_redirect_to_the_signed_target() {
     let path = std::path::Path::new("t.toml");
-    let (config, _) = leadloop::config::load_str(path, CONFIG).expect("valid config");
     let dir = tempfile::tempdir().expect("tempdir");
+    let (config, _) = leadloop::config::load_str(path, &config_text(dir.path())).expect("valid config");
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("store");
     // Friday 30 January 2026, 16:00 in Berlin.
     let clock = Arc::new(VirtualClock::new("2026-01-30T15:00:00Z".parse().expect("instant")));
@@ -137,7 +148,7 @@ fn nurture_config_problems_name_file_line_and_key() {
 fn nurture_list_and_preview_from_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("leadloop.toml");
-    std::fs::write(&config, CONFIG).expect("write config");
+    std::fs::write(&config, config_text(dir.path())).expect("write config");
     let state = dir.path().join("state");
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_leadloop"))
@@ -180,7 +191,7 @@ fn nurture_list_and_preview_from_the_command_line() {
 fn simulate_prints_nurture_sends_as_email_effects_of_kind_nurture() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("leadloop.toml");
-    std::fs::write(&config, CONFIG).expect("write config");
+    std::fs::write(&config, config_text(dir.path())).expect("write config");
     let events = dir.path().join("events.jsonl");
     std::fs::write(
         &events,
@@ -250,8 +261,9 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    let (config, _) = leadloop::config::load_str(std::path::Path::new("t.toml"), CONFIG).expect("config");
     let dir = tempfile::tempdir().expect("tempdir");
+    let (config, _) =
+        leadloop::config::load_str(std::path::Path::new("t.toml"), &config_text(dir.path())).expect("config");
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("store");
     let clock = Arc::new(VirtualClock::new("2026-01-30T15:00:00Z".parse().expect("instant")));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

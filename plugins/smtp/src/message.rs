@@ -130,11 +130,19 @@ impl Composer {
         for address in &email.cc {
             builder = builder.cc(recipient(address)?);
         }
-        // The signed one-click URL (RFC 8058) that leadloop's public listener serves.
-        if nurture
-            && let Some(url) =
-                email.vars.get("unsubscribe_url").and_then(|v| v.as_str()).filter(|u| !u.is_empty())
-        {
+        // The signed one-click URL (RFC 8058) that leadloop's public listener serves. Nurture
+        // mail never goes out without one (validate refuses nurture tracks without [links]).
+        if nurture {
+            let url = email
+                .vars
+                .get("unsubscribe_url")
+                .and_then(|v| v.as_str())
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    permanent(
+                        "nurture mail without an unsubscribe link is never sent: configure [links]".into(),
+                    )
+                })?;
             if url.chars().any(|c| c.is_control() || c == '>' || c == '<' || c.is_whitespace()) {
                 return Err(permanent(format!("unsubscribe URL {url:?} is not a plain URL")));
             }

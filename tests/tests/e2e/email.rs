@@ -140,6 +140,30 @@ async fn nurture_mail_carries_one_click_unsubscribe_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nurture_mail_without_an_unsubscribe_link_is_never_sent() {
+    let rig = rig(RelayConfig::default(), true).await;
+    let nurture = IdempotencyKey::parse("nurture/00Q1/t/1").expect("valid key");
+    enqueue(&rig, &nurture, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
+    // As nurture rules without [links] would queue it.
+    let mut entry = rig.store.outbox_entry(&nurture).await.expect("read").expect("entry");
+    if let Effect::Email { vars, .. } = &mut entry.effect {
+        vars["unsubscribe_url"] = json!("");
+    }
+    let mut batch = Batch::new();
+    batch.update_outbox(entry);
+    rig.store.commit(batch).await.expect("commit");
+    let report = rig.relay.run_once().await.expect("round");
+    assert_eq!((report.sent, report.failed), (0, 1), "{report:?}");
+    match state(&rig, &nurture).await {
+        OutboxState::Failed { reason, .. } => {
+            assert!(reason.contains("without an unsubscribe link"), "{reason}")
+        }
+        other => panic!("not failed: {other:?}"),
+    }
+    assert!(rig.peer.messages().await.expect("messages").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporary_failures_are_retried_with_backoff_and_nothing_is_lost() {
     let rig = rig(RelayConfig::default(), true).await;
     rig.peer.faults(json!({ "tempfail": 2, "tempfail_code": 451 })).await.expect("faults");

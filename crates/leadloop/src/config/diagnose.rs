@@ -292,6 +292,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
 /// The unit's `TimeoutStopSec=30s` must cover the drain (`shutdown_grace`) and the listeners'
 /// own 2 s each after it, or systemd kills the daemon mid-drain.
 fn check_daemon(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    check_admin(config, report);
     const UNIT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
     const LISTENERS: std::time::Duration = std::time::Duration::from_secs(4);
     let grace = config.daemon.shutdown_grace;
@@ -305,6 +306,31 @@ fn check_daemon(config: &Config, report: &mut impl FnMut(String, String, Severit
             Severity::Warning,
         );
     }
+}
+
+/// The admin token reads and is long enough; an admin listener other hosts can reach is a
+/// warning (its data views need the token there, and it speaks plain HTTP).
+fn check_admin(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let token = match config.daemon.admin_token() {
+        Ok(token) => token,
+        Err(error) => {
+            report(format!("daemon.{}", error.key), error.message, Severity::Error);
+            return;
+        }
+    };
+    let listen = config.daemon.admin_listen;
+    if listen.ip().is_loopback() {
+        return;
+    }
+    let message = match token {
+        None => format!(
+            "{listen} is not loopback and no admin_token_file is set: the data views (/sla, /leads, /quarantine, /report/funnel) answer 403, and /healthz, /readyz and /metrics are open to anyone who reaches it; bind it to loopback, or set admin_token_file"
+        ),
+        Some(_) => format!(
+            "{listen} is not loopback: the admin listener speaks plain HTTP, so the admin token and lead data cross the network in clear; keep it on loopback or a private network, or put a TLS proxy in front"
+        ),
+    };
+    report("daemon.admin_listen".into(), message, Severity::Warning);
 }
 
 /// Secret files (`*_file` keys other than CA certificates) readable by group or others, outside
@@ -920,10 +946,12 @@ fn check_nurture(config: &Config, report: &mut impl FnMut(String, String, Severi
         report(key, message, Severity::Warning);
     }
     if !rules.is_empty() && config.links.is_none() {
+        // No nurture mail without a working unsubscribe: the link in the body and the
+        // List-Unsubscribe header both point at the public listener.
         report(
-            "nurture".into(),
-            "no [links]: nurture mail goes out without an unsubscribe link or tracked links; configure the public listener".into(),
-            Severity::Warning,
+            "nurture.tracks".into(),
+            "nurture mail needs [links]: every nurture email carries a signed unsubscribe link and a List-Unsubscribe header served by the public listener; configure [links] (public_listen, public_url, signing_key_file) or remove the tracks".into(),
+            Severity::Error,
         );
     }
 }
@@ -1086,6 +1114,46 @@ role = "manager"
             &[
                 "t.toml:6:1: crm.salesforce.task_key_field: `Leadloop Key` is not a Salesforce field API name (letters, digits and `_`, like `Leadloop_Key__c`)",
             ],
+        );
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_is_a_warning_and_its_token_is_checked() {
+        check("[daemon]\nadmin_listen = \"127.0.0.1:9477\"\n", &[]);
+        check("[daemon]\nadmin_listen = \"[::1]:9477\"\n", &[]);
+        check(
+            "[daemon]\nadmin_listen = \"0.0.0.0:9477\"\n",
+            &[
+                "t.toml:2:1: daemon.admin_listen: warning: 0.0.0.0:9477 is not loopback and no admin_token_file is set: the data views (/sla, /leads, /quarantine, /report/funnel) answer 403, and /healthz, /readyz and /metrics are open to anyone who reaches it; bind it to loopback, or set admin_token_file",
+            ],
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("admin_token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("write");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        check(
+            &format!(
+                "[daemon]\nadmin_listen = \"10.0.0.5:9477\"\nadmin_token_file = \"{}\"\n",
+                token.display()
+            ),
+            &[
+                "t.toml:2:1: daemon.admin_listen: warning: 10.0.0.5:9477 is not loopback: the admin listener speaks plain HTTP, so the admin token and lead data cross the network in clear; keep it on loopback or a private network, or put a TLS proxy in front",
+            ],
+        );
+        std::fs::write(&token, "short\n").expect("write");
+        check(
+            &format!("[daemon]\nadmin_token_file = \"{}\"\n", token.display()),
+            &[
+                "t.toml:2:1: daemon.admin_token_file: the admin token must be at least 32 bytes (e.g. `openssl rand -hex 32`)",
+            ],
+        );
+        check(
+            &format!("[daemon]\nadmin_token_file = \"{}\"\n", dir.path().join("missing").display()),
+            &[format!(
+                "t.toml:2:1: daemon.admin_token_file: cannot read secret file {}: no such file",
+                dir.path().join("missing").display()
+            )
+            .as_str()],
         );
     }
 
@@ -1336,11 +1404,39 @@ role = "manager"
         );
     }
 
+    /// A `[links]` table whose key file exists (0600), for configs that need one.
+    fn links_table(dir: &Path) -> String {
+        let key = dir.join("key");
+        std::fs::write(&key, "a test key that is at least 32 bytes long").expect("key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        format!(
+            "[links]\npublic_listen = \"127.0.0.1:9478\"\npublic_url = \"https://leads.example.com\"\nsigning_key_file = \"{}\"\n",
+            key.display()
+        )
+    }
+
+    #[test]
+    fn nurture_without_links_is_an_error() {
+        let tracks = "[[nurture.tracks]]\nname = \"t\"\n[[nurture.tracks.steps]]\nafter = \"1d\"\ntemplate = \"nurture_example\"\n";
+        check(
+            &format!("[nurture]\nfrequency_cap = {{ max = 2, per = \"7days\" }}\n\n{tracks}"),
+            &[
+                "t.toml:4:11: nurture.tracks: nurture mail needs [links]: every nurture email carries a signed unsubscribe link and a List-Unsubscribe header served by the public listener; configure [links] (public_listen, public_url, signing_key_file) or remove the tracks",
+            ],
+        );
+        // [nurture] settings without tracks send nothing: no links needed.
+        check("[nurture]\nfrequency_cap = { max = 2, per = \"7days\" }\n", &[]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        check(&format!("{}{tracks}", links_table(dir.path())), &[]);
+    }
+
     #[test]
     fn a_nurture_step_that_repeats_an_earlier_one_is_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let links = links_table(dir.path());
         let track = |second: &str| {
             format!(
-                "[[nurture.tracks]]\nname = \"t\"\n[[nurture.tracks.steps]]\nname = \"day 1\"\nafter = \"1d\"\ntemplate = \"nurture_example\"\nlinks = {{ guide = \"https://x.example/guide\" }}\n[[nurture.tracks.steps]]\nafter = \"2d\"\ntemplate = \"nurture_example\"\n{second}\n"
+                "{links}[[nurture.tracks]]\nname = \"t\"\n[[nurture.tracks.steps]]\nname = \"day 1\"\nafter = \"1d\"\ntemplate = \"nurture_example\"\nlinks = {{ guide = \"https://x.example/guide\" }}\n[[nurture.tracks.steps]]\nafter = \"2d\"\ntemplate = \"nurture_example\"\n{second}\n"
             )
         };
         let warnings = |text: &str| -> Vec<String> {
@@ -1350,7 +1446,7 @@ role = "manager"
         assert_eq!(
             warnings(&track("links = { guide = \"https://x.example/guide\" }")),
             [
-                "t.toml:8:1: nurture.tracks[0].steps[1]: warning: `step 2` sends the same email as `day 1` (template `nurture_example`, the same links): the lead gets it twice; give each step its own template or links"
+                "t.toml:12:1: nurture.tracks[0].steps[1]: warning: `step 2` sends the same email as `day 1` (template `nurture_example`, the same links): the lead gets it twice; give each step its own template or links"
             ]
         );
         // Other content: not the same email.
@@ -1366,7 +1462,7 @@ role = "manager"
         assert_eq!(
             warnings(&text),
             [
-                "t.toml:8:1: nurture.tracks[0].steps[1]: warning: `step 2` sends the same email as `day 1` to leads interested in `ai` (template `nurture_example`, the same links): the lead gets it twice; give each step its own template or links"
+                "t.toml:12:1: nurture.tracks[0].steps[1]: warning: `step 2` sends the same email as `day 1` to leads interested in `ai` (template `nurture_example`, the same links): the lead gets it twice; give each step its own template or links"
             ]
         );
     }

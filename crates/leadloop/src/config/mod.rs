@@ -185,8 +185,13 @@ pub enum LogFormat {
 pub struct DaemonConfig {
     /// Where the store lives; `--state-dir` overrides it.
     pub state_dir: PathBuf,
-    /// The admin HTTP listener (health, readiness, metrics); `--admin-listen` overrides it.
+    /// The admin HTTP listener (health, readiness, metrics, and the data views the read-only
+    /// commands ask for); `--admin-listen` overrides it.
     pub admin_listen: SocketAddr,
+    /// The bearer token the admin listener's data views require (at least 32 bytes): a file
+    /// (a bare name is read from `$CREDENTIALS_DIRECTORY`) or an environment variable.
+    pub admin_token_file: Option<PathBuf>,
+    pub admin_token_env: Option<String>,
     pub log_format: LogFormat,
     /// How long SIGTERM waits for work in progress before exiting anyway.
     #[serde(with = "leadloop_plugin::serde_duration")]
@@ -201,10 +206,43 @@ impl Default for DaemonConfig {
         Self {
             state_dir: PathBuf::from("/var/lib/leadloop"),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+            admin_token_file: None,
+            admin_token_env: None,
             log_format: LogFormat::Human,
             shutdown_grace: Duration::from_secs(10),
             max_idle: Duration::from_secs(5),
         }
+    }
+}
+
+/// The shortest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+
+impl DaemonConfig {
+    /// The admin listener's bearer token, if one is configured. On failure, the key at fault
+    /// (under `daemon.`) and why; the token is never in the message.
+    pub fn admin_token(&self) -> Result<Option<leadloop_plugin::Secret>, leadloop_plugin::BuildError> {
+        use leadloop_plugin::BuildError;
+        let token = leadloop_plugin::secret_from(
+            "admin_token",
+            self.admin_token_file.as_deref(),
+            self.admin_token_env.as_deref(),
+        )
+        .map_err(|e| {
+            if e.key == "admin_token" { BuildError::new("admin_token_env", e.message) } else { e }
+        })?;
+        if let Some(token) = &token
+            && token.expose().trim().len() < MIN_ADMIN_TOKEN_BYTES
+        {
+            let key = if self.admin_token_file.is_some() { "admin_token_file" } else { "admin_token_env" };
+            return Err(BuildError::new(
+                key,
+                format!(
+                    "the admin token must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        Ok(token)
     }
 }
 
