@@ -208,6 +208,19 @@ pub trait Crm: Send + Sync {
     fn usage(&self) -> ApiUsage {
         ApiUsage::default()
     }
+
+    /// A live check for `leadloop validate --connect`: logs in afresh (for Salesforce, the
+    /// OAuth token request) and reads nothing. `Ok` says what answered; the error says why it
+    /// failed, naming what was asked.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        Err(no_check(self.name()))
+    }
+}
+
+/// What a connector without a live check answers to `check`: a failure, so that
+/// `validate --connect` never reports a peer as reachable without having reached it.
+fn no_check(name: &str) -> ConnectorError {
+    ConnectorError::Permanent { message: format!("the {name} connector has no live check") }
 }
 
 /// A message for the mailer: which template, for whom, with what data. The mailer renders it.
@@ -237,6 +250,12 @@ pub trait Mailer: Send + Sync {
     /// Returns only once the server accepted the message (SMTP 250), or an error that says
     /// whether to retry.
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, ConnectorError>;
+
+    /// A live check for `leadloop validate --connect`: opens a session with the server (for
+    /// SMTP: EHLO, STARTTLS when configured, AUTH) and sends no mail.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        Err(no_check(self.name()))
+    }
 }
 
 /// A calendar entry that could not be read, kept with the reason instead of failing the read.
@@ -283,4 +302,12 @@ pub trait Calendar: Send + Sync {
         end: Timestamp,
         summary: &str,
     ) -> Result<String, ConnectorError>;
+
+    /// A live check for `leadloop validate --connect`: reaches the person's configured calendar
+    /// (for CalDAV: a PROPFIND on the collection, or discovery from the principal) and changes
+    /// nothing.
+    async fn check(&self, person: &PersonId) -> Result<String, ConnectorError> {
+        let _ = person;
+        Err(no_check(self.name()))
+    }
 }

@@ -695,6 +695,11 @@ impl Crm for Salesforce {
     fn usage(&self) -> ApiUsage {
         self.api.usage()
     }
+
+    /// The OAuth token request, afresh; no API call is made.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        self.api.auth.check().await
+    }
 }
 
 fn max_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
