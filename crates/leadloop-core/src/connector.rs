@@ -311,3 +311,37 @@ pub trait Calendar: Send + Sync {
         Err(no_check(self.name()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// A mailer that implements only what it must.
+    struct Bare;
+
+    #[async_trait]
+    impl Mailer for Bare {
+        fn name(&self) -> &str {
+            "bare"
+        }
+
+        async fn send(&self, _email: &OutgoingEmail) -> Result<SendReceipt, ConnectorError> {
+            Err(ConnectorError::Permanent { message: "unused".into() })
+        }
+    }
+
+    #[test]
+    fn a_connector_without_a_live_check_fails_it_rather_than_passing_unchecked() {
+        let mailer = Bare;
+        let mut check = mailer.check();
+        let Poll::Ready(result) = check.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+            panic!("the default check awaits nothing");
+        };
+        assert_eq!(
+            result,
+            Err(ConnectorError::Permanent { message: "the bare connector has no live check".into() })
+        );
+    }
+}

@@ -45,6 +45,8 @@ struct Peers {
     caldav_url: String,
     ana_password: String,
     ana_calendar: String,
+    /// bo's `calendar = …` or `principal = …` line.
+    bo_target: String,
 }
 
 fn secret(dir: &Path, name: &str, value: &str) -> String {
@@ -97,7 +99,7 @@ password_file = "{ana_password}"
 
 [[calendar.person]]
 id = "005A0000002"
-principal = "/bo/"
+{bo_target}
 username = "bo"
 password_file = "{bo_password}"
 "#,
@@ -110,6 +112,7 @@ password_file = "{bo_password}"
         caldav_url = peers.caldav_url,
         ana_calendar = peers.ana_calendar,
         ana_password = secret(dir, "ana-password", &peers.ana_password),
+        bo_target = peers.bo_target,
         bo_password = secret(dir, "bo-password", "bo-pw"),
     );
     let path = dir.join("leadloop.toml");
@@ -175,6 +178,7 @@ async fn every_check_passes_against_the_real_peers_and_writes_nothing() {
             caldav_url: caldav.base_url(),
             ana_password: "ana-pw".into(),
             ana_calendar: "/ana/work/".into(),
+            bo_target: "principal = \"/bo/\"".into(),
         },
     );
 
@@ -257,6 +261,7 @@ async fn a_wrong_password_fails_its_check_with_the_peers_reason() {
             ana_password: "wrong-ana-password".into(),
             // bo's discovery still works: one failing person does not fail the others.
             ana_calendar: "/ana/work/".into(),
+            bo_target: "principal = \"/bo/\"".into(),
         },
     );
 
@@ -323,6 +328,7 @@ async fn a_closed_port_fails_its_check_naming_the_address() {
             caldav_url: format!("http://127.0.0.1:{}/", closed[3]),
             ana_password: "ana-pw".into(),
             ana_calendar: "/ana/work/".into(),
+            bo_target: "principal = \"/bo/\"".into(),
         },
     );
 
@@ -363,6 +369,54 @@ async fn a_closed_port_fails_its_check_naming_the_address() {
         stdout.lines().last(),
         Some(format!("connections: 0 ok, {failed} failed, 0 skipped").as_str())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calendar_url_that_is_not_a_calendar_fails_its_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::create(dir.path()).expect("pki");
+    let smtp = SmtpPeer::start(Some(&pki)).expect("smtp peer");
+    let caldav = CaldavPeer::start(&dir.path().join("radicale")).expect("radicale");
+    caldav.create_calendar("ana", "work").await.expect("ana's calendar");
+    let sf = Emulator::start(SfConfig::default()).await.expect("emulator");
+    let config = write_config(
+        dir.path(),
+        &Peers {
+            pg_url: None,
+            schema: unique_schema("unused"),
+            sf_url: sf.url(),
+            sf_secret: SfConfig::default().client_secret,
+            smtp_port: smtp.port,
+            smtp_password: PASSWORD.into(),
+            ca: pki.ca_pem.clone(),
+            caldav_url: caldav.base_url(),
+            ana_password: "ana-pw".into(),
+            // ana's principal collection exists, but holds calendars rather than being one.
+            ana_calendar: "/ana/".into(),
+            bo_target: "calendar = \"/bo/nothing/\"".into(),
+        },
+    );
+
+    let out = validate_connect(&config).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (result, _, text) = line(&stdout, "calendar", "005A0000001");
+    assert_eq!(result, "FAILED", "{stdout}");
+    assert_eq!(
+        text,
+        format!(
+            "permanent failure: PROPFIND {}ana/: answered, but it is not a calendar collection",
+            caldav.base_url()
+        )
+    );
+    let (result, _, text) = line(&stdout, "calendar", "005A0000002");
+    assert_eq!(result, "FAILED", "{stdout}");
+    assert!(
+        text.starts_with(&format!("permanent failure: PROPFIND {}bo/nothing/: 404", caldav.base_url())),
+        "{text}"
+    );
+    assert_eq!(stdout.lines().last(), Some("connections: 2 ok, 2 failed, 0 skipped"));
 }
 
 #[test]

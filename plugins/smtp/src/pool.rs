@@ -167,16 +167,15 @@ impl Pool {
     pub async fn test(&self) -> Result<String, ConnectorError> {
         let s = &self.settings;
         let server = format!("{}:{}", s.host, s.port);
+        let name = |message: String| {
+            if message.contains(&server) { message } else { format!("{server}: {message}") }
+        };
         let named = |error: ConnectorError| match error {
             ConnectorError::Transient { message, retry_after } => {
-                ConnectorError::Transient { message: format!("{server}: {message}"), retry_after }
+                ConnectorError::Transient { message: name(message), retry_after }
             }
-            ConnectorError::Permanent { message } => {
-                ConnectorError::Permanent { message: format!("{server}: {message}") }
-            }
-            ConnectorError::Auth { message } => {
-                ConnectorError::Auth { message: format!("{server}: {message}") }
-            }
+            ConnectorError::Permanent { message } => ConnectorError::Permanent { message: name(message) },
+            ConnectorError::Auth { message } => ConnectorError::Auth { message: name(message) },
         };
         let mut conn = self.connect_bounded().await.map_err(named)?;
         let alive = conn.test_connected().await;
