@@ -138,7 +138,9 @@ def main():
             and auth_data.login.decode() == args.user
             and auth_data.password.decode() == args.password
         )
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd answers 535 itself on a failure (handled=True, the default,
+        # would leave the client waiting for a reply that never comes).
+        return AuthResult(success=ok, handled=False)
 
     tls = None
     if args.cert:

@@ -224,6 +224,19 @@ pub trait Crm: Send + Sync {
     /// Takes back what [`Crm::budget_state`] returned in an earlier process; a connector ignores
     /// a reading too old to trust or one it cannot read.
     fn restore_budget_state(&self, _state: &str) {}
+
+    /// A live check for `leadloop validate --connect`: logs in afresh (for Salesforce, the
+    /// OAuth token request) and reads nothing. `Ok` says what answered; the error says why it
+    /// failed, naming what was asked.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        Err(no_check(self.name()))
+    }
+}
+
+/// What a connector without a live check answers to `check`: a failure, so that
+/// `validate --connect` never reports a peer as reachable without having reached it.
+fn no_check(name: &str) -> ConnectorError {
+    ConnectorError::Permanent { message: format!("the {name} connector has no live check") }
 }
 
 /// A message for the mailer: which template, for whom, with what data. The mailer renders it.
@@ -253,6 +266,12 @@ pub trait Mailer: Send + Sync {
     /// Returns only once the server accepted the message (SMTP 250), or an error that says
     /// whether to retry.
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, ConnectorError>;
+
+    /// A live check for `leadloop validate --connect`: opens a session with the server (for
+    /// SMTP: EHLO, STARTTLS when configured, AUTH) and sends no mail.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        Err(no_check(self.name()))
+    }
 }
 
 /// A calendar entry that could not be read, kept with the reason instead of failing the read.
@@ -299,4 +318,46 @@ pub trait Calendar: Send + Sync {
         end: Timestamp,
         summary: &str,
     ) -> Result<String, ConnectorError>;
+
+    /// A live check for `leadloop validate --connect`: reaches the person's configured calendar
+    /// (for CalDAV: a PROPFIND on the collection, or discovery from the principal) and changes
+    /// nothing.
+    async fn check(&self, person: &PersonId) -> Result<String, ConnectorError> {
+        let _ = person;
+        Err(no_check(self.name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// A mailer that implements only what it must.
+    struct Bare;
+
+    #[async_trait]
+    impl Mailer for Bare {
+        fn name(&self) -> &str {
+            "bare"
+        }
+
+        async fn send(&self, _email: &OutgoingEmail) -> Result<SendReceipt, ConnectorError> {
+            Err(ConnectorError::Permanent { message: "unused".into() })
+        }
+    }
+
+    #[test]
+    fn a_connector_without_a_live_check_fails_it_rather_than_passing_unchecked() {
+        let mailer = Bare;
+        let mut check = mailer.check();
+        let Poll::Ready(result) = check.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+            panic!("the default check awaits nothing");
+        };
+        assert_eq!(
+            result,
+            Err(ConnectorError::Permanent { message: "the bare connector has no live check".into() })
+        );
+    }
 }

@@ -55,3 +55,35 @@ pub fn secret_from(
     };
     source.resolve().map(Some).map_err(|e| BuildError::new(key, e.to_string()))
 }
+
+/// An error with its chain of causes, `outer: cause: root cause`, for messages an operator
+/// reads: HTTP clients put the reason (`Connection refused`, a TLS failure) in a cause that their
+/// own `Display` leaves out. A cause whose text the message already holds is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_names_every_cause_once() {
+        let error = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"));
+        assert_eq!(super::error_chain(&error), "outer: Connection refused");
+        let plain = std::io::Error::other("alone");
+        assert_eq!(super::error_chain(&plain), "alone");
+    }
+}

@@ -33,6 +33,7 @@
 //!   its own; a second leadloop on the same schema is refused with the holder named, as a
 //!   second one on a sled state directory is.
 
+mod check;
 mod config;
 mod schema;
 
@@ -59,6 +60,7 @@ use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub use check::check_server;
 pub use config::{
     ConfigError, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, DEFAULT_STATEMENT_TIMEOUT, PgConfig, SslMode,
     check_schema_name,

@@ -30,7 +30,8 @@ pub enum Command {
     /// no config needed.
     Demo(crate::demo::DemoArgs),
     /// Check a config file: syntax, types, unknown keys, references. Exit 78 if invalid.
-    Validate(ConfigArg),
+    /// With --connect, also reach every configured peer; exit 1 if one fails.
+    Validate(ValidateArgs),
     /// Write a portable, checksummed backup of the state directory.
     Export(BackupArgs),
     /// Load a backup into an empty state directory (verified before anything is written).
@@ -255,6 +256,17 @@ pub struct ConfigArg {
 }
 
 #[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also connect, once the file is valid: log in to the CRM, open an SMTP session (EHLO,
+    /// STARTTLS, AUTH; no mail), reach each person's calendar and the PostgreSQL store; one
+    /// line per check with its time and, if it failed, why.
+    #[arg(long)]
+    pub connect: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
@@ -293,7 +305,7 @@ pub fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Validate(args) => validate(&args.config),
+        Command::Validate(args) => validate(&args.config.config, args.connect),
         Command::Run(args) => daemon::main(args),
         Command::Demo(args) => crate::demo::main(args),
         Command::Export(args) => backup(args, true),
@@ -381,11 +393,11 @@ fn load(path: &Path, warnings_too: bool) -> Result<Config, u8> {
     }
 }
 
-fn validate(path: &Path) -> u8 {
+fn validate(path: &Path, connect: bool) -> u8 {
     match load_reporting(path) {
-        Ok(_) => {
+        Ok(config) => {
             eprintln!("{}: valid", path.display());
-            exit::OK
+            if connect { crate::connect_cmd::main(&config) } else { exit::OK }
         }
         Err(code) => code,
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod connect_cmd;
 pub mod daemon;
 pub mod demo;
 pub mod email_cmd;

@@ -150,9 +150,9 @@ fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
-        format!("cannot connect: {error}")
+        format!("cannot connect: {}", leadloop_plugin::error_chain(error))
     } else {
-        error.to_string()
+        leadloop_plugin::error_chain(error)
     }
 }
 

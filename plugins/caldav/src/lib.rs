@@ -628,6 +628,35 @@ impl Calendar for CaldavConnector {
             _ => Err(dav::classify("PUT", &url, &answer)),
         }
     }
+
+    /// A configured calendar: `PROPFIND` (Depth 0) on the collection, which must answer as a
+    /// calendar. A principal, or none: discovery (`current-user-principal`, `calendar-home-set`,
+    /// the collections under it), which must find at least one. Nothing is cached or changed.
+    async fn check(&self, person: &PersonId) -> Result<String, ConnectorError> {
+        let mapping = self.mapping(person)?;
+        match &mapping.target {
+            Target::Calendar(url) => {
+                let ms = mapping.dav.propfind(url, "0", "<d:resourcetype/><d:displayname/>").await?;
+                let Some(calendar) = ms.responses.iter().find(|r| r.is_calendar) else {
+                    return Err(ConnectorError::Permanent {
+                        message: format!("PROPFIND {url}: answered, but it is not a calendar collection"),
+                    });
+                };
+                let name = calendar
+                    .display_name
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| format!(" \"{n}\""))
+                    .unwrap_or_default();
+                Ok(format!("PROPFIND {url}: a calendar collection{name}"))
+            }
+            target => {
+                let found = self.discover_with(&mapping.dav, target).await?;
+                let urls: Vec<String> = found.iter().map(|c| c.url.to_string()).collect();
+                Ok(format!("discovery found {} calendar(s): {}", urls.len(), urls.join(", ")))
+            }
+        }
+    }
 }
 
 /// So the engine can hold it as `Arc<dyn Calendar>`.

@@ -252,7 +252,9 @@ impl Api {
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("leadloop_crm_api_calls_total").increment(1);
-        let response = request.send().await.map_err(|e| transient(format!("{}: {e}", redact(path)), None))?;
+        let response = request.send().await.map_err(|e| {
+            transient(format!("{}: {}", redact(path), leadloop_plugin::error_chain(&e)), None)
+        })?;
         let status = response.status();
         if let Some(info) = response.headers().get("sforce-limit-info").and_then(|v| v.to_str().ok()) {
             self.record_limit(info);
@@ -263,10 +265,12 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transient(format!("{}: reading the response: {e}", redact(path)), None))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            transient(
+                format!("{}: reading the response: {}", redact(path), leadloop_plugin::error_chain(&e)),
+                None,
+            )
+        })?;
         if status.is_success() {
             if bytes.is_empty() {
                 return Ok(Value::Null);

@@ -174,6 +174,31 @@ impl Authenticator {
         Ok(session)
     }
 
+    /// A fresh token request, for `validate --connect`: the cached session is neither used nor
+    /// replaced. Says which endpoint issued a token and the org's instance; an error names the
+    /// endpoint. The token itself is dropped.
+    pub async fn check(&self) -> Result<String, ConnectorError> {
+        let url = self.token_url();
+        let flow = match &self.credentials {
+            Credentials::Jwt { .. } => "jwt",
+            Credentials::ClientCredentials { .. } => "client_credentials",
+            Credentials::RefreshToken { .. } => "refresh_token",
+        };
+        let named = |message: String| format!("POST {url} ({flow}): {message}");
+        match self.login().await {
+            Ok(session) => {
+                Ok(format!("POST {url} ({flow}): token issued, instance {}", session.instance_url))
+            }
+            Err(ConnectorError::Transient { message, retry_after }) => {
+                Err(ConnectorError::Transient { message: named(message), retry_after })
+            }
+            Err(ConnectorError::Permanent { message }) => {
+                Err(ConnectorError::Permanent { message: named(message) })
+            }
+            Err(ConnectorError::Auth { message }) => Err(ConnectorError::Auth { message: named(message) }),
+        }
+    }
+
     fn token_url(&self) -> String {
         format!("{}/services/oauth2/token", self.login_url)
     }
@@ -222,9 +247,17 @@ impl Authenticator {
             .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)])
             .send()
             .await
-            .map_err(|e| transient(format!("token request to {}: {e}", self.token_url()), None))?;
+            .map_err(|e| {
+                transient(
+                    format!("token request to {}: {}", self.token_url(), leadloop_plugin::error_chain(&e)),
+                    None,
+                )
+            })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| transient(format!("token response: {e}"), None))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transient(format!("token response: {}", leadloop_plugin::error_chain(&e)), None))?;
         if status.is_success() {
             let parsed: JwtResponse = serde_json::from_slice(&body).map_err(|e| ConnectorError::Auth {
                 message: format!("token response is not what Salesforce sends: {e}"),
@@ -259,7 +292,9 @@ fn token_parts<E: std::error::Error + 'static>(
                 e.error_description().map(|d| format!(": {d}")).unwrap_or_default()
             ),
         }),
-        Err(RequestTokenError::Request(e)) => Err(transient(format!("token request: {e}"), None)),
+        Err(RequestTokenError::Request(e)) => {
+            Err(transient(format!("token request: {}", leadloop_plugin::error_chain(&e)), None))
+        }
         Err(RequestTokenError::Parse(e, _)) => {
             Err(ConnectorError::Auth { message: format!("token response is not what Salesforce sends: {e}") })
         }

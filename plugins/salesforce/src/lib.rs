@@ -747,6 +747,11 @@ impl Crm for Salesforce {
     fn restore_budget_state(&self, state: &str) {
         self.api.restore_budget_state(state, self.clock.now());
     }
+
+    /// The OAuth token request, afresh; no API call is made.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        self.api.auth.check().await
+    }
 }
 
 fn max_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {

@@ -258,22 +258,6 @@ impl EmailConnector {
     pub fn composer(&self) -> &Composer {
         &self.composer
     }
-
-    /// Checks the SMTP server answers and accepts our credentials (for `validate --connect`).
-    pub async fn test_connection(&self) -> Result<(), ConnectorError> {
-        match &self.sender {
-            Sender::Smtp(pool) => pool.test().await,
-            Sender::Directory(dir) => {
-                if dir.is_dir() {
-                    Ok(())
-                } else {
-                    Err(ConnectorError::Permanent {
-                        message: format!("{} is not a directory", dir.display()),
-                    })
-                }
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -305,6 +289,23 @@ impl Mailer for EmailConnector {
                     }
                 })?;
                 Ok(SendReceipt { message_id: id, reply: format!("written to {}", path.display()) })
+            }
+        }
+    }
+
+    /// SMTP: connects, says EHLO, STARTTLS (for `tls = "starttls"`) and AUTH when a username
+    /// is set, then NOOP and QUIT; no mail. Directory delivery: the directory exists.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        match &self.sender {
+            Sender::Smtp(pool) => pool.test().await,
+            Sender::Directory(dir) => {
+                if dir.is_dir() {
+                    Ok(format!("{} is a directory", dir.display()))
+                } else {
+                    Err(ConnectorError::Permanent {
+                        message: format!("{} is not a directory", dir.display()),
+                    })
+                }
             }
         }
     }

@@ -162,11 +162,36 @@ impl Pool {
             .map_err(|_| transient(format!("no SMTP session with {} within {limit:?}", self.settings.host)))?
     }
 
-    /// Connects, authenticates and says NOOP.
-    pub async fn test(&self) -> Result<(), ConnectorError> {
-        let mut conn = self.connect_bounded().await?;
+    /// Connects, authenticates and says NOOP; sends no mail. Says what was done, and errors
+    /// name the server.
+    pub async fn test(&self) -> Result<String, ConnectorError> {
+        let s = &self.settings;
+        let server = format!("{}:{}", s.host, s.port);
+        let name = |message: String| {
+            if message.contains(&server) { message } else { format!("{server}: {message}") }
+        };
+        let named = |error: ConnectorError| match error {
+            ConnectorError::Transient { message, retry_after } => {
+                ConnectorError::Transient { message: name(message), retry_after }
+            }
+            ConnectorError::Permanent { message } => ConnectorError::Permanent { message: name(message) },
+            ConnectorError::Auth { message } => ConnectorError::Auth { message: name(message) },
+        };
+        let mut conn = self.connect_bounded().await.map_err(named)?;
         let alive = conn.test_connected().await;
         let _ = conn.quit().await;
-        if alive { Ok(()) } else { Err(transient("server did not answer NOOP".into())) }
+        if !alive {
+            return Err(named(transient("the server did not answer NOOP".into())));
+        }
+        let mut steps = match s.tls {
+            TlsMode::Smtps => vec!["TLS", "EHLO"],
+            TlsMode::Starttls => vec!["EHLO", "STARTTLS"],
+            TlsMode::Plain => vec!["EHLO"],
+        };
+        if s.credentials.is_some() {
+            steps.push("AUTH");
+        }
+        steps.push("NOOP");
+        Ok(format!("{server}: {} accepted; no mail sent", steps.join(", ")))
     }
 }
