@@ -30,35 +30,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
-    let config = crate::config(&format!(
-        r#"
-[store]
-cache_mb = {}
-
-[nurture]
-frequency_cap = {{ max = 2, per = "7days" }}
-quiet_hours = {{ start = "20:00", end = "08:00", weekends = true }}
-
-[[nurture.tracks]]
-name = "long-term"
-[[nurture.tracks.steps]]
-name = "1 month"
-after = "1mo"
-from = "enrolment"
-template = "nurture_example"
-links = {{ guide = "https://www.example.com/guide" }}
-[[nurture.tracks.steps]]
-name = "3 months"
-after = "3mo"
-from = "enrolment"
-template = "nurture_example"
-"#,
-        args.cache_mb
-    ))?;
+    let (config, t0, due_at) = setup(args.cache_mb)?;
     // The daemon's rules for this config, as the runtime below runs them.
     let (rules, _) = engine_rules(&config).map_err(|e| anyhow::anyhow!(e))?;
-    let due_at: leadloop_core::Timestamp = "2026-04-02T14:00:00Z".parse()?;
 
     // The pure decision alone, in memory: what a tick costs before the store.
     let sample: Vec<LeadRecord> = (0..args.leads.min(100_000)).map(|i| enrolled(i, t0, due_at)).collect();
@@ -167,7 +141,41 @@ template = "nurture_example"
 }
 
 /// Lead `i`, enrolled at `t0` with its first step planned at `due_at`.
-fn enrolled(i: u64, t0: leadloop_core::Timestamp, due_at: leadloop_core::Timestamp) -> LeadRecord {
+/// The benchmark's config (one two-step track), its start and the instant the first step is due.
+pub(crate) fn setup(
+    cache_mb: u64,
+) -> anyhow::Result<(leadloop::config::Config, leadloop_core::Timestamp, leadloop_core::Timestamp)> {
+    let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
+    let config = crate::config(&format!(
+        r#"
+[store]
+cache_mb = {}
+
+[nurture]
+frequency_cap = {{ max = 2, per = "7days" }}
+quiet_hours = {{ start = "20:00", end = "08:00", weekends = true }}
+
+[[nurture.tracks]]
+name = "long-term"
+[[nurture.tracks.steps]]
+name = "1 month"
+after = "1mo"
+from = "enrolment"
+template = "nurture_example"
+links = {{ guide = "https://www.example.com/guide" }}
+[[nurture.tracks.steps]]
+name = "3 months"
+after = "3mo"
+from = "enrolment"
+template = "nurture_example"
+"#,
+        cache_mb
+    ))?;
+    let due_at: leadloop_core::Timestamp = "2026-04-02T14:00:00Z".parse()?;
+    Ok((config, t0, due_at))
+}
+
+pub(crate) fn enrolled(i: u64, t0: leadloop_core::Timestamp, due_at: leadloop_core::Timestamp) -> LeadRecord {
     let mut lead = Lead::new(format!("00Q{i:012}"));
     lead.email = Some(format!("lead{i}@acme{}.example", i % 1000));
     lead.first_name = Some("Ana".into());
