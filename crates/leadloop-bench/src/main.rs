@@ -8,6 +8,7 @@
 //!        cargo run --release -p leadloop-bench -- sync [--leads N] [--idle-polls N]
 //!        cargo run --release -p leadloop-bench -- report [--only NAME]…   (all of them, into BENCHMARKS.md)
 //!        cargo run --release -p leadloop-bench -- restart [--timers N] [--due N] [--cache-mb N]
+//!        cargo run --release -p leadloop-bench -- codec [--runs N]
 //!
 //! `store`:
 //! Figures: batched lead writes per second (each batch durable before the next), concurrent
@@ -27,6 +28,7 @@ use leadloop_store::{Batch, SledConfig, SledStore, Store};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod codec;
 mod lifecycle;
 mod nurture;
 mod report;
@@ -49,6 +51,8 @@ enum Bench {
     Nurture(nurture::Args),
     /// The initial Salesforce sync of many leads from the emulator, then idle polls.
     Sync(sync::Args),
+    /// Stored-value encodings compared per record type (in memory).
+    Codec(codec::Args),
     /// Every benchmark at full size, written into BENCHMARKS.md.
     Report(report::Args),
     /// A restart with many pending timers: reopen → first due email queued and sent.
@@ -125,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Lifecycle(args) => lifecycle::run(args),
         Bench::Nurture(args) => nurture::run(args).await,
         Bench::Sync(args) => sync::run(args).await,
+        Bench::Codec(args) => codec::run(args).await,
         Bench::Report(args) => report::run(args),
         Bench::Restart(args) => restart::run(args).await,
     }

@@ -30,45 +30,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
-    // Nurture mail needs [links] (every email carries a signed unsubscribe link).
-    let keys = tempfile::tempdir()?;
-    let key = keys.path().join("links-key");
-    std::fs::write(&key, "a benchmark key that is at least 32 bytes long")?;
-    let config = crate::config(&format!(
-        r#"
-[store]
-cache_mb = {}
-
-[links]
-public_listen = "127.0.0.1:9478"
-public_url = "https://leads.example.com"
-signing_key_file = "{}"
-
-[nurture]
-frequency_cap = {{ max = 2, per = "7days" }}
-quiet_hours = {{ start = "20:00", end = "08:00", weekends = true }}
-
-[[nurture.tracks]]
-name = "long-term"
-[[nurture.tracks.steps]]
-name = "1 month"
-after = "1mo"
-from = "enrolment"
-template = "nurture_example"
-links = {{ guide = "https://www.example.com/guide" }}
-[[nurture.tracks.steps]]
-name = "3 months"
-after = "3mo"
-from = "enrolment"
-template = "nurture_example"
-"#,
-        args.cache_mb,
-        key.display()
-    ))?;
+    let (config, t0, due_at) = setup(args.cache_mb)?;
     // The daemon's rules for this config, as the runtime below runs them.
     let (rules, _) = engine_rules(&config).map_err(|e| anyhow::anyhow!(e))?;
-    let due_at: leadloop_core::Timestamp = "2026-04-02T14:00:00Z".parse()?;
 
     // The pure decision alone, in memory: what a tick costs before the store.
     let sample: Vec<LeadRecord> = (0..args.leads.min(100_000)).map(|i| enrolled(i, t0, due_at)).collect();
@@ -177,7 +141,51 @@ template = "nurture_example"
 }
 
 /// Lead `i`, enrolled at `t0` with its first step planned at `due_at`.
-fn enrolled(i: u64, t0: leadloop_core::Timestamp, due_at: leadloop_core::Timestamp) -> LeadRecord {
+/// The benchmark's config (one two-step track), its start and the instant the first step is due.
+pub(crate) fn setup(
+    cache_mb: u64,
+) -> anyhow::Result<(leadloop::config::Config, leadloop_core::Timestamp, leadloop_core::Timestamp)> {
+    let t0: leadloop_core::Timestamp = "2026-03-02T14:00:00Z".parse()?;
+    // Nurture mail needs [links] (every email carries a signed unsubscribe link); the key file
+    // outlives this function, as the runtime reads it when it is built.
+    let key = std::env::temp_dir().join("leadloop-bench-links-key");
+    std::fs::write(&key, "a benchmark key that is at least 32 bytes long")?;
+    let config = crate::config(&format!(
+        r#"
+[store]
+cache_mb = {}
+
+[links]
+public_listen = "127.0.0.1:9478"
+public_url = "https://leads.example.com"
+signing_key_file = "{}"
+
+[nurture]
+frequency_cap = {{ max = 2, per = "7days" }}
+quiet_hours = {{ start = "20:00", end = "08:00", weekends = true }}
+
+[[nurture.tracks]]
+name = "long-term"
+[[nurture.tracks.steps]]
+name = "1 month"
+after = "1mo"
+from = "enrolment"
+template = "nurture_example"
+links = {{ guide = "https://www.example.com/guide" }}
+[[nurture.tracks.steps]]
+name = "3 months"
+after = "3mo"
+from = "enrolment"
+template = "nurture_example"
+"#,
+        cache_mb,
+        key.display()
+    ))?;
+    let due_at: leadloop_core::Timestamp = "2026-04-02T14:00:00Z".parse()?;
+    Ok((config, t0, due_at))
+}
+
+pub(crate) fn enrolled(i: u64, t0: leadloop_core::Timestamp, due_at: leadloop_core::Timestamp) -> LeadRecord {
     let mut lead = Lead::new(format!("00Q{i:012}"));
     lead.email = Some(format!("lead{i}@acme{}.example", i % 1000));
     lead.first_name = Some("Ana".into());

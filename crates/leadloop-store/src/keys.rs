@@ -11,7 +11,8 @@
 //! H <len u16><lead id><seq u64> → HistoryEvent       append-only, seq per lead
 //! T <due u64><timer key>        → Timer              time-ordered index
 //! t <timer key>                 → due u64            reverse index, to move/cancel by key
-//! O <idempotency key>           → OutboxEntry
+//! O <idempotency key>           → OutboxEntry        as queued (effect, template variables): written once
+//! o <idempotency key>           → Delivery           its bookkeeping once an update changed it
 //! R <next attempt u64><seq><key> → ()                ready index of pending email effects
 //! W <next attempt u64><seq><key> → ()                ready index of pending CRM write-backs
 //! K <next attempt u64><seq><key> → ()                ready index of pending calendar holds
@@ -40,6 +41,7 @@ pub const HISTORY: u8 = b'H';
 pub const TIMER: u8 = b'T';
 pub const TIMER_BY_KEY: u8 = b't';
 pub const OUTBOX: u8 = b'O';
+pub const DELIVERY: u8 = b'o';
 pub const READY_EMAIL: u8 = b'R';
 pub const READY_CRM: u8 = b'W';
 pub const READY_CALENDAR: u8 = b'K';

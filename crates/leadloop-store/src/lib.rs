@@ -42,7 +42,10 @@ pub use sled_store::{SledConfig, SledStore};
 /// - 2: versioned binary values (MessagePack behind a format tag), a lead's scored activities
 ///   under their own key, store-maintained indexes of open hand-offs and seen activities, and
 ///   outbox depth counters.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: an outbox entry is written whole once, when queued; its delivery bookkeeping
+///   (attempts, next attempt, outcome) is a small record of its own, so an email's template
+///   variables are stored once and never rewritten by a delivery attempt.
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

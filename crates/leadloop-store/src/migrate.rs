@@ -77,6 +77,14 @@ pub fn v1_to_v2(tree: &sled::Tree) -> Result<(), MigrationError> {
     Ok(())
 }
 
+/// Schema 2 → 3: nothing to convert. A schema-2 outbox entry holds its delivery bookkeeping
+/// in itself, which is what schema 3 reads for an entry without a delivery record (`o`). The
+/// version moves so that a schema-2 build, which knows nothing of delivery records and would
+/// read a sent email as still pending, refuses the store instead.
+pub fn v2_to_v3(_tree: &sled::Tree) -> Result<(), MigrationError> {
+    Ok(())
+}
+
 /// Converts one schema-1 record; returns how many changes it added to `batch`. Counts what
 /// the counters need from every record, converted now or by an earlier, interrupted run.
 fn convert(

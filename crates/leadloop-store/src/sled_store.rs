@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use leadloop_core::{
-    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Stage,
-    Suppression, Timer, TimerKey, Timestamp,
+    Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, OutboxState, Person, PersonId,
+    Stage, Suppression, Timer, TimerKey, Timestamp,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::lock::DirLock;
 use crate::{Batch, Committed, Expect, Found, Op, Record, Result, SCHEMA_VERSION, Stats, Store, StoreError};
@@ -55,7 +55,80 @@ impl SledConfig {
 /// must be safe to run again after a crash part-way (the schema marker moves only after it
 /// finished and was flushed).
 type Migration = fn(&sled::Tree) -> Result<(), migrate::MigrationError>;
-const MIGRATIONS: &[Migration] = &[migrate::v1_to_v2];
+const MIGRATIONS: &[Migration] = &[migrate::v1_to_v2, migrate::v2_to_v3];
+
+/// An outbox entry's delivery bookkeeping (`o <key>`), written by every update after the entry
+/// was queued. The entry as queued (`O <key>`: its effect, an email's template variables) is
+/// written once; what a delivery attempt changes is this small record, which overrides the
+/// queued entry's own bookkeeping when present.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delivery {
+    seq: u64,
+    channel: Channel,
+    state: OutboxState,
+    attempts: u32,
+    next_attempt_at: Timestamp,
+    last_error: Option<String>,
+}
+
+impl Delivery {
+    fn of(entry: &OutboxEntry) -> Self {
+        Self {
+            seq: entry.seq,
+            channel: entry.effect.channel(),
+            state: entry.state.clone(),
+            attempts: entry.attempts,
+            next_attempt_at: entry.next_attempt_at,
+            last_error: entry.last_error.clone(),
+        }
+    }
+
+    fn apply_to(self, entry: &mut OutboxEntry) {
+        entry.seq = self.seq;
+        entry.state = self.state;
+        entry.attempts = self.attempts;
+        entry.next_attempt_at = self.next_attempt_at;
+        entry.last_error = self.last_error;
+    }
+}
+
+/// The bookkeeping of a queued entry (`O <key>`) read without its effect's payload: the
+/// decoder skips the template variables instead of building them.
+#[derive(Debug, Deserialize)]
+struct QueuedHead {
+    #[serde(default)]
+    seq: u64,
+    effect: EffectTag,
+    state: OutboxState,
+    attempts: u32,
+    next_attempt_at: Timestamp,
+    last_error: Option<String>,
+}
+
+/// Only the variant tag of a stored [`leadloop_core::Effect`].
+#[derive(Debug, Deserialize)]
+struct EffectTag {
+    effect: String,
+}
+
+impl QueuedHead {
+    fn delivery(self, key: &[u8]) -> Result<Delivery> {
+        let channel = match self.effect.effect.as_str() {
+            "email" => Channel::Email,
+            "crm_update" | "crm_task" => Channel::Crm,
+            "calendar_hold" => Channel::Calendar,
+            other => return Err(corrupt(key, &format!("unknown effect {other:?}"))),
+        };
+        Ok(Delivery {
+            seq: self.seq,
+            channel,
+            state: self.state,
+            attempts: self.attempts,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error,
+        })
+    }
+}
 
 /// What a lead write checks and maintains, per lead.
 #[derive(Debug, Clone)]
@@ -67,6 +140,22 @@ struct LeadMeta {
     /// The scored activities as stored (encoded), if any.
     scored: Option<Vec<u8>>,
 }
+
+/// What a lead write reads of the stored record (`L <id>`): the decoder skips the rest
+/// (the lead's fields, its nurture state) instead of building it.
+#[derive(Debug, Deserialize)]
+struct LeadHead {
+    stage: Stage,
+    #[serde(default)]
+    handoff: Option<HandoffOwner>,
+    version: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct HandoffOwner {
+    owner: String,
+}
+
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
@@ -345,7 +434,7 @@ impl SledStore {
         // State changed earlier in this batch that later ops must see.
         let mut next_seq: HashMap<String, u64> = HashMap::new();
         let mut timer_due: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-        let mut outbox_seen: HashMap<String, Option<OutboxEntry>> = HashMap::new();
+        let mut outbox_seen: HashMap<String, Delivery> = HashMap::new();
         let mut leads: HashMap<String, Option<LeadMeta>> = HashMap::new();
         let mut pending_delta = [0i64; 3];
         let mut stage_delta: HashMap<Stage, i64> = HashMap::new();
@@ -451,28 +540,43 @@ impl SledStore {
                 }
                 Op::Enqueue(entry) => {
                     let key = entry.key.as_str().to_owned();
-                    if self.current_outbox(&key, &outbox_seen)?.is_some() {
+                    if outbox_seen.contains_key(&key)
+                        || self
+                            .tree
+                            .contains_key(keys::simple(keys::OUTBOX, &key))
+                            .map_err(|e| self.err(e))?
+                    {
                         committed.duplicates += 1;
                         continue;
                     }
                     let seq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
                     last_seq = Some(seq);
                     let entry = OutboxEntry { seq, ..entry };
-                    self.write_outbox(&mut sled_batch, &mut pending_delta, None, &entry)?;
-                    committed.enqueued.push(entry.key.clone());
-                    outbox_seen.insert(key, Some(entry));
+                    let delivery = Delivery::of(&entry);
+                    write_ready(&mut sled_batch, &mut pending_delta, None, &key, &delivery);
+                    sled_batch.insert(keys::simple(keys::OUTBOX, &key), codec_encode(&entry)?);
+                    committed.enqueued.push(entry.key);
+                    outbox_seen.insert(key, delivery);
                 }
                 Op::UpdateOutbox(entry) => {
                     let key = entry.key.as_str().to_owned();
-                    let old = self.current_outbox(&key, &outbox_seen)?;
-                    let mut entry = entry;
+                    let old = self.current_delivery(&key, &outbox_seen)?;
+                    let mut delivery = Delivery::of(&entry);
                     if let Some(old) = &old
-                        && entry.seq == 0
+                        && delivery.seq == 0
                     {
-                        entry.seq = old.seq;
+                        delivery.seq = old.seq;
                     }
-                    self.write_outbox(&mut sled_batch, &mut pending_delta, old.as_ref(), &entry)?;
-                    outbox_seen.insert(key, Some(entry));
+                    write_ready(&mut sled_batch, &mut pending_delta, old.as_ref(), &key, &delivery);
+                    if old.is_some() {
+                        // The effect stays as queued: only the bookkeeping is written again.
+                        sled_batch.insert(keys::simple(keys::DELIVERY, &key), codec_encode(&delivery)?);
+                    } else {
+                        // Not queued here before (an import): the whole entry, as given.
+                        let entry = OutboxEntry { seq: delivery.seq, ..entry };
+                        sled_batch.insert(keys::simple(keys::OUTBOX, &key), codec_encode(&entry)?);
+                    }
+                    outbox_seen.insert(key, delivery);
                 }
                 Op::Suppress(entry) => {
                     let address = entry.address.to_lowercase();
@@ -543,14 +647,14 @@ impl SledStore {
         if let Some(meta) = pending.get(id) {
             return Ok(meta.clone());
         }
-        let Some(record) = self.get::<LeadRecord>(&keys::simple(keys::LEAD, id))? else {
+        let Some(head) = self.get::<LeadHead>(&keys::simple(keys::LEAD, id))? else {
             return Ok(None);
         };
         let scored = self.tree.get(keys::simple(keys::SCORED, id)).map_err(|e| self.err(e))?;
         Ok(Some(LeadMeta {
-            version: record.version,
-            stage: record.stage,
-            owner: record.handoff.as_ref().map(|h| h.owner.as_str().to_owned()),
+            version: head.version,
+            stage: head.stage,
+            owner: head.handoff.map(|h| h.owner),
             scored: scored.map(|raw| raw.to_vec()),
         }))
     }
@@ -565,8 +669,21 @@ impl SledStore {
     ) -> Result<()> {
         let key = timer.key.as_str().to_owned();
         let due = keys::due_ceil(timer.due);
+        let in_batch = pending.contains_key(&key);
         if let Some(old) = self.current_timer_due(&key, pending)? {
             if earliest && old.as_slice() <= due.as_slice() {
+                return Ok(());
+            }
+            if old.as_slice() == due.as_slice() {
+                // Due at the same instant: the timer keeps its place in the index, and is not
+                // written at all if it is what is stored.
+                let ordered = ordered_raw(keys::TIMER, &due, &key);
+                let value = codec_encode(timer)?;
+                if in_batch
+                    || self.tree.get(&ordered).map_err(|e| self.err(e))?.as_deref() != Some(&value[..])
+                {
+                    batch.insert(ordered, value);
+                }
                 return Ok(());
             }
             batch.remove(ordered_raw(keys::TIMER, &old, &key));
@@ -604,43 +721,38 @@ impl SledStore {
             .map(|raw| raw.to_vec()))
     }
 
-    fn current_outbox(
-        &self,
-        key: &str,
-        pending: &HashMap<String, Option<OutboxEntry>>,
-    ) -> Result<Option<OutboxEntry>> {
-        if let Some(entry) = pending.get(key) {
-            return Ok(entry.clone());
+    /// The delivery bookkeeping of the entry under `key` (this batch's changes first), if it
+    /// is in the outbox: its `o` record, else the queued entry's own, decoded without its
+    /// effect's payload.
+    fn current_delivery(&self, key: &str, pending: &HashMap<String, Delivery>) -> Result<Option<Delivery>> {
+        if let Some(delivery) = pending.get(key) {
+            return Ok(Some(delivery.clone()));
         }
-        self.get(&keys::simple(keys::OUTBOX, key))
+        if let Some(delivery) = self.get::<Delivery>(&keys::simple(keys::DELIVERY, key))? {
+            return Ok(Some(delivery));
+        }
+        let queued = keys::simple(keys::OUTBOX, key);
+        match self.get::<QueuedHead>(&queued)? {
+            Some(head) => head.delivery(&queued).map(Some),
+            None => Ok(None),
+        }
     }
 
-    fn write_outbox(
-        &self,
-        batch: &mut sled::Batch,
-        pending_delta: &mut [i64; 3],
-        old: Option<&OutboxEntry>,
-        entry: &OutboxEntry,
-    ) -> Result<()> {
-        let key = entry.key.as_str();
-        if let Some(old) = old.filter(|old| old.state.is_pending()) {
-            batch.remove(keys::ready_key(
-                keys::ready(old.effect.channel()),
-                old.next_attempt_at,
-                old.seq,
-                key,
-            ));
-            pending_delta[channel_index(old.effect.channel())] -= 1;
+    /// The outbox entry under `key` as it stands: as queued, with its delivery bookkeeping.
+    fn outbox_by_key(&self, key: &str) -> Result<Option<OutboxEntry>> {
+        match self.tree.get(keys::simple(keys::OUTBOX, key)).map_err(|e| self.err(e))? {
+            Some(raw) => self.outbox_from(key, &raw).map(Some),
+            None => Ok(None),
         }
-        if entry.state.is_pending() {
-            batch.insert(
-                keys::ready_key(keys::ready(entry.effect.channel()), entry.next_attempt_at, entry.seq, key),
-                &[][..],
-            );
-            pending_delta[channel_index(entry.effect.channel())] += 1;
+    }
+
+    /// An entry as queued (`raw`, the value under `O <key>`) with its delivery record applied.
+    fn outbox_from(&self, key: &str, raw: &[u8]) -> Result<OutboxEntry> {
+        let mut entry: OutboxEntry = decode(&keys::simple(keys::OUTBOX, key), raw)?;
+        if let Some(delivery) = self.get::<Delivery>(&keys::simple(keys::DELIVERY, key))? {
+            delivery.apply_to(&mut entry);
         }
-        batch.insert(keys::simple(keys::OUTBOX, key), codec_encode(entry)?);
-        Ok(())
+        Ok(entry)
     }
 
     /// Waits until every write numbered `seq` or lower is on disk. The flush runs on a
@@ -814,7 +926,7 @@ impl Store for SledStore {
     }
 
     async fn outbox_entry(&self, key: &IdempotencyKey) -> Result<Option<OutboxEntry>> {
-        self.get(&keys::simple(keys::OUTBOX, key.as_str()))
+        self.outbox_by_key(key.as_str())
     }
 
     async fn outbox_ready(&self, channel: Channel, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>> {
@@ -825,7 +937,7 @@ impl Store for SledStore {
         for item in self.tree.range(vec![tag]..keys::ordered_end(tag, now)).take(limit) {
             let (key, _) = item.map_err(|e| self.err(e))?;
             let id = keys::ready_entry(&key).ok_or_else(|| corrupt(&key, "bad ready key"))?;
-            match self.get::<OutboxEntry>(&keys::simple(keys::OUTBOX, id))? {
+            match self.outbox_by_key(id)? {
                 Some(entry) => {
                     self.count_reads(1);
                     ready.push(entry)
@@ -932,7 +1044,11 @@ impl Store for SledStore {
                     Record::History { lead: LeadId(lead), seq, v: decode(&key, &value)? }
                 }
                 Some(keys::TIMER) => Record::Timer { v: decode(&key, &value)? },
-                Some(keys::OUTBOX) => Record::Outbox { v: decode(&key, &value)? },
+                Some(keys::OUTBOX) => {
+                    let id = std::str::from_utf8(&key[1..])
+                        .map_err(|_| corrupt(&key, "idempotency key is not UTF-8"))?;
+                    Record::Outbox { v: self.outbox_from(id, &value)? }
+                }
                 Some(keys::CURSOR) => Record::Cursor {
                     name: String::from_utf8_lossy(&key[1..]).into_owned(),
                     value: String::from_utf8(value.to_vec())
@@ -944,8 +1060,9 @@ impl Store for SledStore {
                         keys::parse_item(&key).ok_or_else(|| corrupt(&key, "bad item key"))?;
                     Record::Item { bucket, key: name, v: decode(&key, &value)? }
                 }
-                // Derived indexes (scored activities ride with their lead), counters and the
-                // schema marker are rebuilt, not exported.
+                // Derived indexes (scored activities ride with their lead, delivery records
+                // with their outbox entry), counters and the schema marker are rebuilt, not
+                // exported.
                 _ => continue,
             };
             visit(record)?;
@@ -1016,6 +1133,25 @@ fn codec_encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 
 fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T> {
     codec::decode(raw).map_err(|e| corrupt(key, &e.to_string()))
+}
+
+/// Moves an outbox entry in its channel's ready index (and the pending counter) from its old
+/// bookkeeping to its new.
+fn write_ready(
+    batch: &mut sled::Batch,
+    pending_delta: &mut [i64; 3],
+    old: Option<&Delivery>,
+    key: &str,
+    new: &Delivery,
+) {
+    if let Some(old) = old.filter(|old| old.state.is_pending()) {
+        batch.remove(keys::ready_key(keys::ready(old.channel), old.next_attempt_at, old.seq, key));
+        pending_delta[channel_index(old.channel)] -= 1;
+    }
+    if new.state.is_pending() {
+        batch.insert(keys::ready_key(keys::ready(new.channel), new.next_attempt_at, new.seq, key), &[][..]);
+        pending_delta[channel_index(new.channel)] += 1;
+    }
 }
 
 fn channel_index(channel: Channel) -> usize {

@@ -134,3 +134,72 @@ async fn new_state_directories_and_exports_are_private() {
     assert_eq!(mode(&out), 0o600);
     assert!(!root.path().join("backup.partial").exists());
 }
+
+/// An email's template variables are stored once, when it is queued: a delivery attempt and
+/// its outcome write only the entry's bookkeeping. So an update that carries no variables (as
+/// the relay's, which hands them to the mailer) leaves them as queued, and the entry reads
+/// back whole, before and after a reopen and in an export.
+#[tokio::test]
+async fn delivery_updates_keep_the_queued_variables() {
+    use leadloop_core::{Channel, Effect, IdempotencyKey, OutboxState};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(&SledConfig::new(dir.path())).expect("open");
+    let mut queued = conformance::email("sla/00Q1/1/alert");
+    if let Effect::Email { vars, .. } = &mut queued.effect {
+        *vars =
+            serde_json::json!({ "lead": { "name": "Ana" }, "links": { "accept": "https://x.example/l/1" } });
+    }
+    let mut batch = Batch::new();
+    batch.enqueue(queued.clone());
+    store.commit(batch).await.expect("queue");
+    let key = IdempotencyKey::parse("sla/00Q1/1/alert").expect("key");
+    let stored = store.outbox_entry(&key).await.expect("read").expect("queued");
+
+    let mut retry = stored.clone();
+    if let Effect::Email { vars, .. } = &mut retry.effect {
+        *vars = serde_json::Value::Null;
+    }
+    retry.attempts = 1;
+    retry.next_attempt_at = conformance::t0() + chrono::TimeDelta::minutes(5);
+    retry.last_error = Some("451 later".into());
+    let mut batch = Batch::new();
+    batch.update_outbox(retry.clone());
+    store.commit(batch).await.expect("retry");
+    let read = store.outbox_entry(&key).await.expect("read").expect("entry");
+    assert_eq!(read.effect, queued.effect, "the variables are as queued");
+    assert_eq!((read.attempts, read.next_attempt_at, read.seq), (1, retry.next_attempt_at, stored.seq));
+    assert_eq!(read.last_error.as_deref(), Some("451 later"));
+    assert!(store.outbox_ready(Channel::Email, conformance::t0(), 10).await.expect("ready").is_empty());
+    let ready = store.outbox_ready(Channel::Email, retry.next_attempt_at, 10).await.expect("ready");
+    assert_eq!(ready, vec![read.clone()]);
+
+    let mut done = retry;
+    done.attempts = 2;
+    done.state = OutboxState::Done { at: retry_at() };
+    done.last_error = None;
+    let mut batch = Batch::new();
+    batch.update_outbox(done);
+    store.commit(batch).await.expect("done");
+    assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending"), (0, None));
+    drop(store);
+
+    let store = SledStore::open(&SledConfig::new(dir.path())).expect("reopen");
+    let read = store.outbox_entry(&key).await.expect("read").expect("entry");
+    assert_eq!(read.effect, queued.effect);
+    assert_eq!(read.state, OutboxState::Done { at: retry_at() });
+    assert_eq!((read.attempts, read.last_error.as_deref()), (2, None));
+    // The export holds the entry whole, once, and imports into the same entry.
+    let out = dir.path().join("export.jsonl");
+    leadloop_store::export(store.as_ref(), &out).await.expect("export");
+    let text = std::fs::read_to_string(&out).expect("read export");
+    let outbox: Vec<&str> = text.lines().filter(|l| l.contains("\"t\":\"outbox\"")).collect();
+    assert_eq!(outbox.len(), 1, "{text}");
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let target = SledStore::open(&SledConfig::new(fresh.path())).expect("open");
+    leadloop_store::import(target.as_ref(), &out).await.expect("import");
+    assert_eq!(target.outbox_entry(&key).await.expect("read"), Some(read));
+}
+
+fn retry_at() -> leadloop_core::Timestamp {
+    conformance::t0() + chrono::TimeDelta::minutes(6)
+}
