@@ -196,6 +196,9 @@ impl Authenticator {
                 Err(ConnectorError::Permanent { message: named(message) })
             }
             Err(ConnectorError::Auth { message }) => Err(ConnectorError::Auth { message: named(message) }),
+            Err(ConnectorError::NoSpace { message }) => {
+                Err(ConnectorError::NoSpace { message: named(message) })
+            }
         }
     }
 

@@ -176,6 +176,7 @@ impl Pool {
             }
             ConnectorError::Permanent { message } => ConnectorError::Permanent { message: name(message) },
             ConnectorError::Auth { message } => ConnectorError::Auth { message: name(message) },
+            ConnectorError::NoSpace { message } => ConnectorError::NoSpace { message: name(message) },
         };
         let mut conn = self.connect_bounded().await.map_err(named)?;
         let alive = conn.test_connected().await;
