@@ -51,8 +51,23 @@ fn key(name: &str) -> IdempotencyKey {
 
 /// Queues an email as a policy would, with the lead `00Q1` whose address is `lead_email`.
 async fn enqueue(rig: &Rig, key: &IdempotencyKey, kind: &str, template: &str, to: &[&str], lead_email: &str) {
+    enqueue_with(rig, key, kind, template, to, lead_email, |_| {}).await;
+}
+
+/// As [`enqueue`], with the template variables changed by `edit` before the email is queued
+/// (a queued email's variables are stored once and never rewritten).
+async fn enqueue_with(
+    rig: &Rig,
+    key: &IdempotencyKey,
+    kind: &str,
+    template: &str,
+    to: &[&str],
+    lead_email: &str,
+    edit: impl FnOnce(&mut Value),
+) {
     let mut vars: Value = sample_vars(template);
     vars["lead"]["email"] = json!(lead_email);
+    edit(&mut vars);
     let effect = Effect::Email {
         kind: kind.into(),
         template: template.into(),
@@ -143,15 +158,19 @@ async fn nurture_mail_carries_one_click_unsubscribe_headers() {
 async fn nurture_mail_without_an_unsubscribe_link_is_never_sent() {
     let rig = rig(RelayConfig::default(), true).await;
     let nurture = IdempotencyKey::parse("nurture/00Q1/t/1").expect("valid key");
-    enqueue(&rig, &nurture, "nurture", "nurture_example", &["ana@acme.example"], "ana@acme.example").await;
     // As nurture rules without [links] would queue it.
-    let mut entry = rig.store.outbox_entry(&nurture).await.expect("read").expect("entry");
-    if let Effect::Email { vars, .. } = &mut entry.effect {
-        vars["unsubscribe_url"] = json!("");
-    }
-    let mut batch = Batch::new();
-    batch.update_outbox(entry);
-    rig.store.commit(batch).await.expect("commit");
+    enqueue_with(
+        &rig,
+        &nurture,
+        "nurture",
+        "nurture_example",
+        &["ana@acme.example"],
+        "ana@acme.example",
+        |vars| {
+            vars["unsubscribe_url"] = json!("");
+        },
+    )
+    .await;
     let report = rig.relay.run_once().await.expect("round");
     assert_eq!((report.sent, report.failed), (0, 1), "{report:?}");
     match state(&rig, &nurture).await {
