@@ -35,6 +35,18 @@ impl ConnectorError {
     pub fn is_transient(&self) -> bool {
         matches!(self, ConnectorError::Transient { .. })
     }
+
+    /// The same failure with its message rewritten, e.g. to name the server it concerns.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            ConnectorError::Transient { message, retry_after } => {
+                ConnectorError::Transient { message: f(message), retry_after }
+            }
+            ConnectorError::Permanent { message } => ConnectorError::Permanent { message: f(message) },
+            ConnectorError::Auth { message } => ConnectorError::Auth { message: f(message) },
+            ConnectorError::NoSpace { message } => ConnectorError::NoSpace { message: f(message) },
+        }
+    }
 }
 
 /// The objects a CRM sync reads.

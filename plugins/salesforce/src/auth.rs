@@ -184,22 +184,9 @@ impl Authenticator {
             Credentials::ClientCredentials { .. } => "client_credentials",
             Credentials::RefreshToken { .. } => "refresh_token",
         };
-        let named = |message: String| format!("POST {url} ({flow}): {message}");
-        match self.login().await {
-            Ok(session) => {
-                Ok(format!("POST {url} ({flow}): token issued, instance {}", session.instance_url))
-            }
-            Err(ConnectorError::Transient { message, retry_after }) => {
-                Err(ConnectorError::Transient { message: named(message), retry_after })
-            }
-            Err(ConnectorError::Permanent { message }) => {
-                Err(ConnectorError::Permanent { message: named(message) })
-            }
-            Err(ConnectorError::Auth { message }) => Err(ConnectorError::Auth { message: named(message) }),
-            Err(ConnectorError::NoSpace { message }) => {
-                Err(ConnectorError::NoSpace { message: named(message) })
-            }
-        }
+        let session =
+            self.login().await.map_err(|e| e.map_message(|m| format!("POST {url} ({flow}): {m}")))?;
+        Ok(format!("POST {url} ({flow}): token issued, instance {}", session.instance_url))
     }
 
     fn token_url(&self) -> String {

@@ -167,16 +167,8 @@ impl Pool {
     pub async fn test(&self) -> Result<String, ConnectorError> {
         let s = &self.settings;
         let server = format!("{}:{}", s.host, s.port);
-        let name = |message: String| {
-            if message.contains(&server) { message } else { format!("{server}: {message}") }
-        };
-        let named = |error: ConnectorError| match error {
-            ConnectorError::Transient { message, retry_after } => {
-                ConnectorError::Transient { message: name(message), retry_after }
-            }
-            ConnectorError::Permanent { message } => ConnectorError::Permanent { message: name(message) },
-            ConnectorError::Auth { message } => ConnectorError::Auth { message: name(message) },
-            ConnectorError::NoSpace { message } => ConnectorError::NoSpace { message: name(message) },
+        let named = |error: ConnectorError| {
+            error.map_message(|m| if m.contains(&server) { m } else { format!("{server}: {m}") })
         };
         let mut conn = self.connect_bounded().await.map_err(named)?;
         let alive = conn.test_connected().await;
