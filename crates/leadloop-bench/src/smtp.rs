@@ -83,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .arg(&state)
         .status()?;
     anyhow::ensure!(status.success(), "filling the outbox failed: {status}");
-    let sled = SledConfig { dir: state.clone(), cache_bytes: args.cache_mb * 1024 * 1024 };
+    let sled = SledConfig { cache_bytes: args.cache_mb * 1024 * 1024, ..SledConfig::new(state.clone()) };
     let store: Arc<dyn Store> = SledStore::open(&sled)?;
     anyhow::ensure!(store.outbox_pending(Channel::Email).await?.0 == args.messages as u64, "outbox filled");
     let relay_config =

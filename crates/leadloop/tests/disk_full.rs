@@ -119,11 +119,16 @@ fn smtp_email(dir: &Path, pki: &TestPki, peer: &SmtpPeer) -> String {
     )
 }
 
+/// Lines read from the daemon's stderr, each with when it was read.
+type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
+/// `/readyz` answers (`None`: no answer), each with when its request started.
+type Answers = Arc<Mutex<Vec<(Instant, Option<u16>)>>>;
+
 /// A running `leadloop run`: its stderr lines and `/readyz` answers, each with when it came.
 struct Daemon {
     child: Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    readyz: Arc<Mutex<Vec<(Instant, Option<u16>)>>>,
+    lines: Lines,
+    readyz: Answers,
     poller: tokio::task::JoinHandle<()>,
 }
 
