@@ -204,7 +204,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         Some(ended) => ended,
         None => (&mut running).await,
     };
-    let code = match ended {
+    let code = match &ended {
         _ if stopped_by.is_some() => exit::STORE,
         Ok(ended) => ended.exit_code(),
         Err(error) => {
@@ -212,6 +212,13 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
             exit::FAILURE
         }
     };
+    // The engine's own failure on a full disk names the path too.
+    if code == exit::STORE
+        && stopped_by.is_none()
+        && let Ok(crate::runtime::Ended::EngineFailed(error)) = &ended
+    {
+        stopped_by = Some(error.to_string());
+    }
     admin_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(2), admin_task).await {
         Ok(Ok(Err(error))) => tracing::warn!(%error, "admin listener ended with an error"),

@@ -451,7 +451,8 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                 header[5]
             );
             for row in value.as_array().into_iter().flatten() {
-                let text = |k: &str| row[k].as_str().unwrap_or("-").to_owned();
+                let text =
+                    |k: &str| crate::escape_controls(row[k].as_str().unwrap_or("-"), false).into_owned();
                 crate::outln!(
                     "{:<18} {:<24} {:<20} {:>6}  {:<18} {}",
                     text("lead_id"),
@@ -477,12 +478,16 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                 header[7]
             );
             for row in value.as_array().into_iter().flatten() {
-                let text = |k: &str| row[k].as_str().unwrap_or("-").to_owned();
+                let text =
+                    |k: &str| crate::escape_controls(row[k].as_str().unwrap_or("-"), false).into_owned();
                 crate::outln!(
                     "{:<18} {:<24} {:<18} {:>4} {:>8.1}  {:<10} {:<10} {}{}",
                     text("lead_id"),
                     text("lead"),
-                    row["owner"].as_str().unwrap_or_else(|| row["owner_id"].as_str().unwrap_or("-")),
+                    crate::escape_controls(
+                        row["owner"].as_str().unwrap_or_else(|| row["owner_id"].as_str().unwrap_or("-")),
+                        false
+                    ),
                     // As text: a JSON value ignores the column width.
                     row["handoff"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
                     row["age_hours"].as_f64().unwrap_or(0.0),
@@ -495,9 +500,11 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
         }
         Query::Show(_) => {
             let text = |v: &Value| {
-                v.as_str()
+                let text = v
+                    .as_str()
                     .map(str::to_owned)
-                    .unwrap_or_else(|| if v.is_null() { "-".into() } else { v.to_string() })
+                    .unwrap_or_else(|| if v.is_null() { "-".into() } else { v.to_string() });
+                crate::escape_controls(&text, false).into_owned()
             };
             crate::outln!("lead      {} ({})", text(&value["lead_id"]), text(&value["lead"]));
             crate::outln!("status    {}", text(&value["status"]));

@@ -13,11 +13,27 @@ pub fn init_logging(format: LogFormat) {
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
-        LogFormat::Human => builder.try_init(),
+        LogFormat::Human => builder.fmt_fields(human_fields()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     // Already installed (tests call this more than once): keep the first.
     let _ = result;
+}
+
+/// How human-format lines write an event's fields: as tracing's default does, but with every
+/// control character escaped (`\u001b`, `\u000a`), so CRM text in a field or message can
+/// neither steer the terminal nor start a forged log line. JSON lines escape on their own.
+pub fn human_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::escape_controls(&text, false);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{}={text}", name.strip_prefix("r#").unwrap_or(name)),
+        }
+    })
+    .delimited(" ")
 }
 
 /// Installs the global metrics recorder and returns the handle that renders it.
@@ -102,4 +118,46 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!("leadloop_build_info", "always 1; labels carry the version");
     metrics::gauge!("leadloop_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn human_logs_escape_control_characters_from_data() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(super::human_fields())
+            .finish();
+        let name = "Ana\u{1b}[2J\n2026-01-01T00:00:00Z  INFO forged line";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(lead = %name, reason = ?name, "lead {name} quarantined");
+        });
+        let text =
+            String::from_utf8(buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).expect("utf8");
+        assert_eq!(text.lines().count(), 1, "one event, one line: {text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(
+            text.contains("lead Ana\\u001b[2J\\u000a2026-01-01T00:00:00Z  INFO forged line quarantined"),
+            "{text}"
+        );
+        assert!(text.contains("lead=Ana\\u001b[2J\\u000a2026"), "{text}");
+    }
 }

@@ -474,8 +474,46 @@ async fn email_test_sends_through_starttls_and_prints_the_reply_without_the_pass
     assert_eq!(messages[0]["rcpt_tos"], serde_json::json!(["rep@corp.example"]));
 }
 
+/// A lead whose CRM name holds terminal escapes and a line break is shown escaped in the
+/// human tables (`leads list`, `sla list`, `sla show`): one row, no escape byte reaches the
+/// terminal. JSON output carries the same value, as JSON.
+#[tokio::test]
+async fn terminal_tables_escape_control_characters_from_crm_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    state_with_a_handoff_named(&state, "Ana\u{1b}[2J\nForged row").await;
+    for command in [&["leads", "list"][..], &["sla", "list"], &["sla", "show", "00Q1"]] {
+        let output = bin()
+            .args(command)
+            .arg("--config")
+            .arg(example_config())
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(!text.contains('\u{1b}'), "{command:?}: {text:?}");
+        assert!(text.contains("Ana\\u001b[2J\\u000aForged row"), "{command:?}: {text}");
+        assert!(!text.lines().any(|l| l.starts_with("Forged row")), "{command:?}: {text}");
+    }
+    let output = bin()
+        .args(["leads", "list", "--format", "json", "--config"])
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("run");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(rows[0]["lead"], "Ana\u{1b}[2J\nForged row");
+}
+
 /// A state directory with one hand-off that started 30 hours ago (so its reminder is out).
 async fn state_with_a_handoff(dir: &Path) {
+    state_with_a_handoff_named(dir, "Ana").await;
+}
+
+async fn state_with_a_handoff_named(dir: &Path, first_name: &str) {
     use leadloop_core::sla::{SlaConfig, SlaRules};
     use leadloop_core::{Lead, Person, PersonId, Role, VirtualClock};
     let store: std::sync::Arc<dyn leadloop_store::Store> =
@@ -500,7 +538,7 @@ async fn state_with_a_handoff(dir: &Path) {
         .await
         .expect("person");
     let mut lead = Lead::new("00Q1");
-    lead.first_name = Some("Ana".into());
+    lead.first_name = Some(first_name.into());
     lead.status = Some("Open - Not Contacted".into());
     lead.owner_id = Some(PersonId::new("005A0000001"));
     engine.upsert_lead(lead).await.expect("lead");

@@ -119,11 +119,16 @@ fn smtp_email(dir: &Path, pki: &TestPki, peer: &SmtpPeer) -> String {
     )
 }
 
+/// Lines read from the daemon's stderr, each with when it was read.
+type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
+/// `/readyz` answers (`None`: no answer), each with when its request started.
+type Answers = Arc<Mutex<Vec<(Instant, Option<u16>)>>>;
+
 /// A running `leadloop run`: its stderr lines and `/readyz` answers, each with when it came.
 struct Daemon {
     child: Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    readyz: Arc<Mutex<Vec<(Instant, Option<u16>)>>>,
+    lines: Lines,
+    readyz: Answers,
     poller: tokio::task::JoinHandle<()>,
 }
 
@@ -384,4 +389,40 @@ async fn fault_14_a_full_mail_directory_stops_the_daemon_with_74_and_loses_nothi
     );
     assert_eq!(after, LEADS, "every lead's alert is written once space returns");
     assert_eq!(partial, 0, "no half-written file is left behind");
+}
+
+/// `leadloop export` into a file system that fills up: exit 74 naming the file, and no partial
+/// file left to hold the space (or to be mistaken for a backup).
+#[tokio::test]
+async fn an_export_into_a_full_file_system_exits_74_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    {
+        let store = leadloop_store::SledStore::open(&leadloop_store::SledConfig::new(&state)).expect("open");
+        for n in 0..2000 {
+            leadloop_store::Store::commit(store.as_ref(), leadloop_tests::crash_batch(n))
+                .await
+                .expect("commit");
+        }
+    }
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    mount(&small, "64k");
+    let _unmount = Unmount(small.clone());
+    let out = small.join("backup.jsonl");
+    let output = Command::new(env!("CARGO_BIN_EXE_leadloop"))
+        .arg("export")
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/leadloop.toml"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg(&out)
+        .output()
+        .expect("run export");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(74), "{stderr}");
+    assert!(stderr.contains(&small.display().to_string()) && stderr.contains("No space left"), "{stderr}");
+    let left: Vec<_> =
+        std::fs::read_dir(&small).expect("read").filter_map(Result::ok).map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
