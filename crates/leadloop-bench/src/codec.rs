@@ -69,6 +69,10 @@ fn decode<T: DeserializeOwned>(format: usize, raw: &[u8]) -> Result<T, String> {
 fn measure<T: Serialize + DeserializeOwned + PartialEq>(name: &str, value: &T, runs: u32) {
     for (index, format) in FORMATS.iter().enumerate() {
         let raw = (format.encode)(value);
+        if raw.is_empty() {
+            println!("| {name} | {} | – | cannot encode | – |", format.name);
+            continue;
+        }
         let started = Instant::now();
         for _ in 0..runs {
             black_box((format.encode)(black_box(value)));

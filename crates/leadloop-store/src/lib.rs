@@ -194,7 +194,10 @@ pub enum Op {
     CancelTimer(TimerKey),
     /// Queues an effect; if the key is already in the outbox (in any state) this is a no-op.
     Enqueue(OutboxEntry),
-    /// Replaces an outbox entry's bookkeeping (attempt recorded, done, failed).
+    /// Replaces an outbox entry's bookkeeping (attempt recorded, done, failed). The effect is
+    /// the one queued: sled writes only the bookkeeping of an entry it holds (an email's
+    /// template variables are not written again); an entry it does not hold (an import) is
+    /// written whole.
     UpdateOutbox(OutboxEntry),
     SetCursor {
         name: String,
