@@ -1,8 +1,9 @@
 //! Signed, expiring links — one-click Accept / Recycle / Disqualify in SLA mail, unsubscribe
 //! and tracked redirects in nurture mail — and the public listener that serves them.
 //!
-//! A token is `PAYLOAD.MAC`: the payload in base64url, and an HMAC-SHA256 of it under the
-//! configured key. SLA payloads are `ACTION.LEAD.HANDOFF.EXPIRES`; nurture payloads are a small
+//! A token is `KEYID.PAYLOAD.MAC`: the id of the key that signed it, the payload in
+//! base64url, and an HMAC-SHA256 of both under that key ([`Signer`]: keys rotate, previous
+//! ones still verify). SLA payloads are `ACTION.LEAD.HANDOFF.EXPIRES`; nurture payloads are a small
 //! JSON object (`{"k":"u",…}` to unsubscribe, `{"k":"c",…}` for a click, whose target URL is
 //! inside the signed payload, so the redirect is never open). An unsubscribe token carries the
 //! address it was mailed to, sealed (ChaCha20-Poly1305 under a key derived from the link key),
@@ -14,7 +15,10 @@
 //! links that POST is the RFC 8058 one-click, whatever its body's encoding. A click GET
 //! records the click (when [`ClickRules`] let it count) and redirects; a HEAD records nothing.
 //! The token is verified before any body is read; a client address or a token used too often
-//! is answered without a durable write ([`LinkLimits`]). It is meant to sit behind the
+//! is answered without a durable write ([`LinkLimits`]). A link that cannot act gets a page
+//! that still offers a way out ([`LinkPages`]): an expired unsubscribe still unsubscribes, an
+//! expired click offers its page and an unsubscribe button, a link that does not verify
+//! offers the opt-out address, an expired SLA link the lead in the CRM. It is meant to sit behind the
 //! company's reverse proxy, apart from the admin listener.
 
 use std::net::{IpAddr, SocketAddr};
@@ -63,6 +67,15 @@ pub struct LinksConfig {
     /// `$CREDENTIALS_DIRECTORY`) or an environment variable.
     pub signing_key_file: Option<PathBuf>,
     pub signing_key_env: Option<String>,
+    /// Keys that signed links still in mailboxes, kept after a rotation so those links keep
+    /// working (files; a bare name is read from `$CREDENTIALS_DIRECTORY`). A link names the
+    /// key that signed it; new links are signed with the current key only.
+    #[serde(default)]
+    pub previous_signing_key_files: Vec<PathBuf>,
+    /// The address the listener's error pages offer leads for opting out by email when a link
+    /// cannot do it (cut short, signed by a retired key). Default: the reply address of
+    /// nurture mail (`email.nurture_reply_to`, `reply_to`, `nurture_from`, `from`).
+    pub opt_out_email: Option<String>,
     /// How long a link works.
     #[serde(default = "default_ttl", with = "leadloop_plugin::serde_duration")]
     pub ttl: Duration,
@@ -148,11 +161,47 @@ impl LinkLimits {
     }
 }
 
-/// How the public listener treats requests: its limits and which clicks count.
+/// How the public listener treats requests: its limits, which clicks count, and what its
+/// error pages offer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkRules {
     pub limits: LinkLimits,
     pub clicks: ClickRules,
+    pub pages: LinkPages,
+}
+
+/// What the listener's error pages point people to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkPages {
+    /// The bare address leads can write to to opt out (`mailto:`), when a link cannot do it.
+    pub opt_out: Option<String>,
+    /// The CRM's page of a lead, `{id}` standing for the lead id (`sla.crm_url`).
+    pub crm_url: Option<String>,
+}
+
+impl LinkPages {
+    /// From `links.opt_out_email`, else the first of `candidates` (the nurture mail's reply
+    /// addresses, in order), as a bare address; and `sla.crm_url`.
+    pub fn new<'a>(opt_out: impl IntoIterator<Item = Option<&'a str>>, crm_url: Option<&str>) -> Self {
+        Self {
+            opt_out: opt_out.into_iter().flatten().find_map(bare_address),
+            crm_url: crm_url.map(str::to_owned),
+        }
+    }
+}
+
+/// `a@b` from `Name <a@b>` or `a@b`; `None` unless it looks like an address that is safe in
+/// a `mailto:` URL and an HTML attribute.
+fn bare_address(mailbox: &str) -> Option<String> {
+    let text = match (mailbox.rfind('<'), mailbox.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &mailbox[open + 1..close],
+        _ => mailbox,
+    };
+    let address = text.trim();
+    let (local, domain) = address.split_once('@')?;
+    let safe = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+    (!local.is_empty() && domain.contains('.') && address.chars().all(|c| safe(c) || c == '@'))
+        .then(|| address.to_owned())
 }
 
 fn default_ttl() -> Duration {
@@ -167,6 +216,35 @@ fn default_nurture_ttl() -> Duration {
 pub const MIN_KEY_BYTES: usize = 32;
 
 impl LinksConfig {
+    /// The signer these settings describe: the current key, the previous ones, the URL and
+    /// the lifetimes.
+    pub fn signer(&self) -> Result<Signer, leadloop_plugin::BuildError> {
+        Ok(Signer::new(self.key()?, &self.public_url, self.ttl)
+            .with_nurture_ttl(self.nurture_ttl)
+            .with_previous_keys(self.previous_keys()?))
+    }
+
+    /// The keys of `previous_signing_key_files`, in order.
+    pub fn previous_keys(&self) -> Result<Vec<Secret>, leadloop_plugin::BuildError> {
+        self.previous_signing_key_files
+            .iter()
+            .enumerate()
+            .map(|(i, file)| {
+                let key = format!("links.previous_signing_key_files[{i}]");
+                let secret = leadloop_plugin::SecretSource::File(file.clone())
+                    .resolve()
+                    .map_err(|e| leadloop_plugin::BuildError::new(key.clone(), e.to_string()))?;
+                if secret.expose().len() < MIN_KEY_BYTES {
+                    return Err(leadloop_plugin::BuildError::new(
+                        key,
+                        format!("the key must be at least {MIN_KEY_BYTES} bytes"),
+                    ));
+                }
+                Ok(secret)
+            })
+            .collect()
+    }
+
     pub fn key(&self) -> Result<Secret, leadloop_plugin::BuildError> {
         let key = leadloop_plugin::secret_from(
             "links.signing_key",
@@ -190,6 +268,7 @@ impl LinksConfig {
         LinkRules {
             limits: self.limits.clone(),
             clicks: ClickRules { window: self.click_window, min_delay: self.click_min_delay },
+            pages: LinkPages::new([self.opt_out_email.as_deref()], None),
         }
     }
 }
@@ -263,10 +342,60 @@ pub enum AnyClaim {
     Nurture(NurtureClaim),
 }
 
+impl AnyClaim {
+    fn expires(&self) -> i64 {
+        match self {
+            AnyClaim::Sales(claim) => claim.expires.timestamp(),
+            AnyClaim::Nurture(claim) => claim.expires(),
+        }
+    }
+}
+
+/// A token whose MAC is right, expired or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub claim: AnyClaim,
+    pub expired: bool,
+}
+
+/// One link key and its id (see [`Signer`]).
+#[derive(Clone)]
+struct LinkKey {
+    id: String,
+    secret: Secret,
+}
+
+/// The label a key's id is an HMAC of. It holds spaces, which base64url never does, so no
+/// token's MAC can equal it.
+const KEY_ID_LABEL: &[u8] = b"leadloop link key id v1";
+
+impl LinkKey {
+    fn new(secret: Secret) -> Self {
+        let mut mac = mac_under(&secret);
+        mac.update(KEY_ID_LABEL);
+        let id = URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..6]);
+        Self { id, secret }
+    }
+}
+
+fn mac_under(key: &Secret) -> HmacSha256 {
+    // HMAC takes keys of any length; this cannot fail.
+    HmacSha256::new_from_slice(key.expose().as_bytes()).unwrap_or_else(|_| unreachable_mac())
+}
+
 /// Signs and verifies tokens, and makes the URLs the ladder and nurture put in emails.
+///
+/// A token is `KEYID.PAYLOAD.MAC`: the id of the key that signed it (8 base64url characters,
+/// an HMAC of a label under the key, so it names the key without revealing it), the payload
+/// in base64url, and an HMAC-SHA256 of `KEYID.PAYLOAD` under that key. New tokens are signed
+/// with the current key; a token verifies with the key its id names, the current one or a
+/// previous one still configured, so links outlive a key rotation. Tokens made before keys
+/// had ids (`PAYLOAD.MAC`) verify with any configured key: they were signed with the one key
+/// there was, current until the first rotation and previous after it.
 #[derive(Clone)]
 pub struct Signer {
-    key: Secret,
+    /// The current key first, then the previous ones.
+    keys: Vec<LinkKey>,
     base: String,
     ttl: chrono::TimeDelta,
     nurture_ttl: chrono::TimeDelta,
@@ -281,7 +410,7 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     pub fn new(key: Secret, public_url: &str, ttl: Duration) -> Self {
         Self {
-            key,
+            keys: vec![LinkKey::new(key)],
             base: public_url.trim_end_matches('/').to_owned(),
             ttl: chrono::TimeDelta::from_std(ttl).unwrap_or(chrono::TimeDelta::days(14)),
             nurture_ttl: chrono::TimeDelta::days(400),
@@ -294,11 +423,32 @@ impl Signer {
         self
     }
 
+    /// Keys that no longer sign but still verify the links they signed.
+    pub fn with_previous_keys(mut self, keys: impl IntoIterator<Item = Secret>) -> Self {
+        for key in keys {
+            let key = LinkKey::new(key);
+            if !self.keys.iter().any(|k| k.id == key.id) {
+                self.keys.push(key);
+            }
+        }
+        self
+    }
+
+    /// The id of the key new tokens are signed with.
+    pub fn key_id(&self) -> &str {
+        &self.keys[0].id
+    }
+
+    fn current(&self) -> &LinkKey {
+        &self.keys[0]
+    }
+
     fn sign(&self, payload: &str) -> String {
-        let encoded = URL_SAFE_NO_PAD.encode(payload.as_bytes());
-        let mut mac = self.mac();
-        mac.update(encoded.as_bytes());
-        format!("{encoded}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        let key = self.current();
+        let signed = format!("{}.{}", key.id, URL_SAFE_NO_PAD.encode(payload.as_bytes()));
+        let mut mac = mac_under(&key.secret);
+        mac.update(signed.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
     /// The token of a nurture link.
@@ -306,32 +456,59 @@ impl Signer {
         self.sign(&serde_json::to_string(claim).unwrap_or_default())
     }
 
-    /// Verifies any token: an SLA action or a nurture link.
-    pub fn verify_any(&self, token: &str, now: Timestamp) -> Result<AnyClaim, TokenError> {
+    /// Verifies any token, an SLA action or a nurture link, expired or not (the listener
+    /// honours an expired unsubscribe).
+    pub fn open_any(&self, token: &str, now: Timestamp) -> Result<Opened, TokenError> {
         let payload = self.payload(token)?;
-        if payload.starts_with('{') {
-            let claim: NurtureClaim = serde_json::from_str(&payload).map_err(|_| TokenError::Invalid)?;
-            if claim.expires() <= now.timestamp() {
-                return Err(TokenError::Expired);
-            }
-            return Ok(AnyClaim::Nurture(claim));
-        }
-        self.verify(token, now).map(AnyClaim::Sales)
+        let claim = if payload.starts_with('{') {
+            AnyClaim::Nurture(serde_json::from_str(&payload).map_err(|_| TokenError::Invalid)?)
+        } else {
+            AnyClaim::Sales(parse_sales(&payload)?)
+        };
+        let expired = claim.expires() <= now.timestamp();
+        Ok(Opened { claim, expired })
     }
 
-    /// The payload of a token whose MAC is right.
+    /// Verifies any token: an SLA action or a nurture link.
+    pub fn verify_any(&self, token: &str, now: Timestamp) -> Result<AnyClaim, TokenError> {
+        match self.open_any(token, now)? {
+            Opened { expired: true, .. } => Err(TokenError::Expired),
+            Opened { claim, .. } => Ok(claim),
+        }
+    }
+
+    /// The payload of a token whose MAC is right under the key it names (or, for a token
+    /// without a key id, under any configured key).
     fn payload(&self, token: &str) -> Result<String, TokenError> {
-        let (encoded, signature) = token.split_once('.').ok_or(TokenError::Invalid)?;
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
-        let mut mac = self.mac();
-        mac.update(encoded.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| TokenError::Invalid)?;
+        let parts: Vec<&str> = token.split('.').collect();
+        let (encoded, verified) = match parts[..] {
+            [id, encoded, signature] => {
+                let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
+                let key = self.keys.iter().find(|k| k.id == id).ok_or(TokenError::Invalid)?;
+                let mut mac = mac_under(&key.secret);
+                mac.update(token[..id.len() + 1 + encoded.len()].as_bytes());
+                (encoded, mac.verify_slice(&signature).is_ok())
+            }
+            [encoded, signature] => {
+                let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
+                let verified = self.keys.iter().any(|key| {
+                    let mut mac = mac_under(&key.secret);
+                    mac.update(encoded.as_bytes());
+                    mac.verify_slice(&signature).is_ok()
+                });
+                (encoded, verified)
+            }
+            _ => return Err(TokenError::Invalid),
+        };
+        if !verified {
+            return Err(TokenError::Invalid);
+        }
         String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).map_err(|_| TokenError::Invalid)?)
             .map_err(|_| TokenError::Invalid)
     }
 
-    /// `address`, lowercased and sealed for `lead`'s unsubscribe token: ChaCha20-Poly1305
-    /// under a key derived from the link key, with the lead as associated data and a nonce
+    /// `address`, lowercased and sealed for `lead`'s token: ChaCha20-Poly1305 under a key
+    /// derived from the current link key, with the lead as associated data and a nonce
     /// derived from lead, address and expiry (the same link is the same token; different ones
     /// never share a nonce). `None` for a blank address.
     pub fn seal_address(&self, lead: &LeadId, address: &str, expires: i64) -> Option<String> {
@@ -339,7 +516,8 @@ impl Signer {
         if address.is_empty() {
             return None;
         }
-        let mut mac = self.mac();
+        let key = &self.current().secret;
+        let mut mac = mac_under(key);
         mac.update(ADDRESS_NONCE_LABEL);
         for part in [lead.as_str().as_bytes(), address.as_bytes(), &expires.to_be_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
@@ -347,7 +525,7 @@ impl Signer {
         }
         let nonce: [u8; 12] = mac.finalize().into_bytes()[..12].try_into().ok()?;
         let mut sealed = address.into_bytes();
-        self.address_key()?
+        address_key(key)?
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(lead.as_str().as_bytes()),
@@ -359,30 +537,19 @@ impl Signer {
         Some(URL_SAFE_NO_PAD.encode(bytes))
     }
 
-    /// The address [`seal_address`](Self::seal_address) sealed for `lead`.
+    /// The address [`seal_address`](Self::seal_address) sealed for `lead`, under whichever
+    /// configured key sealed it (only that one opens it).
     pub fn open_address(&self, lead: &LeadId, sealed: &str) -> Option<String> {
         let bytes = URL_SAFE_NO_PAD.decode(sealed).ok()?;
         let (nonce, sealed) = bytes.split_at_checked(12)?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut sealed = sealed.to_vec();
-        let address = self
-            .address_key()?
-            .open_in_place(nonce, Aad::from(lead.as_str().as_bytes()), &mut sealed)
-            .ok()?;
-        String::from_utf8(address.to_vec()).ok()
-    }
-
-    /// The sealing key: an HMAC of a label under the link key. The labels hold spaces, which
-    /// base64url never does, so no token's MAC can equal them.
-    fn address_key(&self) -> Option<LessSafeKey> {
-        let mut mac = self.mac();
-        mac.update(ADDRESS_KEY_LABEL);
-        UnboundKey::new(&CHACHA20_POLY1305, &mac.finalize().into_bytes()).ok().map(LessSafeKey::new)
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        // HMAC takes keys of any length; this cannot fail.
-        HmacSha256::new_from_slice(self.key.expose().as_bytes()).unwrap_or_else(|_| unreachable_mac())
+        self.keys.iter().find_map(|key| {
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            let mut sealed = sealed.to_vec();
+            let address = address_key(&key.secret)?
+                .open_in_place(nonce, Aad::from(lead.as_str().as_bytes()), &mut sealed)
+                .ok()?;
+            String::from_utf8(address.to_vec()).ok()
+        })
     }
 
     pub fn token(&self, claim: &Claim) -> String {
@@ -397,32 +564,37 @@ impl Signer {
     }
 
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<Claim, TokenError> {
-        let (encoded, signature) = token.split_once('.').ok_or(TokenError::Invalid)?;
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
-        let mut mac = self.mac();
-        mac.update(encoded.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| TokenError::Invalid)?;
-        let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).map_err(|_| TokenError::Invalid)?)
-            .map_err(|_| TokenError::Invalid)?;
-        // Lead ids may contain dots: the action is first, handoff and expiry last.
-        let (action, rest) = payload.split_once('.').ok_or(TokenError::Invalid)?;
-        let (rest, expires) = rest.rsplit_once('.').ok_or(TokenError::Invalid)?;
-        let (lead, handoff) = rest.rsplit_once('.').ok_or(TokenError::Invalid)?;
-        let claim = Claim {
-            action: SalesAction::parse(action).ok_or(TokenError::Invalid)?,
-            lead: LeadId::new(lead),
-            handoff: handoff.parse().map_err(|_| TokenError::Invalid)?,
-            expires: expires
-                .parse()
-                .ok()
-                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
-                .ok_or(TokenError::Invalid)?,
-        };
-        if claim.expires <= now {
-            return Err(TokenError::Expired);
+        match self.verify_any(token, now)? {
+            AnyClaim::Sales(claim) => Ok(claim),
+            AnyClaim::Nurture(_) => Err(TokenError::Invalid),
         }
-        Ok(claim)
     }
+}
+
+/// An SLA payload: `ACTION.LEAD.HANDOFF.EXPIRES`.
+fn parse_sales(payload: &str) -> Result<Claim, TokenError> {
+    // Lead ids may contain dots: the action is first, handoff and expiry last.
+    let (action, rest) = payload.split_once('.').ok_or(TokenError::Invalid)?;
+    let (rest, expires) = rest.rsplit_once('.').ok_or(TokenError::Invalid)?;
+    let (lead, handoff) = rest.rsplit_once('.').ok_or(TokenError::Invalid)?;
+    Ok(Claim {
+        action: SalesAction::parse(action).ok_or(TokenError::Invalid)?,
+        lead: LeadId::new(lead),
+        handoff: handoff.parse().map_err(|_| TokenError::Invalid)?,
+        expires: expires
+            .parse()
+            .ok()
+            .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+            .ok_or(TokenError::Invalid)?,
+    })
+}
+
+/// The sealing key of addresses: an HMAC of a label under the link key. The labels hold
+/// spaces, which base64url never does, so no token's MAC can equal them.
+fn address_key(key: &Secret) -> Option<LessSafeKey> {
+    let mut mac = mac_under(key);
+    mac.update(ADDRESS_KEY_LABEL);
+    UnboundKey::new(&CHACHA20_POLY1305, &mac.finalize().into_bytes()).ok().map(LessSafeKey::new)
 }
 
 fn unreachable_mac() -> HmacSha256 {
@@ -567,12 +739,18 @@ struct PublicState {
     engine: Engine,
     clicks: ClickRules,
     guard: Arc<Guard>,
+    pages: Arc<LinkPages>,
 }
 
 /// The public listener's routes: `/l/TOKEN` and nothing else, behind the per-client limit.
 pub fn router(signer: Arc<Signer>, engine: Engine, rules: &LinkRules) -> Router {
-    let state =
-        PublicState { signer, engine, clicks: rules.clicks, guard: Arc::new(Guard::new(&rules.limits)) };
+    let state = PublicState {
+        signer,
+        engine,
+        clicks: rules.clicks,
+        guard: Arc::new(Guard::new(&rules.limits)),
+        pages: Arc::new(rules.pages.clone()),
+    };
     Router::new()
         .route("/l/{token}", get(confirm).post(perform))
         .layer(axum::middleware::from_fn_with_state(state.clone(), per_client))
@@ -627,20 +805,70 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn refused(error: TokenError) -> Response {
-    let status = match error {
-        TokenError::Invalid => StatusCode::FORBIDDEN,
-        TokenError::Expired => StatusCode::GONE,
+/// How a lead can opt out by email when no link can do it.
+fn opt_out_by_mail(pages: &LinkPages) -> String {
+    match &pages.opt_out {
+        Some(address) => format!(
+            "<p>To stop receiving our emails, write to <a href=\"mailto:{address}?subject=Unsubscribe\">{address}</a> from the address you receive them at, with “Unsubscribe” as the subject.</p>"
+        ),
+        None => {
+            "<p>To stop receiving our emails, reply to one of them with “Unsubscribe” as the subject.</p>"
+                .to_owned()
+        }
+    }
+}
+
+/// A token that does not verify: cut short, tampered with, or signed by a key no longer
+/// configured. Whose it was is unknown, so the page speaks to a lead and to a rep.
+fn invalid(pages: &LinkPages) -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "This link does not work",
+        &format!(
+            "<p>It may have been cut short by your mail program, or come from an old email.</p>{}<p>If you are on the sales team: answer in the CRM, or use the links in the latest email about the lead.</p>",
+            opt_out_by_mail(pages)
+        ),
+    )
+}
+
+/// An SLA link past its expiry: the rep answers in the CRM.
+fn expired_sales(pages: &LinkPages, lead: &LeadId) -> Response {
+    let crm = pages.crm_url.as_deref().map(|url| url.replace("{id}", lead.as_str()));
+    let body = match crm.filter(|url| url.starts_with("https://") || url.starts_with("http://")) {
+        Some(url) => format!("<p>Answer in the CRM: <a href=\"{}\">open the lead</a>.</p>", escape(&url)),
+        None => "<p>Answer in the CRM, or use the links in the latest email about this lead.</p>".to_owned(),
     };
-    page(status, &error.to_string(), "<p>Open the lead in the CRM instead.</p>")
+    page(StatusCode::GONE, "This link has expired", &body)
+}
+
+/// A tracked link past its expiry: the page it led to, and the lead's way out.
+fn expired_click(pages: &LinkPages, url: &str) -> Response {
+    let target = if url.starts_with("https://") || url.starts_with("http://") {
+        format!("<p>The page it led to: <a href=\"{0}\">{0}</a></p>", escape(url))
+    } else {
+        String::new()
+    };
+    page(
+        StatusCode::GONE,
+        "This link has expired",
+        &format!(
+            "{target}<p>To stop receiving these emails:</p><form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>{}",
+            opt_out_by_mail(pages).replacen("To stop receiving our emails, ", "Or ", 1)
+        ),
+    )
 }
 
 /// GET (and HEAD, which axum answers from the GET handler without a body).
 async fn confirm(State(state): State<PublicState>, method: Method, Path(token): Path<String>) -> Response {
-    let claim = match state.signer.verify_any(&token, state.engine.clock().now()) {
-        Ok(AnyClaim::Sales(claim)) => claim,
-        Ok(AnyClaim::Nurture(claim)) => return nurture_get(&state, &method, &token, claim).await,
-        Err(error) => return refused(error),
+    let claim = match state.signer.open_any(&token, state.engine.clock().now()) {
+        Ok(Opened { claim: AnyClaim::Nurture(claim), expired }) => {
+            return nurture_get(&state, &method, &token, claim, expired).await;
+        }
+        Ok(Opened { claim: AnyClaim::Sales(claim), expired: true }) => {
+            return expired_sales(&state.pages, &claim.lead);
+        }
+        Ok(Opened { claim: AnyClaim::Sales(claim), expired: false }) => claim,
+        Err(_) => return invalid(&state.pages),
     };
     let lead = state.engine.store().lead(&claim.lead).await.ok().flatten();
     let name = lead.map(|r| r.lead.display_name()).unwrap_or_else(|| claim.lead.to_string());
@@ -687,9 +915,14 @@ async fn perform(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let claim = match state.signer.verify_any(&token, state.engine.clock().now()) {
-        Ok(claim) => claim,
-        Err(error) => return refused(error),
+    // An expired SLA link acts on nothing; an expired nurture link still opts its lead out
+    // (its MAC proves it was mailed to that lead, and an opt-out must always work).
+    let claim = match state.signer.open_any(&token, state.engine.clock().now()) {
+        Ok(Opened { claim: AnyClaim::Sales(claim), expired: true }) => {
+            return expired_sales(&state.pages, &claim.lead);
+        }
+        Ok(Opened { claim, .. }) => claim,
+        Err(_) => return invalid(&state.pages),
     };
     if let Err(wait) = state.guard.admit_token(&token) {
         metrics::counter!("leadloop_links_throttled_total", "by" => "link").increment(1);
@@ -736,13 +969,20 @@ fn try_again() -> Response {
 /// A nurture link opened: an unsubscribe shows its confirmation form (a mail scanner fetching
 /// it changes nothing); a click is recorded when it counts, and redirected to its signed
 /// target in any case. A HEAD, or a link used past its allowance, records nothing.
-async fn nurture_get(state: &PublicState, method: &Method, token: &str, claim: NurtureClaim) -> Response {
+async fn nurture_get(
+    state: &PublicState,
+    method: &Method,
+    token: &str,
+    claim: NurtureClaim,
+    expired: bool,
+) -> Response {
     match claim {
         NurtureClaim::Unsubscribe { .. } => page(
             StatusCode::OK,
             "Unsubscribe?",
             "<p>You will receive no more of these emails.</p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>",
         ),
+        NurtureClaim::Click { url, .. } if expired => expired_click(&state.pages, &url),
         NurtureClaim::Click { lead, track, step, link, url, message, .. } => {
             let ignored = if method == Method::HEAD {
                 Some("head")
@@ -790,18 +1030,20 @@ async fn nurture_get(state: &PublicState, method: &Method, token: &str, claim: N
 }
 
 /// A nurture link's POST: the one-click unsubscribe (RFC 8058, whatever the body) or the
-/// confirmation form's.
+/// confirmation form's, expired or not; or the unsubscribe form of an expired tracked link's
+/// page, which opts out the lead the link was mailed to.
 async fn nurture_post(state: &PublicState, claim: NurtureClaim) -> Response {
-    let NurtureClaim::Unsubscribe { lead, address, .. } = claim else {
-        return page(StatusCode::METHOD_NOT_ALLOWED, "Not here", "<p>Nothing to do.</p>");
+    let (lead, address, via) = match claim {
+        NurtureClaim::Unsubscribe { lead, address, .. } => (lead, address, "one-click"),
+        NurtureClaim::Click { lead, .. } => (lead, None, "expired link page"),
     };
     let address = match address.map(|sealed| state.signer.open_address(&lead, &sealed)) {
         None => None,
         Some(Some(address)) => Some(address),
-        // A token whose MAC is right always opens; this one was made with another key.
-        Some(None) => return refused(TokenError::Invalid),
+        // A token whose MAC is right opens under the key that signed it; this one does not.
+        Some(None) => return invalid(&state.pages),
     };
-    match state.engine.unsubscribe(&lead, address.as_deref(), "one-click").await {
+    match state.engine.unsubscribe(&lead, address.as_deref(), via).await {
         Ok(Unsubscribed::Done) => {
             tracing::info!(lead_id = %lead, "unsubscribed from nurture mail");
             unsubscribed()
@@ -844,9 +1086,12 @@ mod tests {
         assert_eq!((claim.action, claim.lead.as_str(), claim.handoff), (SalesAction::Disqualify, "00Q.1", 3));
         assert_eq!(s.verify(token, now + chrono::TimeDelta::hours(1)), Err(TokenError::Expired));
         assert_eq!(signer("another key, also thirty-two bytes").verify(token, now), Err(TokenError::Invalid));
-        let (payload, mac) = token.split_once('.').expect("two parts");
+        let (signed, mac) = token.rsplit_once('.').expect("key id, payload, MAC");
+        let (id, payload) = signed.split_once('.').expect("key id, payload");
+        assert_eq!(id, s.key_id());
         let forged = URL_SAFE_NO_PAD.encode("accept.00Q.1.3.9999999999");
-        assert_eq!(s.verify(&format!("{forged}.{mac}"), now), Err(TokenError::Invalid));
+        assert_eq!(s.verify(&format!("{id}.{forged}.{mac}"), now), Err(TokenError::Invalid));
+        assert_eq!(s.verify(&format!("{payload}.{mac}"), now), Err(TokenError::Invalid));
         assert_eq!(s.verify(payload, now), Err(TokenError::Invalid));
         assert_eq!(s.verify("", now), Err(TokenError::Invalid));
     }
@@ -871,11 +1116,11 @@ mod tests {
         };
         assert_eq!((lead.as_str(), url.as_str()), ("00Q.1", "https://example.com/p?a=1"));
         // Another target under the same MAC is refused: no open redirect.
-        let (_, mac) = token.split_once('.').expect("two parts");
+        let (_, mac) = token.rsplit_once('.').expect("three parts");
         let forged = URL_SAFE_NO_PAD.encode(
             r#"{"k":"c","l":"00Q.1","t":"welcome","s":"step 1","n":"pricing","u":"https://evil.example","e":9999999999}"#,
         );
-        assert_eq!(s.verify_any(&format!("{forged}.{mac}"), now), Err(TokenError::Invalid));
+        assert_eq!(s.verify_any(&format!("{}.{forged}.{mac}", s.key_id()), now), Err(TokenError::Invalid));
         let unsubscribe = s.unsubscribe(&LeadId::new("00Q1"), "Ana@Acme.example", now);
         let token = unsubscribe.strip_prefix("https://leads.example.com/l/").expect("base url");
         assert!(matches!(s.verify_any(token, now), Ok(AnyClaim::Nurture(NurtureClaim::Unsubscribe { .. }))));
@@ -886,6 +1131,72 @@ mod tests {
         let sla = s.link(SalesAction::Accept, &LeadId::new("00Q1"), 1, now);
         let token = sla.strip_prefix("https://leads.example.com/l/").expect("base url");
         assert!(matches!(s.verify_any(token, now), Ok(AnyClaim::Sales(_))));
+    }
+
+    /// A token as leadloop made them before tokens named their key: `PAYLOAD.MAC`.
+    fn legacy_token(key: &str, payload: &str) -> String {
+        let encoded = URL_SAFE_NO_PAD.encode(payload);
+        let mut mac = mac_under(&Secret::for_tests(key));
+        mac.update(encoded.as_bytes());
+        format!("{encoded}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn a_rotated_key_still_verifies_what_it_signed_and_only_the_current_one_signs() {
+        let now: Timestamp = "2026-03-02T14:00:00Z".parse().expect("instant");
+        let (old_key, new_key) =
+            ("the old key, at least thirty-two bytes", "the new key, at least thirty-two bytes");
+        let old = signer(old_key);
+        let lead = LeadId::new("00Q1");
+        let unsubscribe = old.unsubscribe(&lead, "ana@acme.example", now);
+        let unsubscribe = unsubscribe.strip_prefix("https://leads.example.com/l/").expect("base url");
+        let accept = old.link(SalesAction::Accept, &lead, 1, now);
+        let accept = accept.strip_prefix("https://leads.example.com/l/").expect("base url");
+        let legacy = legacy_token(old_key, r#"{"k":"u","l":"00Q1","e":1900000000}"#);
+
+        // After the rotation, with the old key kept as a previous key: every old link works,
+        // its sealed address opens, and new links name the new key.
+        let rotated = signer(new_key).with_previous_keys([Secret::for_tests(old_key)]);
+        assert_ne!(rotated.key_id(), old.key_id());
+        let Ok(AnyClaim::Nurture(NurtureClaim::Unsubscribe { address: Some(sealed), .. })) =
+            rotated.verify_any(unsubscribe, now)
+        else {
+            panic!("the old unsubscribe link verifies")
+        };
+        assert_eq!(rotated.open_address(&lead, &sealed).as_deref(), Some("ana@acme.example"));
+        assert!(rotated.verify(accept, now).is_ok());
+        assert!(rotated.verify_any(&legacy, now).is_ok(), "a token without a key id, by the old key");
+        let fresh = rotated.unsubscribe(&lead, "ana@acme.example", now);
+        assert!(fresh.contains(&format!("/l/{}.", rotated.key_id())), "{fresh}");
+        let fresh = fresh.strip_prefix("https://leads.example.com/l/").expect("base url");
+        assert!(old.verify_any(fresh, now).is_err(), "the old key alone cannot verify new links");
+
+        // Once the old key is dropped, its links (with or without a key id) no longer verify.
+        let dropped = signer(new_key);
+        assert_eq!(dropped.verify_any(unsubscribe, now), Err(TokenError::Invalid));
+        assert_eq!(dropped.verify_any(&legacy, now), Err(TokenError::Invalid));
+        assert!(dropped.verify_any(fresh, now).is_ok());
+        // A token naming one key but signed by another is refused.
+        let (_, rest) = unsubscribe.split_once('.').expect("key id");
+        assert_eq!(
+            rotated.verify_any(&format!("{}.{rest}", rotated.key_id()), now),
+            Err(TokenError::Invalid)
+        );
+        // Expired is told apart from invalid, and open_any still reads an expired token.
+        let later = now + chrono::TimeDelta::days(401);
+        assert_eq!(rotated.verify_any(unsubscribe, later), Err(TokenError::Expired));
+        assert!(rotated.open_any(unsubscribe, later).is_ok_and(|o| o.expired));
+    }
+
+    #[test]
+    fn opt_out_addresses_are_bare_and_safe() {
+        let pages = LinkPages::new(
+            [None, Some("Example Marketing <marketing@example.com>"), Some("x@y.example")],
+            Some("https://crm.example/{id}"),
+        );
+        assert_eq!(pages.opt_out.as_deref(), Some("marketing@example.com"));
+        assert_eq!(LinkPages::new([Some("a\"b@x.example")], None).opt_out, None);
+        assert_eq!(LinkPages::new([Some("not an address")], None).opt_out, None);
     }
 
     #[test]

@@ -81,9 +81,7 @@ pub fn engine_rules(config: &Config) -> Result<(leadloop_core::rules::Rules, Opt
     }
     let signer = match &config.links {
         Some(links) => {
-            let key = links.key().map_err(|e| e.to_string())?;
-            let signer =
-                Arc::new(Signer::new(key, &links.public_url, links.ttl).with_nurture_ttl(links.nurture_ttl));
+            let signer = Arc::new(links.signer().map_err(|e| e.to_string())?);
             rules = rules.with_links(signer.clone());
             Some(signer)
         }
@@ -425,7 +423,7 @@ impl Runtime {
             crm,
             calendar,
             public,
-            link_rules: config.links.as_ref().map(|links| links.rules()).unwrap_or_default(),
+            link_rules: link_rules(&config),
             stop,
             max_idle: config.daemon.max_idle,
             shutdown_grace: config.daemon.shutdown_grace,
@@ -550,6 +548,26 @@ impl Runtime {
         drop(store);
         ended.unwrap_or(Ended::Shutdown)
     }
+}
+
+/// The public listener's rules: `[links]`'s, with error pages that offer the nurture mail's
+/// reply address for opting out (unless `links.opt_out_email` says otherwise) and link to
+/// the CRM's page of a lead (`sla.crm_url`).
+fn link_rules(config: &Config) -> LinkRules {
+    let Some(links) = &config.links else { return LinkRules::default() };
+    let email = config.email.as_ref();
+    let mut rules = links.rules();
+    rules.pages = crate::links::LinkPages::new(
+        [
+            links.opt_out_email.as_deref(),
+            email.and_then(|e| e.nurture_reply_to.as_deref()),
+            email.and_then(|e| e.reply_to.as_deref()),
+            email.and_then(|e| e.nurture_from.as_deref()),
+            email.map(|e| e.from.as_str()),
+        ],
+        config.sla.crm_url.as_deref(),
+    );
+    rules
 }
 
 fn serve_links(

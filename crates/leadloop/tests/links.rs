@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use leadloop::links::{LinkRules, Signer};
+use leadloop::links::{LinkPages, LinkRules, Signer};
+use leadloop_core::nurture::{NurtureLinks as _, TrackedLink};
 use leadloop_core::sla::{SlaConfig, SlaRules};
 use leadloop_core::{Channel, Effect, Lead, LeadId, Person, PersonId, Role, VirtualClock};
 use leadloop_engine::Engine;
@@ -15,6 +16,7 @@ use leadloop_store::{SledConfig, SledStore, Store};
 
 struct Rig {
     _dir: tempfile::TempDir,
+    signer: Arc<Signer>,
     engine: Engine,
     clock: Arc<VirtualClock>,
     store: Arc<dyn Store>,
@@ -22,6 +24,10 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with(LinkRules::default()).await
+}
+
+async fn rig_with(link_rules: LinkRules) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = SledStore::open(&SledConfig::new(dir.path())).expect("store");
     let clock = Arc::new(VirtualClock::new("2026-03-02T14:00:00Z".parse().expect("instant")));
@@ -36,9 +42,9 @@ async fn rig() -> Rig {
     let engine = Engine::new(Arc::clone(&store), clock.clone(), Arc::new(rules));
     tokio::spawn(leadloop::links::serve(
         listener,
-        signer,
+        signer.clone(),
         engine.clone(),
-        LinkRules::default(),
+        link_rules,
         tokio_util::sync::CancellationToken::new(),
     ));
     engine
@@ -61,7 +67,7 @@ async fn rig() -> Rig {
     engine.upsert_lead(lead).await.expect("lead");
     let client =
         reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    Rig { _dir: dir, engine, clock, store, client }
+    Rig { _dir: dir, signer, engine, clock, store, client }
 }
 
 async fn link(rig: &Rig, action: &str) -> String {
@@ -132,10 +138,10 @@ async fn tampered_and_expired_links_change_nothing() {
     let rig = rig().await;
     let accept = link(&rig, "accept").await;
     let (base, token) = accept.rsplit_once('/').expect("token");
-    let (payload, mac) = token.split_once('.').expect("two parts");
+    let (signed, mac) = token.rsplit_once('.').expect("KEYID.PAYLOAD.MAC");
     let mut forged_mac = mac.to_owned();
     forged_mac.replace_range(0..1, if mac.starts_with('A') { "B" } else { "A" });
-    let tampered = format!("{base}/{payload}.{forged_mac}");
+    let tampered = format!("{base}/{signed}.{forged_mac}");
     assert_eq!(rig.client.post(&tampered).form(&[("x", "")]).send().await.expect("post").status(), 403);
     assert_eq!(rig.client.get(format!("{base}/nonsense")).send().await.expect("get").status(), 403);
     // Only the link route exists on the public listener.
@@ -147,4 +153,72 @@ async fn tampered_and_expired_links_change_nothing() {
         rig.store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead").lead.status.as_deref()
             == Some("Open - Not Contacted")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_broken_links_give_pages_with_a_way_out() {
+    let pages = LinkPages::new(
+        [Some("Example Marketing <optout@x.example>")],
+        Some("https://crm.example/lead/{id}/view"),
+    );
+    let rig = rig_with(LinkRules { pages, ..LinkRules::default() }).await;
+    let accept = link(&rig, "accept").await;
+    let base = accept.rsplit_once("/l/").expect("link").0.to_owned();
+    let now = rig.clock_now();
+    let lead = LeadId::new("00Q1");
+    let click = rig.signer.click(
+        &TrackedLink {
+            message: None,
+            lead: &lead,
+            track: "welcome",
+            step: "day 1",
+            link: "guide",
+            target: "https://www.example.com/guide?a=1&b=2",
+        },
+        now,
+    );
+    let mut other = Lead::new("00Q2");
+    other.email = Some("bo@acme.example".into());
+    rig.engine.upsert_lead(other).await.expect("lead");
+    let unsubscribe = rig.signer.unsubscribe(&LeadId::new("00Q2"), "bo@acme.example", now);
+
+    // A link cut short: whoever it was for learns how to opt out by email, and reps where to
+    // answer instead. No link on the page is empty.
+    let broken =
+        rig.client.get(format!("{base}/l/{}", &accept[accept.len() - 20..])).send().await.expect("get");
+    assert_eq!(broken.status(), 403);
+    let body = broken.text().await.expect("body");
+    assert!(
+        body.contains("<a href=\"mailto:optout@x.example?subject=Unsubscribe\">optout@x.example</a>"),
+        "{body}"
+    );
+    assert!(body.contains("sales team"), "{body}");
+    assert!(!body.contains("href=\"\""), "{body}");
+
+    // Past their expiry: the SLA link points the rep at the lead in the CRM.
+    rig.clock.advance(TimeDelta::days(401));
+    let expired = rig.client.post(&accept).form(&[("x", "")]).send().await.expect("post");
+    assert_eq!(expired.status(), 410);
+    let body = expired.text().await.expect("body");
+    assert!(body.contains("<a href=\"https://crm.example/lead/00Q1/view\">open the lead</a>"), "{body}");
+    // The tracked link offers the page it led to and an unsubscribe button that works.
+    let page = rig.client.get(&click).send().await.expect("get");
+    assert_eq!(page.status(), 410);
+    let body = page.text().await.expect("body");
+    assert!(body.contains("<a href=\"https://www.example.com/guide?a=1&amp;b=2\">"), "{body}");
+    assert!(body.contains("<form method=\"post\">") && body.contains("optout@x.example"), "{body}");
+    let unsubscribed = |history: Vec<(u64, leadloop_core::HistoryEvent)>| {
+        history.iter().any(|(_, e)| {
+            matches!(&e.kind, leadloop_core::EventKind::Activity { activity, .. } if activity == "unsubscribe")
+        })
+    };
+    assert!(!unsubscribed(rig.store.history(&lead).await.expect("history")));
+    let done = rig.client.post(&click).form(&[("x", "")]).send().await.expect("post");
+    assert_eq!(done.status(), 200);
+    assert!(unsubscribed(rig.store.history(&lead).await.expect("history")));
+    // And an expired unsubscribe link still unsubscribes: its address is suppressed.
+    assert_eq!(rig.client.get(&unsubscribe).send().await.expect("get").status(), 200);
+    let done = rig.client.post(&unsubscribe).send().await.expect("post");
+    assert_eq!(done.status(), 200);
+    assert!(rig.store.suppression("bo@acme.example").await.expect("read").is_some());
 }

@@ -311,8 +311,11 @@ async fn two_thousand_replays_of_a_link_are_not_two_thousand_writes() {
     // Every click would count (no click rules) and the client is not limited: only the
     // per-link allowance stands between the replays and the store.
     let limits = LinkLimits { per_ip_per_minute: 1_000_000, per_token: 5, ..LinkLimits::default() };
-    let rules =
-        LinkRules { limits, clicks: ClickRules { window: Duration::ZERO, min_delay: Duration::ZERO } };
+    let rules = LinkRules {
+        limits,
+        clicks: ClickRules { window: Duration::ZERO, min_delay: Duration::ZERO },
+        ..LinkRules::default()
+    };
     let rig = rig(rules).await;
     let lead = LeadId::new("00Q1");
     let click = |name: &str| {

@@ -347,6 +347,15 @@ fn check_secret_modes(text: &str, report: &mut impl FnMut(String, String, Severi
                     {
                         found.push((path.clone(), file.clone()));
                     }
+                    if let toml::Value::Array(files) = value
+                        && key.ends_with("_files")
+                    {
+                        for (i, file) in files.iter().enumerate() {
+                            if let toml::Value::String(file) = file {
+                                found.push((format!("{path}[{i}]"), file.clone()));
+                            }
+                        }
+                    }
                     walk(value, &path, found);
                 }
             }
@@ -761,8 +770,38 @@ fn check_sla(config: &Config, report: &mut impl FnMut(String, String, Severity))
 
 fn check_links(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
     let Some(links) = &config.links else { return };
-    if let Err(error) = links.key() {
-        report(error.key, error.message, Severity::Error);
+    let current = match links.key() {
+        Ok(key) => Some(key),
+        Err(error) => {
+            report(error.key, error.message, Severity::Error);
+            None
+        }
+    };
+    for (i, file) in links.previous_signing_key_files.iter().enumerate() {
+        let key = format!("links.previous_signing_key_files[{i}]");
+        match leadloop_plugin::SecretSource::File(file.clone()).resolve() {
+            Err(error) => report(key, error.to_string(), Severity::Error),
+            Ok(previous) if previous.expose().len() < crate::links::MIN_KEY_BYTES => report(
+                key,
+                format!("the key must be at least {} bytes", crate::links::MIN_KEY_BYTES),
+                Severity::Error,
+            ),
+            Ok(previous) if current.as_ref() == Some(&previous) => report(
+                key,
+                "is the current key (signing_key_file or signing_key_env); list only keys that signed links before".into(),
+                Severity::Warning,
+            ),
+            Ok(_) => {}
+        }
+    }
+    if let Some(address) = &links.opt_out_email
+        && crate::links::LinkPages::new([Some(address.as_str())], None).opt_out.is_none()
+    {
+        report(
+            "links.opt_out_email".into(),
+            format!("`{address}` is not a plain email address"),
+            Severity::Error,
+        );
     }
     if !(links.public_url.starts_with("https://") || links.public_url.starts_with("http://")) {
         report(
@@ -1413,6 +1452,56 @@ role = "manager"
             "[links]\npublic_listen = \"127.0.0.1:9478\"\npublic_url = \"https://leads.example.com\"\nsigning_key_file = \"{}\"\n",
             key.display()
         )
+    }
+
+    #[test]
+    fn previous_link_keys_are_read_and_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let head = links_table(dir.path());
+        let old = dir.path().join("old");
+        std::fs::write(&old, "the key before the rotation, 32+ bytes").expect("write");
+        std::fs::set_permissions(&old, PermissionsExt::from_mode(0o600)).expect("chmod");
+        let list = |files: &[&Path]| {
+            let files: Vec<String> = files.iter().map(|f| format!("\"{}\"", f.display())).collect();
+            format!("{head}previous_signing_key_files = [{}]\n", files.join(", "))
+        };
+        // Each finding is at its element of the array (line 5), whose column depends on the
+        // temporary directory's name.
+        let column = |text: &str, file: &Path| {
+            let line = text.lines().nth(4).expect("line 5");
+            line.find(&format!("\"{}\"", file.display())).expect("listed") + 1
+        };
+        check(&list(&[&old]), &[]);
+        let (missing, current) = (dir.path().join("missing"), dir.path().join("key"));
+        let text = list(&[&old, &missing, &current]);
+        check(
+            &text,
+            &[
+                format!(
+                    "t.toml:5:{}: links.previous_signing_key_files[1]: cannot read secret file {}: no such file",
+                    column(&text, &missing),
+                    missing.display()
+                )
+                .as_str(),
+                format!(
+                    "t.toml:5:{}: links.previous_signing_key_files[2]: warning: is the current key (signing_key_file or signing_key_env); list only keys that signed links before",
+                    column(&text, &current)
+                )
+                .as_str(),
+            ],
+        );
+        std::fs::set_permissions(&old, PermissionsExt::from_mode(0o644)).expect("chmod");
+        let text = list(&[&old]);
+        check(
+            &text,
+            &[format!(
+                "t.toml:5:{1}: links.previous_signing_key_files[0]: warning: secret file {0} can be read by others on this host (mode 0644); `chmod 600 {0}`, or pass it with systemd's LoadCredential=",
+                old.display(),
+                column(&text, &old)
+            )
+            .as_str()],
+        );
     }
 
     #[test]
