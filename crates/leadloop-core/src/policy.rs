@@ -61,10 +61,11 @@ pub trait Policy: Send + Sync {
         handoff: u32,
         action: crate::handoff::SalesAction,
         reason: Option<&str>,
+        by: &crate::history::Actor,
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, crate::handoff::ActionOutcome) {
-        let _ = (lead, handoff, action, reason, people, now);
+        let _ = (lead, handoff, action, reason, by, people, now);
         (Decision::default(), crate::handoff::ActionOutcome::AlreadyClosed)
     }
 

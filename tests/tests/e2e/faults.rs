@@ -93,6 +93,7 @@ async fn relay_rig() -> RelayRig {
             cc: vec![],
             lead_id: None,
             vars: sample_vars("sla_alert"),
+            deliver_to: None,
         };
         batch.enqueue(OutboxEntry::new(key.clone(), effect, queued_at));
         keys.push(key);
@@ -245,6 +246,7 @@ async fn fault_5_smtp_421_and_451_for_hours_then_a_drop_after_data_lose_nothing(
             cc: vec![],
             lead_id: None,
             vars: sample_vars("sla_alert"),
+            deliver_to: None,
         };
         batch.enqueue(OutboxEntry::new(key.clone(), effect, t0()));
     }

@@ -40,6 +40,7 @@ impl SlaRules {
         handoff: u32,
         action: SalesAction,
         reason: Option<&str>,
+        by: &Actor,
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
@@ -48,7 +49,6 @@ impl SlaRules {
             return (decision, ActionOutcome::AlreadyClosed);
         }
         let mut record = lead.clone();
-        let owner = record.handoff.as_ref().map(|h| h.owner.clone());
         let (status, stage, outcome) = match action {
             SalesAction::Accept => {
                 (&self.config.accept_status, crate::Stage::SalesQualified, "accepted".to_owned())
@@ -80,7 +80,7 @@ impl SlaRules {
             Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
             now,
         );
-        let actor = Actor::Sales { person: owner };
+        let actor = by.clone();
         decision.events.push(HistoryEvent::new(
             now,
             actor.clone(),
@@ -102,13 +102,13 @@ impl SlaRules {
         (decision, ActionOutcome::Done)
     }
 
-    fn links_for(&self, record: &LeadRecord, handoff: u32, now: Timestamp) -> Value {
+    fn links_for(&self, record: &LeadRecord, handoff: u32, recipient: &str, now: Timestamp) -> Value {
         let mut links = serde_json::Map::new();
         for action in SalesAction::ALL {
             let url = self
                 .links
                 .as_ref()
-                .map(|m| m.link(action, &record.lead.id, handoff, now))
+                .map(|m| m.link(action, &record.lead.id, handoff, recipient, now))
                 .unwrap_or_default();
             links.insert(action.as_str().to_owned(), json!(url));
         }
@@ -418,7 +418,7 @@ impl SlaRules {
             },
             "crm_url": self.config.crm_url.as_deref().map(|u| u.replace("{id}", record.lead.id.as_str())).unwrap_or_default(),
             "unsubscribe_url": "",
-            "links": self.links_for(record, handoff.number, now),
+            "links": Value::Null,
         });
         if let Some(map) = vars.as_object_mut() {
             map.insert("step".into(), Value::String(step.name.clone()));
@@ -496,16 +496,28 @@ impl SlaRules {
             }
         }
         if !to.is_empty() {
-            let email = Effect::Email {
-                kind: step.kind.clone(),
-                template: step.template.clone(),
-                to,
-                cc,
-                lead_id: Some(lead_id.clone()),
-                vars,
-            };
-            if let Some(key) = decision.queue(key.clone(), email, now) {
-                decision.facts.push(Fact::SlaStep { key, step: step.name.clone() });
+            // One copy per recipient, each with its own one-click links (bound to its address)
+            // and delivered to that address alone; every copy shows the same To and Cc.
+            let recipients: Vec<String> = to.iter().chain(&cc).cloned().collect();
+            for (n, recipient) in recipients.iter().enumerate() {
+                let mut vars = vars.clone();
+                vars["links"] = self.links_for(record, handoff.number, recipient, now);
+                let email = Effect::Email {
+                    kind: step.kind.clone(),
+                    template: step.template.clone(),
+                    to: to.clone(),
+                    cc: cc.clone(),
+                    lead_id: Some(lead_id.clone()),
+                    vars,
+                    deliver_to: Some(recipient.clone()),
+                };
+                let copy =
+                    key.as_ref().map_err(Clone::clone).and_then(|k| super::copy_key(k, recipient, n == 0));
+                if let Some(key) = decision.queue(copy, email, now)
+                    && n == 0
+                {
+                    decision.facts.push(Fact::SlaStep { key, step: step.name.clone() });
+                }
             }
         }
         if index >= 1 {
@@ -645,10 +657,11 @@ impl Policy for SlaRules {
         handoff: u32,
         action: SalesAction,
         reason: Option<&str>,
+        by: &Actor,
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
-        self.sales_action(lead, handoff, action, reason, people, now)
+        self.sales_action(lead, handoff, action, reason, by, people, now)
     }
 
     fn on_lead(
