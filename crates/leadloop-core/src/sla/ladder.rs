@@ -789,9 +789,12 @@ mod tests {
         people: OrgChart,
         record: LeadRecord,
         timer: Option<Timer>,
+        /// The rep's copy of each email (its key is the step's).
         sent: Vec<Sent>,
         /// The template variables of each email in `sent`.
         vars: Vec<Value>,
+        /// Every copy queued: key, the address it is delivered to, its variables.
+        copies: Vec<(String, Option<String>, Value)>,
         events: Vec<HistoryEvent>,
     }
 
@@ -815,6 +818,7 @@ mod tests {
                 timer: None,
                 sent: Vec::new(),
                 vars: Vec::new(),
+                copies: Vec::new(),
                 events: Vec::new(),
             };
             let decision = world.sla.on_lead(None, record, &world.people, t0);
@@ -824,9 +828,12 @@ mod tests {
 
         fn take(&mut self, decision: Decision, now: Timestamp) {
             for (key, effect) in decision.effects {
-                if let Effect::Email { to, cc, vars, .. } = effect {
-                    self.sent.push((now, key.to_string(), to, cc));
-                    self.vars.push(vars);
+                if let Effect::Email { to, cc, vars, deliver_to, .. } = effect {
+                    self.copies.push((key.to_string(), deliver_to, vars.clone()));
+                    if !key.as_str().contains("/to/") {
+                        self.sent.push((now, key.to_string(), to, cc));
+                        self.vars.push(vars);
+                    }
                 }
             }
             if decision.cancel_timers.iter().any(|k| Some(k) == self.timer.as_ref().map(|t| &t.key)) {
@@ -895,6 +902,52 @@ mod tests {
         assert_eq!(world.sent, expected);
         assert_eq!(world.timer, None, "nothing after the top of the ladder");
         assert_eq!(world.record.handoff.as_ref().map(|h| h.next_step), Some(4));
+    }
+
+    /// Links that say whom they were made for.
+    #[derive(Debug)]
+    struct NamedLinks;
+
+    impl super::super::LinkMaker for NamedLinks {
+        fn link(
+            &self,
+            action: SalesAction,
+            _: &crate::LeadId,
+            _: u32,
+            recipient: &str,
+            _: Timestamp,
+        ) -> String {
+            format!("https://l.example/{}/{recipient}", action.as_str())
+        }
+    }
+
+    #[test]
+    fn every_recipient_gets_a_copy_with_links_of_their_own() {
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(default_policy(), "UTC", t0);
+        world.sla = world.sla.clone().with_links(std::sync::Arc::new(NamedLinks));
+        world.run_until(t0 + TimeDelta::hours(100));
+        let executive: Vec<_> =
+            world.copies.iter().filter(|(key, _, _)| key.starts_with("sla/00Q1/1/executive")).collect();
+        // The rep's copy keeps the step's key; the others are keyed by a hash of the address.
+        let expected = [
+            ("sla/00Q1/1/executive".to_owned(), "rep"),
+            (format!("sla/00Q1/1/executive/to/{:016x}", fnv("mgr@corp.example")), "mgr"),
+            (format!("sla/00Q1/1/executive/to/{:016x}", fnv("exec@corp.example")), "exec"),
+        ];
+        assert_eq!(executive.len(), 3);
+        for ((key, deliver_to, vars), (expected_key, who)) in executive.iter().zip(&expected) {
+            let address = format!("{who}@corp.example");
+            assert_eq!((key, deliver_to.as_deref()), (expected_key, Some(address.as_str())));
+            assert_eq!(vars["links"]["accept"], json!(format!("https://l.example/accept/{address}")));
+        }
+        // Every copy shows the same headers (the rep's copy is in `sent`).
+        assert_eq!(world.sent[3].2, addresses(&["rep", "mgr"]));
+        assert_eq!(world.sent[3].3, addresses(&["exec"]));
+    }
+
+    fn fnv(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
     }
 
     #[test]
