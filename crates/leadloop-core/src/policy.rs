@@ -55,6 +55,7 @@ pub trait Policy: Send + Sync {
     }
 
     /// A rep answered a hand-off through a one-click link.
+    #[allow(clippy::too_many_arguments)]
     fn on_sales_action(
         &self,
         lead: &LeadRecord,

@@ -504,7 +504,7 @@ impl Signer {
                 let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
                 let key = self.keys.iter().find(|k| k.id == id).ok_or(TokenError::Invalid)?;
                 let mut mac = mac_under(&key.secret);
-                mac.update(token[..id.len() + 1 + encoded.len()].as_bytes());
+                mac.update(&token.as_bytes()[..id.len() + 1 + encoded.len()]);
                 (encoded, mac.verify_slice(&signature).is_ok())
             }
             [encoded, signature] => {

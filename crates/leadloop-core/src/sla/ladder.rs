@@ -34,6 +34,7 @@ impl SlaRules {
 
     /// A rep answered hand-off `handoff` of `lead` through a link. Pure: returns the decision
     /// (CRM write-back, the ladder stopped, the stage moved where the stage table allows).
+    #[allow(clippy::too_many_arguments)]
     pub fn sales_action(
         &self,
         lead: &LeadRecord,
