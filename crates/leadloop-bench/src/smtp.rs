@@ -50,6 +50,7 @@ async fn queue(state: &std::path::Path, messages: usize) -> anyhow::Result<()> {
             cc: vec![],
             lead_id: None,
             vars: vars.clone(),
+            deliver_to: None,
         };
         batch.enqueue(OutboxEntry::new(
             IdempotencyKey::from_parts(["bench".to_owned(), i.to_string()])?,

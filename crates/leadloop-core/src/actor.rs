@@ -15,8 +15,13 @@ pub enum Actor {
     System,
     /// A named leadloop rule (scoring, routing, nurture).
     Rule { name: String },
-    /// A sales action, in the CRM or through a signed link.
-    Sales { person: Option<PersonId> },
+    /// A sales action, in the CRM or through a signed link. A link is bound to the address
+    /// it was mailed to: `person` when that address is a known person's, else `address`.
+    Sales {
+        person: Option<PersonId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
     /// An operator correcting state by hand.
     Admin { who: String },
 }
@@ -26,8 +31,9 @@ impl fmt::Display for Actor {
         match self {
             Actor::System => f.write_str("leadloop"),
             Actor::Rule { name } => write!(f, "rule {name}"),
-            Actor::Sales { person: Some(p) } => write!(f, "sales ({p})"),
-            Actor::Sales { person: None } => f.write_str("sales"),
+            Actor::Sales { person: Some(p), .. } => write!(f, "sales ({p})"),
+            Actor::Sales { person: None, address: Some(a) } => write!(f, "sales ({a})"),
+            Actor::Sales { person: None, address: None } => f.write_str("sales"),
             Actor::Admin { who } => write!(f, "admin {who}"),
         }
     }

@@ -261,6 +261,10 @@ pub struct OutgoingEmail {
     pub to: Vec<String>,
     pub cc: Vec<String>,
     pub vars: serde_json::Value,
+    /// The one address this copy goes to (the envelope), `to` and `cc` being the headers;
+    /// `None`: every address in `to` and `cc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_to: Option<String>,
 }
 
 /// The server's acceptance.

@@ -104,6 +104,12 @@ pub enum Effect {
         cc: Vec<String>,
         lead_id: Option<LeadId>,
         vars: serde_json::Value,
+        /// The one address this copy is delivered to (the envelope's `RCPT TO`), when a
+        /// message goes out as one copy per recipient (SLA mail whose links are bound to
+        /// their recipient); `to` and `cc` are then the headers every copy shows. `None`:
+        /// delivered to every address in `to` and `cc`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deliver_to: Option<String>,
     },
     /// Update fields of a lead in the CRM (status, owner, opt-out).
     CrmUpdate { lead_id: LeadId, fields: serde_json::Map<String, serde_json::Value> },

@@ -1037,6 +1037,7 @@ impl NurtureRules {
             cc: Vec::new(),
             lead_id: Some(id.clone()),
             vars,
+            deliver_to: None,
         };
         if let Some(key) = decision.queue(key, email, now) {
             decision.facts.push(Fact::NurtureSend { key, track: track.config.name.clone() });

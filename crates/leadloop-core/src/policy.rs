@@ -55,16 +55,18 @@ pub trait Policy: Send + Sync {
     }
 
     /// A rep answered a hand-off through a one-click link.
+    #[allow(clippy::too_many_arguments)]
     fn on_sales_action(
         &self,
         lead: &LeadRecord,
         handoff: u32,
         action: crate::handoff::SalesAction,
         reason: Option<&str>,
+        by: &crate::history::Actor,
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, crate::handoff::ActionOutcome) {
-        let _ = (lead, handoff, action, reason, people, now);
+        let _ = (lead, handoff, action, reason, by, people, now);
         (Decision::default(), crate::handoff::ActionOutcome::AlreadyClosed)
     }
 

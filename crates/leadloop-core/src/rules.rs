@@ -243,7 +243,7 @@ impl Policy for Rules {
                 after.lead.status.as_ref().and_then(|s| self.lifecycle.status_stages.get(s)).copied()
         {
             let reason = format!("CRM status {}", after.lead.status.as_deref().unwrap_or(""));
-            let actor = Actor::Sales { person: after.lead.owner_id.clone() };
+            let actor = Actor::Sales { person: after.lead.owner_id.clone(), address: None };
             Self::move_stage(&mut after, stage, actor, reason, now, &mut events);
         }
         let sales_moved = !events.is_empty();
@@ -335,10 +335,11 @@ impl Policy for Rules {
         handoff: u32,
         action: SalesAction,
         reason: Option<&str>,
+        by: &Actor,
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
-        let (decision, outcome) = self.sla.on_sales_action(lead, handoff, action, reason, people, now);
+        let (decision, outcome) = self.sla.on_sales_action(lead, handoff, action, reason, by, people, now);
         if outcome != ActionOutcome::Done {
             return (decision, outcome);
         }

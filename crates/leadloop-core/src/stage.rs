@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn check_enforces_table_and_actor() {
         let rule = Actor::Rule { name: "score".into() };
-        let sales = Actor::Sales { person: None };
+        let sales = Actor::Sales { person: None, address: None };
         assert!(check(Stage::Prospect, Stage::MarketingQualified, &rule).is_ok());
         assert_eq!(
             check(Stage::MarketingQualified, Stage::SalesQualified, &rule),

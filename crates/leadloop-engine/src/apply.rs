@@ -233,7 +233,8 @@ mod tests {
         // A replay queues nothing new: nothing is counted.
         assert_eq!(observe_queued(&applied.summary, &[]), Queued::default());
 
-        let (decision, _) = sla.sales_action(&record, 1, SalesAction::Accept, None, &people, t0);
+        let by = leadloop_core::Actor::Sales { person: Some(PersonId::new("rep")), address: None };
+        let (decision, _) = sla.sales_action(&record, 1, SalesAction::Accept, None, &by, &people, t0);
         let enqueued = keys(&decision);
         assert_eq!(enqueued.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["sla/00Q1/1/answer/accept"]);
         let applied = apply(decision, None, None, t0);

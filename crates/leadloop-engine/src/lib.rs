@@ -413,14 +413,16 @@ impl Engine {
         .await
     }
 
-    /// A rep answered hand-off `handoff` of `lead` from an email link. Unknown leads and
-    /// closed hand-offs change nothing.
+    /// `by` answered hand-off `handoff` of `lead` from an email link bound to that address;
+    /// the history names them: the person whose address it is, else the address. Unknown
+    /// leads and closed hand-offs change nothing.
     pub async fn sales_action(
         &self,
         lead: &LeadId,
         handoff: u32,
         action: leadloop_core::sla::SalesAction,
         reason: Option<&str>,
+        by: &str,
     ) -> Result<leadloop_core::sla::ActionOutcome, EngineError> {
         let _writer = self.writer.lock().await;
         retry_on_conflict(|| async {
@@ -428,8 +430,14 @@ impl Engine {
             let Some(record) = self.store.lead(lead).await? else {
                 return Ok(leadloop_core::sla::ActionOutcome::AlreadyClosed);
             };
+            let chart = self.chart();
+            let by = by.trim().to_lowercase();
+            let actor = match chart.people().find(|p| p.email.trim().to_lowercase() == by) {
+                Some(person) => Actor::Sales { person: Some(person.id.clone()), address: None },
+                None => Actor::Sales { person: None, address: Some(by.clone()) },
+            };
             let (decision, outcome) =
-                self.policy.on_sales_action(&record, handoff, action, reason, &self.chart(), now);
+                self.policy.on_sales_action(&record, handoff, action, reason, &actor, &chart, now);
             if outcome == leadloop_core::sla::ActionOutcome::Done {
                 self.commit(apply(decision, Some(lead), Some(&record), now)).await?;
             }

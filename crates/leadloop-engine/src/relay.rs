@@ -2,7 +2,9 @@
 //! [`Mailer`], and records the outcome only after the server answered.
 //!
 //! - Sent (250): marked done. A crash before that is recorded resends the message once, with
-//!   the same `Message-ID` (derived from the idempotency key).
+//!   the same `Message-ID` (derived from the idempotency key). SLA mail goes out as one entry
+//!   per recipient (its own key, so its own `Message-ID` and its own outcome): a copy is
+//!   delivered to its `deliver_to` address alone, under the To and Cc every copy shows.
 //! - Transient failure (4xx, timeout, connection lost, authentication refused): retried with
 //!   exponential backoff and jitter; SLA mail forever, nurture mail up to `nurture_max_age`.
 //! - Permanent failure (5xx): recorded with the server's reply, never retried. A hard bounce
@@ -191,10 +193,32 @@ impl EmailRelay {
         let mut sends = Vec::new();
         let screen = self.screen(&ready).await?;
         for mut entry in ready {
-            let Effect::Email { kind, template, to, cc, lead_id, .. } = &entry.effect else { continue };
+            let Effect::Email { kind, template, to, cc, lead_id, deliver_to, .. } = &entry.effect else {
+                continue;
+            };
             let opted_out = lead_id.as_ref().and_then(|id| screen.opted_out.get(id)).map(String::as_str);
-            let (to, removed_to) = screen.unsuppressed(to, opted_out);
-            let (cc, removed_cc) = screen.unsuppressed(cc, opted_out);
+            let (mut to, removed_to) = screen.unsuppressed(to, opted_out);
+            let (mut cc, removed_cc) = screen.unsuppressed(cc, opted_out);
+            let deliver_to = deliver_to.clone();
+            // A copy for one recipient goes only if that recipient may be mailed; its headers
+            // name those of the others who may.
+            if let Some(single) = &deliver_to {
+                let lower = single.to_lowercase();
+                if !to.iter().chain(&cc).any(|a| a.to_lowercase() == lower) {
+                    let reason = if removed_to.iter().chain(&removed_cc).any(|a| a.to_lowercase() == lower) {
+                        format!("recipient suppressed: {single}")
+                    } else {
+                        format!("{single} is not among the message's recipients")
+                    };
+                    let _writer = self.writer.lock().await;
+                    let batch = self.outcome_ops(entry, Outcome::Dropped { reason }, &mut report).await?;
+                    self.store.commit(batch).await?;
+                    continue;
+                }
+                if to.is_empty() {
+                    to = std::mem::take(&mut cc);
+                }
+            }
             if to.is_empty() {
                 let mut removed = removed_to;
                 removed.extend(removed_cc);
@@ -218,7 +242,8 @@ impl EmailRelay {
                 self.store.commit(batch).await?;
                 continue;
             }
-            if !self.admit(&to, now) {
+            let envelope = deliver_to.as_ref().map_or(to.as_slice(), std::slice::from_ref);
+            if !self.admit(envelope, now) {
                 report.throttled += 1;
                 continue;
             }
@@ -229,7 +254,7 @@ impl EmailRelay {
                 Effect::Email { vars, .. } => std::mem::take(vars),
                 _ => serde_json::Value::Null,
             };
-            let email = OutgoingEmail { key: entry.key.clone(), kind, template, to, cc, vars };
+            let email = OutgoingEmail { key: entry.key.clone(), kind, template, to, cc, vars, deliver_to };
             sends.push((entry, email));
         }
 
@@ -649,7 +674,10 @@ fn hard_bounced(reply: &str, email: &OutgoingEmail) -> Option<String> {
     }
     let lead_email =
         email.vars.get("lead").and_then(|l| l.get("email")).and_then(|e| e.as_str())?.to_lowercase();
-    let recipients: Vec<String> = email.to.iter().chain(&email.cc).map(|a| a.to_lowercase()).collect();
+    let recipients: Vec<String> = match &email.deliver_to {
+        Some(single) => vec![single.to_lowercase()],
+        None => email.to.iter().chain(&email.cc).map(|a| a.to_lowercase()).collect(),
+    };
     if !recipients.contains(&lead_email) {
         return None;
     }
@@ -693,6 +721,7 @@ mod tests {
             to: to.iter().map(|s| s.to_string()).collect(),
             cc: vec![],
             vars: serde_json::json!({ "lead": { "email": "Ana@Acme.example" } }),
+            deliver_to: None,
         };
         assert_eq!(
             hard_bounced("550 5.1.1 <ana@acme.example>: user unknown", &email(&["ana@acme.example"])),

@@ -42,6 +42,7 @@ impl Policy for Ladder {
                 cc: vec![],
                 lead_id: Some(lead.lead.id.clone()),
                 vars: serde_json::json!({}),
+                deliver_to: None,
             },
         ));
         if step < 3 {

@@ -118,6 +118,7 @@ impl Policy for Recorder {
                 cc: vec![],
                 lead_id: None,
                 vars: serde_json::json!({}),
+                deliver_to: None,
             },
         ));
         decision

@@ -73,6 +73,7 @@ mod tests {
             cc: vec![],
             lead_id: Some(LeadId::new("00Q1")),
             vars: serde_json::json!({ "lead": { "name": "Ana", "score": 68.0, "n": 3, "tags": [null, true] } }),
+            deliver_to: None,
         };
         OutboxEntry::new(
             IdempotencyKey::parse("sla/00Q1/1/alert").expect("valid key"),

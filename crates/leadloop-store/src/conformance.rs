@@ -48,6 +48,7 @@ pub fn email(key: &str) -> OutboxEntry {
         cc: vec![],
         lead_id: Some(LeadId::new("00Q1")),
         vars: serde_json::json!({}),
+        deliver_to: None,
     };
     OutboxEntry::new(IdempotencyKey::parse(key).expect("valid key"), effect, t0())
 }

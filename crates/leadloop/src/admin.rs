@@ -81,15 +81,17 @@ impl AdminAuth {
     }
 
     /// Whether a request with `headers` may read the data views; if not, the answer.
-    fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn check(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
         match self {
             AdminAuth::Loopback => Ok(()),
-            AdminAuth::Refuse => Err((
-                StatusCode::FORBIDDEN,
-                "lead data is not served on an admin listener other hosts can reach without a token: \
+            AdminAuth::Refuse => Err(Box::new(
+                (
+                    StatusCode::FORBIDDEN,
+                    "lead data is not served on an admin listener other hosts can reach without a token: \
                  set daemon.admin_token_file (or admin_token_env), or bind daemon.admin_listen to loopback\n",
-            )
-                .into_response()),
+                )
+                    .into_response(),
+            )),
             AdminAuth::Token(expected) => {
                 let presented = headers
                     .get(header::AUTHORIZATION)
@@ -98,13 +100,13 @@ impl AdminAuth {
                     .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                     .map(|(_, token)| token.trim());
                 let Some(presented) = presented else {
-                    return Err(unauthorized(
+                    return Err(Box::new(unauthorized(
                         "this needs `Authorization: Bearer TOKEN` with the daemon's admin token (daemon.admin_token_file)\n",
-                    ));
+                    )));
                 };
                 // Constant time: the HMAC comparison never stops at the first differing byte.
                 if token_mac(presented.as_bytes()).verify_slice(expected).is_err() {
-                    return Err(unauthorized("the admin token is not right\n"));
+                    return Err(Box::new(unauthorized("the admin token is not right\n")));
                 }
                 Ok(())
             }
@@ -130,7 +132,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
                 .unwrap_or_default();
             tracing::warn!(%peer, path = request.uri().path(), status = refused.status().as_u16(), "admin data view refused");
             metrics::counter!("leadloop_admin_refused_total").increment(1);
-            refused
+            *refused
         }
     }
 }

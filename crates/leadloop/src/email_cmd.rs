@@ -69,6 +69,7 @@ pub fn test(path: &Path, to: &str, state_dir: Option<PathBuf>) -> u8 {
             to: vec![to.to_owned()],
             cc: vec![],
             vars: leadloop_smtp::sample_vars("sla_alert"),
+            deliver_to: None,
         };
         match mailer.send(&message).await {
             Ok(receipt) => {

@@ -280,6 +280,21 @@ pub struct Claim {
     pub lead: LeadId,
     pub handoff: u32,
     pub expires: Timestamp,
+    /// The address the link was mailed to (sealed in the token); links made before links
+    /// were bound to their recipient have none, and are refused.
+    pub recipient: Option<String>,
+}
+
+/// An SLA token's payload since links are bound to their recipient: `{"k":"s",…}`, the
+/// recipient's address sealed as an unsubscribe token's is.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct SalesPayload {
+    k: String,
+    a: String,
+    l: LeadId,
+    h: u32,
+    r: String,
+    e: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -461,7 +476,10 @@ impl Signer {
     pub fn open_any(&self, token: &str, now: Timestamp) -> Result<Opened, TokenError> {
         let payload = self.payload(token)?;
         let claim = if payload.starts_with('{') {
-            AnyClaim::Nurture(serde_json::from_str(&payload).map_err(|_| TokenError::Invalid)?)
+            match serde_json::from_str::<NurtureClaim>(&payload) {
+                Ok(claim) => AnyClaim::Nurture(claim),
+                Err(_) => AnyClaim::Sales(self.parse_bound(&payload)?),
+            }
         } else {
             AnyClaim::Sales(parse_sales(&payload)?)
         };
@@ -486,7 +504,7 @@ impl Signer {
                 let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
                 let key = self.keys.iter().find(|k| k.id == id).ok_or(TokenError::Invalid)?;
                 let mut mac = mac_under(&key.secret);
-                mac.update(token[..id.len() + 1 + encoded.len()].as_bytes());
+                mac.update(&token.as_bytes()[..id.len() + 1 + encoded.len()]);
                 (encoded, mac.verify_slice(&signature).is_ok())
             }
             [encoded, signature] => {
@@ -552,15 +570,39 @@ impl Signer {
         })
     }
 
+    /// The token of an SLA link: bound to `claim.recipient` when it names one, else in the
+    /// older form without a recipient (which the listener refuses).
     pub fn token(&self, claim: &Claim) -> String {
-        let payload = format!(
-            "{}.{}.{}.{}",
-            claim.action.as_str(),
-            claim.lead,
-            claim.handoff,
-            claim.expires.timestamp()
-        );
+        let expires = claim.expires.timestamp();
+        let sealed = claim.recipient.as_deref().and_then(|r| self.seal_address(&claim.lead, r, expires));
+        let payload = match sealed {
+            Some(r) => serde_json::to_string(&SalesPayload {
+                k: "s".into(),
+                a: claim.action.as_str().into(),
+                l: claim.lead.clone(),
+                h: claim.handoff,
+                r,
+                e: expires,
+            })
+            .unwrap_or_default(),
+            None => format!("{}.{}.{}.{}", claim.action.as_str(), claim.lead, claim.handoff, expires),
+        };
         self.sign(&payload)
+    }
+
+    /// A bound SLA payload, its recipient opened.
+    fn parse_bound(&self, payload: &str) -> Result<Claim, TokenError> {
+        let bound: SalesPayload = serde_json::from_str(payload).map_err(|_| TokenError::Invalid)?;
+        if bound.k != "s" {
+            return Err(TokenError::Invalid);
+        }
+        Ok(Claim {
+            action: SalesAction::parse(&bound.a).ok_or(TokenError::Invalid)?,
+            recipient: Some(self.open_address(&bound.l, &bound.r).ok_or(TokenError::Invalid)?),
+            lead: bound.l,
+            handoff: bound.h,
+            expires: chrono::DateTime::from_timestamp(bound.e, 0).ok_or(TokenError::Invalid)?,
+        })
     }
 
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<Claim, TokenError> {
@@ -586,6 +628,7 @@ fn parse_sales(payload: &str) -> Result<Claim, TokenError> {
             .ok()
             .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
             .ok_or(TokenError::Invalid)?,
+        recipient: None,
     })
 }
 
@@ -603,8 +646,21 @@ fn unreachable_mac() -> HmacSha256 {
 }
 
 impl LinkMaker for Signer {
-    fn link(&self, action: SalesAction, lead: &LeadId, handoff: u32, now: Timestamp) -> String {
-        let claim = Claim { action, lead: lead.clone(), handoff, expires: now + self.ttl };
+    fn link(
+        &self,
+        action: SalesAction,
+        lead: &LeadId,
+        handoff: u32,
+        recipient: &str,
+        now: Timestamp,
+    ) -> String {
+        let claim = Claim {
+            action,
+            lead: lead.clone(),
+            handoff,
+            expires: now + self.ttl,
+            recipient: Some(recipient.to_owned()),
+        };
         format!("{}/l/{}", self.base, self.token(&claim))
     }
 }
@@ -841,6 +897,23 @@ fn expired_sales(pages: &LinkPages, lead: &LeadId) -> Response {
     page(StatusCode::GONE, "This link has expired", &body)
 }
 
+/// An SLA link made before links named their recipient: it could be anyone's, so it acts on
+/// nothing; the rep answers from a newer email or in the CRM.
+fn unbound(pages: &LinkPages, lead: &LeadId) -> Response {
+    let crm = pages.crm_url.as_deref().map(|url| url.replace("{id}", lead.as_str()));
+    let crm = match crm.filter(|url| url.starts_with("https://") || url.starts_with("http://")) {
+        Some(url) => format!("<p>Answer in the CRM: <a href=\"{}\">open the lead</a>.</p>", escape(&url)),
+        None => "<p>Answer in the CRM instead.</p>".to_owned(),
+    };
+    page(
+        StatusCode::GONE,
+        "This link is from an older email",
+        &format!(
+            "<p>Links in leadloop's emails now name the person they were sent to, and this one does not, so it cannot record who answered. Use the links in the latest email about this lead (reminders come with new ones).</p>{crm}"
+        ),
+    )
+}
+
 /// A tracked link past its expiry: the page it led to, and the lead's way out.
 fn expired_click(pages: &LinkPages, url: &str) -> Response {
     let target = if url.starts_with("https://") || url.starts_with("http://") {
@@ -870,6 +943,9 @@ async fn confirm(State(state): State<PublicState>, method: Method, Path(token): 
         Ok(Opened { claim: AnyClaim::Sales(claim), expired: false }) => claim,
         Err(_) => return invalid(&state.pages),
     };
+    if claim.recipient.is_none() {
+        return unbound(&state.pages, &claim.lead);
+    }
     let lead = state.engine.store().lead(&claim.lead).await.ok().flatten();
     let name = lead.map(|r| r.lead.display_name()).unwrap_or_else(|| claim.lead.to_string());
     let (title, extra) = match claim.action {
@@ -936,8 +1012,11 @@ async fn perform(
         AnyClaim::Sales(claim) => claim,
         AnyClaim::Nurture(claim) => return nurture_post(&state, claim).await,
     };
+    let Some(by) = claim.recipient.as_deref() else {
+        return unbound(&state.pages, &claim.lead);
+    };
     let reason = if claim.action == SalesAction::Disqualify { reason(&headers, &body) } else { None };
-    match state.engine.sales_action(&claim.lead, claim.handoff, claim.action, reason.as_deref()).await {
+    match state.engine.sales_action(&claim.lead, claim.handoff, claim.action, reason.as_deref(), by).await {
         Ok(ActionOutcome::Done) => {
             tracing::info!(lead_id = %claim.lead, handoff = claim.handoff, action = claim.action.as_str(), "hand-off answered from an email link");
             page(
@@ -1080,10 +1159,12 @@ mod tests {
     fn tokens_round_trip_and_refuse_tampering_expiry_and_other_keys() {
         let now: Timestamp = "2026-03-02T14:00:00Z".parse().expect("instant");
         let s = signer("0123456789abcdef0123456789abcdef");
-        let url = s.link(SalesAction::Disqualify, &LeadId::new("00Q.1"), 3, now);
+        let url = s.link(SalesAction::Disqualify, &LeadId::new("00Q.1"), 3, "Rep@X.example", now);
         let token = url.strip_prefix("https://leads.example.com/l/").expect("base url");
         let claim = s.verify(token, now).expect("valid");
         assert_eq!((claim.action, claim.lead.as_str(), claim.handoff), (SalesAction::Disqualify, "00Q.1", 3));
+        assert_eq!(claim.recipient.as_deref(), Some("rep@x.example"), "bound to its recipient, sealed");
+        assert!(!base64_payload(token).contains("x.example"));
         assert_eq!(s.verify(token, now + chrono::TimeDelta::hours(1)), Err(TokenError::Expired));
         assert_eq!(signer("another key, also thirty-two bytes").verify(token, now), Err(TokenError::Invalid));
         let (signed, mac) = token.rsplit_once('.').expect("key id, payload, MAC");
@@ -1128,9 +1209,32 @@ mod tests {
         assert!(s.verify_any(token, now + chrono::TimeDelta::days(300)).is_ok());
         assert_eq!(s.verify_any(token, now + chrono::TimeDelta::days(401)), Err(TokenError::Expired));
         // An SLA token still verifies through the same door.
-        let sla = s.link(SalesAction::Accept, &LeadId::new("00Q1"), 1, now);
+        let sla = s.link(SalesAction::Accept, &LeadId::new("00Q1"), 1, "rep@x.example", now);
         let token = sla.strip_prefix("https://leads.example.com/l/").expect("base url");
         assert!(matches!(s.verify_any(token, now), Ok(AnyClaim::Sales(_))));
+    }
+
+    fn base64_payload(token: &str) -> String {
+        let payload = token.split('.').nth(1).expect("KEYID.PAYLOAD.MAC");
+        String::from_utf8(URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("utf-8")
+    }
+
+    #[test]
+    fn sla_links_bound_to_their_recipient_and_older_ones_are_told_apart() {
+        let now: Timestamp = "2026-03-02T14:00:00Z".parse().expect("instant");
+        let s = signer("0123456789abcdef0123456789abcdef");
+        let lead = LeadId::new("00Q1");
+        let rep = s.link(SalesAction::Accept, &lead, 1, "rep@x.example", now);
+        let manager = s.link(SalesAction::Accept, &lead, 1, "mgr@x.example", now);
+        assert_ne!(rep, manager, "one link set per recipient");
+        let token = |url: &str| url.rsplit_once("/l/").expect("token").1.to_owned();
+        assert_eq!(
+            s.verify(&token(&manager), now).expect("valid").recipient.as_deref(),
+            Some("mgr@x.example")
+        );
+        // A token made before links were bound (no recipient) still verifies, without one.
+        let older = legacy_token("0123456789abcdef0123456789abcdef", "accept.00Q1.1.1900000000");
+        assert_eq!(s.verify(&older, now).expect("valid").recipient, None);
     }
 
     /// A token as leadloop made them before tokens named their key: `PAYLOAD.MAC`.
@@ -1150,7 +1254,7 @@ mod tests {
         let lead = LeadId::new("00Q1");
         let unsubscribe = old.unsubscribe(&lead, "ana@acme.example", now);
         let unsubscribe = unsubscribe.strip_prefix("https://leads.example.com/l/").expect("base url");
-        let accept = old.link(SalesAction::Accept, &lead, 1, now);
+        let accept = old.link(SalesAction::Accept, &lead, 1, "rep@x.example", now);
         let accept = accept.strip_prefix("https://leads.example.com/l/").expect("base url");
         let legacy = legacy_token(old_key, r#"{"k":"u","l":"00Q1","e":1900000000}"#);
 

@@ -150,7 +150,7 @@ impl Printer<'_> {
                 continue;
             };
             let line = match &entry.effect {
-                Effect::Email { kind, template, to, cc, lead_id, vars } => {
+                Effect::Email { kind, template, to, cc, lead_id, vars, deliver_to } => {
                     let subject =
                         self.templates.render(template, vars).map(|r| r.subject).map_err(|e| e.to_string());
                     let mut line = json!({
@@ -158,6 +158,9 @@ impl Printer<'_> {
                         "step": vars.get("step").cloned().unwrap_or(Value::Null),
                         "to": to, "cc": cc, "template": template,
                     });
+                    if let Some(single) = deliver_to {
+                        line["deliver_to"] = json!(single);
+                    }
                     match subject {
                         Ok(subject) => line["subject"] = json!(subject),
                         Err(error) => line["error"] = json!(error),

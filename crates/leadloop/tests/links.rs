@@ -222,3 +222,78 @@ async fn expired_and_broken_links_give_pages_with_a_way_out() {
     assert_eq!(done.status(), 200);
     assert!(rig.store.suppression("bo@acme.example").await.expect("read").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_recorded_as_the_recipient_whose_link_was_used() {
+    let rig = rig().await;
+    rig.engine
+        .upsert_person(Person {
+            id: PersonId::new("005M"),
+            email: "Mgr@X.example".into(),
+            name: "Manager".into(),
+            manager: None,
+            time_zone: None,
+            role: Role::Manager,
+            active: true,
+            capacity: None,
+        })
+        .await
+        .expect("person");
+    let now = rig.clock_now();
+    let base = link(&rig, "accept").await.rsplit_once("/l/").expect("link").0.to_owned();
+    // A link made before links named their recipient acts on nothing.
+    let older = rig.signer.token(&leadloop::links::Claim {
+        action: leadloop_core::sla::SalesAction::Accept,
+        lead: LeadId::new("00Q1"),
+        handoff: 1,
+        expires: now + TimeDelta::days(1),
+        recipient: None,
+    });
+    let older = format!("{base}/l/{older}");
+    let page = rig.client.get(&older).send().await.expect("get");
+    assert_eq!(page.status(), 410);
+    assert!(page.text().await.expect("body").contains("latest email about this lead"));
+    assert_eq!(rig.client.post(&older).form(&[("x", "")]).send().await.expect("post").status(), 410);
+    assert!(rig.store.lead(&LeadId::new("00Q1")).await.expect("read").expect("lead").handoff.is_some());
+
+    // The manager's own link (as their copy of an escalation carries it): recorded as theirs.
+    let managers = leadloop_core::sla::LinkMaker::link(
+        rig.signer.as_ref(),
+        leadloop_core::sla::SalesAction::Accept,
+        &LeadId::new("00Q1"),
+        1,
+        "mgr@x.example",
+        now,
+    );
+    assert_eq!(rig.client.post(&managers).form(&[("x", "")]).send().await.expect("post").status(), 200);
+    let history = rig.store.history(&LeadId::new("00Q1")).await.expect("history");
+    let actor = history
+        .iter()
+        .find(|(_, e)| matches!(e.kind, leadloop_core::EventKind::StatusChanged { .. }))
+        .map(|(_, e)| e.actor.clone());
+    assert_eq!(
+        actor,
+        Some(leadloop_core::Actor::Sales { person: Some(PersonId::new("005M")), address: None })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_from_an_address_no_one_has_is_recorded_as_that_address() {
+    let rig = rig().await;
+    let now = rig.clock_now();
+    let link = leadloop_core::sla::LinkMaker::link(
+        rig.signer.as_ref(),
+        leadloop_core::sla::SalesAction::Recycle,
+        &LeadId::new("00Q1"),
+        1,
+        "Sales-Ops@X.example",
+        now,
+    );
+    assert_eq!(rig.client.post(&link).form(&[("x", "")]).send().await.expect("post").status(), 200);
+    let history = rig.store.history(&LeadId::new("00Q1")).await.expect("history");
+    assert!(
+        history.iter().any(|(_, e)| e.actor
+            == leadloop_core::Actor::Sales { person: None, address: Some("sales-ops@x.example".into()) }),
+        "{history:?}"
+    );
+}

@@ -270,7 +270,8 @@ impl Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_bodies_are_refused_unread_and_the_token_comes_first() {
     let rig = rig(LinkRules::default()).await;
-    let accept = rig.path(&rig.signer.link(SalesAction::Accept, &LeadId::new("00Q1"), 1, rig.now()));
+    let accept =
+        rig.path(&rig.signer.link(SalesAction::Accept, &LeadId::new("00Q1"), 1, "rep@x.example", rig.now()));
     let events = rig.history().await.len();
 
     // 2 MiB announced: refused before a byte of it is sent.

@@ -274,7 +274,21 @@ impl Mailer for EmailConnector {
         let id = message_id(&email.key, self.composer.id_domain());
         match &self.sender {
             Sender::Smtp(pool) => {
-                let response = pool.send(message.envelope(), &message.formatted()).await?;
+                // A copy for one recipient (`deliver_to`) goes to that address alone, whatever
+                // its To and Cc headers say.
+                let envelope = match &email.deliver_to {
+                    Some(single) => {
+                        let address: lettre::Address = single.parse().map_err(|e| {
+                            ConnectorError::Permanent { message: format!("invalid address {single:?}: {e}") }
+                        })?;
+                        lettre::address::Envelope::new(message.envelope().from().cloned(), vec![address])
+                            .map_err(|e| ConnectorError::Permanent {
+                                message: format!("cannot build envelope: {e}"),
+                            })?
+                    }
+                    None => message.envelope().clone(),
+                };
+                let response = pool.send(&envelope, &message.formatted()).await?;
                 let reply =
                     format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" "));
                 Ok(SendReceipt { message_id: id, reply })

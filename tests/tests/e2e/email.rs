@@ -75,6 +75,7 @@ async fn enqueue_with(
         cc: vec![],
         lead_id: Some(LeadId::new("00Q1")),
         vars,
+        deliver_to: None,
     };
     let mut lead = Lead::new("00Q1");
     lead.email = Some(lead_email.into());
@@ -364,6 +365,7 @@ async fn directory_delivery_writes_one_eml_per_key() {
         to: vec!["rep@corp.example".into()],
         cc: vec![],
         vars: sample_vars("sla_alert"),
+        deliver_to: None,
     };
     use leadloop_core::Mailer;
     mailer.send(&email).await.expect("first");

@@ -93,6 +93,7 @@ async fn relay_rig() -> RelayRig {
             cc: vec![],
             lead_id: None,
             vars: sample_vars("sla_alert"),
+            deliver_to: None,
         };
         batch.enqueue(OutboxEntry::new(key.clone(), effect, queued_at));
         keys.push(key);
@@ -245,6 +246,7 @@ async fn fault_5_smtp_421_and_451_for_hours_then_a_drop_after_data_lose_nothing(
             cc: vec![],
             lead_id: None,
             vars: sample_vars("sla_alert"),
+            deliver_to: None,
         };
         batch.enqueue(OutboxEntry::new(key.clone(), effect, t0()));
     }
@@ -308,11 +310,15 @@ fn engine(dir: &Path, clock: Arc<VirtualClock>) -> Engine {
 }
 
 /// Every email in the outbox (none is performed in these cases), as (lead, kind, key).
+/// Each step's email as the rep's copy (the step's own key). A step that reaches more people
+/// also queues a copy per other recipient (`…/STEP/to/HASH`, its own key and Message-ID);
+/// those are left out here, so a step queued twice still shows as two keys.
 async fn queued_emails(store: &dyn Store) -> Vec<(String, String, IdempotencyKey)> {
     let far = t0() + TimeDelta::days(3650);
     let entries = store.outbox_ready(Channel::Email, far, usize::MAX).await.expect("outbox");
     entries
         .into_iter()
+        .filter(|e| !is_copy(&e.key))
         .filter_map(|e| match e.effect {
             Effect::Email { kind, lead_id, .. } => {
                 Some((lead_id.map(|l| l.as_str().to_owned()).unwrap_or_default(), kind, e.key))
@@ -320,6 +326,11 @@ async fn queued_emails(store: &dyn Store) -> Vec<(String, String, IdempotencyKey
             _ => None,
         })
         .collect()
+}
+
+/// A step's copy for a recipient other than the rep.
+fn is_copy(key: &IdempotencyKey) -> bool {
+    key.as_str().contains("/to/")
 }
 
 /// (steps queued more than once under different keys, keys queued in all).
@@ -387,7 +398,7 @@ async fn fault_7_clock_jumps_of_two_hours_queue_each_sla_step_once_when_due() {
             keys.extend(engine.tick().await.expect("tick").enqueued);
         }
         let mut kinds = Vec::new();
-        for key in &keys {
+        for key in keys.iter().filter(|k| !is_copy(k)) {
             let entry = engine.store().outbox_entry(key).await.expect("read").expect("queued entry");
             if let Effect::Email { kind, vars, .. } = &entry.effect {
                 assert_eq!(

@@ -35,10 +35,13 @@ fn engine(dir: &std::path::Path, clock: Arc<VirtualClock>, catch_up: CatchUp) ->
 }
 
 /// (kind, missed_steps) of every email in the outbox, in queue order.
+/// Each step's email once: the rep's copy (the copies for the others a step reaches are
+/// keyed `…/STEP/to/HASH`).
 async fn emails(engine: &Engine, now: Timestamp) -> Vec<(String, u64)> {
     let entries = engine.store().outbox_ready(Channel::Email, now, 100).await.expect("outbox");
     entries
         .into_iter()
+        .filter(|e| !e.key.as_str().contains("/to/"))
         .filter_map(|e| match e.effect {
             Effect::Email { kind, vars, .. } => {
                 Some((kind, vars["handoff"]["missed_steps"].as_u64().unwrap_or(0)))

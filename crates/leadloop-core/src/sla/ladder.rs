@@ -34,12 +34,14 @@ impl SlaRules {
 
     /// A rep answered hand-off `handoff` of `lead` through a link. Pure: returns the decision
     /// (CRM write-back, the ladder stopped, the stage moved where the stage table allows).
+    #[allow(clippy::too_many_arguments)]
     pub fn sales_action(
         &self,
         lead: &LeadRecord,
         handoff: u32,
         action: SalesAction,
         reason: Option<&str>,
+        by: &Actor,
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
@@ -48,7 +50,6 @@ impl SlaRules {
             return (decision, ActionOutcome::AlreadyClosed);
         }
         let mut record = lead.clone();
-        let owner = record.handoff.as_ref().map(|h| h.owner.clone());
         let (status, stage, outcome) = match action {
             SalesAction::Accept => {
                 (&self.config.accept_status, crate::Stage::SalesQualified, "accepted".to_owned())
@@ -80,7 +81,7 @@ impl SlaRules {
             Effect::CrmUpdate { lead_id: record.lead.id.clone(), fields },
             now,
         );
-        let actor = Actor::Sales { person: owner };
+        let actor = by.clone();
         decision.events.push(HistoryEvent::new(
             now,
             actor.clone(),
@@ -102,13 +103,13 @@ impl SlaRules {
         (decision, ActionOutcome::Done)
     }
 
-    fn links_for(&self, record: &LeadRecord, handoff: u32, now: Timestamp) -> Value {
+    fn links_for(&self, record: &LeadRecord, handoff: u32, recipient: &str, now: Timestamp) -> Value {
         let mut links = serde_json::Map::new();
         for action in SalesAction::ALL {
             let url = self
                 .links
                 .as_ref()
-                .map(|m| m.link(action, &record.lead.id, handoff, now))
+                .map(|m| m.link(action, &record.lead.id, handoff, recipient, now))
                 .unwrap_or_default();
             links.insert(action.as_str().to_owned(), json!(url));
         }
@@ -418,7 +419,7 @@ impl SlaRules {
             },
             "crm_url": self.config.crm_url.as_deref().map(|u| u.replace("{id}", record.lead.id.as_str())).unwrap_or_default(),
             "unsubscribe_url": "",
-            "links": self.links_for(record, handoff.number, now),
+            "links": Value::Null,
         });
         if let Some(map) = vars.as_object_mut() {
             map.insert("step".into(), Value::String(step.name.clone()));
@@ -496,16 +497,28 @@ impl SlaRules {
             }
         }
         if !to.is_empty() {
-            let email = Effect::Email {
-                kind: step.kind.clone(),
-                template: step.template.clone(),
-                to,
-                cc,
-                lead_id: Some(lead_id.clone()),
-                vars,
-            };
-            if let Some(key) = decision.queue(key.clone(), email, now) {
-                decision.facts.push(Fact::SlaStep { key, step: step.name.clone() });
+            // One copy per recipient, each with its own one-click links (bound to its address)
+            // and delivered to that address alone; every copy shows the same To and Cc.
+            let recipients: Vec<String> = to.iter().chain(&cc).cloned().collect();
+            for (n, recipient) in recipients.iter().enumerate() {
+                let mut vars = vars.clone();
+                vars["links"] = self.links_for(record, handoff.number, recipient, now);
+                let email = Effect::Email {
+                    kind: step.kind.clone(),
+                    template: step.template.clone(),
+                    to: to.clone(),
+                    cc: cc.clone(),
+                    lead_id: Some(lead_id.clone()),
+                    vars,
+                    deliver_to: Some(recipient.clone()),
+                };
+                let copy =
+                    key.as_ref().map_err(Clone::clone).and_then(|k| super::copy_key(k, recipient, n == 0));
+                if let Some(key) = decision.queue(copy, email, now)
+                    && n == 0
+                {
+                    decision.facts.push(Fact::SlaStep { key, step: step.name.clone() });
+                }
             }
         }
         if index >= 1 {
@@ -645,10 +658,11 @@ impl Policy for SlaRules {
         handoff: u32,
         action: SalesAction,
         reason: Option<&str>,
+        by: &Actor,
         people: &OrgChart,
         now: Timestamp,
     ) -> (Decision, ActionOutcome) {
-        self.sales_action(lead, handoff, action, reason, people, now)
+        self.sales_action(lead, handoff, action, reason, by, people, now)
     }
 
     fn on_lead(
@@ -776,9 +790,12 @@ mod tests {
         people: OrgChart,
         record: LeadRecord,
         timer: Option<Timer>,
+        /// The rep's copy of each email (its key is the step's).
         sent: Vec<Sent>,
         /// The template variables of each email in `sent`.
         vars: Vec<Value>,
+        /// Every copy queued: key, the address it is delivered to, its variables.
+        copies: Vec<(String, Option<String>, Value)>,
         events: Vec<HistoryEvent>,
     }
 
@@ -802,6 +819,7 @@ mod tests {
                 timer: None,
                 sent: Vec::new(),
                 vars: Vec::new(),
+                copies: Vec::new(),
                 events: Vec::new(),
             };
             let decision = world.sla.on_lead(None, record, &world.people, t0);
@@ -811,9 +829,12 @@ mod tests {
 
         fn take(&mut self, decision: Decision, now: Timestamp) {
             for (key, effect) in decision.effects {
-                if let Effect::Email { to, cc, vars, .. } = effect {
-                    self.sent.push((now, key.to_string(), to, cc));
-                    self.vars.push(vars);
+                if let Effect::Email { to, cc, vars, deliver_to, .. } = effect {
+                    self.copies.push((key.to_string(), deliver_to, vars.clone()));
+                    if !key.as_str().contains("/to/") {
+                        self.sent.push((now, key.to_string(), to, cc));
+                        self.vars.push(vars);
+                    }
                 }
             }
             if decision.cancel_timers.iter().any(|k| Some(k) == self.timer.as_ref().map(|t| &t.key)) {
@@ -882,6 +903,52 @@ mod tests {
         assert_eq!(world.sent, expected);
         assert_eq!(world.timer, None, "nothing after the top of the ladder");
         assert_eq!(world.record.handoff.as_ref().map(|h| h.next_step), Some(4));
+    }
+
+    /// Links that say whom they were made for.
+    #[derive(Debug)]
+    struct NamedLinks;
+
+    impl super::super::LinkMaker for NamedLinks {
+        fn link(
+            &self,
+            action: SalesAction,
+            _: &crate::LeadId,
+            _: u32,
+            recipient: &str,
+            _: Timestamp,
+        ) -> String {
+            format!("https://l.example/{}/{recipient}", action.as_str())
+        }
+    }
+
+    #[test]
+    fn every_recipient_gets_a_copy_with_links_of_their_own() {
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(default_policy(), "UTC", t0);
+        world.sla = world.sla.clone().with_links(std::sync::Arc::new(NamedLinks));
+        world.run_until(t0 + TimeDelta::hours(100));
+        let executive: Vec<_> =
+            world.copies.iter().filter(|(key, _, _)| key.starts_with("sla/00Q1/1/executive")).collect();
+        // The rep's copy keeps the step's key; the others are keyed by a hash of the address.
+        let expected = [
+            ("sla/00Q1/1/executive".to_owned(), "rep"),
+            (format!("sla/00Q1/1/executive/to/{:016x}", fnv("mgr@corp.example")), "mgr"),
+            (format!("sla/00Q1/1/executive/to/{:016x}", fnv("exec@corp.example")), "exec"),
+        ];
+        assert_eq!(executive.len(), 3);
+        for ((key, deliver_to, vars), (expected_key, who)) in executive.iter().zip(&expected) {
+            let address = format!("{who}@corp.example");
+            assert_eq!((key, deliver_to.as_deref()), (expected_key, Some(address.as_str())));
+            assert_eq!(vars["links"]["accept"], json!(format!("https://l.example/accept/{address}")));
+        }
+        // Every copy shows the same headers (the rep's copy is in `sent`).
+        assert_eq!(world.sent[3].2, addresses(&["rep", "mgr"]));
+        assert_eq!(world.sent[3].3, addresses(&["exec"]));
+    }
+
+    fn fnv(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
     }
 
     #[test]

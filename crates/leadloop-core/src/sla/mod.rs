@@ -42,9 +42,32 @@ pub use config::{
 pub use reports::report_item_lead;
 
 /// Makes the signed, expiring URLs of one-click links. The binary implements it (it holds the
-/// key and the public URL); the ladder only asks for links.
+/// key and the public URL); the ladder only asks for links. Each link is bound to the
+/// `recipient` address it is mailed to, so an answer through it is recorded as theirs.
 pub trait LinkMaker: Send + Sync + std::fmt::Debug {
-    fn link(&self, action: SalesAction, lead: &crate::LeadId, handoff: u32, now: Timestamp) -> String;
+    fn link(
+        &self,
+        action: SalesAction,
+        lead: &crate::LeadId,
+        handoff: u32,
+        recipient: &str,
+        now: Timestamp,
+    ) -> String;
+}
+
+/// The idempotency key of the copy of an SLA email that goes to `recipient`: the step's own
+/// key for the first `to` address (the rep, as before copies existed), `STEPKEY/to/HASH` for
+/// the others, HASH a stable 64-bit FNV-1a of the lowercased address in hex (no address in
+/// keys, logs or `Message-ID`s).
+pub fn copy_key(step: &IdempotencyKey, recipient: &str, first: bool) -> Result<IdempotencyKey, KeyError> {
+    if first {
+        return Ok(step.clone());
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in recipient.trim().to_lowercase().bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    step.child(["to", &format!("{hash:016x}")])
 }
 
 /// The SLA policy engine.

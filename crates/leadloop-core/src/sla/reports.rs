@@ -164,6 +164,7 @@ impl SlaRules {
                 cc: vec![],
                 lead_id: None,
                 vars,
+                deliver_to: None,
             },
             now,
         );
