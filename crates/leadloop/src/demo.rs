@@ -593,7 +593,7 @@ fn record(
             totals.satisfied += 1;
             bump("answered");
         }
-        EventKind::EffectQueued { effect: kind, .. } => {
+        EventKind::EffectQueued { effect: kind, key } => {
             let kind: &'static str = match kind.as_str() {
                 "sla.alert" => "alert",
                 "sla.reminder" => "reminder",
@@ -603,7 +603,11 @@ fn record(
                 _ => "other email",
             };
             *totals.emails.entry(kind.to_owned()).or_default() += 1;
-            bump(kind);
+            // The timeline counts hand-offs: a step copied to the manager (or the executive)
+            // is one line, however many copies it sends.
+            if !leadloop_core::sla::is_copy_key(key) {
+                bump(kind);
+            }
         }
         _ => {}
     }

@@ -70,6 +70,14 @@ pub fn copy_key(step: &IdempotencyKey, recipient: &str, first: bool) -> Result<I
     step.child(["to", &format!("{hash:016x}")])
 }
 
+/// Whether `key` names a further recipient's copy of an SLA email (made by [`copy_key`] for
+/// any but the first `to` address), so one step counts once per hand-off, not once per copy.
+pub fn is_copy_key(key: &IdempotencyKey) -> bool {
+    let mut parts = key.as_str().rsplit(IdempotencyKey::SEPARATOR);
+    let (hash, to) = (parts.next(), parts.next());
+    to == Some("to") && hash.is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The SLA policy engine.
 #[derive(Debug, Clone)]
 pub struct SlaRules {
@@ -152,5 +160,20 @@ impl SlaRules {
 
     pub(super) fn tz_of(person: Option<&Person>) -> Tz {
         person.and_then(|p| p.time_zone.as_deref()).and_then(|z| z.parse().ok()).unwrap_or(Tz::UTC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_key_is_told_from_the_step_key() {
+        let step = IdempotencyKey::parse("sla/00Q1/1/manager").expect("valid key");
+        let rep = copy_key(&step, "rep@corp.example", true).expect("key");
+        let manager = copy_key(&step, "mgr@corp.example", false).expect("key");
+        assert!(!is_copy_key(&rep));
+        assert!(is_copy_key(&manager), "{manager}");
+        assert!(!is_copy_key(&IdempotencyKey::parse("nurture/00Q1/to/x").expect("valid key")));
     }
 }
