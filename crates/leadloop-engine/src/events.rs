@@ -268,3 +268,25 @@ impl CrmEvents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_version_read_by_the_other_path_is_stale() {
+        let now: Timestamp = "2026-12-03T12:00:00Z".parse().expect("time");
+        let stamps = Stamps::default();
+        let v1 = now - chrono::TimeDelta::seconds(20);
+        let v2 = now - chrono::TimeDelta::seconds(10);
+        assert!(!stamps.is_stale("00Q1", v1), "nothing known yet");
+        stamps.taken("00Q1", v2, now);
+        assert!(stamps.is_stale("00Q1", v1), "v1 after v2 would undo a change");
+        assert!(!stamps.is_stale("00Q1", v2), "the same version again is not stale (it changes nothing)");
+        stamps.taken("00Q1", v1, now);
+        assert!(stamps.is_stale("00Q1", v1), "taking an older one never moves the newest back");
+        // Old versions (a first sync) are not remembered: no page with them is in flight.
+        stamps.taken("00Q2", now - chrono::TimeDelta::hours(2), now);
+        assert!(!stamps.is_stale("00Q2", now - chrono::TimeDelta::hours(3)));
+    }
+}
