@@ -75,12 +75,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for (name, n, p50, p99, max) in rows {
         let target = if name == "change events" { "p99 ≤ 10 s" } else { "≤ the poll interval" };
-        println!("| {name} | {n} | {p50:.2} s | {p99:.2} s | {max:.2} s | {target} |");
+        println!("| {name} | {n} | {p50:.3} s | {p99:.3} s | {max:.3} s | {target} |");
     }
     let rendered = metrics.render();
     let histogram: Vec<&str> = rendered
         .lines()
-        .filter(|l| l.starts_with("leadloop_speed_to_alert_seconds_sum") || l.starts_with("leadloop_speed_to_alert_seconds_count"))
+        .filter(|l| {
+            l.starts_with("leadloop_speed_to_alert_seconds_sum")
+                || l.starts_with("leadloop_speed_to_alert_seconds_count")
+        })
         .collect();
     println!();
     println!("the daemon's own histogram, both cases: {}", histogram.join(", "));
@@ -96,7 +99,8 @@ async fn case(
     spacing: Duration,
 ) -> anyhow::Result<Vec<f64>> {
     let emu = Emulator::start(EmuConfig::default()).await?;
-    let ids = seed::populate(&emu, &SeedSpec { seed: 11, managers: 1, reps: 3, accounts: 0, leads: 0, tasks: 0 });
+    let ids =
+        seed::populate(&emu, &SeedSpec { seed: 11, managers: 1, reps: 3, accounts: 0, leads: 0, tasks: 0 });
     let case_dir = dir.path().join(if events { "events" } else { "polling" });
     std::fs::create_dir_all(&case_dir)?;
     let secret = case_dir.join("sf-secret");

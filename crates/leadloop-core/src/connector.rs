@@ -269,7 +269,9 @@ pub trait Crm: Send + Sync {
         _objects: &[CrmObject],
         _position: Option<&str>,
     ) -> Result<ChangeEvents, ConnectorError> {
-        Err(ConnectorError::Permanent { message: format!("the {} connector has no change events", self.name()) })
+        Err(ConnectorError::Permanent {
+            message: format!("the {} connector has no change events", self.name()),
+        })
     }
 
     /// A live check for `leadloop validate --connect`: logs in afresh (for Salesforce, the

@@ -196,7 +196,8 @@ impl CrmEvents {
     }
 
     async fn take(&self, events: ChangeEvents) -> Result<EventsReport, EventsError> {
-        let mut report = EventsReport { events: events.events, gap: events.gap.clone(), ..Default::default() };
+        let mut report =
+            EventsReport { events: events.events, gap: events.gap.clone(), ..Default::default() };
         let name = self.position_name();
         let count = events.pages.len();
         for (i, (object, mut page)) in events.pages.into_iter().enumerate() {

@@ -405,11 +405,19 @@ impl Runtime {
             let sync = CrmSync::new(engine.clone(), Arc::clone(&connector), &crm_config.objects);
             let state = connector.has_events().then(|| {
                 EventState::new(
-                    crm_config.salesforce.as_ref().map_or(Duration::from_secs(3600), |sf| sf.events_poll_interval),
+                    crm_config
+                        .salesforce
+                        .as_ref()
+                        .map_or(Duration::from_secs(3600), |sf| sf.events_poll_interval),
                 )
             });
             let events = state.as_ref().map(|state| {
-                Arc::new(CrmEvents::new(engine.clone(), Arc::clone(&connector), &crm_config.objects, Arc::clone(state)))
+                Arc::new(CrmEvents::new(
+                    engine.clone(),
+                    Arc::clone(&connector),
+                    &crm_config.objects,
+                    Arc::clone(state),
+                ))
             });
             let sync = match state {
                 Some(state) => sync.with_events(state),

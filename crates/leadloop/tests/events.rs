@@ -95,7 +95,8 @@ async fn subscribed(emu: &Emulator, events: &Arc<CrmEvents>) -> tokio::task::Joi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lead_created_in_the_crm_arrives_through_events_without_a_poll() {
     let emu = Emulator::start(emulator_config()).await.expect("emulator");
-    let ids = seed::populate(&emu, &SeedSpec { seed: 7, managers: 1, reps: 2, accounts: 2, leads: 3, tasks: 0 });
+    let ids =
+        seed::populate(&emu, &SeedSpec { seed: 7, managers: 1, reps: 2, accounts: 2, leads: 3, tasks: 0 });
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = runtime(dir.path(), &emu.url(), "").await;
     let crm = runtime.crm.as_ref().expect("crm");
@@ -119,7 +120,8 @@ async fn a_lead_created_in_the_crm_arrives_through_events_without_a_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replay_id_survives_a_restart_nothing_lost_nothing_taken_twice() {
     let emu = Emulator::start(emulator_config()).await.expect("emulator");
-    let ids = seed::populate(&emu, &SeedSpec { seed: 8, managers: 1, reps: 2, accounts: 2, leads: 3, tasks: 0 });
+    let ids =
+        seed::populate(&emu, &SeedSpec { seed: 8, managers: 1, reps: 2, accounts: 2, leads: 3, tasks: 0 });
     let dir = tempfile::tempdir().expect("tempdir");
     let first_id;
     {
@@ -163,7 +165,8 @@ async fn the_replay_id_survives_a_restart_nothing_lost_nothing_taken_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_replay_id_a_gap_and_an_overflow_make_the_poll_run_and_lose_nothing() {
     let emu = Emulator::start(Config { overflow_after: 2, ..emulator_config() }).await.expect("emulator");
-    let ids = seed::populate(&emu, &SeedSpec { seed: 9, managers: 1, reps: 2, accounts: 2, leads: 3, tasks: 0 });
+    let ids =
+        seed::populate(&emu, &SeedSpec { seed: 9, managers: 1, reps: 2, accounts: 2, leads: 3, tasks: 0 });
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let runtime = runtime(dir.path(), &emu.url(), "").await;

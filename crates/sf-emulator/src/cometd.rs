@@ -88,7 +88,9 @@ pub(crate) async fn handle(shared: &Shared, headers: &HeaderMap, body: &[u8]) ->
                 let subscription = message.get("subscription").and_then(Value::as_str).unwrap_or_default();
                 let known = client_id
                     .as_deref()
-                    .and_then(|c| shared.streaming().get_mut(c).map(|cl| cl.subscriptions.remove(subscription)))
+                    .and_then(|c| {
+                        shared.streaming().get_mut(c).map(|cl| cl.subscriptions.remove(subscription))
+                    })
                     .is_some();
                 out.push(json!({"channel": channel, "id": id, "clientId": client_id,
                                 "subscription": subscription, "successful": known}));

@@ -62,8 +62,7 @@ pub(crate) fn payload(
     fields: &Map<String, Value>,
     at_ms: i64,
 ) -> Value {
-    let changed: Vec<&String> =
-        if change_type == "UPDATE" { fields.keys().collect() } else { Vec::new() };
+    let changed: Vec<&String> = if change_type == "UPDATE" { fields.keys().collect() } else { Vec::new() };
     let mut changed: Vec<Value> = changed.into_iter().map(|k| json!(k)).collect();
     if change_type == "UPDATE" {
         changed.push(json!("LastModifiedDate"));

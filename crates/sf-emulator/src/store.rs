@@ -688,7 +688,14 @@ impl Db {
 
     /// Publishes the change event of the write just made (held until an all-or-none scope
     /// ends).
-    fn record_event(&mut self, oi: usize, change_type: &str, id: &str, fields: &Map<String, Value>, now: i64) {
+    fn record_event(
+        &mut self,
+        oi: usize,
+        change_type: &str,
+        id: &str,
+        fields: &Map<String, Value>,
+        now: i64,
+    ) {
         if !self.events.enabled {
             return;
         }

@@ -1142,7 +1142,9 @@ impl Api {
 
     async fn connect(&self, client: &str) -> Vec<Value> {
         let (status, body) = self
-            .bayeux(json!([{"channel": "/meta/connect", "clientId": client, "connectionType": "long-polling"}]))
+            .bayeux(
+                json!([{"channel": "/meta/connect", "clientId": client, "connectionType": "long-polling"}]),
+            )
             .await;
         assert_eq!(status, 200);
         body.as_array().cloned().unwrap_or_default()
@@ -1169,7 +1171,10 @@ async fn writes_publish_change_events_over_cometd_with_replay_retention_and_gaps
 
     let (client, sub) = api.subscribe(-1).await;
     assert_eq!(sub["successful"], true, "{sub}");
-    let id = emu.insert("Lead", json!({"LastName": "Ada", "Company": "Acme"}).as_object().cloned().unwrap_or_default());
+    let id = emu.insert(
+        "Lead",
+        json!({"LastName": "Ada", "Company": "Acme"}).as_object().cloned().unwrap_or_default(),
+    );
     emu.update("Lead", &id, json!({"Title": "CTO"}).as_object().cloned().unwrap_or_default());
     emu.delete("Lead", &id);
     let mut got = Vec::new();
@@ -1199,8 +1204,10 @@ async fn writes_publish_change_events_over_cometd_with_replay_retention_and_gaps
     let (_, hs) = api.bayeux(json!([{"channel": "/meta/handshake"}])).await;
     let other = hs[0]["clientId"].as_str().expect("client").to_owned();
     let (_, sub) = api
-        .bayeux(json!([{"channel": "/meta/subscribe", "clientId": other, "subscription": "/data/LeadChangeEvent",
-            "ext": {"replay": {"/data/LeadChangeEvent": replay(0)}}}]))
+        .bayeux(
+            json!([{"channel": "/meta/subscribe", "clientId": other, "subscription": "/data/LeadChangeEvent",
+            "ext": {"replay": {"/data/LeadChangeEvent": replay(0)}}}]),
+        )
         .await;
     assert_eq!(sub[0]["successful"], true);
     emu.insert("Contact", json!({"LastName": "Bob"}).as_object().cloned().unwrap_or_default());
@@ -1211,7 +1218,14 @@ async fn writes_publish_change_events_over_cometd_with_replay_retention_and_gaps
 
     // Gap and overflow events.
     emu.publish_gap("Lead", "GAP_UPDATE", vec![id.clone()]);
-    emu.insert_many("Lead", (0..3).map(|i| json!({"LastName": format!("L{i}"), "Company": "C"}).as_object().cloned().unwrap_or_default()).collect());
+    emu.insert_many(
+        "Lead",
+        (0..3)
+            .map(|i| {
+                json!({"LastName": format!("L{i}"), "Company": "C"}).as_object().cloned().unwrap_or_default()
+            })
+            .collect(),
+    );
     let mut types = Vec::new();
     for _ in 0..5 {
         for m in api.connect(&client).await {
@@ -1223,7 +1237,11 @@ async fn writes_publish_change_events_over_cometd_with_replay_retention_and_gaps
             break;
         }
     }
-    assert_eq!(types, ["CREATE", "GAP_UPDATE", "CREATE", "CREATE", "GAP_OVERFLOW"], "the third insert overflowed");
+    assert_eq!(
+        types,
+        ["CREATE", "GAP_UPDATE", "CREATE", "CREATE", "GAP_OVERFLOW"],
+        "the third insert overflowed"
+    );
 
     // Retention: after 72 hours an old replay id is refused; -2 and -1 still work.
     emu.advance(std::time::Duration::from_secs(73 * 3600));

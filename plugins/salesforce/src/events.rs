@@ -77,7 +77,10 @@ impl Salesforce {
             }
             if !(200..300).contains(&status) {
                 let body = response.text().await.unwrap_or_default();
-                let message = format!("streaming API answered {status}: {}", body.chars().take(300).collect::<String>());
+                let message = format!(
+                    "streaming API answered {status}: {}",
+                    body.chars().take(300).collect::<String>()
+                );
                 return Err(if status == 401 || status == 403 {
                     ConnectorError::Auth { message }
                 } else {
@@ -150,7 +153,10 @@ impl Salesforce {
             _ => match self.subscribe(want).await? {
                 Subscribed::Ok(stream) => stream,
                 Subscribed::Expired => {
-                    tracing::warn!(replay_id = want, "salesforce no longer holds events after this replay id (72 hours); following new events and polling for the rest");
+                    tracing::warn!(
+                        replay_id = want,
+                        "salesforce no longer holds events after this replay id (72 hours); following new events and polling for the rest"
+                    );
                     out.gap = Some(format!(
                         "replay id {want} is older than Salesforce keeps change events (72 hours)"
                     ));
@@ -227,7 +233,11 @@ impl Salesforce {
     }
 
     /// The current versions of records by id (deleted ones are simply absent).
-    async fn records_by_id(&self, object: CrmObject, mut ids: Vec<String>) -> Result<ChangePage, ConnectorError> {
+    async fn records_by_id(
+        &self,
+        object: CrmObject,
+        mut ids: Vec<String>,
+    ) -> Result<ChangePage, ConnectorError> {
         ids.sort();
         ids.dedup();
         // Only Salesforce ids reach the query text.
@@ -246,7 +256,8 @@ impl Salesforce {
             let mut path = self.api.data_path("query");
             path.push_str("?q=");
             path.push_str(&urlencode(&soql));
-            let body = self.api.call(Method::GET, &path, None, Priority::Bulk, None).await.map_err(|e| e.error)?;
+            let body =
+                self.api.call(Method::GET, &path, None, Priority::Bulk, None).await.map_err(|e| e.error)?;
             let result: QueryResult = serde_json::from_value(body)
                 .map_err(|e| transient(format!("{object} by id: malformed response: {e}")))?;
             let part = self.page(object, &Cursor::default(), result);

@@ -767,7 +767,9 @@ impl Crm for Salesforce {
         position: Option<&str>,
     ) -> Result<leadloop_core::connector::ChangeEvents, ConnectorError> {
         if !self.config.events {
-            return Err(ConnectorError::Permanent { message: "change events are off (events = false)".into() });
+            return Err(ConnectorError::Permanent {
+                message: "change events are off (events = false)".into(),
+            });
         }
         self.read_changes(objects, position).await
     }
