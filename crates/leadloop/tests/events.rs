@@ -112,6 +112,11 @@ async fn a_lead_created_in_the_crm_arrives_through_events_without_a_poll() {
     assert!(taken >= 1, "the lead came as a change event");
     assert_eq!(polls(&emu), polls_before, "no poll ran: the lead came through the event path");
     assert!(events.state().live(), "events flow, so the poll waits its safety-net interval");
+    // Salesforce forgets the session: the next read handshakes again from the stored replay id.
+    emu.drop_streaming_clients();
+    let second = emu.insert("Lead", lead("Second", &ids.reps[1]));
+    read_until(&events, &runtime, std::slice::from_ref(&second)).await;
+    assert_eq!(polls(&emu), polls_before, "still no poll");
     let stored = runtime.store.cursor(&events.position_name()).await.expect("cursor");
     assert_eq!(stored, Some(emu.latest_replay_id().to_string()), "the replay id is stored with the lead");
     emu.shutdown().await;

@@ -46,6 +46,16 @@ fn object_of(entity: &str) -> Option<CrmObject> {
     CrmObject::ALL.into_iter().find(|o| sobject(*o).eq_ignore_ascii_case(entity))
 }
 
+/// Why a connect answer failed, if it did.
+fn refused(answer: &[Value]) -> Option<String> {
+    let reply = answer.iter().find(|m| m["channel"] == "/meta/connect");
+    match reply {
+        Some(m) if m["successful"] == true => None,
+        Some(m) => Some(m["error"].as_str().unwrap_or("refused").to_owned()),
+        None => Some("no answer".to_owned()),
+    }
+}
+
 enum Subscribed {
     Ok(Stream),
     /// The replay id is past retention (or unknown to the server).
@@ -139,6 +149,14 @@ impl Salesforce {
         Err(transient(format!("subscribing to {CHANNEL} failed: {error}")))
     }
 
+    /// One `/meta/connect` long poll.
+    async fn connect(&self, stream: &Stream) -> Result<Vec<Value>, ConnectorError> {
+        self.bayeux(json!([{
+            "channel": "/meta/connect", "clientId": stream.client_id, "connectionType": "long-polling",
+        }]))
+        .await
+    }
+
     /// See [`leadloop_core::Crm::changes`].
     pub(crate) async fn read_changes(
         &self,
@@ -170,18 +188,25 @@ impl Salesforce {
                 }
             },
         };
-        let answer = self
-            .bayeux(json!([{
-                "channel": "/meta/connect", "clientId": stream.client_id, "connectionType": "long-polling",
-            }]))
-            .await?;
-        let reply = answer.iter().find(|m| m["channel"] == "/meta/connect");
-        if !reply.is_some_and(|m| m["successful"] == true) {
-            // `403::Unknown client` and the like: the next call handshakes again from the
-            // stored position. Events answered with a failed connect are not taken.
-            let error = reply.and_then(|m| m["error"].as_str()).unwrap_or("no answer");
+        let mut answer = self.connect(&stream).await?;
+        if let Some(error) = refused(&answer) {
+            // `403::Unknown client` (the server forgot the session) and the like: handshake
+            // again from the same position, once. Events answered with a failed connect are
+            // not taken.
             tracing::info!(%error, "streaming API connect refused; handshaking again");
-            return Ok(out);
+            stream = match self.subscribe(stream.position).await? {
+                Subscribed::Ok(fresh) => fresh,
+                Subscribed::Expired => {
+                    return Err(transient(format!(
+                        "replay id {} expired while reconnecting",
+                        stream.position
+                    )));
+                }
+            };
+            answer = self.connect(&stream).await?;
+            if let Some(error) = refused(&answer) {
+                return Err(transient(format!("streaming API connect refused twice: {error}")));
+            }
         }
         let mut fetch: BTreeMap<CrmObject, Vec<String>> = BTreeMap::new();
         let mut deleted: BTreeMap<CrmObject, Vec<String>> = BTreeMap::new();
