@@ -15,6 +15,10 @@ use serde_json::{Map, Value, json};
 /// The user the emulator names as `commitUser` (the integration user's shape of id).
 pub const COMMIT_USER: &str = "005000000000001AAA";
 
+/// Events kept at most (the oldest are dropped first, as if past retention), so a long run
+/// with many writes stays bounded in memory.
+pub const MAX_EVENTS: usize = 500_000;
+
 /// One published change event.
 #[derive(Debug, Clone)]
 pub(crate) struct Event {
@@ -138,6 +142,11 @@ impl EventLog {
             let replay_id = self.next_replay;
             self.next_replay += 1;
             self.events.push_back(Event { replay_id, at_ms: now, entity, payload });
+            if self.events.len() > MAX_EVENTS
+                && let Some(dropped) = self.events.pop_front()
+            {
+                self.purged_through = dropped.replay_id;
+            }
         }
         self.notify.notify_waiters();
     }
