@@ -22,6 +22,7 @@ import ssl
 import sys
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
@@ -78,6 +79,7 @@ class Handler:
             "message_id": parsed.get("Message-ID", ""),
             "tls": session.ssl is not None or IMPLICIT_TLS,
             "authenticated": bool(session.authenticated),
+            "received_at": time.time(),
         }
         with LOCK:
             STATE["messages"].append(record)

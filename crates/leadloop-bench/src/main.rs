@@ -35,6 +35,7 @@ mod report;
 mod restart;
 mod sla;
 mod smtp;
+mod speed;
 mod sync;
 
 #[derive(Debug, Parser)]
@@ -57,6 +58,9 @@ enum Bench {
     Report(report::Args),
     /// A restart with many pending timers: reopen → first due email queued and sent.
     Restart(restart::Args),
+    /// Speed to lead: a lead created in the Salesforce emulator to the rep's alert accepted by
+    /// the SMTP peer, with change events and with polling only.
+    Speed(speed::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Codec(args) => codec::run(args).await,
         Bench::Report(args) => report::run(args),
         Bench::Restart(args) => restart::run(args).await,
+        Bench::Speed(args) => speed::run(args).await,
     }
 }
 

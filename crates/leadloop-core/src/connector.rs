@@ -140,6 +140,24 @@ pub struct ChangePage {
     pub next_cursor: Option<String>,
     /// More pages follow for the same pass.
     pub more: bool,
+    /// When the CRM last changed each record of the page (Salesforce's `SystemModstamp`), by
+    /// record id, where known: the start of the speed-to-alert measurement.
+    pub changed_at: BTreeMap<String, Timestamp>,
+}
+
+/// What a CRM's change events said since a position: the records they name, read as the CRM
+/// holds them now, as one page per object in [`CrmObject::ALL`]'s order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeEvents {
+    pub pages: Vec<(CrmObject, ChangePage)>,
+    /// Where the next read resumes (opaque to the engine; stored in the same batch as the last
+    /// page, so it never passes changes that are not durable). `None`: unchanged.
+    pub position: Option<String>,
+    /// Changes may have been missed (an expired replay position, a gap or overflow event):
+    /// why. The engine then runs the poll at once, which covers them.
+    pub gap: Option<String>,
+    /// Events read.
+    pub events: usize,
 }
 
 /// A write to the CRM.
@@ -236,6 +254,25 @@ pub trait Crm: Send + Sync {
     /// Takes back what [`Crm::budget_state`] returned in an earlier process; a connector ignores
     /// a reading too old to trust or one it cannot read.
     fn restore_budget_state(&self, _state: &str) {}
+
+    /// Whether this connector can follow change events ([`Crm::changes`]).
+    fn has_events(&self) -> bool {
+        false
+    }
+
+    /// Waits for change events after `position` (what the last stored [`ChangeEvents`] said;
+    /// `None`: from now on) on `objects`, up to the CRM's long-poll timeout, and reads the
+    /// records they name. An empty answer with no position is a timeout. A `Permanent` error
+    /// means the CRM does not offer events (not allowed for the org): the poll carries on.
+    async fn changes(
+        &self,
+        _objects: &[CrmObject],
+        _position: Option<&str>,
+    ) -> Result<ChangeEvents, ConnectorError> {
+        Err(ConnectorError::Permanent {
+            message: format!("the {} connector has no change events", self.name()),
+        })
+    }
 
     /// A live check for `leadloop validate --connect`: logs in afresh (for Salesforce, the
     /// OAuth token request) and reads nothing. `Ok` says what answered; the error says why it

@@ -193,6 +193,15 @@ impl Engine {
                 }
                 CrmRecord::Lead(lead) => {
                     let lead = *lead;
+                    let changed_at = page.changed_at.get(lead.id.as_str()).copied();
+                    if let Some(stamp) = changed_at {
+                        // The other path (events or poll) already took in a newer version.
+                        if self.crm_stamps.is_stale(lead.id.as_str(), stamp) {
+                            report.unchanged += 1;
+                            continue;
+                        }
+                        self.crm_stamps.taken(lead.id.as_str(), stamp, now);
+                    }
                     if let Some(owner) = &lead.owner_id
                         && !owner_known(&chart, owner)
                     {
@@ -214,6 +223,15 @@ impl Engine {
                     match self.lead_batch(before, lead, &chart, now).await? {
                         None => report.unchanged += 1,
                         Some(sub) => {
+                            if let Some(stamp) = changed_at {
+                                for op in &sub.batch.ops {
+                                    if let Op::Enqueue(entry) = op
+                                        && matches!(&entry.effect, leadloop_core::Effect::Email { kind, .. } if kind == crate::events::ALERT_KIND)
+                                    {
+                                        crate::events::alert_queued(entry.key.as_str(), stamp);
+                                    }
+                                }
+                            }
                             take(&mut chart, &mut overlay, (&mut batch, &mut summary), sub);
                             report.stored += 1;
                         }
@@ -391,6 +409,8 @@ pub struct CrmSync {
     engine: Engine,
     crm: Arc<dyn Crm>,
     objects: Vec<CrmObject>,
+    /// Set when change events are followed: the poll is then a safety net.
+    events: Option<Arc<crate::events::EventState>>,
 }
 
 impl std::fmt::Debug for CrmSync {
@@ -403,7 +423,14 @@ impl CrmSync {
     /// Syncs `objects` (in [`CrmObject::ALL`]'s order whatever the order given).
     pub fn new(engine: Engine, crm: Arc<dyn Crm>, objects: &[CrmObject]) -> Self {
         let objects = CrmObject::ALL.into_iter().filter(|o| objects.contains(o)).collect();
-        Self { engine, crm, objects }
+        Self { engine, crm, objects, events: None }
+    }
+
+    /// Polls as the safety net of change events: at `state`'s longer interval while they
+    /// flow, and at once when the follower asks (a gap, events stopping).
+    pub fn with_events(mut self, state: Arc<crate::events::EventState>) -> Self {
+        self.events = Some(state);
+        self
     }
 
     pub fn cursor_name(&self, object: CrmObject) -> String {
@@ -580,7 +607,7 @@ impl CrmSync {
                     }
                     if report.errors.is_empty() {
                         failures = 0;
-                        interval
+                        self.events.as_ref().map_or(interval, |events| events.interval(interval))
                     } else {
                         failures += 1;
                         report.retry_after.unwrap_or_else(|| backoff_after(failures).min(interval))
@@ -592,9 +619,16 @@ impl CrmSync {
                     backoff_after(failures).min(interval)
                 }
             };
+            let requested = async {
+                match &self.events {
+                    Some(events) => events.poll_requested().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = requested => tracing::info!("crm poll run at once for the change events"),
             }
         }
     }

@@ -9,6 +9,7 @@
 mod apply;
 pub mod calendar;
 pub mod crm;
+pub mod events;
 mod nurture;
 pub mod relay;
 
@@ -126,6 +127,10 @@ pub struct Engine {
     calendar: Arc<std::sync::RwLock<Arc<leadloop_core::calendar::CalendarSignals>>>,
     /// The keys of the CRM quarantine bucket, once read (`crm.rs`).
     quarantined: Arc<std::sync::Mutex<Option<std::collections::BTreeSet<String>>>>,
+    /// The newest CRM stamp taken in per recently changed record (`events.rs`): the event
+    /// path and the poll may read the same record at different versions, and the older one
+    /// must not overwrite the newer.
+    crm_stamps: events::Stamps,
     /// Raised by a part that cannot go on in this process (see [`Halt`]).
     halt: Halt,
 }
@@ -150,6 +155,7 @@ impl Engine {
             observer: None,
             calendar: Arc::default(),
             quarantined: Arc::default(),
+            crm_stamps: events::Stamps::default(),
             halt: Halt::default(),
         }
     }

@@ -410,6 +410,9 @@ impl EmailRelay {
                 entry.last_error = None;
                 history.push(EventKind::EffectDone { key: entry.key.clone() });
                 tracing::info!(key = %entry.key, %kind, %reply, "email sent");
+                if kind == crate::events::ALERT_KIND {
+                    crate::events::alert_accepted(entry.key.as_str(), now);
+                }
                 metrics::counter!("leadloop_email_sent_total", "kind" => kind).increment(1);
                 report.sent += 1;
             }

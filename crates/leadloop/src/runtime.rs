@@ -22,6 +22,7 @@ use leadloop_core::sla::SlaRules;
 use leadloop_core::{Calendar, Clock, Crm, IdempotencyKey, Mailer, PersonId, Timestamp};
 use leadloop_engine::calendar::{CalendarPoller, CalendarRelay};
 use leadloop_engine::crm::{CrmRelay, CrmSync};
+use leadloop_engine::events::{CrmEvents, EventState};
 use leadloop_engine::{EmailRelay, Engine, EngineError, Observer};
 use leadloop_store::{Batch, SledStore, Store, StoreError};
 use leadloop_store_postgres::PgStore;
@@ -241,6 +242,9 @@ pub struct CrmParts {
     pub sync: Arc<CrmSync>,
     pub relay: Arc<CrmRelay>,
     pub poll_interval: Duration,
+    /// The change-event follower, when the connector offers events and config leaves them
+    /// on (`crm.salesforce.events`); the sync is then its safety net.
+    pub events: Option<Arc<CrmEvents>>,
 }
 
 /// The calendar's parts: the connector, the poller feeding routing and the SLA, the hold relay.
@@ -397,11 +401,35 @@ impl Runtime {
         };
         // Built after every relay registered its waker with the engine: each clones the engine
         // as it is now, and must wake every relay when it queues work.
-        let crm = crm_built.map(|(crm_config, connector, relay)| CrmParts {
-            sync: Arc::new(CrmSync::new(engine.clone(), Arc::clone(&connector), &crm_config.objects)),
-            connector,
-            relay: Arc::new(relay),
-            poll_interval: crm_config.poll_interval,
+        let crm = crm_built.map(|(crm_config, connector, relay)| {
+            let sync = CrmSync::new(engine.clone(), Arc::clone(&connector), &crm_config.objects);
+            let state = connector.has_events().then(|| {
+                EventState::new(
+                    crm_config
+                        .salesforce
+                        .as_ref()
+                        .map_or(Duration::from_secs(3600), |sf| sf.events_poll_interval),
+                )
+            });
+            let events = state.as_ref().map(|state| {
+                Arc::new(CrmEvents::new(
+                    engine.clone(),
+                    Arc::clone(&connector),
+                    &crm_config.objects,
+                    Arc::clone(state),
+                ))
+            });
+            let sync = match state {
+                Some(state) => sync.with_events(state),
+                None => sync,
+            };
+            CrmParts {
+                sync: Arc::new(sync),
+                connector,
+                relay: Arc::new(relay),
+                poll_interval: crm_config.poll_interval,
+                events,
+            }
         });
         let public = match (&config.links, &signer) {
             (Some(links), Some(_)) if parts.links_listener => {
@@ -476,6 +504,10 @@ impl Runtime {
             tasks.push(("crm sync", tokio::spawn(async move { sync.run(sync_stop, interval).await })));
             let (relay, relay_stop) = (crm.relay, stop.clone());
             tasks.push(("crm relay", tokio::spawn(async move { relay.run(relay_stop, max_idle).await })));
+            if let Some(events) = crm.events {
+                let events_stop = stop.clone();
+                tasks.push(("crm events", tokio::spawn(async move { events.run(events_stop).await })));
+            }
         }
         // The calendar: a poller feeding routing and the SLA, and the hold relay. A calendar
         // outage degrades both; it never holds up a hand-off.

@@ -54,7 +54,21 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
                 7.0 * 86400.0,
             ],
         )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("leadloop_speed_to_alert_seconds".into()),
+            &[1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0],
+        )?
         .install_recorder()?;
+    metrics::describe_histogram!(
+        "leadloop_speed_to_alert_seconds",
+        "from the CRM change that qualified a lead to the SMTP server accepting the rep's alert"
+    );
+    metrics::describe_counter!("leadloop_crm_events_total", "change events read from the CRM");
+    metrics::describe_counter!(
+        "leadloop_crm_event_fallbacks_total",
+        "change events that may have missed changes (expired replay id, gap, overflow): the poll ran at once"
+    );
+    metrics::describe_gauge!("leadloop_crm_events_live", "1 while CRM change events flow, else 0");
     metrics::describe_counter!("leadloop_timers_fired_total", "timers handled by the engine");
     metrics::describe_histogram!("leadloop_tick_seconds", "time to handle the timers due in one tick");
     metrics::describe_counter!(

@@ -83,6 +83,8 @@ async fn handle(
         if method == Method::POST { oauth::token(&shared, &headers, &body) } else { Reply::not_found() }
     } else if path == "/services/data" || path.starts_with("/services/data/") {
         data(&shared, &method, &target, &headers, &body).await
+    } else if path.starts_with("/cometd/") && method == Method::POST {
+        crate::cometd::handle(&shared, &headers, &body).await
     } else if let Some(rest) = path.strip_prefix("/__emulator/") {
         control(&shared, &method, rest, uri.query().unwrap_or(""), &body)
     } else if let Some(rest) = path.strip_prefix("/lightning/r/") {
@@ -268,7 +270,7 @@ fn parse_batch_size(v: &str) -> Option<usize> {
         .map(|n| n.clamp(200, 2000))
 }
 
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Reply> {
+pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Reply> {
     let invalid = || Reply::error(401, "INVALID_SESSION_ID", "Session expired or invalid");
     let token = headers
         .get(header::AUTHORIZATION)

@@ -8,6 +8,8 @@
 //! emulate.
 
 mod api;
+mod cometd;
+mod events;
 mod http;
 mod oauth;
 pub mod seed;
@@ -57,6 +59,17 @@ pub struct Config {
     /// The login URL JWT assertions must name as `aud` (default: the emulator's own URL);
     /// `https://login.salesforce.com` and `https://test.salesforce.com` are always accepted.
     pub login_url: Option<String>,
+    /// Change Data Capture is enabled (the org allows it and the objects are selected): the
+    /// Streaming API's `/data/ChangeEvents` channels may be subscribed to. Off, subscribing is
+    /// refused with `403::…`.
+    pub change_events: bool,
+    /// How long change events are kept for replay (Salesforce: 72 hours), in emulator time.
+    pub event_retention: Duration,
+    /// How long a `/meta/connect` long poll waits for events (Salesforce: 110 s).
+    pub streaming_timeout: Duration,
+    /// Changes one `insert_many` may publish as change events; the rest become one
+    /// `GAP_OVERFLOW` event (Salesforce: 100,000 per transaction).
+    pub overflow_after: usize,
 }
 
 /// A connected app's API quota (`per-app-api-usage`).
@@ -89,6 +102,10 @@ impl Default for Config {
             .map(str::to_owned)
             .collect(),
             login_url: None,
+            change_events: true,
+            event_retention: Duration::from_secs(72 * 3600),
+            streaming_timeout: Duration::from_secs(110),
+            overflow_after: 100_000,
         }
     }
 }
@@ -247,6 +264,12 @@ pub(crate) struct Shared {
     pub seq: AtomicU64,
     /// `(object, field)` pairs declared External ID and unique (upsert keys).
     pub external_ids: Mutex<Vec<(String, String)>>,
+    /// Streaming API clients by `clientId`.
+    pub streaming: Mutex<HashMap<String, cometd::Client>>,
+    /// Change events delivered to streaming clients.
+    pub streaming_deliveries: AtomicU64,
+    /// Set when the emulator stops, so long polls end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -272,6 +295,10 @@ impl Shared {
 
     pub fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
         lock(&self.sessions)
+    }
+
+    pub fn streaming(&self) -> MutexGuard<'_, HashMap<String, cometd::Client>> {
+        lock(&self.streaming)
     }
 
     pub fn cursors(&self) -> MutexGuard<'_, HashMap<String, Cursor>> {
@@ -351,6 +378,9 @@ impl Emulator {
             faults: Mutex::new(Vec::new()),
             seq: AtomicU64::new(1),
             external_ids: Mutex::new(Vec::new()),
+            streaming: Mutex::new(HashMap::new()),
+            streaming_deliveries: AtomicU64::new(0),
+            stopping: tokio::sync::watch::channel(false).0,
         });
         let (tx, rx) = oneshot::channel();
         let router = http::router(shared.clone());
@@ -392,14 +422,60 @@ impl Emulator {
         }
     }
 
-    /// Inserts many records under one lock; returns their Ids in order.
+    /// Inserts many records under one lock, as one transaction; returns their Ids in order.
+    /// Past `Config::overflow_after` records, the rest publish no change events but one
+    /// `GAP_OVERFLOW` event, as Salesforce does for a transaction of more than 100,000 changes.
     pub fn insert_many(&self, object: &str, records: Vec<Map<String, Value>>) -> Vec<String> {
         let now = self.shared.now_ms();
         let mut db = self.shared.db_mut();
-        records
+        let limit = self.shared.config.overflow_after;
+        let overflow = records.len() > limit;
+        let enabled = db.events.enabled;
+        let ids = records
             .into_iter()
-            .map(|fields| db.insert(object, fields, now).map(|id| id.to_string()).unwrap_or_default())
-            .collect()
+            .enumerate()
+            .map(|(i, fields)| {
+                if i == limit {
+                    db.events.enabled = false;
+                }
+                db.insert(object, fields, now).map(|id| id.to_string()).unwrap_or_default()
+            })
+            .collect();
+        db.events.enabled = enabled;
+        if overflow && enabled {
+            let entity = db.object(object).map(|o| o.name.to_string()).unwrap_or_else(|| object.to_owned());
+            db.events.publish_gap(&entity, "GAP_OVERFLOW", Vec::new(), now);
+        }
+        ids
+    }
+
+    /// Publishes a gap event (`GAP_CREATE`, `GAP_UPDATE`, `GAP_DELETE`, `GAP_UNDELETE`,
+    /// `GAP_OVERFLOW`) for `entity`: the header only, as Salesforce sends when it cannot
+    /// produce the change event itself.
+    pub fn publish_gap(&self, entity: &str, change_type: &str, record_ids: Vec<String>) {
+        let now = self.shared.now_ms();
+        self.shared.db_mut().events.publish_gap(entity, change_type, record_ids, now);
+    }
+
+    /// The newest change event's replay id (0: none yet).
+    pub fn latest_replay_id(&self) -> i64 {
+        self.shared.db().events.latest()
+    }
+
+    /// Change events delivered to streaming clients so far.
+    pub fn events_delivered(&self) -> u64 {
+        self.shared.streaming_deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Streaming clients handshaken and not dropped.
+    pub fn streaming_clients(&self) -> usize {
+        self.shared.streaming().len()
+    }
+
+    /// Forgets every streaming client: their next `/meta/connect` gets `403::Unknown client`
+    /// (as after a server-side session timeout).
+    pub fn drop_streaming_clients(&self) {
+        self.shared.streaming().clear();
     }
 
     /// Updates a live record, bumping `LastModifiedDate` and `SystemModstamp`.
@@ -512,6 +588,7 @@ impl Emulator {
     /// Stops serving and waits for the server task.
     pub async fn shutdown(self) {
         let server = lock(&self.server).take();
+        self.shared.stopping.send_replace(true);
         if let Some((tx, task)) = server {
             let _ = tx.send(());
             if let Err(error) = task.await {

@@ -492,6 +492,8 @@ pub(crate) struct Db {
     pub objects: Vec<ObjectStore>,
     undo: Vec<Undo>,
     undo_depth: u32,
+    /// Change Data Capture: the events the writes published.
+    pub events: crate::events::EventLog,
 }
 
 /// The objects, their Id prefixes and standard fields.
@@ -601,7 +603,7 @@ fn standard_objects() -> Vec<ObjectStore> {
 
 impl Db {
     pub fn new() -> Self {
-        Db { objects: standard_objects(), undo: Vec::new(), undo_depth: 0 }
+        Db { objects: standard_objects(), undo: Vec::new(), undo_depth: 0, events: Default::default() }
     }
 
     /// The index of an object by case-insensitive name.
@@ -634,11 +636,13 @@ impl Db {
         self.undo_depth = self.undo_depth.saturating_sub(1);
         if self.undo_depth == 0 {
             self.undo.clear();
+            self.events.commit_pending();
         }
     }
 
     /// Undoes every change recorded after `mark`, newest first.
     pub fn rollback_to(&mut self, mark: usize) {
+        self.events.rollback_to(mark);
         while self.undo.len() > mark {
             let Some(entry) = self.undo.pop() else { break };
             match entry {
@@ -682,6 +686,25 @@ impl Db {
         }
     }
 
+    /// Publishes the change event of the write just made (held until an all-or-none scope
+    /// ends).
+    fn record_event(
+        &mut self,
+        oi: usize,
+        change_type: &str,
+        id: &str,
+        fields: &Map<String, Value>,
+        now: i64,
+    ) {
+        if !self.events.enabled {
+            return;
+        }
+        let entity = self.objects[oi].name.to_owned();
+        let payload = crate::events::payload(&entity, change_type, vec![id.to_owned()], fields, now);
+        let scope = (self.undo_depth > 0).then(|| self.undo.len().saturating_sub(1));
+        self.events.record(scope, &entity, payload, now);
+    }
+
     /// Inserts a record (an `Id` in `fields` is kept, otherwise one is generated); stamps the
     /// system dates with `now`. Returns the Id, or `None` for an unknown object or a taken Id.
     pub fn insert(&mut self, object: &str, mut fields: Map<String, Value>, now: i64) -> Option<Arc<str>> {
@@ -697,12 +720,17 @@ impl Db {
         let stamp = take_time(&mut fields, "SystemModstamp").unwrap_or(now);
         let modified = take_time(&mut fields, "LastModifiedDate").unwrap_or(stamp);
         fields.remove("IsDeleted");
+        let published = self.events.enabled.then(|| fields.clone());
+        let obj = &mut self.objects[oi];
         let data = obj.merged_blob(None, fields);
         let slot = obj.records.len() as Slot;
         obj.records.push(Record { id: id.clone(), created, modified, stamp, deleted: false, data });
         obj.ids.insert(id.clone(), slot);
         obj.index.insert((stamp, id.clone()), slot);
         self.record_undo(Undo::Inserted { object: oi, slot });
+        if let Some(fields) = published {
+            self.record_event(oi, "CREATE", &id, &fields, stamp);
+        }
         Some(id)
     }
 
@@ -744,6 +772,7 @@ impl Db {
             rec.modified = stamp;
         }
         self.record_undo(Undo::Updated { object: oi, slot, old });
+        self.record_event(oi, "UPDATE", id, fields, stamp);
         true
     }
 
@@ -760,8 +789,9 @@ impl Db {
         let key = (rec.stamp, rec.id.clone());
         let id = rec.id.clone();
         obj.index.remove(&key);
-        obj.deleted_log.push_back((id, now));
+        obj.deleted_log.push_back((id.clone(), now));
         self.record_undo(Undo::Deleted { object: oi, slot });
+        self.record_event(oi, "DELETE", &id, &Map::new(), now);
         true
     }
 

@@ -1115,3 +1115,154 @@ async fn the_binary_serves_a_seeded_org_until_sigterm() {
         tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("wait");
     assert!(status.success(), "{status}");
 }
+
+impl Api {
+    async fn bayeux(&self, messages: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/cometd/62.0", self.base))
+            .bearer_auth(&self.token)
+            .json(&messages)
+            .send()
+            .await
+            .expect("cometd");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn subscribe(&self, replay: i64) -> (String, Value) {
+        let (_, hs) = self.bayeux(json!([{"channel": "/meta/handshake", "version": "1.0"}])).await;
+        let client = hs[0]["clientId"].as_str().expect("client id").to_owned();
+        let (_, sub) = self
+            .bayeux(json!([{"channel": "/meta/subscribe", "clientId": client,
+                "subscription": "/data/ChangeEvents", "ext": {"replay": {"/data/ChangeEvents": replay}}}]))
+            .await;
+        (client, sub[0].clone())
+    }
+
+    async fn connect(&self, client: &str) -> Vec<Value> {
+        let (status, body) = self
+            .bayeux(
+                json!([{"channel": "/meta/connect", "clientId": client, "connectionType": "long-polling"}]),
+            )
+            .await;
+        assert_eq!(status, 200);
+        body.as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn writes_publish_change_events_over_cometd_with_replay_retention_and_gaps() {
+    let config = Config {
+        streaming_timeout: std::time::Duration::from_millis(300),
+        overflow_after: 2,
+        ..Config::default()
+    };
+    let emu = Emulator::start(config).await.expect("start");
+    let api = Api::login(&emu).await;
+    // No session: 401, as the data API.
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/cometd/62.0", emu.url()))
+        .json(&json!([{"channel": "/meta/handshake"}]))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(anonymous.status(), 401);
+
+    let (client, sub) = api.subscribe(-1).await;
+    assert_eq!(sub["successful"], true, "{sub}");
+    let id = emu.insert(
+        "Lead",
+        json!({"LastName": "Ada", "Company": "Acme"}).as_object().cloned().unwrap_or_default(),
+    );
+    emu.update("Lead", &id, json!({"Title": "CTO"}).as_object().cloned().unwrap_or_default());
+    emu.delete("Lead", &id);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let answer = api.connect(&client).await;
+        let reply = answer.last().expect("connect reply");
+        assert_eq!(reply["channel"], "/meta/connect");
+        assert_eq!(reply["successful"], true);
+        got.extend(answer.into_iter().filter(|m| m["channel"] == "/data/ChangeEvents"));
+    }
+    let header = |i: usize| got[i]["data"]["payload"]["ChangeEventHeader"].clone();
+    assert_eq!(header(0)["changeType"], "CREATE");
+    assert_eq!(header(0)["entityName"], "Lead");
+    assert_eq!(header(0)["recordIds"], json!([id]));
+    assert_eq!(got[0]["data"]["payload"]["LastName"], "Ada");
+    for key in ["commitTimestamp", "transactionKey", "sequenceNumber", "commitUser", "changedFields"] {
+        assert!(!header(0)[key].is_null(), "{key} in {}", header(0));
+    }
+    assert_eq!(header(1)["changeType"], "UPDATE");
+    assert_eq!(header(1)["changedFields"], json!(["Title", "LastModifiedDate"]));
+    assert_eq!(got[1]["data"]["payload"]["Title"], "CTO");
+    assert_eq!(header(2)["changeType"], "DELETE");
+    let replay = |i: usize| got[i]["data"]["event"]["replayId"].as_i64().expect("replay id");
+    assert!(replay(0) < replay(1) && replay(1) < replay(2));
+
+    // A per-object channel carries only its object; replay resumes after an id.
+    let (_, hs) = api.bayeux(json!([{"channel": "/meta/handshake"}])).await;
+    let other = hs[0]["clientId"].as_str().expect("client").to_owned();
+    let (_, sub) = api
+        .bayeux(
+            json!([{"channel": "/meta/subscribe", "clientId": other, "subscription": "/data/LeadChangeEvent",
+            "ext": {"replay": {"/data/LeadChangeEvent": replay(0)}}}]),
+        )
+        .await;
+    assert_eq!(sub[0]["successful"], true);
+    emu.insert("Contact", json!({"LastName": "Bob"}).as_object().cloned().unwrap_or_default());
+    let answer = api.connect(&other).await;
+    let replays: Vec<i64> =
+        answer.iter().filter_map(|m| m.pointer("/data/event/replayId").and_then(Value::as_i64)).collect();
+    assert_eq!(replays, [replay(1), replay(2)], "after the given id, Lead only");
+
+    // Gap and overflow events.
+    emu.publish_gap("Lead", "GAP_UPDATE", vec![id.clone()]);
+    emu.insert_many(
+        "Lead",
+        (0..3)
+            .map(|i| {
+                json!({"LastName": format!("L{i}"), "Company": "C"}).as_object().cloned().unwrap_or_default()
+            })
+            .collect(),
+    );
+    let mut types = Vec::new();
+    for _ in 0..5 {
+        for m in api.connect(&client).await {
+            if let Some(t) = m.pointer("/data/payload/ChangeEventHeader/changeType").and_then(Value::as_str) {
+                types.push(t.to_owned());
+            }
+        }
+        if types.len() >= 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        types,
+        ["CREATE", "GAP_UPDATE", "CREATE", "CREATE", "GAP_OVERFLOW"],
+        "the third insert overflowed"
+    );
+
+    // Retention: after 72 hours an old replay id is refused; -2 and -1 still work.
+    emu.advance(std::time::Duration::from_secs(73 * 3600));
+    let (_, sub) = api.subscribe(replay(0)).await;
+    assert_eq!(sub["successful"], false);
+    assert!(sub["error"].as_str().is_some_and(|e| e.starts_with("400::The replayId")), "{sub}");
+    assert_eq!(api.subscribe(-2).await.1["successful"], true);
+    assert_eq!(api.subscribe(-1).await.1["successful"], true);
+
+    // A forgotten client is told to handshake again.
+    emu.drop_streaming_clients();
+    let answer = api.connect(&client).await;
+    assert_eq!(answer[0]["error"], "403::Unknown client");
+    assert_eq!(answer[0]["advice"]["reconnect"], "handshake");
+    emu.shutdown().await;
+
+    // An org without Change Data Capture refuses the subscription.
+    let emu = Emulator::start(Config { change_events: false, ..Config::default() }).await.expect("start");
+    let api = Api::login(&emu).await;
+    let (_, sub) = api.subscribe(-1).await;
+    assert_eq!(sub["successful"], false);
+    assert!(sub["error"].as_str().is_some_and(|e| e.starts_with("403::")), "{sub}");
+    emu.shutdown().await;
+}

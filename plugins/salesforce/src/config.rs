@@ -76,6 +76,23 @@ pub struct SalesforceConfig {
     /// leadloop's history only.
     #[serde(default)]
     pub disqualify_reason_field: Option<String>,
+    /// Follow Change Data Capture events (Streaming API, `/data/ChangeEvents`) so a change
+    /// reaches leadloop in seconds; the `SystemModstamp` poll keeps running as a safety net
+    /// every `events_poll_interval`. Where the org does not allow it, the poll runs at
+    /// `crm.poll_interval` as without events.
+    #[serde(default = "default_true")]
+    pub events: bool,
+    /// How often the safety-net poll runs while change events flow.
+    #[serde(default = "default_events_poll_interval", with = "leadloop_plugin::serde_duration")]
+    pub events_poll_interval: Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_events_poll_interval() -> Duration {
+    Duration::from_secs(3600)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,6 +169,8 @@ impl SalesforceConfig {
             timeout: default_timeout(),
             fields: FieldsConfig::default(),
             disqualify_reason_field: None,
+            events: true,
+            events_poll_interval: default_events_poll_interval(),
         }
     }
 
@@ -181,6 +200,15 @@ impl SalesforceConfig {
         }
         if !(200..=2000).contains(&self.page_size) {
             problems.push(("page_size".into(), format!("{} is outside 200..=2000", self.page_size)));
+        }
+        if self.events && self.events_poll_interval < Duration::from_secs(60) {
+            problems.push((
+                "events_poll_interval".into(),
+                format!(
+                    "{} s is too often for a safety-net poll (at least 60 s; the events bring changes in seconds)",
+                    self.events_poll_interval.as_secs()
+                ),
+            ));
         }
         if !(0.0..1.0).contains(&self.budget_reserve) {
             problems.push((

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod mapping;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,9 @@ pub struct Salesforce {
     clock: Arc<dyn Clock>,
     config: SalesforceConfig,
     mappings: BTreeMap<CrmObject, Mapping>,
+    /// For the Streaming API's long polls, which outlast `timeout`.
+    streaming_http: reqwest::Client,
+    stream: tokio::sync::Mutex<Option<events::Stream>>,
 }
 
 impl std::fmt::Debug for Salesforce {
@@ -156,7 +160,17 @@ impl SalesforceConfig {
         );
         let mappings =
             CrmObject::ALL.iter().map(|o| (*o, Mapping::new(*o, self.fields.for_object(*o)))).collect();
+        let streaming_http = reqwest::Client::builder()
+            // Salesforce holds a long poll up to 110 s.
+            .timeout(std::time::Duration::from_secs(130).max(self.timeout))
+            .connect_timeout(self.timeout.min(std::time::Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("leadloop/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BuildError::new("login_url", format!("cannot build the HTTP client: {e}")))?;
         Ok(Salesforce {
+            streaming_http,
+            stream: tokio::sync::Mutex::new(None),
             api: Api::new(http, auth, &self.api_version, self.budget_reserve),
             clock: ctx.clock.clone(),
             config: self.clone(),
@@ -165,7 +179,7 @@ impl SalesforceConfig {
     }
 }
 
-fn sobject(object: CrmObject) -> &'static str {
+pub(crate) fn sobject(object: CrmObject) -> &'static str {
     match object {
         CrmObject::Lead => "Lead",
         CrmObject::Contact => "Contact",
@@ -177,12 +191,12 @@ fn sobject(object: CrmObject) -> &'static str {
 
 /// Objects whose deletes leadloop follows (users are deactivated, not deleted; a deleted task
 /// changes nothing already recorded).
-fn follows_deletes(object: CrmObject) -> bool {
+pub(crate) fn follows_deletes(object: CrmObject) -> bool {
     matches!(object, CrmObject::Lead | CrmObject::Contact | CrmObject::Account)
 }
 
 #[derive(Debug, Deserialize)]
-struct QueryResult {
+pub(crate) struct QueryResult {
     #[serde(default)]
     done: bool,
     #[serde(default, rename = "nextRecordsUrl")]
@@ -298,6 +312,9 @@ impl Salesforce {
         for raw in &result.records {
             if let Some(stamp) = raw.get("SystemModstamp").and_then(Value::as_str).and_then(parse_datetime) {
                 seen = Some(seen.map_or(stamp, |n| n.max(stamp)));
+                if let Some(id) = raw.get("Id").and_then(Value::as_str) {
+                    page.changed_at.insert(id.to_owned(), stamp);
+                }
             }
             match mapping.map(raw) {
                 Ok(record) => page.records.push(record),
@@ -740,6 +757,23 @@ impl Crm for Salesforce {
         self.api.usage()
     }
 
+    fn has_events(&self) -> bool {
+        self.config.events
+    }
+
+    async fn changes(
+        &self,
+        objects: &[CrmObject],
+        position: Option<&str>,
+    ) -> Result<leadloop_core::connector::ChangeEvents, ConnectorError> {
+        if !self.config.events {
+            return Err(ConnectorError::Permanent {
+                message: "change events are off (events = false)".into(),
+            });
+        }
+        self.read_changes(objects, position).await
+    }
+
     fn budget_state(&self) -> Option<String> {
         self.api.budget_state(self.clock.now())
     }
@@ -762,7 +796,7 @@ fn max_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
 }
 
 /// Percent-encodes a query-string value (RFC 3986 unreserved characters stay).
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3 / 2);
     for b in s.bytes() {
         match b {

@@ -1157,6 +1157,37 @@ role = "manager"
     }
 
     #[test]
+    fn change_events_are_on_by_default_and_their_safety_poll_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret").expect("write");
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let crm = format!(
+            "[crm]\ntype = \"salesforce\"\n[crm.salesforce]\nlogin_url = \"https://login.salesforce.com\"\nclient_id = \"id\"\nauth = \"client_credentials\"\nclient_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        check(&crm, &[]);
+        let (config, _) = crate::config::load_str(std::path::Path::new("t.toml"), &crm).expect("valid");
+        let salesforce = config.crm.and_then(|c| c.salesforce).expect("salesforce");
+        assert!(salesforce.events, "on by default");
+        assert_eq!(salesforce.events_poll_interval, std::time::Duration::from_secs(3600));
+        check(&crm.replace("auth = ", "events = false\nauth = "), &[]);
+        check(
+            &crm.replace("auth = ", "events_poll_interval = \"10s\"\nauth = "),
+            &[
+                "t.toml:6:1: crm.salesforce.events_poll_interval: 10 s is too often for a safety-net poll (at least 60 s; the events bring changes in seconds)",
+            ],
+        );
+        // Without events the poll runs at `crm.poll_interval`; the safety-net interval is unused.
+        check(&crm.replace("auth = ", "events = false\nevents_poll_interval = \"10s\"\nauth = "), &[]);
+        check(
+            &crm.replace("auth = ", "events = \"yes\"\nauth = "),
+            &["t.toml:6:10: crm.salesforce.events: invalid type: string \"yes\", expected a boolean"],
+        );
+    }
+
+    #[test]
     fn an_admin_listener_off_loopback_is_a_warning_and_its_token_is_checked() {
         check("[daemon]\nadmin_listen = \"127.0.0.1:9477\"\n", &[]);
         check("[daemon]\nadmin_listen = \"[::1]:9477\"\n", &[]);
