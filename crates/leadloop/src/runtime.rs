@@ -76,6 +76,9 @@ pub async fn open_store_for_reading(
 /// gets its rules from here, so each decides exactly as the daemon does.
 pub fn engine_rules(config: &Config) -> Result<(leadloop_core::rules::Rules, Option<Arc<Signer>>), String> {
     let mut rules = SlaRules::new(config.sla.clone());
+    if let Some(chat) = &config.chat {
+        rules = rules.with_reach(chat.reach());
+    }
     if let Some(calendar) = config.calendar.as_ref().filter(|c| c.hold) {
         rules = rules.with_hold(calendar.hold_length);
     }
