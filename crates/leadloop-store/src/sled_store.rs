@@ -117,6 +117,7 @@ impl QueuedHead {
             "email" => Channel::Email,
             "crm_update" | "crm_task" => Channel::Crm,
             "calendar_hold" => Channel::Calendar,
+            "chat" => Channel::Chat,
             other => return Err(corrupt(key, &format!("unknown effect {other:?}"))),
         };
         Ok(Delivery {
