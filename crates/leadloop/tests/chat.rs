@@ -236,8 +236,10 @@ async fn a_forged_or_stale_click_is_refused_with_401_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_429_storm_delays_the_alert_by_retry_after_but_loses_nothing() {
-    let rig = rig("default_channels = [\"slack\"]", SLACK_LADDER, false).await;
-    rig.slack.storm(3, 30);
+    // A wait for the fallback longer than the storm: this is about delay, not fallback.
+    let rig = rig("default_channels = [\"slack\"]\nfallback_after = \"2h\"", SLACK_LADDER, false).await;
+    // Longer than the relay's own backoff (30 s doubling), so only Retry-After explains the wait.
+    rig.slack.storm(3, 600);
     rig.hand_off().await;
     let key = "sla/00Q1/1/alert/slack";
     let mut rounds = 0;
@@ -252,7 +254,7 @@ async fn a_429_storm_delays_the_alert_by_retry_after_but_loses_nothing() {
         let entry = rig.entry(key).await.expect("entry");
         assert!(entry.state.is_pending());
         // Never sooner than Slack's Retry-After.
-        assert!(entry.next_attempt_at - before >= TimeDelta::seconds(30), "round {rounds}: {entry:?}");
+        assert!(entry.next_attempt_at - before >= TimeDelta::seconds(600), "round {rounds}: {entry:?}");
         rig.clock.set(entry.next_attempt_at);
         assert!(rounds < 10, "never posted");
     }
@@ -346,12 +348,12 @@ to = ["rep"]
 channels = ["teams"]
 "#;
     let rig = rig("default_channels = [\"teams\"]", ladder, true).await;
-    rig.slack.storm(1, 20);
+    rig.slack.storm(1, 300);
     rig.hand_off().await;
     let before = rig.clock.now();
     assert_eq!(rig.relay_round().await.retried, 1);
     let entry = rig.entry("sla/00Q1/1/alert/teams").await.expect("entry");
-    assert!(entry.next_attempt_at - before >= TimeDelta::seconds(20));
+    assert!(entry.next_attempt_at - before >= TimeDelta::seconds(300));
     rig.clock.set(entry.next_attempt_at);
     assert_eq!(rig.relay_round().await.posted, 1);
     let posts = rig.slack.teams_posts();
