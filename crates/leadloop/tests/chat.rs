@@ -371,3 +371,44 @@ channels = ["teams"]
     assert_eq!(client.post(url).send().await.expect("post").status(), 200);
     assert!(!rig.open_handoff().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_connect_checks_the_slack_token_with_auth_test() {
+    let slack = StandIn::start(TOKEN).await.expect("stand-in");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signing = dir.path().join("signing");
+    std::fs::write(&signing, SIGNING).expect("write");
+    for (token, code, expected) in [
+        (TOKEN, 0, "slack: authenticated as leadloop in Stand-in"),
+        ("xoxb-revoked", 1, "authentication failed: slack auth.test: invalid_auth"),
+    ] {
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token).expect("write");
+        let config = dir.path().join("leadloop.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nstate_dir = \"{state}\"\n\n[chat]\ndefault_channels = [\"slack\"]\n\n[chat.slack]\napi_url = \"{api}\"\nbot_token_file = \"{token}\"\nsigning_secret_file = \"{signing}\"\n",
+                state = dir.path().join("state").display(),
+                api = slack.api_url(),
+                token = token_file.display(),
+                signing = signing.display(),
+            ),
+        )
+        .expect("write config");
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_leadloop"))
+                .args(["validate", "--connect", "--config"])
+                .arg(&config)
+                .output()
+                .expect("run leadloop")
+        })
+        .await
+        .expect("join");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let line = stdout.lines().find(|l| l.starts_with("chat")).unwrap_or_default().to_owned();
+        assert!(line.contains(expected), "{stdout}");
+        assert!(!stdout.contains(token), "the token is never shown: {stdout}");
+        assert_eq!(output.status.code(), Some(code), "{stdout}");
+    }
+}

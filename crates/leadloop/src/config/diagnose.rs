@@ -1406,7 +1406,9 @@ role = "manager"
         // A step in Slack with [chat] but no [chat.slack]: everyone by email, said once.
         check(
             &format!("{PEOPLE}\n[chat]\ndefault_channels = [\"email\"]\n{ladder}"),
-            &["t.toml:25:1: sla.policy[0].step[0].channels: warning: `slack` without a [chat.slack] table: this step reaches everyone by email"],
+            &[
+                "t.toml:25:1: sla.policy[0].step[0].channels: warning: `slack` without a [chat.slack] table: this step reaches everyone by email",
+            ],
         );
         // Slack configured but its secrets not named, nobody reachable, an unknown person,
         // a cleartext API off loopback, no [links] for the buttons.

@@ -58,7 +58,7 @@ pub struct Config {
 /// `[chat]`: who is reachable in chat, and the Slack and Teams connectors. An SLA step names
 /// its channels (`channels = ["slack", "email"]`); each recipient gets those they are
 /// reachable on here.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatConfig {
     /// The channels that reach every person not listed in `people` (default: email only).
