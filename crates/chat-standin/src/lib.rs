@@ -53,6 +53,8 @@ struct Inner {
     users: Mutex<Vec<User>>,
     messages: Mutex<Vec<Posted>>,
     teams: Mutex<Vec<(String, Value)>>,
+    /// Every looked-up address is a member (made up on first lookup): the demo's open workspace.
+    open: AtomicBool,
     storm: AtomicU32,
     retry_after: AtomicU64,
     outage: AtomicBool,
@@ -117,6 +119,12 @@ impl StandIn {
 
     pub fn add_user(&self, id: &str, email: &str) {
         lock(&self.inner.users).push(User { id: id.into(), email: email.to_lowercase(), deleted: false });
+    }
+
+    /// Makes every address looked up a member of the workspace (a user `U` + a number is
+    /// made up for it on first lookup), for the demo, whose org is generated.
+    pub fn open_workspace(&self) {
+        self.inner.open.store(true, Ordering::SeqCst);
     }
 
     pub fn deactivate(&self, id: &str) {
@@ -254,7 +262,12 @@ async fn lookup(
         return r;
     }
     let email = q.get("email").map(|e| e.to_lowercase()).unwrap_or_default();
-    match lock(&inner.users).iter().find(|u| u.email == email) {
+    let mut users = lock(&inner.users);
+    if inner.open.load(Ordering::SeqCst) && !email.is_empty() && !users.iter().any(|u| u.email == email) {
+        let id = format!("U{:06}", users.len() + 1);
+        users.push(User { id, email: email.clone(), deleted: false });
+    }
+    match users.iter().find(|u| u.email == email) {
         Some(user) => axum::Json(json!({ "ok": true, "user": user_json(user) })).into_response(),
         None => ok_false("users_not_found"),
     }
