@@ -412,3 +412,48 @@ async fn validate_connect_checks_the_slack_token_with_auth_test() {
         assert_eq!(output.status.code(), Some(code), "{stdout}");
     }
 }
+
+#[test]
+fn simulate_prints_each_chat_message_with_its_channel_and_contacts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("leadloop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\n\n[chat]\ndefault_channels = [\"email\", \"slack\"]\n\n[chat.slack]\napi_url = \"http://127.0.0.1:9/api\"\nbot_token_env = \"NOT_SET_SLACK_TOKEN\"\nsigning_secret_env = \"NOT_SET_SLACK_SIGNING\"\n\n[[sla.policy]]\nname = \"chat\"{SLACK_LADDER}",
+            dir.path().join("state").display()
+        ),
+    )
+    .expect("write config");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"at":"2026-03-02T14:00:00Z","type":"user","user":{"id":"005A","email":"rep@x.example","name":"Rep A"}}"#,
+            "\n",
+            r#"{"at":"2026-03-02T14:00:00Z","type":"lead","lead":{"id":"00Q1","first_name":"Ana","status":"Open - Not Contacted","owner_id":"005A"}}"#,
+            "\n"
+        ),
+    )
+    .expect("write events");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_leadloop"))
+        .args(["simulate", "--config"])
+        .arg(&config)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .expect("run leadloop");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let chat: Vec<&serde_json::Value> = lines.iter().filter(|l| l["effect"] == "chat").collect();
+    assert_eq!(chat.len(), 2, "the alert and the reminder, in Slack only: {stdout}");
+    assert_eq!(chat[0]["key"], "sla/00Q1/1/alert/slack");
+    assert_eq!(chat[0]["channel"], "slack");
+    assert_eq!(chat[0]["to"], "rep@x.example");
+    assert_eq!(chat[0]["person"], "005A");
+    assert_eq!(chat[0]["fallback"], "sla/00Q1/1/alert", "the email it falls back to");
+    assert_eq!(chat[1]["step"], "reminder");
+    assert!(lines.iter().all(|l| l["effect"] != "email"), "Slack only, nothing mailed: {stdout}");
+}
