@@ -327,6 +327,48 @@ pub trait Mailer: Send + Sync {
     }
 }
 
+/// A chat message for a chat connector, which renders it (Slack: Block Kit; Teams: an Adaptive
+/// Card) from the step's variables: the lead, its top score reasons, the SLA deadline, and the
+/// one-click answers bound to `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutgoingChat {
+    pub key: IdempotencyKey,
+    pub kind: String,
+    pub service: crate::effect::ChatService,
+    /// The person's email address (Slack finds the user by it).
+    pub to: String,
+    pub person: Option<PersonId>,
+    pub lead_id: Option<LeadId>,
+    pub vars: serde_json::Value,
+}
+
+/// Where the chat service put a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatReceipt {
+    /// The conversation (Slack: the channel or DM id); empty where the service tells none.
+    pub channel: String,
+    /// The message's id in it (Slack: `ts`); empty where the service tells none.
+    pub ts: String,
+}
+
+/// Posts chat messages (one connector per service).
+#[async_trait]
+pub trait ChatSender: Send + Sync {
+    fn name(&self) -> &str;
+
+    fn service(&self) -> crate::effect::ChatService;
+
+    /// Returns once the service accepted the message. [`ConnectorError::Permanent`] when it
+    /// never will (an unknown or deactivated user): the relay then sends the email fallback.
+    /// [`ConnectorError::Transient`] with `retry_after` when throttled.
+    async fn post(&self, message: &OutgoingChat) -> Result<ChatReceipt, ConnectorError>;
+
+    /// A live check for `leadloop validate --connect`.
+    async fn check(&self) -> Result<String, ConnectorError> {
+        Err(no_check(self.name()))
+    }
+}
+
 /// A calendar entry that could not be read, kept with the reason instead of failing the read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedEntry {

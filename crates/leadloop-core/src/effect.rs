@@ -117,6 +117,82 @@ pub enum Effect {
     CrmTask { lead_id: LeadId, owner_id: PersonId, subject: String, due: Option<Timestamp> },
     /// Book a hold in a person's calendar (a follow-up call at hand-off).
     CalendarHold { person: PersonId, lead_id: LeadId, start: Timestamp, end: Timestamp, summary: String },
+    /// Post a chat message (Slack, Teams) to one person: the same step, variables and
+    /// one-click answers as the email it stands beside or in for.
+    Chat {
+        /// What the message is, as for email: `sla.alert`, `sla.manager`, …
+        kind: String,
+        service: ChatService,
+        /// The person's email address: Slack finds the user by it; the answers are bound to it.
+        to: String,
+        person: Option<PersonId>,
+        lead_id: Option<LeadId>,
+        /// The template variables the email of this step has (lead, hand-off, links).
+        vars: serde_json::Value,
+        /// The email this message stands in for, sent when the message cannot be posted (the
+        /// user is unknown or deactivated, or the chat service stays down past its wait).
+        /// `None` when the step mails the person anyway.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<ChatFallback>,
+    },
+}
+
+/// A chat service a message can be posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatService {
+    Slack,
+    Teams,
+}
+
+impl ChatService {
+    pub const ALL: [ChatService; 2] = [ChatService::Slack, ChatService::Teams];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatService::Slack => "slack",
+            ChatService::Teams => "teams",
+        }
+    }
+}
+
+impl fmt::Display for ChatService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The email a chat message falls back to: queued under `key` (the key the step's email copy
+/// for this person would have had, so it is sent once and keeps its `Message-ID`), with the
+/// message's variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatFallback {
+    pub key: IdempotencyKey,
+    pub template: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+}
+
+impl Effect {
+    /// The email a chat message falls back to, with its key; `None` for other effects and for
+    /// messages without a fallback.
+    pub fn chat_fallback(&self) -> Option<(IdempotencyKey, Effect)> {
+        let Effect::Chat { kind, to, lead_id, vars, fallback: Some(fallback), .. } = self else {
+            return None;
+        };
+        Some((
+            fallback.key.clone(),
+            Effect::Email {
+                kind: kind.clone(),
+                template: fallback.template.clone(),
+                to: fallback.to.clone(),
+                cc: fallback.cc.clone(),
+                lead_id: lead_id.clone(),
+                vars: vars.clone(),
+                deliver_to: Some(to.clone()),
+            },
+        ))
+    }
 }
 
 /// Which relay performs an effect; each has its own ready queue, so a CRM outage does not
@@ -127,16 +203,19 @@ pub enum Channel {
     Email,
     Crm,
     Calendar,
+    /// Chat messages (Slack, Teams): one queue for every chat service.
+    Chat,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Crm, Channel::Calendar];
+    pub const ALL: [Channel; 4] = [Channel::Email, Channel::Crm, Channel::Calendar, Channel::Chat];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",
             Channel::Crm => "crm",
             Channel::Calendar => "calendar",
+            Channel::Chat => "chat",
         }
     }
 }
@@ -156,6 +235,7 @@ impl Effect {
             Effect::Email { .. } => Channel::Email,
             Effect::CrmUpdate { .. } | Effect::CrmTask { .. } => Channel::Crm,
             Effect::CalendarHold { .. } => Channel::Calendar,
+            Effect::Chat { .. } => Channel::Chat,
         }
     }
 
@@ -166,12 +246,13 @@ impl Effect {
             Effect::CrmUpdate { .. } => "crm.update",
             Effect::CrmTask { .. } => "crm.task",
             Effect::CalendarHold { .. } => "calendar.hold",
+            Effect::Chat { .. } => "chat",
         }
     }
 
     pub fn lead_id(&self) -> Option<&LeadId> {
         match self {
-            Effect::Email { lead_id, .. } => lead_id.as_ref(),
+            Effect::Email { lead_id, .. } | Effect::Chat { lead_id, .. } => lead_id.as_ref(),
             Effect::CrmUpdate { lead_id, .. }
             | Effect::CrmTask { lead_id, .. }
             | Effect::CalendarHold { lead_id, .. } => Some(lead_id),

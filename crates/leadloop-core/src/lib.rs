@@ -31,13 +31,16 @@ pub mod timer;
 pub mod vars;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use connector::{Calendar, Crm, Mailer};
+pub use connector::{Calendar, ChatSender, Crm, Mailer};
 pub use decision::{Decision, Fact, RoutingTurn, Summary};
-pub use effect::{Channel, Effect, IdempotencyKey, KeyError, OutboxEntry, OutboxState, Suppression};
+pub use effect::{
+    Channel, ChatFallback, ChatService, Effect, IdempotencyKey, KeyError, OutboxEntry, OutboxState,
+    Suppression,
+};
 pub use handoff::{Handoff, HandoffOutcome, SalesAction};
 pub use history::{Actor, EventKind, HistoryEvent};
 pub use lead::{Lead, LeadId, LeadRecord};
-pub use person::{OrgChart, Person, PersonId, Role};
+pub use person::{OrgChart, Person, PersonId, Reach, Reachability, Role};
 pub use stage::{Stage, Transition, TransitionError};
 pub use timer::{ReportBucket, ReportKind, Timer, TimerKey, TimerKind};
 

@@ -33,6 +33,67 @@ pub struct Person {
     pub capacity: Option<u32>,
 }
 
+/// A way to reach a person: by email, or in a chat service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reach {
+    Email,
+    Slack,
+    Teams,
+}
+
+impl Reach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Email => "email",
+            Reach::Slack => "slack",
+            Reach::Teams => "teams",
+        }
+    }
+
+    /// The chat service this is, `None` for email.
+    pub fn chat(self) -> Option<crate::effect::ChatService> {
+        match self {
+            Reach::Email => None,
+            Reach::Slack => Some(crate::effect::ChatService::Slack),
+            Reach::Teams => Some(crate::effect::ChatService::Teams),
+        }
+    }
+}
+
+/// Which channels reach whom: every person by `default` (email when empty), a listed person
+/// by their own list. A step's channels are narrowed to the recipient's; a recipient no
+/// channel of the step reaches gets email (never a silent skip).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reachability {
+    pub default: Vec<Reach>,
+    pub people: BTreeMap<PersonId, Vec<Reach>>,
+}
+
+impl Reachability {
+    /// The channels that reach `person`.
+    pub fn of(&self, person: &PersonId) -> &[Reach] {
+        let list = self.people.get(person).unwrap_or(&self.default);
+        if list.is_empty() { &[Reach::Email] } else { list }
+    }
+
+    /// The channels a step listing `step` uses for `person` (`None`: an address that is no
+    /// known person, reached by email only), in the step's order; email when none is left.
+    pub fn narrow(&self, step: &[Reach], person: Option<&PersonId>) -> Vec<Reach> {
+        let reach = person.map_or(&[Reach::Email][..], |p| self.of(p));
+        let mut out: Vec<Reach> = Vec::new();
+        for channel in step {
+            if reach.contains(channel) && !out.contains(channel) {
+                out.push(*channel);
+            }
+        }
+        if out.is_empty() {
+            out.push(Reach::Email);
+        }
+        out
+    }
+}
+
 /// What can be wrong with the org chart; `validate` reports these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrgChartError {
@@ -180,6 +241,28 @@ mod tests {
         // Nobody above the manager: no executive distinct from the manager.
         assert_eq!(chart.executive_of(&PersonId::new("vp")), None);
         assert!(chart.check().is_empty());
+    }
+
+    #[test]
+    fn a_step_reaches_each_person_on_the_channels_both_name_and_by_email_otherwise() {
+        let reach = Reachability {
+            default: vec![Reach::Email, Reach::Slack],
+            people: BTreeMap::from([
+                (PersonId::new("t"), vec![Reach::Teams]),
+                (PersonId::new("none"), vec![]),
+            ]),
+        };
+        let both = [Reach::Slack, Reach::Email];
+        // The step's order; only what the person is reachable on.
+        assert_eq!(reach.narrow(&both, Some(&PersonId::new("a"))), [Reach::Slack, Reach::Email]);
+        assert_eq!(reach.narrow(&[Reach::Slack], Some(&PersonId::new("a"))), [Reach::Slack]);
+        // Nothing in common: email, not silence.
+        assert_eq!(reach.narrow(&[Reach::Slack], Some(&PersonId::new("t"))), [Reach::Email]);
+        assert_eq!(reach.narrow(&[Reach::Teams, Reach::Slack], Some(&PersonId::new("t"))), [Reach::Teams]);
+        // An empty list is email; a bare address is email.
+        assert_eq!(reach.narrow(&[Reach::Slack], Some(&PersonId::new("none"))), [Reach::Email]);
+        assert_eq!(reach.narrow(&both, None), [Reach::Email]);
+        assert_eq!(Reachability::default().of(&PersonId::new("a")), [Reach::Email]);
     }
 
     #[test]

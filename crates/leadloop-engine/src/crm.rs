@@ -729,7 +729,7 @@ impl CrmRelay {
                     subject: subject.clone(),
                     due: *due,
                 }),
-                Effect::Email { .. } | Effect::CalendarHold { .. } => None,
+                Effect::Email { .. } | Effect::CalendarHold { .. } | Effect::Chat { .. } => None,
             })
             .collect();
         let outcomes: Vec<Result<(), ConnectorError>> = match self.crm.push(&writes).await {

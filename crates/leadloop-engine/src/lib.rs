@@ -8,6 +8,7 @@
 
 mod apply;
 pub mod calendar;
+pub mod chat;
 pub mod crm;
 pub mod events;
 mod nurture;
@@ -26,6 +27,7 @@ use leadloop_store::{Batch, Expect, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued, stamp};
+pub use chat::{ChatRelay, ChatRelayConfig, ChatReport};
 pub use nurture::{Click, ClickOutcome, ClickRules, Unsubscribed};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 

@@ -441,9 +441,32 @@ pub async fn channels_have_separate_queues(store: Arc<dyn Store>) {
         },
         t0(),
     );
+    let chat = OutboxEntry::new(
+        IdempotencyKey::parse("sla/00Q1/1/alert/slack").expect("valid key"),
+        Effect::Chat {
+            kind: "sla.alert".into(),
+            service: leadloop_core::ChatService::Slack,
+            to: "rep@x.example".into(),
+            person: Some(leadloop_core::PersonId::new("005A")),
+            lead_id: Some(LeadId::new("00Q1")),
+            vars: serde_json::json!({ "step": "alert" }),
+            fallback: Some(leadloop_core::ChatFallback {
+                key: IdempotencyKey::parse("sla/00Q1/1/alert").expect("valid key"),
+                template: "sla_alert".into(),
+                to: vec!["rep@x.example".into()],
+                cc: vec![],
+            }),
+        },
+        t0(),
+    );
     let mut batch = Batch::new();
-    batch.enqueue(email("e1")).enqueue(write).enqueue(hold).enqueue(email("e2"));
+    batch.enqueue(email("e1")).enqueue(write).enqueue(hold).enqueue(chat.clone()).enqueue(email("e2"));
     store.commit(batch).await.expect("commit");
+    // A chat message has its own queue, and reads back whole (its fallback email too).
+    let ready = store.outbox_ready(Channel::Chat, t0(), 10).await.expect("ready");
+    assert_eq!(ready.len(), 1);
+    assert_eq!((&ready[0].key, &ready[0].effect), (&chat.key, &chat.effect));
+    assert_eq!(store.outbox_pending(Channel::Chat).await.expect("pending"), (1, Some(t0())));
     let keys = |entries: Vec<OutboxEntry>| entries.into_iter().map(|e| e.key.to_string()).collect::<Vec<_>>();
     assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["e1", "e2"]);
     assert_eq!(keys(store.outbox_ready(Channel::Crm, t0(), 10).await.expect("ready")), ["w1"]);

@@ -16,6 +16,7 @@
 //! R <next attempt u64><seq><key> → ()                ready index of pending email effects
 //! W <next attempt u64><seq><key> → ()                ready index of pending CRM write-backs
 //! K <next attempt u64><seq><key> → ()                ready index of pending calendar holds
+//! Q <next attempt u64><seq><key> → ()                ready index of pending chat messages
 //! M outbox_seq                  → u64 BE             last queue-order number given out
 //! M pending <ready tag>         → u64 BE             pending entries of that channel (a counter)
 //! M stage <stage>               → u64 BE             leads in that stage (a counter)
@@ -45,6 +46,7 @@ pub const DELIVERY: u8 = b'o';
 pub const READY_EMAIL: u8 = b'R';
 pub const READY_CRM: u8 = b'W';
 pub const READY_CALENDAR: u8 = b'K';
+pub const READY_CHAT: u8 = b'Q';
 pub const SUPPRESSION: u8 = b'S';
 pub const ITEM: u8 = b'B';
 
@@ -127,6 +129,7 @@ pub fn ready(channel: leadloop_core::Channel) -> u8 {
         leadloop_core::Channel::Email => READY_EMAIL,
         leadloop_core::Channel::Crm => READY_CRM,
         leadloop_core::Channel::Calendar => READY_CALENDAR,
+        leadloop_core::Channel::Chat => READY_CHAT,
     }
 }
 

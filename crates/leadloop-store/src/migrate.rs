@@ -35,7 +35,7 @@ fn corrupt(key: &[u8], message: impl std::fmt::Display) -> MigrationError {
 /// counted once.
 pub fn v1_to_v2(tree: &sled::Tree) -> Result<(), MigrationError> {
     let mut after: Option<Vec<u8>> = None;
-    let mut pending = [0u64; 3];
+    let mut pending = [0u64; Channel::ALL.len()];
     let mut stages: std::collections::HashMap<Stage, u64> = std::collections::HashMap::new();
     let mut loads: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     loop {
@@ -91,7 +91,7 @@ fn convert(
     key: &[u8],
     value: &[u8],
     batch: &mut sled::Batch,
-    pending: &mut [u64; 3],
+    pending: &mut [u64; Channel::ALL.len()],
     stages: &mut std::collections::HashMap<Stage, u64>,
     loads: &mut std::collections::HashMap<String, u64>,
 ) -> Result<usize, MigrationError> {

@@ -117,6 +117,7 @@ impl QueuedHead {
             "email" => Channel::Email,
             "crm_update" | "crm_task" => Channel::Crm,
             "calendar_hold" => Channel::Calendar,
+            "chat" => Channel::Chat,
             other => return Err(corrupt(key, &format!("unknown effect {other:?}"))),
         };
         Ok(Delivery {
@@ -172,7 +173,7 @@ pub struct SledStore {
     outbox_seq: AtomicU64,
     /// Pending outbox entries per channel (`Channel::ALL` order), mirrored from the counters
     /// kept in the store with each batch.
-    pending: [AtomicU64; 3],
+    pending: [AtomicU64; Channel::ALL.len()],
     /// Records read by queries (see [`Stats::records_read`]).
     reads: AtomicU64,
     /// Leads per stage, mirrored from the counters kept in the store with each batch.
@@ -436,7 +437,7 @@ impl SledStore {
         let mut timer_due: HashMap<String, Option<Vec<u8>>> = HashMap::new();
         let mut outbox_seen: HashMap<String, Delivery> = HashMap::new();
         let mut leads: HashMap<String, Option<LeadMeta>> = HashMap::new();
-        let mut pending_delta = [0i64; 3];
+        let mut pending_delta = [0i64; Channel::ALL.len()];
         let mut stage_delta: HashMap<Stage, i64> = HashMap::new();
         let mut load_delta: HashMap<String, i64> = HashMap::new();
         let mut last_seq = None;
@@ -598,7 +599,7 @@ impl SledStore {
         if let Some(seq) = last_seq {
             sled_batch.insert(keys::OUTBOX_SEQ, &seq.to_be_bytes());
         }
-        let mut counts = [0u64; 3];
+        let mut counts = [0u64; Channel::ALL.len()];
         for (i, channel) in Channel::ALL.into_iter().enumerate() {
             counts[i] = (self.pending[i].load(Ordering::SeqCst) as i64 + pending_delta[i]).max(0) as u64;
             if pending_delta[i] != 0 {
@@ -1139,7 +1140,7 @@ fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T> {
 /// bookkeeping to its new.
 fn write_ready(
     batch: &mut sled::Batch,
-    pending_delta: &mut [i64; 3],
+    pending_delta: &mut [i64; Channel::ALL.len()],
     old: Option<&Delivery>,
     key: &str,
     new: &Delivery,
@@ -1159,6 +1160,7 @@ fn channel_index(channel: Channel) -> usize {
         Channel::Email => 0,
         Channel::Crm => 1,
         Channel::Calendar => 2,
+        Channel::Chat => 3,
     }
 }
 

@@ -28,7 +28,7 @@ pub enum Outcome {
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// `store`, `crm`, `email` or `calendar`.
+    /// `store`, `crm`, `email`, `chat` or `calendar`.
     pub kind: &'static str,
     /// The engine, connector or person: `postgres`, `salesforce`, `smtp`, `005A0000001`.
     pub name: String,
@@ -123,6 +123,19 @@ pub async fn run_checks(config: &Config, mut report: impl FnMut(&Check)) -> Vec<
                 ));
             }
         }
+    }
+
+    if let Some(slack) = config.chat.as_ref().and_then(|c| c.slack.as_ref()) {
+        let started = Instant::now();
+        let result = match slack.build(&cx) {
+            Ok(connector) => leadloop_core::ChatSender::check(&connector).await.map_err(reason),
+            Err(e) => Err(format!("chat.slack.{}: {}", e.key, e.message)),
+        };
+        push(timed("chat", "slack", started, result));
+    }
+    if config.chat.as_ref().is_some_and(|c| c.teams.is_some()) {
+        // Posting is the only thing a Workflows webhook does: checking it would post a card.
+        push(skipped("chat", "teams", "a Workflows webhook has no read-only call: not posted to".into()));
     }
 
     if let Some(calendar) = &config.calendar {

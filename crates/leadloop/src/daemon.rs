@@ -261,9 +261,10 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                 || next.nurture != config.nurture
                 || next.email.is_some() != config.email.is_some()
                 || next.links != config.links
+                || next.chat != config.chat
             {
                 tracing::warn!(
-                    "[sla], [scoring], [lifecycle], [routing], [nurture], [email] and [links] changes apply on restart"
+                    "[sla], [scoring], [lifecycle], [routing], [nurture], [email], [links] and [chat] changes apply on restart"
                 );
             }
             if restart_only(&next) != restart_only(config) {
@@ -279,6 +280,7 @@ async fn reload(path: &Path, args: &RunArgs, config: &mut Config, store: &dyn St
                         email: config.email.clone(),
                         outbox: config.outbox.clone(),
                         links: config.links.clone(),
+                        chat: config.chat.clone(),
                         ..next
                     };
                     tracing::info!(file = %path.display(), people = config.people.len(), "config reloaded; people applied");

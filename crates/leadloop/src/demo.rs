@@ -1,7 +1,8 @@
 //! `leadloop demo`: the whole loop on one machine in about a minute, with no config. It starts
 //! the Salesforce emulator on loopback with a sample org (an executive, managers, reps,
 //! accounts, a few hundred leads), and runs the real engine, the real Salesforce connector
-//! (over HTTP), the real email relay and CRM write-back against it, in accelerated virtual
+//! (over HTTP), the real email relay and CRM write-back against it (and the real Slack
+//! connector against the Slack stand-in, each alert also in Slack), in accelerated virtual
 //! time. Leads engage (web visits, downloads, demo requests), are scored, qualify, are routed
 //! to reps, alerted, reminded and escalated; some reps answer in Salesforce and close the loop;
 //! the rest are nurtured. It prints a timeline and a summary, and leaves the emails (`.eml`
@@ -58,6 +59,8 @@ const WINDOW: TimeDelta = TimeDelta::hours(12);
 struct Tally {
     lines: BTreeMap<&'static str, usize>,
     routes: BTreeMap<String, usize>,
+    /// The first Slack message posted, shown once as Slack would show it.
+    slack: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,8 @@ struct Totals {
     crm_writes: usize,
     /// A lead that was handed off, for the "look closer" commands.
     example: Option<LeadId>,
+    /// Whether the first Slack message was taken for the timeline.
+    slack_shown: bool,
 }
 
 pub fn main(args: DemoArgs) -> u8 {
@@ -90,6 +95,54 @@ pub fn main(args: DemoArgs) -> u8 {
             exit::FAILURE
         }
     }
+}
+
+/// The demo's `[chat]`: everyone reachable in Slack (the stand-in), and the default ladder
+/// written out with its alert in Slack and by email.
+fn chat_text(dir: &std::path::Path, api: &str) -> String {
+    format!(
+        r#"
+[chat]
+default_channels = ["email", "slack"]
+
+[chat.slack]
+api_url = "{api}"
+bot_token_file = "{token}"
+signing_secret_file = "{signing}"
+
+[[sla.policy]]
+name = "default"
+[[sla.policy.step]]
+name = "alert"
+after = "0s"
+kind = "sla.alert"
+template = "sla_alert"
+to = ["rep"]
+channels = ["slack", "email"]
+[[sla.policy.step]]
+name = "reminder"
+after = "24h"
+kind = "sla.reminder"
+template = "sla_reminder"
+to = ["rep"]
+[[sla.policy.step]]
+name = "manager"
+after = "48h"
+kind = "sla.manager"
+template = "sla_manager"
+to = ["rep"]
+cc = ["manager"]
+[[sla.policy.step]]
+name = "executive"
+after = "72h"
+kind = "sla.executive"
+template = "sla_executive"
+to = ["rep", "manager"]
+cc = ["executive"]
+"#,
+        token = dir.join("slack-token").display(),
+        signing = dir.join("slack-signing").display(),
+    )
 }
 
 fn config_text(
@@ -270,7 +323,24 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     write_secret(&dir.join("links-key"), &key.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
     let public =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("no free port")?;
-    let text = config_text(&dir, &emu.url(), &ids, args.smtp.as_deref(), &public.to_string());
+    // Slack: a stand-in workspace on loopback where every rep has a user; the alert goes to
+    // the rep in Slack as well as by email.
+    let slack = leadloop_chat_standin::StandIn::start("xoxb-demo")
+        .await
+        .context("cannot start the Slack stand-in")?;
+    slack.open_workspace();
+    write_secret(&dir.join("slack-token"), "xoxb-demo")?;
+    let mut signing = [0u8; 16];
+    StdRng::seed_from_u64(args.seed ^ 0x51ac).fill(&mut signing);
+    write_secret(
+        &dir.join("slack-signing"),
+        &signing.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    )?;
+    let text = format!(
+        "{}{}",
+        config_text(&dir, &emu.url(), &ids, args.smtp.as_deref(), &public.to_string()),
+        chat_text(&dir, &slack.api_url())
+    );
     // The config is kept beside the state, so the commands printed at the end read the state
     // with the rules that wrote it.
     let config_path = dir.join("leadloop.toml");
@@ -296,6 +366,14 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
                         EventKind::EffectQueued { key: entry.key.clone(), effect: kind.clone() },
                     ),
                 ),
+                (leadloop_core::Effect::Chat { service, .. }, Some(lead)) => (
+                    lead.clone(),
+                    HistoryEvent::new(
+                        entry.created_at,
+                        leadloop_core::Actor::System,
+                        EventKind::EffectQueued { key: entry.key.clone(), effect: format!("chat.{service}") },
+                    ),
+                ),
                 _ => return,
             },
         };
@@ -307,6 +385,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the demo")?;
     let (Some(email_relay), Some(crm_parts)) = (runtime.email.clone(), runtime.crm.as_ref()) else {
         anyhow::bail!("the demo's config has no [email] or no [crm]");
+    };
+    let Some(chat_relay) = runtime.chat.clone() else {
+        anyhow::bail!("the demo's config has no [chat]");
     };
     let (sync, crm_relay) = (Arc::clone(&crm_parts.sync), Arc::clone(&crm_parts.relay));
     let poll_interval = crm_parts.poll_interval;
@@ -328,6 +409,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         None => crate::outln!("  emails               {}", mail_dir.display()),
     }
     crate::outln!("  one-click links      http://{public}/l/… (while the demo runs)");
+    crate::outln!("  Slack stand-in       {} (each alert also to the rep in Slack)", slack.api_url());
     crate::outln!();
 
     // The first sync: the org's users, accounts, leads and tasks.
@@ -452,6 +534,13 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 }
             }
             email_relay.run_once().await?;
+            chat_relay.run_once().await?;
+            if !totals.slack_shown
+                && let Some(message) = slack.messages().first()
+            {
+                totals.slack_shown = true;
+                tally.slack = Some(slack_line(message));
+            }
             totals.crm_writes += crm_relay.run_once().await?.written;
             let drained: Vec<(LeadId, HistoryEvent)> =
                 std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
@@ -475,6 +564,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     flush(hour, end, &mut tally);
     // What is still queued goes out.
     email_relay.run_once().await?;
+    chat_relay.run_once().await?;
     totals.crm_writes += crm_relay.run_once().await?.written;
 
     // Summary.
@@ -593,6 +683,13 @@ fn record(
             totals.satisfied += 1;
             bump("answered");
         }
+        // A chat message: one line per hand-off, like the emails (a copy's message is not one).
+        EventKind::EffectQueued { effect: kind, key }
+            if kind.starts_with("chat.") && !leadloop_core::sla::is_copy_key(key) =>
+        {
+            bump("slack")
+        }
+        EventKind::EffectQueued { effect: kind, .. } if kind.starts_with("chat.") => {}
         EventKind::EffectQueued { effect: kind, key } => {
             let kind: &'static str = match kind.as_str() {
                 "sla.alert" => "alert",
@@ -643,6 +740,7 @@ fn flush(from: Timestamp, end: Timestamp, tally: &mut Tally) {
     let accepted_line = if answered == accepted { 0 } else { accepted };
     let sentences = [
         ("alert", "alerted the rep by email"),
+        ("slack", "alerted the rep in Slack, with Accept / Recycle / Disqualify buttons"),
         ("answered", answer),
         ("reminder", "reminded the rep: no status change in 24 h"),
         ("manager", "escalated to the manager: 48 h"),
@@ -653,10 +751,30 @@ fn flush(from: Timestamp, end: Timestamp, tally: &mut Tally) {
         if n(key) > 0 {
             line(hour, &format!("{} {sentence}", n(key)));
         }
+        if key == "slack"
+            && n(key) > 0
+            && let Some(message) = tally.slack.take()
+        {
+            line(hour, &message);
+        }
         if key == "answered" && accepted_line > 0 {
             line(hour, &format!("{accepted_line} accepted by sales (Sales Qualified)"));
         }
     }
+}
+
+/// A posted Slack message as Slack shows it: `slack  @U000001  headline  [Accept] [Recycle] …`.
+fn slack_line(message: &leadloop_chat_standin::Posted) -> String {
+    let buttons: Vec<String> = message
+        .blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "actions")
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["text"]["text"].as_str().map(|t| format!("[{t}]")))
+        .collect();
+    format!("  slack  @{}  {}  {}", message.user, message.text, buttons.join(" "))
 }
 
 fn line(at: Timestamp, text: &str) {

@@ -796,32 +796,44 @@ struct PublicState {
     clicks: ClickRules,
     guard: Arc<Guard>,
     pages: Arc<LinkPages>,
+    /// Verifies and answers Slack's button clicks (`/slack/interactivity`), when configured.
+    slack: Option<Arc<leadloop_slack::Slack>>,
 }
 
-/// The public listener's routes: `/l/TOKEN` and nothing else, behind the per-client limit.
-pub fn router(signer: Arc<Signer>, engine: Engine, rules: &LinkRules) -> Router {
+/// The public listener's routes: `/l/TOKEN`, and `/slack/interactivity` when Slack is
+/// configured, behind the per-client limit.
+pub fn router(
+    signer: Arc<Signer>,
+    slack: Option<Arc<leadloop_slack::Slack>>,
+    engine: Engine,
+    rules: &LinkRules,
+) -> Router {
+    let with_slack = slack.is_some();
     let state = PublicState {
         signer,
         engine,
         clicks: rules.clicks,
         guard: Arc::new(Guard::new(&rules.limits)),
         pages: Arc::new(rules.pages.clone()),
+        slack,
     };
-    Router::new()
-        .route("/l/{token}", get(confirm).post(perform))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), per_client))
-        .with_state(state)
+    let mut router = Router::new().route("/l/{token}", get(confirm).post(perform));
+    if with_slack {
+        router = router.route("/slack/interactivity", axum::routing::post(slack_interaction));
+    }
+    router.layer(axum::middleware::from_fn_with_state(state.clone(), per_client)).with_state(state)
 }
 
 /// Serves the public listener on `listener` until `stop`, within `rules.limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     signer: Arc<Signer>,
+    slack: Option<Arc<leadloop_slack::Slack>>,
     engine: Engine,
     rules: LinkRules,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    crate::serve::serve(listener, router(signer, engine, &rules), rules.limits.serve(), stop).await
+    crate::serve::serve(listener, router(signer, slack, engine, &rules), rules.limits.serve(), stop).await
 }
 
 /// Refuses a client past its allowance with 429, before anything else is looked at.
@@ -1033,6 +1045,99 @@ async fn perform(
         Err(error) => {
             tracing::error!(%error, lead_id = %claim.lead, "email link action failed");
             try_again()
+        }
+    }
+}
+
+/// A Slack button click (an interactivity request). Its signature is checked first (401 and
+/// nothing changed when it is missing, forged or older than five minutes), then the button's
+/// value, which is the recipient's signed one-click token; the answer is the email link's,
+/// recorded as the Slack user who clicked (the person with that Slack user's email), and the
+/// message is updated to show it. Slack wants an answer within 3 s: the update is sent after.
+async fn slack_interaction(State(state): State<PublicState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(slack) = state.slack.clone() else { return StatusCode::NOT_FOUND.into_response() };
+    let body = match read_body(body, state.guard.max_body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let now = state.engine.clock().now();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(error) = leadloop_slack::verify_signature(
+        slack.signing_secret(),
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        &body,
+        now.timestamp(),
+    ) {
+        metrics::counter!("leadloop_slack_interactions_refused_total").increment(1);
+        tracing::warn!(%error, "slack interactivity request refused");
+        return (StatusCode::UNAUTHORIZED, "invalid request signature").into_response();
+    }
+    let Some(click) = leadloop_slack::Interaction::parse(&body) else {
+        // Another kind of interaction, or a URL button: nothing to do.
+        return StatusCode::OK.into_response();
+    };
+    let answer = |text: &str| {
+        axum::Json(
+            serde_json::json!({ "response_type": "ephemeral", "replace_original": false, "text": text }),
+        )
+        .into_response()
+    };
+    let claim = match state.signer.open_any(&click.value, now) {
+        Ok(Opened { claim: AnyClaim::Sales(claim), expired: false }) => claim,
+        Ok(Opened { expired: true, .. }) => {
+            return answer("This answer has expired; please answer in the CRM.");
+        }
+        _ => {
+            tracing::warn!(action = %click.action, "slack button with a value that is not a valid link token");
+            return answer("This button cannot act; please answer in the CRM.");
+        }
+    };
+    if claim.action.as_str() != click.action {
+        tracing::warn!(action = %click.action, "slack button whose token is for another answer");
+        return answer("This button cannot act; please answer in the CRM.");
+    }
+    let Some(recipient) = claim.recipient.clone() else {
+        return answer("This button cannot act; please answer in the CRM.");
+    };
+    if let Err(wait) = state.guard.admit_token(&click.value) {
+        metrics::counter!("leadloop_links_throttled_total", "by" => "link").increment(1);
+        return too_many(wait);
+    }
+    // Who clicked: the Slack user's email, which names the person; the token's recipient
+    // when Slack cannot tell it.
+    let by = match slack.email_of(&click.user).await {
+        Ok(email) => email,
+        Err(error) => {
+            tracing::warn!(%error, user = %click.user, "cannot map the slack user to an email; recording the message's recipient");
+            recipient
+        }
+    };
+    match state.engine.sales_action(&claim.lead, claim.handoff, claim.action, None, &by).await {
+        Ok(outcome) => {
+            let done = outcome == ActionOutcome::Done;
+            if done {
+                tracing::info!(lead_id = %claim.lead, handoff = claim.handoff, action = claim.action.as_str(), user = %click.user, "hand-off answered from slack");
+            }
+            let shown = match (done, claim.action) {
+                (false, _) => "Already answered".to_owned(),
+                (true, SalesAction::Accept) => "Accepted".to_owned(),
+                (true, SalesAction::Recycle) => "Recycled to nurture".to_owned(),
+                (true, SalesAction::Disqualify) => "Disqualified".to_owned(),
+            };
+            if let (Some(channel), Some(ts)) = (click.channel.clone(), click.ts.clone()) {
+                let who = if done { by.clone() } else { "an earlier answer".to_owned() };
+                tokio::spawn(async move {
+                    if let Err(error) = slack.show_answer(&channel, &ts, &shown, &who).await {
+                        tracing::warn!(%error, "cannot update the slack message with the answer");
+                    }
+                });
+            }
+            StatusCode::OK.into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, lead_id = %claim.lead, "slack answer failed");
+            answer("This could not be recorded just now. Nothing was lost; try again in a minute.")
         }
     }
 }

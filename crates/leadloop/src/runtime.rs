@@ -23,7 +23,7 @@ use leadloop_core::{Calendar, Clock, Crm, IdempotencyKey, Mailer, PersonId, Time
 use leadloop_engine::calendar::{CalendarPoller, CalendarRelay};
 use leadloop_engine::crm::{CrmRelay, CrmSync};
 use leadloop_engine::events::{CrmEvents, EventState};
-use leadloop_engine::{EmailRelay, Engine, EngineError, Observer};
+use leadloop_engine::{ChatRelay, EmailRelay, Engine, EngineError, Observer};
 use leadloop_store::{Batch, SledStore, Store, StoreError};
 use leadloop_store_postgres::PgStore;
 use tokio::task::JoinHandle;
@@ -77,6 +77,9 @@ pub async fn open_store_for_reading(
 /// gets its rules from here, so each decides exactly as the daemon does.
 pub fn engine_rules(config: &Config) -> Result<(leadloop_core::rules::Rules, Option<Arc<Signer>>), String> {
     let mut rules = SlaRules::new(config.sla.clone());
+    if let Some(chat) = &config.chat {
+        rules = rules.with_reach(chat.reach());
+    }
     if let Some(calendar) = config.calendar.as_ref().filter(|c| c.hold) {
         rules = rules.with_hold(calendar.hold_length);
     }
@@ -114,13 +117,16 @@ pub struct Parts {
     pub calendar: bool,
     /// The public listener for signed links (`[links]`).
     pub links_listener: bool,
+    /// The chat connectors and their outbox relay (`[chat.slack]`, `[chat.teams]`).
+    pub chat: bool,
 }
 
 impl Parts {
     /// Everything config names: what `leadloop run` starts.
-    pub const ALL: Parts = Parts { email: true, crm: true, calendar: true, links_listener: true };
+    pub const ALL: Parts = Parts { email: true, crm: true, calendar: true, links_listener: true, chat: true };
     /// The engine and its rules alone, with no connector: `simulate`.
-    pub const ENGINE: Parts = Parts { email: false, crm: false, calendar: false, links_listener: false };
+    pub const ENGINE: Parts =
+        Parts { email: false, crm: false, calendar: false, links_listener: false, chat: false };
 }
 
 /// What a caller injects into the runtime. Connectors given here replace the ones config would
@@ -266,6 +272,10 @@ pub struct Runtime {
     pub email: Option<Arc<EmailRelay>>,
     pub crm: Option<CrmParts>,
     pub calendar: Option<CalendarParts>,
+    /// The chat relay, when `[chat]` configures a Slack or Teams connector.
+    pub chat: Option<Arc<ChatRelay>>,
+    /// The Slack connector: the public listener verifies and answers its button clicks.
+    pub slack: Option<Arc<leadloop_slack::Slack>>,
     /// The bound public link listener, served by `run`, and what it allows.
     public: Option<tokio::net::TcpListener>,
     link_rules: LinkRules,
@@ -399,6 +409,41 @@ impl Runtime {
             }
             None => None,
         };
+        let mut slack = None;
+        let chat = match config.chat.as_ref().filter(|_| parts.chat) {
+            Some(chat_config) if chat_config.slack.is_some() || chat_config.teams.is_some() => {
+                let mut senders: Vec<Arc<dyn leadloop_core::ChatSender>> = Vec::new();
+                if let Some(slack_config) = &chat_config.slack {
+                    let connector = Arc::new(slack_config.build(&cx).map_err(|e| BuildError::Connector {
+                        what: "chat.slack",
+                        error: leadloop_plugin::BuildError::new(format!("chat.slack.{}", e.key), e.message),
+                    })?);
+                    tracing::info!(api = %slack_config.api_url, "slack connector started");
+                    senders.push(connector.clone());
+                    slack = Some(connector);
+                }
+                if let Some(teams_config) = &chat_config.teams {
+                    let connector = teams_config.build(&cx).map_err(|e| BuildError::Connector {
+                        what: "chat.teams",
+                        error: leadloop_plugin::BuildError::new(format!("chat.teams.{}", e.key), e.message),
+                    })?;
+                    tracing::info!("teams connector started");
+                    senders.push(Arc::new(connector));
+                }
+                let mut relay = ChatRelay::new(
+                    Arc::clone(&store),
+                    Arc::clone(&clock),
+                    senders,
+                    chat_config.relay(&config.outbox),
+                );
+                if let Some(email) = &email {
+                    relay = relay.with_email_waker(email.waker());
+                }
+                engine = engine.with_waker(relay.waker());
+                Some(Arc::new(relay))
+            }
+            _ => None,
+        };
         // Built after every relay registered its waker with the engine: each clones the engine
         // as it is now, and must wake every relay when it queues work.
         let crm = crm_built.map(|(crm_config, connector, relay)| {
@@ -450,6 +495,8 @@ impl Runtime {
             email,
             crm,
             calendar,
+            chat,
+            slack,
             public,
             link_rules: link_rules(&config),
             stop,
@@ -464,7 +511,14 @@ impl Runtime {
         &mut self,
         stop: CancellationToken,
     ) -> Option<JoinHandle<std::io::Result<()>>> {
-        serve_links(self.public.take(), self.signer.clone(), &self.engine, &self.link_rules, stop)
+        serve_links(
+            self.public.take(),
+            self.signer.clone(),
+            self.slack.clone(),
+            &self.engine,
+            &self.link_rules,
+            stop,
+        )
     }
 
     /// The address the public link listener is bound to, if it runs.
@@ -485,6 +539,8 @@ impl Runtime {
             email,
             crm,
             calendar,
+            chat,
+            slack,
             public,
             link_rules,
             stop,
@@ -522,9 +578,14 @@ impl Runtime {
             let (engine, stop) = (engine.clone(), stop.clone());
             async move { engine.run(stop, max_idle).await }
         });
+        // Chat: a Slack or Teams outage delays its messages, then they go by email.
+        if let Some(relay) = chat {
+            let stop = stop.clone();
+            tasks.push(("chat relay", tokio::spawn(async move { relay.run(stop, max_idle).await })));
+        }
         // The public listener outlives the drain: a rep's click during it still gets an answer.
         let listeners = CancellationToken::new();
-        let public_task = serve_links(public, signer, &engine, &link_rules, listeners.clone());
+        let public_task = serve_links(public, signer, slack, &engine, &link_rules, listeners.clone());
 
         let mut ended = tokio::select! {
             _ = shutdown.cancelled() => None,
@@ -605,13 +666,14 @@ fn link_rules(config: &Config) -> LinkRules {
 fn serve_links(
     listener: Option<tokio::net::TcpListener>,
     signer: Option<Arc<Signer>>,
+    slack: Option<Arc<leadloop_slack::Slack>>,
     engine: &Engine,
     rules: &LinkRules,
     stop: CancellationToken,
 ) -> Option<JoinHandle<std::io::Result<()>>> {
     let (listener, signer) = (listener?, signer?);
     let (engine, rules) = (engine.clone(), rules.clone());
-    Some(tokio::spawn(crate::links::serve(listener, signer, engine, rules, stop)))
+    Some(tokio::spawn(crate::links::serve(listener, signer, slack, engine, rules, stop)))
 }
 
 /// A calendar with nothing in it for each person `[calendar]` maps, which keeps the holds it

@@ -156,7 +156,7 @@ impl Printer<'_> {
                     let mut line = json!({
                         "at": at, "effect": "email", "key": key, "lead_id": lead_id, "kind": kind,
                         "step": vars.get("step").cloned().unwrap_or(Value::Null),
-                        "to": to, "cc": cc, "template": template,
+                        "to": to, "cc": cc, "template": template, "channel": "email",
                     });
                     if let Some(single) = deliver_to {
                         line["deliver_to"] = json!(single);
@@ -173,6 +173,12 @@ impl Printer<'_> {
                 Effect::CrmTask { lead_id, owner_id, subject, due } => json!({
                     "at": at, "effect": "crm.task", "key": key, "lead_id": lead_id, "owner_id": owner_id,
                     "subject": subject, "due": due,
+                }),
+                Effect::Chat { kind, service, to, person, lead_id, vars, fallback } => json!({
+                    "at": at, "effect": "chat", "channel": service, "key": key, "lead_id": lead_id,
+                    "kind": kind, "step": vars.get("step").cloned().unwrap_or(Value::Null),
+                    "to": to, "person": person,
+                    "fallback": fallback.as_ref().map(|f| f.key.clone()),
                 }),
                 Effect::CalendarHold { person, lead_id, start, end, summary } => json!({
                     "at": at, "effect": "calendar.hold", "key": key, "lead_id": lead_id, "person": person,

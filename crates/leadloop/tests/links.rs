@@ -43,6 +43,7 @@ async fn rig_with(link_rules: LinkRules) -> Rig {
     tokio::spawn(leadloop::links::serve(
         listener,
         signer.clone(),
+        None,
         engine.clone(),
         link_rules,
         tokio_util::sync::CancellationToken::new(),

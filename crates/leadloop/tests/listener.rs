@@ -200,6 +200,7 @@ async fn rig(rules: LinkRules) -> Rig {
     tokio::spawn(leadloop::links::serve(
         listener,
         signer.clone(),
+        None,
         engine.clone(),
         rules,
         CancellationToken::new(),

@@ -71,6 +71,7 @@ async fn tracked_links_record_a_click_and_redirect_to_the_signed_target() {
     tokio::spawn(leadloop::links::serve(
         listener,
         signer,
+        None,
         engine.clone(),
         LinkRules::default(),
         tokio_util::sync::CancellationToken::new(),
@@ -280,6 +281,7 @@ async fn rig() -> Rig {
     tokio::spawn(leadloop::links::serve(
         listener,
         signer.clone(),
+        None,
         engine.clone(),
         LinkRules::default(),
         tokio_util::sync::CancellationToken::new(),

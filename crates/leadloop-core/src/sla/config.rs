@@ -69,6 +69,16 @@ pub struct Step {
     pub cc: Vec<Recipient>,
     #[serde(default)]
     pub actions: Vec<StepAction>,
+    /// Where the step reaches its recipients: `email`, `slack`, `teams`, in any mix (default
+    /// email). Each recipient gets the channels of this list they are reachable on
+    /// (`[chat]`), and email when none; a chat message to a person the step does not also
+    /// mail falls back to the email if it cannot be posted.
+    #[serde(default = "email_only")]
+    pub channels: Vec<crate::person::Reach>,
+}
+
+pub fn email_only() -> Vec<crate::person::Reach> {
+    vec![crate::person::Reach::Email]
 }
 
 /// What to send for steps that fell due while leadloop was down.
@@ -198,6 +208,7 @@ pub fn default_policy() -> SlaPolicy {
         to,
         cc,
         actions: vec![],
+        channels: email_only(),
     };
     SlaPolicy {
         name: "default".into(),

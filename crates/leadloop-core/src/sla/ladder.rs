@@ -499,10 +499,53 @@ impl SlaRules {
         if !to.is_empty() {
             // One copy per recipient, each with its own one-click links (bound to its address)
             // and delivered to that address alone; every copy shows the same To and Cc.
+            // Each copy goes by the step's channels the recipient is reachable on: the email,
+            // a chat message (keyed `COPYKEY/SERVICE`) or both. A chat message to someone the
+            // step does not mail carries the email as its fallback, under the email's key.
             let recipients: Vec<String> = to.iter().chain(&cc).cloned().collect();
+            let known: Vec<&Person> = [backup.or(owner), manager, executive].into_iter().flatten().collect();
             for (n, recipient) in recipients.iter().enumerate() {
                 let mut vars = vars.clone();
                 vars["links"] = self.links_for(record, handoff.number, recipient, now);
+                let person = known.iter().find(|p| p.email.eq_ignore_ascii_case(recipient)).copied();
+                let via = self.reach.narrow(&step.channels, person.map(|p| &p.id));
+                let by_email = via.contains(&crate::person::Reach::Email);
+                let copy =
+                    key.as_ref().map_err(Clone::clone).and_then(|k| super::copy_key(k, recipient, n == 0));
+                let mut counted = false;
+                for service in via.iter().filter_map(|r| r.chat()) {
+                    let fallback = match (&copy, by_email) {
+                        (Ok(email_key), false) => Some(crate::effect::ChatFallback {
+                            key: email_key.clone(),
+                            template: step.template.clone(),
+                            to: to.clone(),
+                            cc: cc.clone(),
+                        }),
+                        _ => None,
+                    };
+                    let chat = Effect::Chat {
+                        kind: step.kind.clone(),
+                        service,
+                        to: recipient.clone(),
+                        person: person.map(|p| p.id.clone()),
+                        lead_id: Some(lead_id.clone()),
+                        vars: vars.clone(),
+                        fallback,
+                    };
+                    let chat_key =
+                        copy.as_ref().map_err(Clone::clone).and_then(|k| super::chat_key(k, service));
+                    if let Some(key) = decision.queue(chat_key, chat, now)
+                        && n == 0
+                        && !by_email
+                        && !counted
+                    {
+                        counted = true;
+                        decision.facts.push(Fact::SlaStep { key, step: step.name.clone() });
+                    }
+                }
+                if !by_email {
+                    continue;
+                }
                 let email = Effect::Email {
                     kind: step.kind.clone(),
                     template: step.template.clone(),
@@ -512,8 +555,6 @@ impl SlaRules {
                     vars,
                     deliver_to: Some(recipient.clone()),
                 };
-                let copy =
-                    key.as_ref().map_err(Clone::clone).and_then(|k| super::copy_key(k, recipient, n == 0));
                 if let Some(key) = decision.queue(copy, email, now)
                     && n == 0
                 {
@@ -949,6 +990,78 @@ mod tests {
 
     fn fnv(text: &str) -> u64 {
         text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    }
+
+    #[test]
+    fn steps_reach_people_in_chat_where_both_name_it_and_fall_back_to_the_email() {
+        let mut policy = default_policy();
+        // The alert in Slack only; the manager step by Slack and email.
+        policy.steps[0].channels = vec![crate::person::Reach::Slack];
+        policy.steps[2].channels = vec![crate::person::Reach::Slack, crate::person::Reach::Email];
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut world = World::handoff(policy.clone(), "UTC", t0);
+        // Nobody is reachable in Slack yet: the alert goes by email, as before.
+        assert_eq!(world.keys(), ["sla/00Q1/1/alert"]);
+
+        let reach = crate::person::Reachability {
+            default: vec![crate::person::Reach::Email, crate::person::Reach::Slack],
+            people: BTreeMap::from([(PersonId::new("mgr"), vec![crate::person::Reach::Email])]),
+        };
+        let sla = SlaRules::new(SlaConfig { policies: vec![policy], ..SlaConfig::default() })
+            .with_links(std::sync::Arc::new(NamedLinks))
+            .with_reach(reach);
+        let mut record = world.record.clone();
+        record.handoff = None;
+        record.handoffs = 0;
+        let decision = sla.on_lead(None, record, &world.people, t0);
+        let chats: Vec<(String, Effect)> = decision
+            .effects
+            .iter()
+            .filter(|(_, e)| matches!(e, Effect::Chat { .. }))
+            .map(|(k, e)| (k.to_string(), e.clone()))
+            .collect();
+        let emails = decision.effects.iter().filter(|(_, e)| matches!(e, Effect::Email { .. })).count();
+        assert_eq!(emails, 0, "the alert is in Slack only");
+        assert_eq!(chats.len(), 1);
+        let (key, chat) = &chats[0];
+        assert_eq!(key, "sla/00Q1/1/alert/slack");
+        let Effect::Chat { service, to, person, vars, .. } = chat else { unreachable!() };
+        assert_eq!((*service, to.as_str()), (crate::effect::ChatService::Slack, "rep@corp.example"));
+        assert_eq!(person.as_ref().map(PersonId::as_str), Some("rep"));
+        assert_eq!(vars["links"]["accept"], json!("https://l.example/accept/rep@corp.example"));
+        // The fallback is the email the step would have sent, under its key.
+        let (fallback_key, email) = chat.chat_fallback().expect("a fallback");
+        assert_eq!(fallback_key.as_str(), "sla/00Q1/1/alert");
+        assert!(matches!(email, Effect::Email { ref template, ref deliver_to, .. }
+            if template == "sla_alert" && deliver_to.as_deref() == Some("rep@corp.example")));
+        // The step counts once, by its message.
+        assert_eq!(decision.summary(None).sla_steps.len(), 1);
+        assert!(crate::sla::is_chat_key(&fallback_key.child(["slack"]).expect("key")));
+        assert!(!crate::sla::is_copy_key(&fallback_key.child(["slack"]).expect("key")));
+
+        // The manager step: the rep by Slack and email (no fallback needed), the manager by
+        // email only (not reachable in Slack).
+        world.sla = sla;
+        world.record = decision.lead.clone().expect("lead");
+        world.timer = decision.set_timers.first().cloned();
+        world.copies.clear();
+        world.run_until(t0 + TimeDelta::hours(49));
+        let manager_step: Vec<(String, Option<String>)> = world
+            .copies
+            .iter()
+            .filter(|(k, _, _)| k.contains("/manager"))
+            .map(|(k, to, _)| (k.clone(), to.clone()))
+            .collect();
+        assert_eq!(
+            manager_step,
+            [
+                ("sla/00Q1/1/manager".to_owned(), Some("rep@corp.example".to_owned())),
+                (
+                    format!("sla/00Q1/1/manager/to/{:016x}", fnv("mgr@corp.example")),
+                    Some("mgr@corp.example".to_owned())
+                ),
+            ]
+        );
     }
 
     #[test]

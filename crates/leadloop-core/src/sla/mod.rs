@@ -37,7 +37,7 @@ pub use crate::handoff::{ActionOutcome, Handoff, HandoffOutcome, SalesAction};
 pub use crate::local_time::{BusinessHours, add_business_time, next_local};
 pub use config::{
     CatchUp, Digest, DigestRole, Match, Recipient, SlaConfig, SlaPolicy, Step, StepAction, WeeklySummary,
-    WhenAway, default_policy,
+    WhenAway, default_policy, email_only,
 };
 pub use reports::report_item_lead;
 
@@ -70,10 +70,33 @@ pub fn copy_key(step: &IdempotencyKey, recipient: &str, first: bool) -> Result<I
     step.child(["to", &format!("{hash:016x}")])
 }
 
+/// The key of the chat message of a step's copy: the copy's key (see [`copy_key`]) and the
+/// service, `sla/LEAD/HANDOFF/STEP/slack` for the rep's.
+pub fn chat_key(
+    copy: &IdempotencyKey,
+    service: crate::effect::ChatService,
+) -> Result<IdempotencyKey, KeyError> {
+    copy.child([service.as_str()])
+}
+
+/// Whether `key` names a chat message of a step (made by [`chat_key`]).
+pub fn is_chat_key(key: &IdempotencyKey) -> bool {
+    let last = key.as_str().rsplit(IdempotencyKey::SEPARATOR).next();
+    key.as_str().starts_with("sla/")
+        && crate::effect::ChatService::ALL.iter().any(|s| Some(s.as_str()) == last)
+}
+
 /// Whether `key` names a further recipient's copy of an SLA email (made by [`copy_key`] for
 /// any but the first `to` address), so one step counts once per hand-off, not once per copy.
+/// A chat message of a copy counts as that copy.
 pub fn is_copy_key(key: &IdempotencyKey) -> bool {
-    let mut parts = key.as_str().rsplit(IdempotencyKey::SEPARATOR);
+    let text = key.as_str();
+    let text = if is_chat_key(key) {
+        text.rsplit_once(IdempotencyKey::SEPARATOR).map_or(text, |(k, _)| k)
+    } else {
+        text
+    };
+    let mut parts = text.rsplit(IdempotencyKey::SEPARATOR);
     let (hash, to) = (parts.next(), parts.next());
     to == Some("to") && hash.is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
@@ -89,6 +112,8 @@ pub struct SlaRules {
     hold: Option<Duration>,
     /// The scoring rules, for the top score reasons (`lead.score_reasons`) in the ladder's mail.
     scoring: Option<std::sync::Arc<crate::scoring::ScoringConfig>>,
+    /// Which channels reach whom (`[chat]`); email for everyone by default.
+    reach: crate::person::Reachability,
 }
 
 fn timer_key(lead: &str) -> TimerKey {
@@ -116,7 +141,13 @@ fn human_duration(d: TimeDelta) -> String {
 impl SlaRules {
     pub fn new(config: SlaConfig) -> Self {
         let policies = config.policies();
-        Self { config, policies, links: None, hold: None, scoring: None }
+        Self { config, policies, links: None, hold: None, scoring: None, reach: Default::default() }
+    }
+
+    /// Reaches people on the chat channels they are reachable on, where a step names them.
+    pub fn with_reach(mut self, reach: crate::person::Reachability) -> Self {
+        self.reach = reach;
+        self
     }
 
     /// Lists the lead's top score reasons in the ladder's emails (`lead.score_reasons`).

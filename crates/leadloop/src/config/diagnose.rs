@@ -279,6 +279,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_scoring(&config, &mut report);
     check_routing(&config, &mut report);
     check_calendar(&config, &mut report);
+    check_chat(&config, &mut report);
     check_nurture(&config, &mut report);
     check_secret_modes(text, &mut report);
     check_daemon(&config, &mut report);
@@ -1072,6 +1073,136 @@ fn check_calendar(config: &Config, report: &mut impl FnMut(String, String, Sever
     }
 }
 
+/// `[chat]` and the steps' `channels`: a channel named with no connector for it, people
+/// unknown, secrets not named, cleartext, Slack buttons without signed links.
+fn check_chat(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    use leadloop_core::Reach;
+    let chat = config.chat.as_ref();
+    let configured = |reach: Reach| match reach {
+        Reach::Email => true,
+        Reach::Slack => chat.is_some_and(|c| c.slack.is_some()),
+        Reach::Teams => chat.is_some_and(|c| c.teams.is_some()),
+    };
+    let reachable = |reach: Reach| {
+        chat.is_some_and(|c| {
+            c.default_channels.contains(&reach) || c.people.values().any(|l| l.contains(&reach))
+        })
+    };
+    // Without [chat] chat is off: steps naming chat channels reach everyone by email, as
+    // docs/chat.md says (the example config's ladder names Slack with [chat] commented out).
+    let policies = if chat.is_some() { config.sla.policies.as_slice() } else { &[] };
+    for (i, policy) in policies.iter().enumerate() {
+        for (j, step) in policy.steps.iter().enumerate() {
+            for reach in step.channels.iter().copied().filter(|r| *r != Reach::Email) {
+                let name = reach.as_str();
+                if !configured(reach) {
+                    report(
+                        format!("sla.policy[{i}].step[{j}].channels"),
+                        format!(
+                            "`{name}` without a [chat.{name}] table: this step reaches everyone by email"
+                        ),
+                        Severity::Warning,
+                    );
+                } else if !reachable(reach) {
+                    report(
+                        format!("sla.policy[{i}].step[{j}].channels"),
+                        format!(
+                            "nobody is reachable in {name} ([chat] default_channels or people): this step reaches everyone by email"
+                        ),
+                        Severity::Warning,
+                    );
+                }
+            }
+            if step.channels.is_empty() {
+                report(
+                    format!("sla.policy[{i}].step[{j}].channels"),
+                    "no channel: the step reaches everyone by email".into(),
+                    Severity::Warning,
+                );
+            }
+        }
+    }
+    let Some(chat) = chat else { return };
+    let known = |id: &str| config.people.iter().any(|p| p.id.as_deref() == Some(id));
+    for (id, channels) in &chat.people {
+        if !known(id) {
+            report(
+                format!("chat.people.{id}"),
+                format!(
+                    "`{id}` is not among the configured people; unless the CRM supplies it, this applies to nobody"
+                ),
+                Severity::Warning,
+            );
+        }
+        for reach in channels.iter().filter(|r| !configured(**r)) {
+            let name = reach.as_str();
+            report(
+                format!("chat.people.{id}"),
+                format!("`{name}` without a [chat.{name}] table: reached by email instead"),
+                Severity::Warning,
+            );
+        }
+    }
+    for reach in chat.default_channels.iter().filter(|r| !configured(**r)) {
+        let name = reach.as_str();
+        report(
+            "chat.default_channels".into(),
+            format!("`{name}` without a [chat.{name}] table: reached by email instead"),
+            Severity::Warning,
+        );
+    }
+    let secret = |file: bool, env: bool, key: &str, report: &mut dyn FnMut(String, String, Severity)| match (
+        file, env,
+    ) {
+        (false, false) => report(key.to_owned(), format!("set `{key}_file` or `{key}_env`"), Severity::Error),
+        (true, true) => {
+            report(key.to_owned(), format!("set `{key}_file` or `{key}_env`, not both"), Severity::Error)
+        }
+        _ => {}
+    };
+    if let Some(slack) = &chat.slack {
+        if config.links.is_none() {
+            report(
+                "chat.slack".into(),
+                "Slack's Accept / Recycle / Disqualify buttons need [links] (their values are signed link tokens) and its public listener (Slack's interactivity URL): without it messages have no buttons".into(),
+                Severity::Warning,
+            );
+        }
+        let mut at = |key: String, message: String, severity: Severity| {
+            report(format!("chat.slack.{key}"), message, severity)
+        };
+        secret(slack.bot_token_file.is_some(), slack.bot_token_env.is_some(), "bot_token", &mut at);
+        secret(
+            slack.signing_secret_file.is_some(),
+            slack.signing_secret_env.is_some(),
+            "signing_secret",
+            &mut at,
+        );
+        if reqwest::Url::parse(&slack.api_url)
+            .map(|u| u.scheme() != "https" && u.scheme() != "http")
+            .unwrap_or(true)
+        {
+            at("api_url".into(), "must be an http or https URL".into(), Severity::Error);
+        } else if let Some(host) = cleartext_host(&slack.api_url) {
+            at("api_url".into(), cleartext_message(&host), Severity::Error);
+        }
+    }
+    if let Some(teams) = &chat.teams {
+        let mut at = |key: String, message: String, severity: Severity| {
+            report(format!("chat.teams.{key}"), message, severity)
+        };
+        if teams.people.is_empty() {
+            secret(teams.webhook_url_file.is_some(), teams.webhook_url_env.is_some(), "webhook_url", &mut at);
+        }
+        for (id, hook) in &teams.people {
+            let mut at = |key: String, message: String, severity: Severity| {
+                report(format!("chat.teams.people.{id}.{key}"), message, severity)
+            };
+            secret(hook.webhook_url_file.is_some(), hook.webhook_url_env.is_some(), "webhook_url", &mut at);
+        }
+    }
+}
+
 fn plausible_email(email: &str) -> bool {
     let Some((local, domain)) = email.rsplit_once('@') else {
         return false;
@@ -1295,6 +1426,42 @@ role = "manager"
                 .iter()
                 .any(|r| r.contains("sla.policy[0].backup: when_away = \"backup\" needs a backup")),
             "{rendered:#?}"
+        );
+    }
+
+    #[test]
+    fn chat_channels_and_connectors_are_checked_at_their_keys() {
+        let ladder = "\n[[sla.policy]]\nname = \"p\"\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\nchannels = [\"slack\", \"email\"]\n";
+        // Without [chat], chat is off and steps naming it reach everyone by email: no finding.
+        check(&format!("{PEOPLE}{ladder}"), &[]);
+        // A step in Slack with [chat] but no [chat.slack]: everyone by email, said once.
+        check(
+            &format!("{PEOPLE}\n[chat]\ndefault_channels = [\"email\"]\n{ladder}"),
+            &[
+                "t.toml:25:1: sla.policy[0].step[0].channels: warning: `slack` without a [chat.slack] table: this step reaches everyone by email",
+            ],
+        );
+        // Slack configured but its secrets not named, nobody reachable, an unknown person,
+        // a cleartext API off loopback, no [links] for the buttons.
+        check(
+            &format!(
+                "{PEOPLE}\n[chat]\npeople = {{ ghost = [\"teams\"] }}\n\n[chat.slack]\napi_url = \"http://slack.example/api\"\nsigning_secret_env = \"S\"\n{ladder}"
+            ),
+            &[
+                "t.toml:15:12: chat.people.ghost: warning: `ghost` is not among the configured people; unless the CRM supplies it, this applies to nobody",
+                "t.toml:15:12: chat.people.ghost: warning: `teams` without a [chat.teams] table: reached by email instead",
+                "t.toml:17:7: chat.slack: warning: Slack's Accept / Recycle / Disqualify buttons need [links] (their values are signed link tokens) and its public listener (Slack's interactivity URL): without it messages have no buttons",
+                "t.toml:17:7: chat.slack.bot_token: set `bot_token_file` or `bot_token_env`",
+                "t.toml:18:1: chat.slack.api_url: http:// would send credentials and lead data to slack.example unencrypted; use https:// (http:// is accepted on loopback only, for tests and the emulator)",
+                "t.toml:29:1: sla.policy[0].step[0].channels: warning: nobody is reachable in slack ([chat] default_channels or people): this step reaches everyone by email",
+            ],
+        );
+        // Teams needs a webhook, from a file or the environment.
+        check(
+            &format!(
+                "{PEOPLE}\n[chat]\ndefault_channels = [\"email\", \"teams\"]\n\n[chat.teams]\ntimeout = \"5s\"\n"
+            ),
+            &["t.toml:17:7: chat.teams.webhook_url: set `webhook_url_file` or `webhook_url_env`"],
         );
     }
 

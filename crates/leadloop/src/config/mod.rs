@@ -42,6 +42,8 @@ pub struct Config {
     pub routing: leadloop_core::routing::RoutingConfig,
     /// One-click links in SLA emails and the public listener that serves them.
     pub links: Option<crate::links::LinksConfig>,
+    /// Chat channels (Slack, Teams): who is reachable where, and the connectors.
+    pub chat: Option<ChatConfig>,
     /// The calendar connector (CalDAV): meeting signals for routing, time away for routing and
     /// the SLA, follow-up holds at hand-off.
     pub calendar: Option<leadloop_caldav::CalendarConfig>,
@@ -51,6 +53,44 @@ pub struct Config {
     /// The CRM connector; without it, leads arrive only through `simulate` and CRM effects
     /// wait in the outbox.
     pub crm: Option<CrmConfig>,
+}
+
+/// `[chat]`: who is reachable in chat, and the Slack and Teams connectors. An SLA step names
+/// its channels (`channels = ["slack", "email"]`); each recipient gets those they are
+/// reachable on here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// The channels that reach every person not listed in `people` (default: email only).
+    #[serde(default)]
+    pub default_channels: Vec<leadloop_core::Reach>,
+    /// A person's own channels, by person id.
+    #[serde(default)]
+    pub people: std::collections::BTreeMap<String, Vec<leadloop_core::Reach>>,
+    /// A chat message with an email fallback still not posted this long after it was queued
+    /// (the service down or throttling) goes by email instead.
+    #[serde(default = "default_fallback_after", with = "leadloop_plugin::serde_duration")]
+    pub fallback_after: Duration,
+    pub slack: Option<leadloop_slack::SlackConfig>,
+    pub teams: Option<leadloop_slack::teams::TeamsConfig>,
+}
+
+fn default_fallback_after() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl ChatConfig {
+    /// Who is reachable where, for the SLA.
+    pub fn reach(&self) -> leadloop_core::Reachability {
+        leadloop_core::Reachability {
+            default: self.default_channels.clone(),
+            people: self.people.iter().map(|(id, list)| (PersonId::new(id.clone()), list.clone())).collect(),
+        }
+    }
+
+    pub fn relay(&self, outbox: &OutboxConfig) -> leadloop_engine::ChatRelayConfig {
+        leadloop_engine::ChatRelayConfig { relay: outbox.relay(), fallback_after: self.fallback_after }
+    }
 }
 
 /// The CRM connectors this build knows, for `[crm] type`.
