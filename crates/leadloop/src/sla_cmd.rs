@@ -174,6 +174,9 @@ async fn ladder_emails(
                 OutboxState::Done { at } => ("sent", Some(*at), None),
                 OutboxState::Failed { at, reason } => ("failed", Some(*at), Some(reason.clone())),
                 OutboxState::Dropped { at, reason } => ("dropped", Some(*at), Some(reason.clone())),
+                OutboxState::Held { since, reason } => {
+                    ("held", Some(*since), Some(format!("held by the guard: {}", reason.as_str())))
+                }
             };
             out.push(json!({
                 "handoff": handoff,
