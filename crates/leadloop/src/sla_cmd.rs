@@ -410,7 +410,7 @@ async fn ask_daemon(
 }
 
 /// reqwest's message without the URL it repeats (the caller names the address).
-fn without_url(error: reqwest::Error) -> String {
+pub(crate) fn without_url(error: reqwest::Error) -> String {
     if error.is_connect() {
         "connection refused or unreachable".to_owned()
     } else if error.is_timeout() {
