@@ -306,6 +306,15 @@ impl EmailRelay {
                     // The server said 250; the outcome is not recorded yet.
                     failpoint("relay.after_send");
                 }
+                // A bounce is counted before the next send starts, so the send after the
+                // threshold is already held (at most `concurrency - 1` others are in flight).
+                if let (Some(guard), Err(ConnectorError::Permanent { message })) = (guard, &result)
+                    && (hard_bounced(message, &email).is_some()
+                        || (email.kind == "nurture" && refused_as_spam(message)))
+                    && let Err(error) = guard.bounced(1).await
+                {
+                    tracing::error!(%error, "guard: cannot record a bounce");
+                }
                 (entry, email, Some(result))
             })
             .buffer_unordered(self.config.concurrency.max(1))
@@ -313,7 +322,6 @@ impl EmailRelay {
         while let Some(chunk) = results.next().await {
             let _writer = self.writer.lock().await;
             let mut batch = Batch::new();
-            let mut bounces = 0u64;
             for (mut entry, mut email, result) in chunk {
                 let Some(result) = result else {
                     if let Effect::Email { vars, .. } = &mut entry.effect {
@@ -340,20 +348,12 @@ impl EmailRelay {
                     }
                     Err(error) => Outcome::Retry { error: error.to_string() },
                 };
-                if let Outcome::Failed { reason, hard_bounce } = &outcome
-                    && (hard_bounce.is_some() || (email.kind == "nurture" && refused_as_spam(reason)))
-                {
-                    bounces += 1;
-                }
                 if let Effect::Email { vars, .. } = &mut entry.effect {
                     *vars = std::mem::take(&mut email.vars);
                 }
                 batch.ops.extend(self.outcome_ops(entry, outcome, &mut report).await?.ops);
             }
             self.store.commit(batch).await?;
-            if let Some(guard) = &self.guard {
-                guard.bounced(bounces).await?;
-            }
         }
         gauge_queue(self.store.as_ref(), self.clock.now()).await;
         Ok(report)
