@@ -226,6 +226,7 @@ impl Guard {
     /// What is held now, with up to `sample` of the surge.
     pub async fn held(&self, sample: usize) -> Result<Held, EngineError> {
         let mut held = Held { state: self.store.guard().await?, ..Held::default() };
+        gauge(&held.state);
         for channel in [Channel::Email, Channel::Crm] {
             let mut after = 0;
             loop {
