@@ -547,7 +547,7 @@ mod tests {
     fn every_built_in_template_reads_cleanly_with_full_and_with_bare_vars() {
         let templates = Templates::load(None).expect("load");
         let names = built_in_names();
-        assert_eq!(names.len(), 7, "{names:?}");
+        assert_eq!(names.len(), 8, "{names:?}");
         let mut failures = Vec::new();
         for name in names {
             for (label, vars) in [("full", sample_vars(name)), ("bare", bare_vars(name))] {

@@ -1032,14 +1032,14 @@ fn check_guard(config: &Config, report: &mut impl FnMut(String, String, Severity
     if guard.ops_address.is_some() && config.email.is_none() {
         report(
             "guard.ops_address".into(),
-            "warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted".into(),
+            "no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted".into(),
             Severity::Warning,
         );
     }
     if guard.max_bounces == 0 && guard.surge_per_hour == 0 && !config.nurture.tracks.is_empty() {
         report(
             "guard".into(),
-            "warning: max_bounces = 0 and surge_per_hour = 0 turn off both automatic guards of nurture mail; a bad list or a new track mails without a stop".into(),
+            "max_bounces = 0 and surge_per_hour = 0 turn off both automatic guards of nurture mail; a bad list or a new track mails without a stop".into(),
             Severity::Warning,
         );
     }
@@ -1364,7 +1364,7 @@ role = "manager"
             &[
                 "t.toml:3:1: sla.policy[0].business_hours: `start` must be before `end`",
                 "t.toml:3:1: sla.policy[0].business_hours: no holiday calendar `xx` in [sla.holidays]",
-                "t.toml:8:1: sla.policy[0].step[0].template: no template `sla_alrt` (known: nurture_example, sla_alert, sla_digest, sla_executive, sla_manager, sla_reminder, sla_weekly)",
+                "t.toml:8:1: sla.policy[0].step[0].template: no template `sla_alrt` (known: guard_alert, nurture_example, sla_alert, sla_digest, sla_executive, sla_manager, sla_reminder, sla_weekly)",
                 "t.toml:9:1: sla.policy[0].step[0].to: `boss@x.example` is not a recipient: use \"rep\", \"manager\", \"executive\" or \"address:someone@example.com\"",
                 "t.toml:11:1: sla.policy[0].step[1].name: step `alert` appears twice in this policy",
                 "t.toml:12:1: sla.policy[0].step[1].after: steps must be in order of `after`",
@@ -1546,13 +1546,14 @@ role = "manager"
         check(
             "[guard]\nmax_bounces = 5\nbounce_window = \"0s\"\nops_address = \"ops\"\n",
             &[
-                "t.toml:3:17: guard.bounce_window: must be longer than 0s while max_bounces is set (0 max_bounces turns the bounce guard off)",
-                "t.toml:4:15: guard.ops_address: `ops` is not an email address",
+                "t.toml:3:1: guard.bounce_window: must be longer than 0s while max_bounces is set (0 max_bounces turns the bounce guard off)",
+                "t.toml:4:1: guard.ops_address: `ops` is not an email address",
+                "t.toml:4:1: guard.ops_address: warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted",
             ],
         );
         check(
             "[guard]\nops_address = \"ops@x.example\"\n",
-            &["t.toml:2:15: guard.ops_address: warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted"],
+            &["t.toml:2:1: guard.ops_address: warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted"],
         );
         check(
             "[guard]\nsurge_per_hour = -1\n",
