@@ -13,9 +13,9 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
 use crate::actor::Actor;
 use crate::effect::Effect;
-use crate::Timestamp;
 
 /// What a pause stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -292,9 +292,15 @@ mod tests {
         assert_eq!(screen(&email("nurture"), at, &email_paused, &config), Verdict::Hold(HoldReason::Paused));
         assert_eq!(screen(&email("sla.alert"), at, &email_paused, &config), Verdict::Go);
         let strict = GuardConfig { exempt_internal: false, ..config.clone() };
-        assert_eq!(screen(&email("sla.alert"), at, &email_paused, &strict), Verdict::Hold(HoldReason::Paused));
+        assert_eq!(
+            screen(&email("sla.alert"), at, &email_paused, &strict),
+            Verdict::Hold(HoldReason::Paused)
+        );
         let nurture_paused = GuardState { nurture: pause.clone(), ..GuardState::default() };
-        assert_eq!(screen(&email("nurture"), at, &nurture_paused, &config), Verdict::Hold(HoldReason::Paused));
+        assert_eq!(
+            screen(&email("nurture"), at, &nurture_paused, &config),
+            Verdict::Hold(HoldReason::Paused)
+        );
         assert_eq!(screen(&email("sla.reminder"), at, &nurture_paused, &strict), Verdict::Go);
         let crm = Effect::CrmTask {
             lead_id: crate::LeadId::new("00Q1"),

@@ -815,7 +815,11 @@ impl CrmRelay {
         relay
             .run(&shutdown, max_idle, || async {
                 let report = self.run_once().await?;
-                Ok(if report.written + report.dead_lettered + report.held > 0 { Round::Progress } else { Round::Idle })
+                Ok(if report.written + report.dead_lettered + report.held > 0 {
+                    Round::Progress
+                } else {
+                    Round::Idle
+                })
             })
             .await
     }

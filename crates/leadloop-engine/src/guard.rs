@@ -136,7 +136,11 @@ impl Guard {
             tracing::warn!(event = %value, "guard");
             let name = value.get("event").and_then(|e| e.as_str()).unwrap_or("unknown").to_owned();
             metrics::counter!("leadloop_guard_events_total", "event" => name).increment(1);
-            extra.put_item(leadloop_store::GUARD_LOG_BUCKET, leadloop_store::guard_log_key(state.events), value);
+            extra.put_item(
+                leadloop_store::GUARD_LOG_BUCKET,
+                leadloop_store::guard_log_key(state.events),
+                value,
+            );
         }
         extra.set_guard(state.clone());
         self.store.commit(extra).await?;
@@ -146,7 +150,12 @@ impl Guard {
     }
 
     /// Pauses `scopes` (those not paused already); returns the switches after.
-    pub async fn pause(&self, scopes: &[PauseScope], by: Actor, reason: &str) -> Result<GuardState, EngineError> {
+    pub async fn pause(
+        &self,
+        scopes: &[PauseScope],
+        by: Actor,
+        reason: &str,
+    ) -> Result<GuardState, EngineError> {
         let _meters = self.meters.lock().await;
         let mut state = self.store.guard().await?;
         let now = self.clock.now();
@@ -199,7 +208,12 @@ impl Guard {
     }
 
     /// Releases every held entry of `channel` held for `reason` (pending again, due now).
-    async fn release(&self, channel: Channel, reason: HoldReason, now: Timestamp) -> Result<u64, EngineError> {
+    async fn release(
+        &self,
+        channel: Channel,
+        reason: HoldReason,
+        now: Timestamp,
+    ) -> Result<u64, EngineError> {
         let mut after = 0;
         let mut released = 0;
         loop {
@@ -271,7 +285,8 @@ impl Guard {
         // What was counted toward this surge is approved: the next hour counts afresh.
         meters.queued.clear();
         if had_surge || released > 0 {
-            self.write(&mut state, vec![GuardEvent::Approved { at: now, by, released }], Batch::new()).await?;
+            self.write(&mut state, vec![GuardEvent::Approved { at: now, by, released }], Batch::new())
+                .await?;
         }
         self.wake();
         Ok(released)
@@ -331,10 +346,8 @@ impl Guard {
         // Stop the sends lined up in this round before the write returns.
         self.nurture_stopped.store(true, Ordering::SeqCst);
         let window = humantime::format_duration(self.config.bounce_window).to_string();
-        let reason = format!(
-            "{count} hard bounces or refusals within {window} (limit {})",
-            self.config.max_bounces
-        );
+        let reason =
+            format!("{count} hard bounces or refusals within {window} (limit {})", self.config.max_bounces);
         let by = Actor::Rule { name: "guard.bounces".into() };
         state.nurture = Some(Pause { since: now, by: by.clone(), reason: reason.clone() });
         meters.bounces.clear();
@@ -368,7 +381,8 @@ impl Guard {
         }
         let since = meters.queued.oldest().unwrap_or(now);
         state.surge = Some(Surge { tripped_at: now, since, queued: count });
-        let event = GuardEvent::SurgeHeld { at: now, since, queued: count, limit: self.config.surge_per_hour };
+        let event =
+            GuardEvent::SurgeHeld { at: now, since, queued: count, limit: self.config.surge_per_hour };
         let alert = self.alert(
             &state,
             "nurture surge held for approval",

@@ -25,8 +25,8 @@ use leadloop_store::{Batch, Expect, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub mod guard;
-pub use guard::Guard;
 pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued, stamp};
+pub use guard::Guard;
 pub use nurture::{Click, ClickOutcome, ClickRules, Unsubscribed};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 

@@ -327,7 +327,11 @@ impl EmailRelay {
                     if let Effect::Email { vars, .. } = &mut entry.effect {
                         *vars = std::mem::take(&mut email.vars);
                     }
-                    crate::Guard::hold(&mut entry, leadloop_core::guard::HoldReason::Paused, self.clock.now());
+                    crate::Guard::hold(
+                        &mut entry,
+                        leadloop_core::guard::HoldReason::Paused,
+                        self.clock.now(),
+                    );
                     batch.update_outbox(entry);
                     report.held += 1;
                     continue;
@@ -472,7 +476,8 @@ impl EmailRelay {
                 let delay = backoff(&self.config, entry.key.as_str(), entry.attempts);
                 let next = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
                 if kind == "nurture"
-                    && (next - waiting_since(&entry)).to_std().unwrap_or_default() > self.config.nurture_max_age
+                    && (next - waiting_since(&entry)).to_std().unwrap_or_default()
+                        > self.config.nurture_max_age
                 {
                     let reason = format!("gave up after {} attempts: {error}", entry.attempts);
                     entry.state = OutboxState::Failed { at: now, reason: reason.clone() };

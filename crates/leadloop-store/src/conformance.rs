@@ -102,13 +102,21 @@ pub async fn guard_state_round_trips_atomically(store: Arc<dyn Store>) {
     use leadloop_core::guard::{GuardState, Pause, Surge};
     assert_eq!(store.guard().await.expect("guard"), GuardState::default());
     let paused = GuardState {
-        email: Some(Pause { since: t0(), by: Actor::Admin { who: "ops".into() }, reason: "template bug".into() }),
+        email: Some(Pause {
+            since: t0(),
+            by: Actor::Admin { who: "ops".into() },
+            reason: "template bug".into(),
+        }),
         surge: Some(Surge { tripped_at: t0(), since: t0() - TimeDelta::minutes(30), queued: 5001 }),
         events: 2,
         ..GuardState::default()
     };
     let mut batch = Batch::new();
-    batch.set_guard(paused.clone()).put_item(crate::GUARD_LOG_BUCKET, crate::guard_log_key(2), serde_json::json!({"n": 2}));
+    batch.set_guard(paused.clone()).put_item(
+        crate::GUARD_LOG_BUCKET,
+        crate::guard_log_key(2),
+        serde_json::json!({"n": 2}),
+    );
     store.commit(batch).await.expect("commit");
     assert_eq!(store.guard().await.expect("guard"), paused);
     // A refused batch (a stale lead write) leaves the guard as it was.
@@ -177,7 +185,11 @@ pub async fn held_entries_leave_the_ready_queue_and_come_back(store: Arc<dyn Sto
 pub async fn guard_and_held_entries_survive_export_import(source: Arc<dyn Store>, target: Arc<dyn Store>) {
     use leadloop_core::guard::{GuardState, HoldReason, Pause};
     let state = GuardState {
-        nurture: Some(Pause { since: t0(), by: Actor::Rule { name: "guard.bounces".into() }, reason: "r".into() }),
+        nurture: Some(Pause {
+            since: t0(),
+            by: Actor::Rule { name: "guard.bounces".into() },
+            reason: "r".into(),
+        }),
         events: 1,
         ..GuardState::default()
     };
@@ -195,8 +207,13 @@ pub async fn guard_and_held_entries_survive_export_import(source: Arc<dyn Store>
     import(target.as_ref(), &file).await.expect("import");
     assert_eq!(export(target.as_ref(), &dir.join("again.jsonl")).await.expect("export again"), exported);
     assert_eq!(target.guard().await.expect("guard"), state);
-    let keys: Vec<String> =
-        target.outbox_held(Channel::Email, 0, 10).await.expect("held").iter().map(|e| e.key.to_string()).collect();
+    let keys: Vec<String> = target
+        .outbox_held(Channel::Email, 0, 10)
+        .await
+        .expect("held")
+        .iter()
+        .map(|e| e.key.to_string())
+        .collect();
     assert_eq!(keys, ["h1"]);
     assert!(target.outbox_ready(Channel::Email, t0(), 10).await.expect("ready").is_empty());
     let _ = std::fs::remove_dir_all(dir);

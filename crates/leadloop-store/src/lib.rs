@@ -26,11 +26,11 @@ mod sled_store;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use leadloop_core::guard::GuardState;
 use leadloop_core::{
     Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Stage,
     Suppression, Timer, TimerKey, Timestamp,
 };
-use leadloop_core::guard::GuardState;
 use serde::{Deserialize, Serialize};
 
 pub use backup::{ExportSummary, export, import};

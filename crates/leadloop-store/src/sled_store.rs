@@ -606,7 +606,8 @@ impl SledStore {
                         key: "guard state".into(),
                         message: e.to_string(),
                     })?;
-                    sled_batch.insert(keys::item(crate::GUARD_BUCKET, crate::GUARD_KEY), codec_encode(&value)?);
+                    sled_batch
+                        .insert(keys::item(crate::GUARD_BUCKET, crate::GUARD_KEY), codec_encode(&value)?);
                 }
             }
         }

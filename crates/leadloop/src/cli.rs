@@ -394,16 +394,19 @@ pub fn main() -> ExitCode {
         Command::Quarantine(read) => crate::sync_cmd::quarantine(&read),
         Command::Pause(args) => {
             let action = match args.scope {
-                Some(scope) => {
-                    crate::guard_cmd::Action::Pause { scope, who: crate::guard_cmd::who(), reason: args.reason }
-                }
+                Some(scope) => crate::guard_cmd::Action::Pause {
+                    scope,
+                    who: crate::guard_cmd::who(),
+                    reason: args.reason,
+                },
                 None => crate::guard_cmd::Action::Status { sample: 0 },
             };
             guard(args.target, action)
         }
-        Command::Resume(args) => {
-            guard(args.target, crate::guard_cmd::Action::Resume { scope: args.scope, who: crate::guard_cmd::who() })
-        }
+        Command::Resume(args) => guard(
+            args.target,
+            crate::guard_cmd::Action::Resume { scope: args.scope, who: crate::guard_cmd::who() },
+        ),
         Command::Approve(args) => {
             let who = crate::guard_cmd::who();
             let action = if args.dry_run {

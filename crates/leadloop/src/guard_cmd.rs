@@ -49,12 +49,25 @@ impl Scope {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    Pause { scope: Scope, who: String, reason: String },
-    Resume { scope: Scope, who: String },
-    Approve { who: String },
-    Reject { who: String },
+    Pause {
+        scope: Scope,
+        who: String,
+        reason: String,
+    },
+    Resume {
+        scope: Scope,
+        who: String,
+    },
+    Approve {
+        who: String,
+    },
+    Reject {
+        who: String,
+    },
     /// What is held (`approve --dry-run`, `pause` without a scope).
-    Status { sample: usize },
+    Status {
+        sample: usize,
+    },
 }
 
 impl Action {
@@ -156,7 +169,9 @@ fn print_human(action: &Action, value: &Value, through: &str) {
             crate::outln!("paused {} (through {through})", format!("{scope:?}").to_lowercase());
             if matches!(scope, Scope::Email | Scope::All) {
                 if value["exempt_internal"] == Value::Bool(true) {
-                    crate::outln!("internal SLA mail (reps, managers, executives) still goes: guard.exempt_internal = true");
+                    crate::outln!(
+                        "internal SLA mail (reps, managers, executives) still goes: guard.exempt_internal = true"
+                    );
                 } else {
                     crate::outln!("internal SLA mail is held too: guard.exempt_internal = false");
                 }
@@ -272,7 +287,9 @@ async fn ask_daemon(
     if !status.is_success() {
         let said = response.text().await.unwrap_or_default();
         let hint = match (status, unread) {
-            (reqwest::StatusCode::UNAUTHORIZED, Some(unread)) => format!("; the token was not sent: {unread}"),
+            (reqwest::StatusCode::UNAUTHORIZED, Some(unread)) => {
+                format!("; the token was not sent: {unread}")
+            }
             _ => String::new(),
         };
         return Err(format!("{status}: {}{hint}", said.trim()));

@@ -127,7 +127,8 @@ fn nurture_message_ids(runtime_keys: &[IdempotencyKey]) -> Vec<String> {
 async fn a_bounce_storm_pauses_nurture_at_the_threshold_not_before_and_resume_loses_nothing() {
     let rig = Rig::new("max_bounces = 5\nbounce_window = \"3days\"\nops_address = \"ops@corp.example\"");
     let runtime = rig.runtime().await;
-    let (engine, relay, guard) = (runtime.engine.clone(), runtime.email.clone().expect("relay"), runtime.guard.clone());
+    let (engine, relay, guard) =
+        (runtime.engine.clone(), runtime.email.clone().expect("relay"), runtime.guard.clone());
     let bad = ids("00QB", 0..20);
     rig.peer
         .faults(json!({ "reject": bad.iter().map(|id| format!("{}@bad.example", id.to_lowercase())).collect::<Vec<_>>() }))
@@ -194,7 +195,8 @@ async fn a_bounce_storm_pauses_nurture_at_the_threshold_not_before_and_resume_lo
 async fn a_surge_waits_for_approval_then_goes() {
     let rig = Rig::new("surge_per_hour = 10\nops_address = \"ops@corp.example\"");
     let runtime = rig.runtime().await;
-    let (engine, relay, guard) = (runtime.engine.clone(), runtime.email.clone().expect("relay"), runtime.guard.clone());
+    let (engine, relay, guard) =
+        (runtime.engine.clone(), runtime.email.clone().expect("relay"), runtime.guard.clone());
 
     // Ten in an hour is allowed.
     enrol(&runtime, ids("00QA", 0..10), "ok.example").await;
@@ -257,7 +259,8 @@ async fn a_pause_survives_a_restart_and_nothing_queued_while_paused_is_lost() {
     }
     // Restarted on the same state: still paused.
     let runtime = rig.runtime().await;
-    let (engine, relay, guard) = (runtime.engine.clone(), runtime.email.clone().expect("relay"), runtime.guard.clone());
+    let (engine, relay, guard) =
+        (runtime.engine.clone(), runtime.email.clone().expect("relay"), runtime.guard.clone());
     let state = guard.state().await.expect("guard");
     assert_eq!(state.email.as_ref().map(|p| p.reason.as_str()), Some("template bug"));
     rig.clock.advance(TimeDelta::days(1));

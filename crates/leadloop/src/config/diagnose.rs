@@ -1020,7 +1020,8 @@ fn check_guard(config: &Config, report: &mut impl FnMut(String, String, Severity
     if guard.max_bounces > 0 && guard.bounce_window.is_zero() {
         report(
             "guard.bounce_window".into(),
-            "must be longer than 0s while max_bounces is set (0 max_bounces turns the bounce guard off)".into(),
+            "must be longer than 0s while max_bounces is set (0 max_bounces turns the bounce guard off)"
+                .into(),
             Severity::Error,
         );
     }
@@ -1553,13 +1554,20 @@ role = "manager"
         );
         check(
             "[guard]\nops_address = \"ops@x.example\"\n",
-            &["t.toml:2:1: guard.ops_address: warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted"],
+            &[
+                "t.toml:2:1: guard.ops_address: warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted",
+            ],
         );
         check(
             "[guard]\nsurge_per_hour = -1\n",
             &["t.toml:2:18: guard.surge_per_hour: invalid value: integer `-1`, expected u64"],
         );
-        check("[guard]\npause = true\n", &["t.toml:2:1: guard.pause: unknown field `pause`, expected one of `exempt_internal`, `max_bounces`, `bounce_window`, `surge_per_hour`, `ops_address`"]);
+        check(
+            "[guard]\npause = true\n",
+            &[
+                "t.toml:2:1: guard.pause: unknown field `pause`, expected one of `exempt_internal`, `max_bounces`, `bounce_window`, `surge_per_hour`, `ops_address`",
+            ],
+        );
     }
 
     #[test]
