@@ -593,6 +593,17 @@ impl Store for FlakyStore {
     ) -> leadloop_store::Result<(u64, Option<Timestamp>)> {
         self.inner.outbox_pending(channel).await
     }
+    async fn outbox_held(
+        &self,
+        channel: leadloop_core::Channel,
+        after: u64,
+        limit: usize,
+    ) -> leadloop_store::Result<Vec<OutboxEntry>> {
+        self.inner.outbox_held(channel, after, limit).await
+    }
+    async fn guard(&self) -> leadloop_store::Result<leadloop_core::guard::GuardState> {
+        self.inner.guard().await
+    }
     async fn suppression(&self, address: &str) -> leadloop_store::Result<Option<leadloop_core::Suppression>> {
         self.inner.suppression(address).await
     }
