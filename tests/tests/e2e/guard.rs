@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use leadloop::runtime::{Parts, Runtime, RuntimeOptions};
 use leadloop_core::guard::PauseScope;
-use leadloop_core::{Actor, IdempotencyKey, Lead, Timestamp, VirtualClock};
+use leadloop_core::{Actor, Clock, IdempotencyKey, Lead, Timestamp, VirtualClock};
 use leadloop_tests::pki::TestPki;
 use leadloop_tests::smtp_peer::SmtpPeer;
 use serde_json::{Value, json};
@@ -235,6 +235,24 @@ async fn a_surge_waits_for_approval_then_goes() {
     for id in nurture_message_ids(&queued) {
         assert_eq!(at_peer.get(&id), Some(&1), "{id} delivered once after approval");
     }
+
+    // Another surge the next day, rejected: dropped by that decision, recorded, never sent.
+    rig.clock.advance(TimeDelta::hours(2));
+    enrol(&runtime, ids("00QR", 0..12), "rejected.example").await;
+    rig.clock.advance(TimeDelta::days(1));
+    let rejected = engine.tick().await.expect("tick").enqueued;
+    assert_eq!(relay.run_once().await.expect("relay").held, 12);
+    assert_eq!(guard.reject(ops()).await.expect("reject"), 12);
+    assert_eq!(relay.run_once().await.expect("relay").handled(), 0);
+    for key in &rejected {
+        let entry = runtime.store.outbox_entry(key).await.expect("read").expect("entry");
+        assert!(
+            matches!(&entry.state, leadloop_core::OutboxState::Dropped { reason, .. } if reason.contains("surge rejected by admin ops (test)")),
+            "{:?}",
+            entry.state
+        );
+    }
+    assert!(message_ids(&rig.delivered().await, "rejected.example").is_empty());
     drop(runtime);
 }
 
@@ -251,8 +269,25 @@ async fn a_pause_survives_a_restart_and_nothing_queued_while_paused_is_lost() {
         rig.clock.advance(TimeDelta::days(1));
         queued.extend(engine.tick().await.expect("tick").enqueued);
         assert_eq!(queued.len(), 6);
+        // An SLA alert to a rep is internal mail: exempt (`exempt_internal`, the default).
+        let alert = leadloop_core::Effect::Email {
+            kind: "sla.alert".into(),
+            template: "sla_alert".into(),
+            to: vec!["rep@corp.example".into()],
+            cc: vec![],
+            lead_id: None,
+            vars: leadloop_smtp::sample_vars("sla_alert"),
+            deliver_to: None,
+        };
+        let key = IdempotencyKey::parse("sla/00QP000/1/alert").expect("key");
+        let mut batch = leadloop_store::Batch::new();
+        batch.enqueue(leadloop_core::OutboxEntry::new(key, alert, rig.clock.now()));
+        runtime.store.commit(batch).await.expect("commit");
         let round = relay.run_once().await.expect("relay");
-        assert_eq!((round.sent, round.held), (0, 6), "{round:?}");
+        assert_eq!((round.sent, round.held), (1, 6), "{round:?}");
+        let internal = rig.delivered().await;
+        assert_eq!(internal.len(), 1);
+        assert_eq!(internal[0]["rcpt_tos"], json!(["rep@corp.example"]));
         // Three more leads enrolled while paused, due after the restart.
         rig.clock.advance(TimeDelta::hours(1));
         enrol(&runtime, ids("00QQ", 0..3), "paused.example").await;
@@ -268,7 +303,7 @@ async fn a_pause_survives_a_restart_and_nothing_queued_while_paused_is_lost() {
     assert_eq!(queued.len(), 9);
     let round = relay.run_once().await.expect("relay");
     assert_eq!((round.sent, round.held), (0, 3), "{round:?}");
-    assert!(rig.delivered().await.is_empty(), "nothing went out while paused");
+    assert_eq!(rig.delivered().await.len(), 1, "nothing but the SLA alert went out while paused");
     assert_eq!(guard.held(0).await.expect("held").paused_email, 9);
 
     // Resumed (a week later: a pause does not use up nurture_max_age): all nine, once each.
