@@ -349,6 +349,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn guard_actions_need_the_token() {
+        let listen: SocketAddr = "0.0.0.0:9477".parse().expect("addr");
+        let app = app(AdminAuth::new(Some(&Secret::for_tests(TOKEN)), listen));
+        let post = |authorization: Option<String>| {
+            let mut request =
+                axum::http::Request::post("/guard/pause").header(header::CONTENT_TYPE, "application/json");
+            if let Some(value) = authorization {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            request
+                .body(axum::body::Body::from(r#"{"action":"pause","scope":"email","who":"t","reason":"r"}"#))
+                .expect("request")
+        };
+        let answer = app.clone().oneshot(post(None)).await.expect("answer");
+        assert_eq!(answer.status().as_u16(), 401);
+        // Let through: this test state has no guard, so the action answers 503.
+        let answer = app.clone().oneshot(post(Some(format!("Bearer {TOKEN}")))).await.expect("answer");
+        assert_eq!(answer.status().as_u16(), 503);
+    }
+
+    #[tokio::test]
     async fn without_a_token_data_views_answer_on_loopback_only() {
         let loopback = app(AdminAuth::new(None, "127.0.0.1:9477".parse().expect("addr")));
         let exposed = app(AdminAuth::new(None, "0.0.0.0:9477".parse().expect("addr")));

@@ -88,6 +88,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     };
     let store = Arc::clone(&runtime.store);
     let engine = runtime.engine.clone();
+    let guard = Arc::clone(&runtime.guard);
     // A pause set before this start (by an operator or the bounce guard) still holds.
     match runtime.guard.held(0).await {
         Ok(held) => {
@@ -147,10 +148,15 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         let sla = config.sla.clone();
         let clock = Arc::clone(&clock);
         let stop = admin_stop.clone();
+        let guard = Arc::clone(&guard);
         async move {
             loop {
                 if let Err(error) = crate::sla_cmd::gauge(store.as_ref(), &sla, clock.now()).await {
                     tracing::warn!(%error, "cannot count open hand-offs for the metrics");
+                }
+                // The guard's switches and what they hold (`leadloop_guard_*`); costs what is held.
+                if let Err(error) = guard.held(0).await {
+                    tracing::warn!(%error, "cannot count what the guard holds for the metrics");
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
