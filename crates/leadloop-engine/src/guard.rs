@@ -182,7 +182,16 @@ impl Guard {
         let lifted: Vec<PauseScope> =
             scopes.iter().copied().filter(|&scope| state.pause_mut(scope).take().is_some()).collect();
         let mut released = 0;
-        for channel in [Channel::Email, Channel::Crm] {
+        // Only the channels a lifted pause covers (a pause still in force of the same
+        // channel, e.g. nurture after `resume email`, holds its entries again next round).
+        let mut channels = Vec::new();
+        if scopes.iter().any(|s| matches!(s, PauseScope::Email | PauseScope::Nurture)) {
+            channels.push(Channel::Email);
+        }
+        if scopes.contains(&PauseScope::Crm) {
+            channels.push(Channel::Crm);
+        }
+        for channel in channels {
             released += self.release(channel, HoldReason::Paused, now).await?;
         }
         if !lifted.is_empty() {
