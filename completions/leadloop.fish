@@ -38,6 +38,9 @@ complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "sla" -d 'Open han
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "email" -d 'Email tools: send a test message, preview a template'
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "nurture" -d 'Nurture tracks: list them, preview a lead\'s upcoming sends'
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "quarantine" -d 'Records the CRM sync set aside (unmappable, unknown owner), with the reason'
+complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "pause" -d 'Blast-radius guard: pause email, nurture email or CRM write-back (kept in the store, so a restart honours it); held work stays in the outbox. Without a scope: what is paused and held'
+complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "resume" -d 'Lift a pause and release what it held'
+complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "approve" -d 'Release the nurture email a surge hold keeps back (or drop it with --reject); with --dry-run, show how many and a sample'
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "sync" -d 'One sync pass against the configured CRM (and one round of write-back), with counts'
 complete -c leadloop -n "__fish_leadloop_using_subcommand run" -s c -l config -d 'The config file' -r -F
 complete -c leadloop -n "__fish_leadloop_using_subcommand run" -l state-dir -d 'Overrides `daemon.state_dir`' -r -F
@@ -140,6 +143,28 @@ complete -c leadloop -n "__fish_leadloop_using_subcommand quarantine" -l admin-l
 complete -c leadloop -n "__fish_leadloop_using_subcommand quarantine" -l format -r -f -a "human\t''
 json\t''"
 complete -c leadloop -n "__fish_leadloop_using_subcommand quarantine" -s h -l help -d 'Print help'
+complete -c leadloop -n "__fish_leadloop_using_subcommand pause" -l reason -d 'Why, for the guard\'s log' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand pause" -s c -l config -d 'The config file' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand pause" -l state-dir -d 'The state directory; overrides the config\'s' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand pause" -l admin-listen -d 'A running daemon\'s admin listener, asked when it holds the store' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand pause" -l format -r -f -a "human\t''
+json\t''"
+complete -c leadloop -n "__fish_leadloop_using_subcommand pause" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c leadloop -n "__fish_leadloop_using_subcommand resume" -s c -l config -d 'The config file' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand resume" -l state-dir -d 'The state directory; overrides the config\'s' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand resume" -l admin-listen -d 'A running daemon\'s admin listener, asked when it holds the store' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand resume" -l format -r -f -a "human\t''
+json\t''"
+complete -c leadloop -n "__fish_leadloop_using_subcommand resume" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l sample -d 'How many held emails to show with --dry-run' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -s c -l config -d 'The config file' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l state-dir -d 'The state directory; overrides the config\'s' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l admin-listen -d 'A running daemon\'s admin listener, asked when it holds the store' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l format -r -f -a "human\t''
+json\t''"
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l dry-run -d 'Show how many wait and a sample; change nothing'
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l reject -d 'Drop the held nurture email instead of sending it (each entry records who decided)'
+complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -s h -l help -d 'Print help'
 complete -c leadloop -n "__fish_leadloop_using_subcommand sync" -s c -l config -d 'The config file' -r -F
 complete -c leadloop -n "__fish_leadloop_using_subcommand sync" -l state-dir -d 'The state directory; overrides the config\'s' -r -F
 complete -c leadloop -n "__fish_leadloop_using_subcommand sync" -l format -r -f -a "human\t''

@@ -270,8 +270,12 @@ pub enum OutboxState {
     Done { at: Timestamp },
     /// Failed for good; never retried. `reason` is the peer's reply.
     Failed { at: Timestamp, reason: String },
-    /// Not performed, by decision (suppressed address, no address); never retried.
+    /// Not performed, by decision (suppressed address, no address, a surge rejected by an
+    /// operator); never retried.
     Dropped { at: Timestamp, reason: String },
+    /// Kept back by the blast-radius guard (a pause, or a surge waiting for approval): not in
+    /// the ready queue until it is released to `Pending` (`leadloop resume`/`approve`).
+    Held { since: Timestamp, reason: crate::guard::HoldReason },
 }
 
 impl OutboxState {
@@ -294,6 +298,10 @@ pub struct OutboxEntry {
     pub attempts: u32,
     pub next_attempt_at: Timestamp,
     pub last_error: Option<String>,
+    /// When the guard last released it from a hold: its age (nurture mail is given up past
+    /// `nurture_max_age`) counts from here, so a long pause loses nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Timestamp>,
 }
 
 impl OutboxEntry {
@@ -307,6 +315,7 @@ impl OutboxEntry {
             attempts: 0,
             next_attempt_at: now,
             last_error: None,
+            released_at: None,
         }
     }
 }

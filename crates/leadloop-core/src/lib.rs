@@ -11,6 +11,7 @@ pub mod clock;
 pub mod connector;
 pub mod decision;
 pub mod effect;
+pub mod guard;
 pub mod handoff;
 pub mod history;
 pub mod ids;

@@ -672,6 +672,8 @@ pub struct CrmRelayReport {
     pub written: usize,
     pub retried: usize,
     pub dead_lettered: usize,
+    /// Kept back by a CRM pause (`leadloop pause crm`).
+    pub held: usize,
 }
 
 /// Performs CRM effects from the outbox.
@@ -682,6 +684,8 @@ pub struct CrmRelay {
     config: CrmRelayConfig,
     wake: Arc<Notify>,
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// The engine's blast-radius guard: CRM writes wait while `crm` is paused.
+    guard: Option<Arc<crate::Guard>>,
 }
 
 impl std::fmt::Debug for CrmRelay {
@@ -692,13 +696,19 @@ impl std::fmt::Debug for CrmRelay {
 
 impl CrmRelay {
     pub fn new(engine: &Engine, crm: Arc<dyn Crm>, config: CrmRelayConfig) -> Self {
+        let wake = Arc::new(Notify::new());
+        let guard = engine.guard().cloned();
+        if let Some(guard) = &guard {
+            guard.add_waker(Arc::clone(&wake));
+        }
         Self {
             store: engine.store().clone(),
             clock: engine.clock().clone(),
             crm,
             config,
-            wake: Arc::new(Notify::new()),
+            wake,
             writer: engine.writer_lock(),
+            guard,
         }
     }
 
@@ -709,8 +719,27 @@ impl CrmRelay {
     /// One round: every CRM write ready now.
     pub async fn run_once(&self) -> Result<CrmRelayReport, EngineError> {
         let now = self.clock.now();
-        let ready = self.store.outbox_ready(Channel::Crm, now, self.config.batch).await?;
+        let mut ready = self.store.outbox_ready(Channel::Crm, now, self.config.batch).await?;
         let mut report = CrmRelayReport::default();
+        if let Some(guard) = &self.guard
+            && !ready.is_empty()
+        {
+            let switches = guard.state().await?;
+            let mut held = Batch::new();
+            ready.retain(|entry| match guard.screen(entry, &switches) {
+                leadloop_core::guard::Verdict::Go => true,
+                leadloop_core::guard::Verdict::Hold(reason) => {
+                    let mut entry = entry.clone();
+                    crate::Guard::hold(&mut entry, reason, now);
+                    held.update_outbox(entry);
+                    false
+                }
+            });
+            report.held = held.len();
+            if !held.is_empty() {
+                self.store.commit(held).await?;
+            }
+        }
         if ready.is_empty() {
             return Ok(report);
         }
@@ -820,7 +849,11 @@ impl CrmRelay {
         relay
             .run(&shutdown, max_idle, || async {
                 let report = self.run_once().await?;
-                Ok(if report.written + report.dead_lettered > 0 { Round::Progress } else { Round::Idle })
+                Ok(if report.written + report.dead_lettered + report.held > 0 {
+                    Round::Progress
+                } else {
+                    Round::Idle
+                })
             })
             .await
     }

@@ -26,8 +26,10 @@ use leadloop_core::{
 use leadloop_store::{Batch, Expect, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
+pub mod guard;
 pub use apply::{Applied, Queued, apply, decision_batch, observe, observe_queued, stamp};
 pub use chat::{ChatRelay, ChatRelayConfig, ChatReport};
+pub use guard::Guard;
 pub use nurture::{Click, ClickOutcome, ClickRules, Unsubscribed};
 pub use relay::{EmailRelay, RelayConfig, RelayReport};
 
@@ -135,6 +137,8 @@ pub struct Engine {
     crm_stamps: events::Stamps,
     /// Raised by a part that cannot go on in this process (see [`Halt`]).
     halt: Halt,
+    /// The blast-radius guard, told how much nurture email each commit queued (surge hold).
+    guard: Option<Arc<Guard>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -159,6 +163,7 @@ impl Engine {
             quarantined: Arc::default(),
             crm_stamps: events::Stamps::default(),
             halt: Halt::default(),
+            guard: None,
         }
     }
 
@@ -172,6 +177,18 @@ impl Engine {
     pub fn with_waker(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
         self.on_enqueue.push(notify);
         self
+    }
+
+    /// Reports nurture email queued to `guard` (its surge hold); relays built from this engine
+    /// screen their entries through it.
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The guard, if one was given.
+    pub fn guard(&self) -> Option<&Arc<Guard>> {
+        self.guard.as_ref()
     }
 
     /// Calls `observer` with every history event the engine commits, after the commit.
@@ -282,7 +299,13 @@ impl Engine {
                 observer(Observed::Queued(entry));
             }
         }
-        apply::observe_queued(&summary, &committed.enqueued);
+        let queued = apply::observe_queued(&summary, &committed.enqueued);
+        if let Some(guard) = &self.guard
+            && let Err(error) = guard.nurture_queued(queued.nurture_sends).await
+        {
+            // The decision is durable; the relay still screens by the switches it reads.
+            tracing::error!(%error, "guard: cannot record nurture email queued");
+        }
         if !committed.enqueued.is_empty() {
             for notify in &self.on_enqueue {
                 notify.notify_one();

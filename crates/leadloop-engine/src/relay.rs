@@ -80,11 +80,14 @@ pub struct RelayReport {
     pub throttled: usize,
     /// Leads moved to Graveyard by a hard bounce.
     pub graveyarded: usize,
+    /// Kept back by the blast-radius guard (a pause, a surge): out of the ready queue until
+    /// released.
+    pub held: usize,
 }
 
 impl RelayReport {
     pub fn handled(&self) -> usize {
-        self.sent + self.retried + self.failed + self.dropped
+        self.sent + self.retried + self.failed + self.dropped + self.held
     }
 }
 
@@ -130,6 +133,8 @@ pub struct EmailRelay {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Raised when the mailer reports a full local disk.
     halt: Option<crate::Halt>,
+    /// The blast-radius guard: what it holds is not sent; hard bounces are reported to it.
+    guard: Option<Arc<crate::Guard>>,
 }
 
 impl std::fmt::Debug for EmailRelay {
@@ -164,7 +169,16 @@ impl EmailRelay {
             wake: Arc::new(Notify::new()),
             writer: Arc::default(),
             halt: None,
+            guard: None,
         }
+    }
+
+    /// Screens every entry through `guard` and reports hard bounces to it; a release wakes
+    /// this relay.
+    pub fn with_guard(mut self, guard: Arc<crate::Guard>) -> Self {
+        guard.add_waker(Arc::clone(&self.wake));
+        self.guard = Some(guard);
+        self
     }
 
     /// Raises `halt` when the mailer reports a full local disk (the daemon then stops).
@@ -192,7 +206,21 @@ impl EmailRelay {
         let mut report = RelayReport::default();
         let mut sends = Vec::new();
         let screen = self.screen(&ready).await?;
+        // Read after the ready page: an entry queued after a switch was set is seen with it.
+        let switches = match &self.guard {
+            Some(guard) => Some(guard.state().await?),
+            None => None,
+        };
+        let mut held = Batch::new();
         for mut entry in ready {
+            if let (Some(guard), Some(switches)) = (&self.guard, &switches)
+                && let leadloop_core::guard::Verdict::Hold(reason) = guard.screen(&entry, switches)
+            {
+                crate::Guard::hold(&mut entry, reason, now);
+                held.update_outbox(entry);
+                report.held += 1;
+                continue;
+            }
             let Effect::Email { kind, template, to, cc, lead_id, deliver_to, .. } = &entry.effect else {
                 continue;
             };
@@ -257,12 +285,20 @@ impl EmailRelay {
             let email = OutgoingEmail { key: entry.key.clone(), kind, template, to, cc, vars, deliver_to };
             sends.push((entry, email));
         }
+        if !held.is_empty() {
+            self.store.commit(held).await?;
+        }
 
         // Outcomes are recorded as sends complete, in batches of whatever has completed, so
         // many messages share one durable write.
         let mailer = &self.mailer;
+        let guard = self.guard.as_deref();
         let mut results = futures::stream::iter(sends)
             .map(|(entry, email)| async move {
+                // Nurture paused during this round (the bounce guard tripped): not sent.
+                if email.kind == "nurture" && guard.is_some_and(crate::Guard::nurture_stopped) {
+                    return (entry, email, None);
+                }
                 // Taken from the ready queue, nothing sent yet.
                 failpoint("relay.before_send");
                 let result = mailer.send(&email).await;
@@ -270,7 +306,16 @@ impl EmailRelay {
                     // The server said 250; the outcome is not recorded yet.
                     failpoint("relay.after_send");
                 }
-                (entry, email, result)
+                // A bounce is counted before the next send starts, so the send after the
+                // threshold is already held (at most `concurrency - 1` others are in flight).
+                if let (Some(guard), Err(ConnectorError::Permanent { message })) = (guard, &result)
+                    && (hard_bounced(message, &email).is_some()
+                        || (email.kind == "nurture" && refused_as_spam(message)))
+                    && let Err(error) = guard.bounced(1).await
+                {
+                    tracing::error!(%error, "guard: cannot record a bounce");
+                }
+                (entry, email, Some(result))
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .ready_chunks(self.config.concurrency.max(1) * 4);
@@ -278,6 +323,19 @@ impl EmailRelay {
             let _writer = self.writer.lock().await;
             let mut batch = Batch::new();
             for (mut entry, mut email, result) in chunk {
+                let Some(result) = result else {
+                    if let Effect::Email { vars, .. } = &mut entry.effect {
+                        *vars = std::mem::take(&mut email.vars);
+                    }
+                    crate::Guard::hold(
+                        &mut entry,
+                        leadloop_core::guard::HoldReason::Paused,
+                        self.clock.now(),
+                    );
+                    batch.update_outbox(entry);
+                    report.held += 1;
+                    continue;
+                };
                 let outcome = match result {
                     // A full local disk (the `.eml` directory): nothing was sent and nothing
                     // is recorded; the entry waits, as it is, for the restart.
@@ -421,7 +479,8 @@ impl EmailRelay {
                 let delay = backoff(&self.config, entry.key.as_str(), entry.attempts);
                 let next = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
                 if kind == "nurture"
-                    && (next - entry.created_at).to_std().unwrap_or_default() > self.config.nurture_max_age
+                    && (next - waiting_since(&entry)).to_std().unwrap_or_default()
+                        > self.config.nurture_max_age
                 {
                     let reason = format!("gave up after {} attempts: {error}", entry.attempts);
                     entry.state = OutboxState::Failed { at: now, reason: reason.clone() };
@@ -644,8 +703,20 @@ impl Screen {
     }
 }
 
+/// How long the entry has waited to go: since it was queued, or since the guard released it
+/// (a pause or a surge hold does not use up `nurture_max_age`).
 fn age(entry: &OutboxEntry, now: Timestamp) -> Duration {
-    (now - entry.created_at).to_std().unwrap_or_default()
+    (now - waiting_since(entry)).to_std().unwrap_or_default()
+}
+
+fn waiting_since(entry: &OutboxEntry) -> Timestamp {
+    entry.released_at.map_or(entry.created_at, |at| at.max(entry.created_at))
+}
+
+/// A permanent refusal that names the message as spam or against policy (RFC 3463 5.7.x):
+/// the receiving side complaining about the mail, which the bounce guard counts.
+fn refused_as_spam(reply: &str) -> bool {
+    reply.contains("5.7.") || reply.to_lowercase().contains("spam")
 }
 
 fn human(d: Duration) -> String {

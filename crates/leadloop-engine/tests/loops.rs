@@ -593,6 +593,17 @@ impl Store for FlakyStore {
     ) -> leadloop_store::Result<(u64, Option<Timestamp>)> {
         self.inner.outbox_pending(channel).await
     }
+    async fn outbox_held(
+        &self,
+        channel: leadloop_core::Channel,
+        after: u64,
+        limit: usize,
+    ) -> leadloop_store::Result<Vec<OutboxEntry>> {
+        self.inner.outbox_held(channel, after, limit).await
+    }
+    async fn guard(&self) -> leadloop_store::Result<leadloop_core::guard::GuardState> {
+        self.inner.guard().await
+    }
     async fn suppression(&self, address: &str) -> leadloop_store::Result<Option<leadloop_core::Suppression>> {
         self.inner.suppression(address).await
     }
@@ -678,4 +689,43 @@ async fn run_backs_off_after_failed_ticks_and_resets_after_a_good_one() {
         .map(|at| at.duration_since(origin).as_millis() as u64)
         .collect();
     assert_eq!(asked, [0, 500, 1_500, 3_500, 7_500, 15_500, 75_500, 76_000]);
+}
+
+/// `leadloop pause crm`: the write-back is held (not pushed, no attempt counted) until the
+/// pause is lifted; the release wakes the relay, which pushes it at once.
+#[tokio::test(start_paused = true)]
+async fn a_crm_pause_holds_the_write_back_and_resume_wakes_the_relay() {
+    use leadloop_core::guard::{GuardConfig, PauseScope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let clock: Arc<dyn leadloop_core::Clock> = Arc::new(PausedClock::new(start()));
+    let guard = Arc::new(leadloop_engine::Guard::new(store.clone(), clock.clone(), GuardConfig::default()));
+    let engine = Engine::new(store.clone(), clock, Arc::new(NoRules)).with_guard(guard.clone());
+    let crm = Arc::new(ScriptedCrm::default());
+    let relay = CrmRelay::new(&engine, crm.clone(), CrmRelayConfig::default());
+    let admin = leadloop_core::Actor::Admin { who: "ops".into() };
+    guard.pause(&[PauseScope::Crm], admin.clone(), "bad mapping").await.expect("pause");
+    queue_crm_write(store.as_ref(), "00Q1", start()).await;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown, Duration::from_secs(60)).await }
+    });
+    // Off the relay's max_idle beat, so only a wake-up can push at once.
+    tokio::time::sleep(Duration::from_secs(630)).await;
+    assert!(crm.pushed_at.lock().expect("lock").is_empty(), "nothing pushed while paused");
+    let key = IdempotencyKey::from_parts(["crm", "00Q1"]).expect("valid key");
+    let entry = store.outbox_entry(&key).await.expect("entry").expect("kept");
+    assert!(matches!(entry.state, leadloop_core::OutboxState::Held { .. }), "{entry:?}");
+    assert_eq!(entry.attempts, 0);
+
+    let resumed_at = Instant::now();
+    assert_eq!(guard.resume(&[PauseScope::Crm], admin).await.expect("resume"), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop(shutdown, task).await;
+    let pushed = crm.pushed_at.lock().expect("lock").clone();
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0], resumed_at, "pushed at once on resume, not at the next max_idle");
+    let entry = store.outbox_entry(&key).await.expect("entry").expect("kept");
+    assert!(matches!(entry.state, leadloop_core::OutboxState::Done { .. }), "{entry:?}");
 }

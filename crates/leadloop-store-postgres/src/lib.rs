@@ -159,6 +159,8 @@ struct Sql {
     outbox_entry: String,
     outbox_ready: String,
     outbox_pending: String,
+    outbox_held: String,
+    guard: String,
     suppressions: String,
     open_handoffs: String,
     open_handoffs_per_owner: String,
@@ -247,6 +249,15 @@ impl Sql {
                 "SELECT (SELECT entries FROM {s}.outbox_pending WHERE channel = $1),
                         (SELECT next_attempt FROM {s}.outbox WHERE channel = $1 AND state = 'pending'
                          ORDER BY next_attempt LIMIT 1)"
+            ),
+            outbox_held: format!(
+                "SELECT seq, value FROM {s}.outbox WHERE channel = $1 AND state = 'held' AND seq > $2
+                 ORDER BY seq LIMIT $3"
+            ),
+            guard: format!(
+                "SELECT value FROM {s}.items WHERE bucket = '{}' AND key = '{}'",
+                leadloop_store::GUARD_BUCKET,
+                leadloop_store::GUARD_KEY
             ),
             suppressions: format!("SELECT address, value FROM {s}.suppressions WHERE address = ANY($1)"),
             open_handoffs: format!("SELECT id, owner FROM {s}.leads WHERE owner IS NOT NULL ORDER BY id"),
@@ -851,6 +862,23 @@ async fn apply(
             Op::DeleteItem { bucket, key } => {
                 write(&prepared.delete_item, vec![Box::new(bucket.clone()), Box::new(key.clone())])
             }
+            Op::SetGuard(state) => {
+                let value = match serde_json::to_value(state)
+                    .map_err(|e| StoreError::Corrupt { key: "guard state".into(), message: e.to_string() })
+                    .and_then(|value| encode("item", leadloop_store::GUARD_KEY, &value))
+                {
+                    Ok(value) => value,
+                    Err(e) => return Ok(Err(e)),
+                };
+                write(
+                    &prepared.put_item,
+                    vec![
+                        Box::new(leadloop_store::GUARD_BUCKET.to_owned()),
+                        Box::new(leadloop_store::GUARD_KEY.to_owned()),
+                        Box::new(value),
+                    ],
+                )
+            }
         };
         writes.push(w);
     }
@@ -920,6 +948,7 @@ fn state_name(state: &OutboxState) -> &'static str {
         OutboxState::Done { .. } => "done",
         OutboxState::Failed { .. } => "failed",
         OutboxState::Dropped { .. } => "dropped",
+        OutboxState::Held { .. } => "held",
     }
 }
 
@@ -1065,6 +1094,29 @@ impl Store for PgStore {
         let count: Option<i64> = row.get(0);
         let earliest: Option<Timestamp> = row.get(1);
         Ok((count.unwrap_or(0).max(0) as u64, earliest))
+    }
+
+    async fn outbox_held(&self, channel: Channel, after: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows =
+            self.inner.query(&self.inner.sql.outbox_held, &[&channel.as_str(), &after, &limit]).await?;
+        self.inner.count_reads(rows.len());
+        rows.iter().map(outbox_from).collect()
+    }
+
+    async fn guard(&self) -> Result<leadloop_core::guard::GuardState> {
+        let rows = self.inner.query(&self.inner.sql.guard, &[]).await?;
+        match rows.first() {
+            Some(row) => {
+                let value: serde_json::Value = decode("item", leadloop_store::GUARD_KEY, row.get(0))?;
+                serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
+                    key: format!("{}/{}", leadloop_store::GUARD_BUCKET, leadloop_store::GUARD_KEY),
+                    message: format!("guard state: {e}"),
+                })
+            }
+            None => Ok(Default::default()),
+        }
     }
 
     async fn suppression(&self, address: &str) -> Result<Option<Suppression>> {

@@ -23,6 +23,7 @@
 //! timers          key, due (ceiled to the ms), value;  timers_due index (due, key)
 //! outbox          key, channel, state, next_attempt (floored to the ms), seq, value
 //!                 ├ outbox_ready: partial index (channel, next_attempt, seq, key) WHERE pending
+//!                 ├ outbox_held: partial index (channel, seq) WHERE held (version 2)
 //!                 └ triggers keep outbox_pending
 //! outbox_pending  channel → pending entries      (counter rows, kept by trigger)
 //! outbox_seq      sequence: queue order of new entries
@@ -34,7 +35,7 @@
 use crate::PgError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const V1: &str = r#"
 CREATE TABLE {schema}.leads (
@@ -147,8 +148,14 @@ CREATE TABLE {schema}.items (
 );
 "#;
 
+/// Version 2: entries the blast-radius guard holds (`state = 'held'`), in queue order per
+/// channel, so a release or an approval costs what is held.
+const V2: &str = r#"
+CREATE INDEX outbox_held ON {schema}.outbox (channel, seq) WHERE state = 'held';
+"#;
+
 /// Migrations in order; `MIGRATIONS[i]` takes version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// `schema` quoted for SQL text (names are checked by `check_schema_name`, so quoting is
 /// belt and braces).

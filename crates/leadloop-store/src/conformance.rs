@@ -91,6 +91,132 @@ where
     seen_activities_are_remembered(fresh().await).await;
     batched_reads_answer_in_order(fresh().await).await;
     leads_per_stage_are_counted(fresh().await).await;
+    guard_state_round_trips_atomically(fresh().await).await;
+    held_entries_leave_the_ready_queue_and_come_back(fresh().await).await;
+    guard_and_held_entries_survive_export_import(fresh().await, fresh().await).await;
+}
+
+/// The guard's switches: nothing paused in a new store; a write replaces them; written in the
+/// same batch as other changes, they land with them or not at all.
+pub async fn guard_state_round_trips_atomically(store: Arc<dyn Store>) {
+    use leadloop_core::guard::{GuardState, Pause, Surge};
+    assert_eq!(store.guard().await.expect("guard"), GuardState::default());
+    let paused = GuardState {
+        email: Some(Pause {
+            since: t0(),
+            by: Actor::Admin { who: "ops".into() },
+            reason: "template bug".into(),
+        }),
+        surge: Some(Surge { tripped_at: t0(), since: t0() - TimeDelta::minutes(30), queued: 5001 }),
+        events: 2,
+        ..GuardState::default()
+    };
+    let mut batch = Batch::new();
+    batch.set_guard(paused.clone()).put_item(
+        crate::GUARD_LOG_BUCKET,
+        crate::guard_log_key(2),
+        serde_json::json!({"n": 2}),
+    );
+    store.commit(batch).await.expect("commit");
+    assert_eq!(store.guard().await.expect("guard"), paused);
+    // A refused batch (a stale lead write) leaves the guard as it was.
+    let mut batch = Batch::new();
+    batch.set_guard(GuardState::default()).put_lead_expecting(versioned("00Q9", 2), Expect::Version(1));
+    assert!(matches!(store.commit(batch).await, Err(StoreError::Conflict { .. })));
+    assert_eq!(store.guard().await.expect("guard"), paused);
+    let resumed = GuardState { events: 3, ..GuardState::default() };
+    let mut batch = Batch::new();
+    batch.set_guard(resumed.clone());
+    store.commit(batch).await.expect("commit");
+    assert_eq!(store.guard().await.expect("guard"), resumed);
+    assert_eq!(store.items(crate::GUARD_LOG_BUCKET).await.expect("log").len(), 1);
+}
+
+fn nurture(key: &str) -> OutboxEntry {
+    let mut entry = email(key);
+    if let Effect::Email { kind, .. } = &mut entry.effect {
+        *kind = "nurture".into();
+    }
+    entry
+}
+
+/// A held entry is out of the ready queue and the pending count, listed by `outbox_held` in
+/// queue order (per channel, after a given number), and back in the ready queue once released.
+pub async fn held_entries_leave_the_ready_queue_and_come_back(store: Arc<dyn Store>) {
+    use leadloop_core::guard::HoldReason;
+    let mut batch = Batch::new();
+    for key in ["n1", "n2", "n3"] {
+        batch.enqueue(nurture(key));
+    }
+    store.commit(batch).await.expect("commit");
+    let queued = store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready");
+    let mut batch = Batch::new();
+    for entry in queued.iter().take(2).cloned() {
+        let reason = if entry.key.as_str() == "n1" { HoldReason::Paused } else { HoldReason::Surge };
+        batch.update_outbox(OutboxEntry { state: OutboxState::Held { since: t0(), reason }, ..entry });
+    }
+    store.commit(batch).await.expect("commit");
+    let keys = |entries: &[OutboxEntry]| entries.iter().map(|e| e.key.to_string()).collect::<Vec<_>>();
+    assert_eq!(keys(&store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["n3"]);
+    assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending").0, 1);
+    let held = store.outbox_held(Channel::Email, 0, 10).await.expect("held");
+    assert_eq!(keys(&held), ["n1", "n2"]);
+    assert!(matches!(held[1].state, OutboxState::Held { reason: HoldReason::Surge, .. }));
+    assert_eq!(keys(&store.outbox_held(Channel::Email, held[0].seq, 10).await.expect("held")), ["n2"]);
+    assert_eq!(keys(&store.outbox_held(Channel::Email, 0, 1).await.expect("held")), ["n1"]);
+    assert!(store.outbox_held(Channel::Crm, 0, 10).await.expect("held").is_empty());
+    // Released: pending again, due now, its age counted from the release.
+    let later = t0() + TimeDelta::days(5);
+    let mut released = held[0].clone();
+    released.state = OutboxState::Pending;
+    released.next_attempt_at = later;
+    released.released_at = Some(later);
+    let mut batch = Batch::new();
+    batch.update_outbox(released.clone());
+    store.commit(batch).await.expect("commit");
+    assert_eq!(keys(&store.outbox_held(Channel::Email, 0, 10).await.expect("held")), ["n2"]);
+    let ready = store.outbox_ready(Channel::Email, later, 10).await.expect("ready");
+    assert_eq!(keys(&ready), ["n3", "n1"]);
+    assert_eq!(ready[1].released_at, Some(later));
+    assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending").0, 2);
+}
+
+/// An export carries the guard's switches and held entries; the import holds them again.
+pub async fn guard_and_held_entries_survive_export_import(source: Arc<dyn Store>, target: Arc<dyn Store>) {
+    use leadloop_core::guard::{GuardState, HoldReason, Pause};
+    let state = GuardState {
+        nurture: Some(Pause {
+            since: t0(),
+            by: Actor::Rule { name: "guard.bounces".into() },
+            reason: "r".into(),
+        }),
+        events: 1,
+        ..GuardState::default()
+    };
+    let mut held = nurture("h1");
+    held.state = OutboxState::Held { since: t0(), reason: HoldReason::Paused };
+    let mut batch = Batch::new();
+    batch.set_guard(state.clone()).enqueue(nurture("h1"));
+    source.commit(batch).await.expect("commit");
+    let mut batch = Batch::new();
+    batch.update_outbox(held);
+    source.commit(batch).await.expect("commit");
+    let dir = tempfile_dir();
+    let file = dir.join("guard.jsonl");
+    let exported = export(source.as_ref(), &file).await.expect("export");
+    import(target.as_ref(), &file).await.expect("import");
+    assert_eq!(export(target.as_ref(), &dir.join("again.jsonl")).await.expect("export again"), exported);
+    assert_eq!(target.guard().await.expect("guard"), state);
+    let keys: Vec<String> = target
+        .outbox_held(Channel::Email, 0, 10)
+        .await
+        .expect("held")
+        .iter()
+        .map(|e| e.key.to_string())
+        .collect();
+    assert_eq!(keys, ["h1"]);
+    assert!(target.outbox_ready(Channel::Email, t0(), 10).await.expect("ready").is_empty());
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 pub async fn leads_per_stage_are_counted(store: Arc<dyn Store>) {

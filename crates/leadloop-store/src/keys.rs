@@ -17,6 +17,7 @@
 //! W <next attempt u64><seq><key> → ()                ready index of pending CRM write-backs
 //! K <next attempt u64><seq><key> → ()                ready index of pending calendar holds
 //! Q <next attempt u64><seq><key> → ()                ready index of pending chat messages
+//! G <ready tag><seq u64><key>   → ()                 held index: entries the guard keeps back
 //! M outbox_seq                  → u64 BE             last queue-order number given out
 //! M pending <ready tag>         → u64 BE             pending entries of that channel (a counter)
 //! M stage <stage>               → u64 BE             leads in that stage (a counter)
@@ -49,6 +50,27 @@ pub const READY_CALENDAR: u8 = b'K';
 pub const READY_CHAT: u8 = b'Q';
 pub const SUPPRESSION: u8 = b'S';
 pub const ITEM: u8 = b'B';
+pub const HELD: u8 = b'G';
+
+/// `G <ready tag><seq><key>`: a held-index key, in queue order per channel.
+pub fn held_key(channel: leadloop_core::Channel, seq: u64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + key.len());
+    out.push(HELD);
+    out.push(ready(channel));
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The first key after every held entry of `channel`.
+pub fn held_end(channel: leadloop_core::Channel) -> Vec<u8> {
+    vec![HELD, ready(channel) + 1]
+}
+
+/// The idempotency key inside a held-index key.
+pub fn held_entry(raw: &[u8]) -> Option<&str> {
+    std::str::from_utf8(raw.get(10..)?).ok()
+}
 
 /// `M pending <tag>`: the counter of pending outbox entries of one channel.
 pub fn pending_counter(tag: u8) -> Vec<u8> {

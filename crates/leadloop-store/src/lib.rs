@@ -26,6 +26,7 @@ mod sled_store;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use leadloop_core::guard::GuardState;
 use leadloop_core::{
     Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, Person, PersonId, Stage,
     Suppression, Timer, TimerKey, Timestamp,
@@ -45,7 +46,9 @@ pub use sled_store::{SledConfig, SledStore};
 /// - 3: an outbox entry is written whole once, when queued; its delivery bookkeeping
 ///   (attempts, next attempt, outcome) is a small record of its own, so an email's template
 ///   variables are stored once and never rewritten by a delivery attempt.
-pub const SCHEMA_VERSION: u32 = 3;
+/// - 4: the blast-radius guard: an outbox entry may be held (`OutboxState::Held`, indexed
+///   under `Q`), and the guard's switches are kept (`Op::SetGuard`).
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -219,6 +222,29 @@ pub enum Op {
         bucket: String,
         key: String,
     },
+    /// Replaces the blast-radius guard's switches (pauses, surge hold): one record, read by
+    /// every relay round ([`Store::guard`]). Kept as the item `guard`/`state`, so export and
+    /// import carry it as any item.
+    SetGuard(GuardState),
+}
+
+/// The bucket and key under which every engine keeps the [`GuardState`].
+pub const GUARD_BUCKET: &str = "guard";
+pub const GUARD_KEY: &str = "state";
+/// The bucket of the guard's log ([`leadloop_core::guard::GuardEvent`]s, keyed by number).
+pub const GUARD_LOG_BUCKET: &str = "guard.log";
+
+/// The key of guard log entry `n`: zero-padded, so key order is log order.
+pub fn guard_log_key(n: u64) -> String {
+    format!("{n:020}")
+}
+
+/// A stored guard state; a record this build cannot read is reported, not taken as "no pause".
+pub(crate) fn guard_from(value: serde_json::Value) -> Result<GuardState> {
+    serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
+        key: format!("{GUARD_BUCKET}/{GUARD_KEY}"),
+        message: format!("guard state: {e}"),
+    })
 }
 
 /// Changes applied together, atomically.
@@ -293,6 +319,10 @@ impl Batch {
 
     pub fn suppress(&mut self, suppression: Suppression) -> &mut Self {
         self.push(Op::Suppress(suppression))
+    }
+
+    pub fn set_guard(&mut self, state: GuardState) -> &mut Self {
+        self.push(Op::SetGuard(state))
     }
 
     pub fn put_item(
@@ -461,6 +491,14 @@ pub trait Store: Send + Sync + 'static {
     /// How many entries of `channel` are pending, and the earliest next attempt among them.
     /// A maintained counter and one index seek, whatever the outbox holds.
     async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)>;
+    /// Entries of `channel` the guard holds (`OutboxState::Held`), in queue order, with a
+    /// queue-order number above `after`, at most `limit`. A maintained index: costs what it
+    /// returns.
+    async fn outbox_held(&self, channel: Channel, after: u64, limit: usize) -> Result<Vec<OutboxEntry>>;
+
+    /// The blast-radius guard's switches ([`Op::SetGuard`]); the default state (nothing
+    /// paused, no surge) when none was ever written. One point read.
+    async fn guard(&self) -> Result<GuardState>;
 
     /// The suppression entry for `address` (compared case-insensitively), if any.
     async fn suppression(&self, address: &str) -> Result<Option<Suppression>>;

@@ -85,6 +85,13 @@ pub fn v2_to_v3(_tree: &sled::Tree) -> Result<(), MigrationError> {
     Ok(())
 }
 
+/// Schema 4 adds the guard's held outbox state and its index (`Q`), which a schema-3 store
+/// holds none of: nothing to convert. The version moves so that a schema-3 build, which
+/// cannot read a held entry, refuses the store instead of calling it corrupt.
+pub fn v3_to_v4(_tree: &sled::Tree) -> Result<(), MigrationError> {
+    Ok(())
+}
+
 /// Converts one schema-1 record; returns how many changes it added to `batch`. Counts what
 /// the counters need from every record, converted now or by an earlier, interrupted run.
 fn convert(

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use leadloop_core::guard::GuardState;
 use leadloop_core::{
     Channel, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OutboxEntry, OutboxState, Person, PersonId,
     Stage, Suppression, Timer, TimerKey, Timestamp,
@@ -55,7 +56,7 @@ impl SledConfig {
 /// must be safe to run again after a crash part-way (the schema marker moves only after it
 /// finished and was flushed).
 type Migration = fn(&sled::Tree) -> Result<(), migrate::MigrationError>;
-const MIGRATIONS: &[Migration] = &[migrate::v1_to_v2, migrate::v2_to_v3];
+const MIGRATIONS: &[Migration] = &[migrate::v1_to_v2, migrate::v2_to_v3, migrate::v3_to_v4];
 
 /// An outbox entry's delivery bookkeeping (`o <key>`), written by every update after the entry
 /// was queued. The entry as queued (`O <key>`: its effect, an email's template variables) is
@@ -69,6 +70,8 @@ struct Delivery {
     attempts: u32,
     next_attempt_at: Timestamp,
     last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    released_at: Option<Timestamp>,
 }
 
 impl Delivery {
@@ -80,6 +83,7 @@ impl Delivery {
             attempts: entry.attempts,
             next_attempt_at: entry.next_attempt_at,
             last_error: entry.last_error.clone(),
+            released_at: entry.released_at,
         }
     }
 
@@ -89,6 +93,7 @@ impl Delivery {
         entry.attempts = self.attempts;
         entry.next_attempt_at = self.next_attempt_at;
         entry.last_error = self.last_error;
+        entry.released_at = self.released_at;
     }
 }
 
@@ -103,6 +108,8 @@ struct QueuedHead {
     attempts: u32,
     next_attempt_at: Timestamp,
     last_error: Option<String>,
+    #[serde(default)]
+    released_at: Option<Timestamp>,
 }
 
 /// Only the variant tag of a stored [`leadloop_core::Effect`].
@@ -127,6 +134,7 @@ impl QueuedHead {
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at,
             last_error: self.last_error,
+            released_at: self.released_at,
         })
     }
 }
@@ -594,6 +602,14 @@ impl SledStore {
                 Op::SetCursor { name, value } => {
                     sled_batch.insert(keys::simple(keys::CURSOR, &name), value.as_bytes());
                 }
+                Op::SetGuard(state) => {
+                    let value = serde_json::to_value(&state).map_err(|e| StoreError::Corrupt {
+                        key: "guard state".into(),
+                        message: e.to_string(),
+                    })?;
+                    sled_batch
+                        .insert(keys::item(crate::GUARD_BUCKET, crate::GUARD_KEY), codec_encode(&value)?);
+                }
             }
         }
         if let Some(seq) = last_seq {
@@ -949,6 +965,32 @@ impl Store for SledStore {
         Ok(ready)
     }
 
+    async fn outbox_held(&self, channel: Channel, after: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        self.sync_to(self.written.load(Ordering::SeqCst)).await?;
+        let mut held = Vec::new();
+        let start = keys::held_key(channel, after.saturating_add(1), "");
+        for item in self.tree.range(start..keys::held_end(channel)).take(limit) {
+            let (key, _) = item.map_err(|e| self.err(e))?;
+            let id = keys::held_entry(&key).ok_or_else(|| corrupt(&key, "bad held key"))?;
+            match self.outbox_by_key(id)? {
+                Some(entry) => {
+                    self.count_reads(1);
+                    held.push(entry)
+                }
+                None => return Err(corrupt(&key, "held index names a missing outbox entry")),
+            }
+        }
+        Ok(held)
+    }
+
+    async fn guard(&self) -> Result<GuardState> {
+        let key = keys::item(crate::GUARD_BUCKET, crate::GUARD_KEY);
+        match self.get::<serde_json::Value>(&key)? {
+            Some(value) => crate::guard_from(value),
+            None => Ok(GuardState::default()),
+        }
+    }
+
     async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)> {
         let count = self.pending[channel_index(channel)].load(Ordering::SeqCst);
         let earliest = match self.tree.scan_prefix([keys::ready(channel)]).next() {
@@ -1152,6 +1194,13 @@ fn write_ready(
     if new.state.is_pending() {
         batch.insert(keys::ready_key(keys::ready(new.channel), new.next_attempt_at, new.seq, key), &[][..]);
         pending_delta[channel_index(new.channel)] += 1;
+    }
+    // The held index: entries the guard keeps back, in queue order.
+    if let Some(old) = old.filter(|old| matches!(old.state, OutboxState::Held { .. })) {
+        batch.remove(keys::held_key(old.channel, old.seq, key));
+    }
+    if matches!(new.state, OutboxState::Held { .. }) {
+        batch.insert(keys::held_key(new.channel, new.seq, key), &[][..]);
     }
 }
 

@@ -30,6 +30,9 @@ pub struct AdminState {
     pub scoring: Arc<leadloop_core::scoring::ScoringConfig>,
     /// Who may read the data views.
     pub auth: Arc<AdminAuth>,
+    /// The blast-radius guard: `/guard` (what it holds) and its actions (pause, resume,
+    /// approve), behind [`AdminAuth`] as the data views are.
+    pub guard: Option<Arc<leadloop_engine::Guard>>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -181,6 +184,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/leads", get(leads_list))
         .route("/sla/{lead}", get(sla_show))
         .route("/report/funnel", get(funnel))
+        .route("/guard", get(guard_status))
+        .route("/guard/{action}", axum::routing::post(guard_action))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -208,6 +213,38 @@ async fn funnel(
     };
     match crate::report::funnel_since(store.as_ref(), since, chrono::Utc::now()).await {
         Ok(report) => Json(report).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GuardQuery {
+    sample: Option<usize>,
+}
+
+/// `GET /guard?sample=N`: the switches and what they hold, as `leadloop approve --dry-run`.
+async fn guard_status(State(state): State<AdminState>, Query(query): Query<GuardQuery>) -> Response {
+    let Some(guard) = &state.guard else { return unavailable("no guard\n".into()) };
+    match guard.held(query.sample.unwrap_or(10)).await {
+        Ok(held) => Json(held).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
+}
+
+/// `POST /guard/pause|resume|approve|reject` with a [`crate::guard_cmd::Action`] body: what
+/// `leadloop pause`, `resume` and `approve` do when a daemon holds the store.
+async fn guard_action(
+    State(state): State<AdminState>,
+    Path(action): Path<String>,
+    Json(body): Json<crate::guard_cmd::Action>,
+) -> Response {
+    let Some(guard) = &state.guard else { return unavailable("no guard\n".into()) };
+    if body.action() != action {
+        return (StatusCode::BAD_REQUEST, format!("the body is a {} action, not {action}\n", body.action()))
+            .into_response();
+    }
+    match crate::guard_cmd::perform(guard, &body).await {
+        Ok(value) => Json(value).into_response(),
         Err(error) => unavailable(format!("{error}\n")),
     }
 }
@@ -275,6 +312,7 @@ mod tests {
             sla: Arc::new(leadloop_core::sla::SlaConfig::default()),
             scoring: Arc::new(leadloop_core::scoring::ScoringConfig::default()),
             auth: Arc::new(auth),
+            guard: None,
         })
     }
 
@@ -288,7 +326,7 @@ mod tests {
         app.clone().oneshot(request).await.expect("answer").status().as_u16()
     }
 
-    const DATA: [&str; 5] = ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel"];
+    const DATA: [&str; 6] = ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel", "/guard"];
 
     #[tokio::test]
     async fn data_views_need_the_token_and_health_does_not() {
@@ -308,6 +346,27 @@ mod tests {
             assert_eq!(status(&app, path, Some(&right)).await, 503, "{path} with the token");
             assert_eq!(status(&app, path, Some(&format!("bearer  {TOKEN} "))).await, 503, "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn guard_actions_need_the_token() {
+        let listen: SocketAddr = "0.0.0.0:9477".parse().expect("addr");
+        let app = app(AdminAuth::new(Some(&Secret::for_tests(TOKEN)), listen));
+        let post = |authorization: Option<String>| {
+            let mut request =
+                axum::http::Request::post("/guard/pause").header(header::CONTENT_TYPE, "application/json");
+            if let Some(value) = authorization {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            request
+                .body(axum::body::Body::from(r#"{"action":"pause","scope":"email","who":"t","reason":"r"}"#))
+                .expect("request")
+        };
+        let answer = app.clone().oneshot(post(None)).await.expect("answer");
+        assert_eq!(answer.status().as_u16(), 401);
+        // Let through: this test state has no guard, so the action answers 503.
+        let answer = app.clone().oneshot(post(Some(format!("Bearer {TOKEN}")))).await.expect("answer");
+        assert_eq!(answer.status().as_u16(), 503);
     }
 
     #[tokio::test]

@@ -75,6 +75,15 @@ pub enum Command {
     },
     /// Records the CRM sync set aside (unmappable, unknown owner), with the reason.
     Quarantine(ReadArgs),
+    /// Blast-radius guard: pause email, nurture email or CRM write-back (kept in the store,
+    /// so a restart honours it); held work stays in the outbox. Without a scope: what is
+    /// paused and held.
+    Pause(PauseArgs),
+    /// Lift a pause and release what it held.
+    Resume(ResumeArgs),
+    /// Release the nurture email a surge hold keeps back (or drop it with --reject); with
+    /// --dry-run, show how many and a sample.
+    Approve(ApproveArgs),
     /// One sync pass against the configured CRM (and one round of write-back), with counts.
     Sync {
         #[command(flatten)]
@@ -121,6 +130,59 @@ impl ReadArgs {
             admin: self.admin_listen,
         }
     }
+}
+
+/// Where the guard's switches are: the store, or the running daemon that holds it.
+#[derive(Debug, Args)]
+pub struct GuardTarget {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The state directory; overrides the config's.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A running daemon's admin listener, asked when it holds the store.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// What to pause: `email` (all mail; internal SLA mail still goes if
+    /// `guard.exempt_internal`), `nurture`, `crm` (write-back) or `all` (email and CRM).
+    #[arg(value_enum, value_name = "SCOPE")]
+    pub scope: Option<crate::guard_cmd::Scope>,
+    /// Why, for the guard's log.
+    #[arg(long, value_name = "TEXT", default_value = "paused by an operator")]
+    pub reason: String,
+    #[command(flatten)]
+    pub target: GuardTarget,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// What to resume: `email`, `nurture` (also after the bounce guard paused it), `crm`, or
+    /// `all` (every pause).
+    #[arg(value_enum, value_name = "SCOPE")]
+    pub scope: crate::guard_cmd::Scope,
+    #[command(flatten)]
+    pub target: GuardTarget,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Show how many wait and a sample; change nothing.
+    #[arg(long, conflicts_with = "reject")]
+    pub dry_run: bool,
+    /// Drop the held nurture email instead of sending it (each entry records who decided).
+    #[arg(long)]
+    pub reject: bool,
+    /// How many held emails to show with --dry-run.
+    #[arg(long, default_value_t = 10)]
+    pub sample: usize,
+    #[command(flatten)]
+    pub target: GuardTarget,
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,6 +392,32 @@ pub fn main() -> ExitCode {
             crate::report::main(&read.source(), since, read.format == Format::Json)
         }
         Command::Quarantine(read) => crate::sync_cmd::quarantine(&read),
+        Command::Pause(args) => {
+            let action = match args.scope {
+                Some(scope) => crate::guard_cmd::Action::Pause {
+                    scope,
+                    who: crate::guard_cmd::who(),
+                    reason: args.reason,
+                },
+                None => crate::guard_cmd::Action::Status { sample: 0 },
+            };
+            guard(args.target, action)
+        }
+        Command::Resume(args) => guard(
+            args.target,
+            crate::guard_cmd::Action::Resume { scope: args.scope, who: crate::guard_cmd::who() },
+        ),
+        Command::Approve(args) => {
+            let who = crate::guard_cmd::who();
+            let action = if args.dry_run {
+                crate::guard_cmd::Action::Status { sample: args.sample }
+            } else if args.reject {
+                crate::guard_cmd::Action::Reject { who }
+            } else {
+                crate::guard_cmd::Action::Approve { who }
+            };
+            guard(args.target, action)
+        }
         Command::Sync { config, state_dir, once, format } => {
             crate::sync_cmd::main(&config.config, state_dir, once, format)
         }
@@ -355,6 +443,16 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+fn guard(target: GuardTarget, action: crate::guard_cmd::Action) -> u8 {
+    crate::guard_cmd::main(
+        &target.config.config,
+        target.state_dir,
+        target.admin_listen,
+        action,
+        target.format == Format::Json,
+    )
 }
 
 /// A single-threaded runtime for the one-shot commands; a failure to start it is reported.

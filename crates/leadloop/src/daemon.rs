@@ -88,6 +88,21 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
     };
     let store = Arc::clone(&runtime.store);
     let engine = runtime.engine.clone();
+    let guard = Arc::clone(&runtime.guard);
+    // A pause set before this start (by an operator or the bounce guard) still holds.
+    match runtime.guard.held(0).await {
+        Ok(held) => {
+            for scope in leadloop_core::guard::PauseScope::ALL {
+                if let Some(pause) = held.state.pause(scope) {
+                    tracing::warn!(%scope, since = %pause.since, by = %pause.by, reason = %pause.reason, "paused by the guard; `leadloop resume` lifts it");
+                }
+            }
+            if held.surge > 0 {
+                tracing::warn!(held = held.surge, "nurture email waits for `leadloop approve`");
+            }
+        }
+        Err(error) => tracing::error!(%error, "cannot read the guard's switches"),
+    }
 
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = config.daemon.admin_listen;
@@ -115,6 +130,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         sla: Arc::new(config.sla.clone()),
         scoring: Arc::new(config.scoring.clone()),
         auth: Arc::new(admin_auth),
+        guard: Some(Arc::clone(&runtime.guard)),
     });
     // The admin listener, the gauges and the watchdog stop after the runtime has drained.
     let admin_stop = CancellationToken::new();
@@ -132,10 +148,15 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         let sla = config.sla.clone();
         let clock = Arc::clone(&clock);
         let stop = admin_stop.clone();
+        let guard = Arc::clone(&guard);
         async move {
             loop {
                 if let Err(error) = crate::sla_cmd::gauge(store.as_ref(), &sla, clock.now()).await {
                     tracing::warn!(%error, "cannot count open hand-offs for the metrics");
+                }
+                // The guard's switches and what they hold (`leadloop_guard_*`); costs what is held.
+                if let Err(error) = guard.held(0).await {
+                    tracing::warn!(%error, "cannot count what the guard holds for the metrics");
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod demo;
 pub mod email_cmd;
 pub mod exit;
+pub mod guard_cmd;
 pub mod links;
 pub mod nurture_cmd;
 pub mod report;

@@ -267,6 +267,9 @@ pub struct Runtime {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub engine: Engine,
+    /// The blast-radius guard the engine and the relays share (the admin listener's
+    /// `/guard` actions go through it).
+    pub guard: Arc<leadloop_engine::Guard>,
     /// The link signer, when `[links]` is set.
     pub signer: Option<Arc<Signer>>,
     pub email: Option<Arc<EmailRelay>>,
@@ -317,7 +320,13 @@ impl Runtime {
             .await
             .map_err(BuildError::store("cannot write the configured people to the store"))?;
         let (rules, signer) = engine_rules(&config).map_err(BuildError::Links)?;
-        let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(rules));
+        let guard = Arc::new(leadloop_engine::Guard::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            config.guard.rules(),
+        ));
+        let mut engine = Engine::new(Arc::clone(&store), Arc::clone(&clock), Arc::new(rules))
+            .with_guard(Arc::clone(&guard));
         if let Some(observer) = observer {
             engine = engine.with_observer(observer);
         }
@@ -348,7 +357,8 @@ impl Runtime {
                 let relay =
                     EmailRelay::new(Arc::clone(&store), Arc::clone(&clock), mailer, config.outbox.relay())
                         .with_writer_lock(engine.writer_lock())
-                        .with_halt(engine.halt());
+                        .with_halt(engine.halt())
+                        .with_guard(Arc::clone(&guard));
                 engine = engine.with_waker(relay.waker());
                 Some(Arc::new(relay))
             }
@@ -491,6 +501,7 @@ impl Runtime {
             store,
             clock,
             engine,
+            guard,
             signer,
             email,
             crm,

@@ -174,6 +174,9 @@ async fn ladder_emails(
                 OutboxState::Done { at } => ("sent", Some(*at), None),
                 OutboxState::Failed { at, reason } => ("failed", Some(*at), Some(reason.clone())),
                 OutboxState::Dropped { at, reason } => ("dropped", Some(*at), Some(reason.clone())),
+                OutboxState::Held { since, reason } => {
+                    ("held", Some(*since), Some(format!("held by the guard: {}", reason.as_str())))
+                }
             };
             out.push(json!({
                 "handoff": handoff,
@@ -407,7 +410,7 @@ async fn ask_daemon(
 }
 
 /// reqwest's message without the URL it repeats (the caller names the address).
-fn without_url(error: reqwest::Error) -> String {
+pub(crate) fn without_url(error: reqwest::Error) -> String {
     if error.is_connect() {
         "connection refused or unreachable".to_owned()
     } else if error.is_timeout() {

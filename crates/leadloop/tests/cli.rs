@@ -943,3 +943,62 @@ fn simulate_names_the_line_that_is_not_utf8() {
     assert_eq!(output.status.code(), Some(65), "{stderr}");
     assert!(stderr.contains(&format!("{}:2:35: not UTF-8 text (byte 0xff)", events.display())), "{stderr}");
 }
+
+fn guard_cli(args: &[&str], state: &Path, admin: u16) -> std::process::Output {
+    bin()
+        .args(args)
+        .arg("--config")
+        .arg(example_config())
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .output()
+        .expect("leadloop")
+}
+
+/// `leadloop pause` while the daemon runs reaches it through the admin listener (no
+/// restart); the pause is in the store, so the next start honours it; with no daemon the
+/// commands act on the store itself.
+#[tokio::test]
+async fn pause_reaches_the_running_daemon_and_a_restart_honours_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(&example_config(), &state);
+    daemon.wait_ready().await;
+    let out = guard_cli(&["pause", "email", "--reason", "bad template"], &state, daemon.port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("paused email (through the running daemon)"), "{stdout}");
+    assert!(stdout.contains("internal SLA mail (reps, managers, executives) still goes"), "{stdout}");
+    let (status, metrics) = daemon.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("leadloop_guard_paused{scope=\"email\"} 1"), "{metrics}");
+    assert!(metrics.contains("leadloop_guard_events_total{event=\"paused\"} 1"), "{metrics}");
+    let (_, view) = daemon.get("/guard").await;
+    let view: serde_json::Value = serde_json::from_str(&view).expect("json");
+    assert_eq!(view["state"]["email"]["reason"], "bad template", "{view}");
+
+    signal(&daemon.child, "TERM");
+    wait_exit(&mut daemon.child, Duration::from_secs(10)).expect("stops");
+    let mut daemon = Daemon::start(&example_config(), &state);
+    daemon.wait_ready().await;
+    let (_, view) = daemon.get("/guard").await;
+    let view: serde_json::Value = serde_json::from_str(&view).expect("json");
+    assert_eq!(view["state"]["email"]["reason"], "bad template", "still paused after a restart: {view}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(metrics.contains("leadloop_guard_paused{scope=\"email\"} 1"), "{metrics}");
+    signal(&daemon.child, "TERM");
+    wait_exit(&mut daemon.child, Duration::from_secs(10)).expect("stops");
+    let log = stderr_of(&mut daemon.child);
+    assert!(log.contains("paused by the guard"), "{log}");
+
+    // No daemon: the store itself.
+    let port = free_port();
+    let out = guard_cli(&["resume", "all"], &state, port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("resumed all: 0 held entries released (through the store)"), "{stdout}");
+    let out = guard_cli(&["pause"], &state, port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("email    running") && stdout.contains("surge    none"), "{stdout}");
+}

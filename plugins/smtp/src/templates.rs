@@ -36,6 +36,9 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("nurture_example.subject", include_str!("../templates/nurture_example.subject.j2")),
     ("nurture_example.txt", include_str!("../templates/nurture_example.txt.j2")),
     ("nurture_example.html", include_str!("../templates/nurture_example.html.j2")),
+    ("guard_alert.subject", include_str!("../templates/guard_alert.subject.j2")),
+    ("guard_alert.txt", include_str!("../templates/guard_alert.txt.j2")),
+    ("guard_alert.html", include_str!("../templates/guard_alert.html.j2")),
 ];
 
 /// A problem with a template, located in its file.
@@ -232,6 +235,12 @@ pub fn sample_vars(template: &str) -> Value {
         vars["kind"] = json!("nurture");
         vars["step"] = json!("day 3");
         vars["links"] = json!({ "guide": "https://leadloop.example.com/l/SAMPLE-GUIDE" });
+    } else if template == "guard_alert" {
+        vars["kind"] = json!("guard.alert");
+        vars["what"] = json!("nurture email paused");
+        vars["message"] = json!("20 hard bounces within 1h (limit 20): nurture email is paused.");
+        vars["at"] = json!("2026-03-02T14:00:00Z");
+        vars["action"] = json!("When the list is fixed: leadloop resume nurture");
     } else {
         vars["kind"] = json!(template);
     }
@@ -538,7 +547,7 @@ mod tests {
     fn every_built_in_template_reads_cleanly_with_full_and_with_bare_vars() {
         let templates = Templates::load(None).expect("load");
         let names = built_in_names();
-        assert_eq!(names.len(), 7, "{names:?}");
+        assert_eq!(names.len(), 8, "{names:?}");
         let mut failures = Vec::new();
         for name in names {
             for (label, vars) in [("full", sample_vars(name)), ("bare", bare_vars(name))] {

@@ -4,6 +4,7 @@ mod caldav;
 mod crash;
 mod email;
 mod faults;
+mod guard;
 mod nospace;
 mod nurture;
 mod salesforce;

@@ -274,6 +274,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<(Config, Diagnostics),
     check_email(&config, &mut report, &mut findings_extra);
     check_crm(&config, &mut report);
     check_outbox(&config, &mut report);
+    check_guard(&config, &mut report);
     check_sla(&config, &mut report);
     check_links(&config, &mut report);
     check_scoring(&config, &mut report);
@@ -1015,6 +1016,37 @@ fn check_outbox(config: &Config, report: &mut impl FnMut(String, String, Severit
     }
 }
 
+fn check_guard(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
+    let guard = &config.guard;
+    if guard.max_bounces > 0 && guard.bounce_window.is_zero() {
+        report(
+            "guard.bounce_window".into(),
+            "must be longer than 0s while max_bounces is set (0 max_bounces turns the bounce guard off)"
+                .into(),
+            Severity::Error,
+        );
+    }
+    if let Some(address) = &guard.ops_address
+        && !plausible_email(address)
+    {
+        report("guard.ops_address".into(), format!("`{address}` is not an email address"), Severity::Error);
+    }
+    if guard.ops_address.is_some() && config.email.is_none() {
+        report(
+            "guard.ops_address".into(),
+            "no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted".into(),
+            Severity::Warning,
+        );
+    }
+    if guard.max_bounces == 0 && guard.surge_per_hour == 0 && !config.nurture.tracks.is_empty() {
+        report(
+            "guard".into(),
+            "max_bounces = 0 and surge_per_hour = 0 turn off both automatic guards of nurture mail; a bad list or a new track mails without a stop".into(),
+            Severity::Warning,
+        );
+    }
+}
+
 /// The host of an `http://` URL that is not on loopback: credentials sent there cross the
 /// network in clear.
 fn cleartext_host(url: &str) -> Option<String> {
@@ -1531,7 +1563,7 @@ role = "manager"
             &[
                 "t.toml:3:1: sla.policy[0].business_hours: `start` must be before `end`",
                 "t.toml:3:1: sla.policy[0].business_hours: no holiday calendar `xx` in [sla.holidays]",
-                "t.toml:8:1: sla.policy[0].step[0].template: no template `sla_alrt` (known: nurture_example, sla_alert, sla_digest, sla_executive, sla_manager, sla_reminder, sla_weekly)",
+                "t.toml:8:1: sla.policy[0].step[0].template: no template `sla_alrt` (known: guard_alert, nurture_example, sla_alert, sla_digest, sla_executive, sla_manager, sla_reminder, sla_weekly)",
                 "t.toml:9:1: sla.policy[0].step[0].to: `boss@x.example` is not a recipient: use \"rep\", \"manager\", \"executive\" or \"address:someone@example.com\"",
                 "t.toml:11:1: sla.policy[0].step[1].name: step `alert` appears twice in this policy",
                 "t.toml:12:1: sla.policy[0].step[1].after: steps must be in order of `after`",
@@ -1699,6 +1731,40 @@ role = "manager"
                 column(&text, &old)
             )
             .as_str()],
+        );
+    }
+
+    #[test]
+    fn guard_settings_are_checked() {
+        // The defaults, and a valid section, raise nothing.
+        check("", &[]);
+        check(
+            "[guard]\nexempt_internal = false\nmax_bounces = 5\nbounce_window = \"30m\"\nsurge_per_hour = 100\n",
+            &[],
+        );
+        check(
+            "[guard]\nmax_bounces = 5\nbounce_window = \"0s\"\nops_address = \"ops\"\n",
+            &[
+                "t.toml:3:1: guard.bounce_window: must be longer than 0s while max_bounces is set (0 max_bounces turns the bounce guard off)",
+                "t.toml:4:1: guard.ops_address: `ops` is not an email address",
+                "t.toml:4:1: guard.ops_address: warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted",
+            ],
+        );
+        check(
+            "[guard]\nops_address = \"ops@x.example\"\n",
+            &[
+                "t.toml:2:1: guard.ops_address: warning: no [email] is configured, so the guard's alerts wait in the outbox; they are still logged and counted",
+            ],
+        );
+        check(
+            "[guard]\nsurge_per_hour = -1\n",
+            &["t.toml:2:18: guard.surge_per_hour: invalid value: integer `-1`, expected u64"],
+        );
+        check(
+            "[guard]\npause = true\n",
+            &[
+                "t.toml:2:1: guard.pause: unknown field `pause`, expected one of `exempt_internal`, `max_bounces`, `bounce_window`, `surge_per_hour`, `ops_address`",
+            ],
         );
     }
 

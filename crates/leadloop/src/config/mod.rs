@@ -28,6 +28,9 @@ pub struct Config {
     pub email: Option<leadloop_smtp::EmailConfig>,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// The blast-radius guard: what pauses hold back, the bounce guard, the surge hold.
+    #[serde(default)]
+    pub guard: GuardConfig,
     /// The hand-off SLA; without this table the default ladder applies.
     #[serde(default)]
     pub sla: leadloop_core::sla::SlaConfig,
@@ -182,6 +185,52 @@ pub struct OutboxConfig {
     pub nurture_max_age: Duration,
     /// Emails in flight at once.
     pub concurrency: usize,
+}
+
+/// `[guard]`: the blast-radius guard (docs/operations.md, "Blast-radius guard").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Internal SLA mail (alerts, reminders, escalations, digests to reps, managers and
+    /// executives) still goes while email is paused (`leadloop pause email`).
+    pub exempt_internal: bool,
+    /// Hard bounces (and spam/policy refusals) of lead mail within `bounce_window` that pause
+    /// nurture email; 0 turns the automatic pause off.
+    pub max_bounces: u32,
+    #[serde(with = "leadloop_plugin::serde_duration")]
+    pub bounce_window: Duration,
+    /// Nurture emails queued within an hour beyond which they wait for `leadloop approve`;
+    /// 0 turns the surge hold off.
+    pub surge_per_hour: u64,
+    /// Where the guard's alerts go (an automatic pause, a surge held); unset: logged and
+    /// counted only.
+    pub ops_address: Option<String>,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        let core = leadloop_core::guard::GuardConfig::default();
+        Self {
+            exempt_internal: core.exempt_internal,
+            max_bounces: core.max_bounces,
+            bounce_window: core.bounce_window,
+            surge_per_hour: core.surge_per_hour,
+            ops_address: core.ops_address,
+        }
+    }
+}
+
+impl GuardConfig {
+    /// The core's settings.
+    pub fn rules(&self) -> leadloop_core::guard::GuardConfig {
+        leadloop_core::guard::GuardConfig {
+            exempt_internal: self.exempt_internal,
+            max_bounces: self.max_bounces,
+            bounce_window: self.bounce_window,
+            surge_per_hour: self.surge_per_hour,
+            ops_address: self.ops_address.clone(),
+        }
+    }
 }
 
 impl Default for OutboxConfig {
