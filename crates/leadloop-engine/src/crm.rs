@@ -24,7 +24,7 @@ use leadloop_core::connector::{
     ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest,
 };
 use leadloop_core::{
-    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, LeadId, LeadRecord, OrgChart, OutboxEntry,
+    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OrgChart, OutboxEntry,
     OutboxState, Person, PersonId, Timestamp,
 };
 use leadloop_store::{Batch, Op, Store};
@@ -790,4 +790,135 @@ impl CrmRelay {
             })
             .await
     }
+}
+
+/// A CRM write the CRM refused for good (a dead letter): what `leadloop crm dead-letters`
+/// lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The outbox key; `leadloop crm replay KEY` names it.
+    pub key: IdempotencyKey,
+    pub lead_id: Option<LeadId>,
+    /// `crm.update` or `crm.task`.
+    pub write: &'static str,
+    /// What the write carried: the fields of an update, the task's owner, subject and due date.
+    pub fields: serde_json::Value,
+    /// The CRM's refusal, as recorded when the write was given up.
+    pub error: String,
+    pub attempts: u32,
+    pub queued_at: Timestamp,
+    pub failed_at: Timestamp,
+}
+
+/// The CRM writes that failed for good, in key order.
+pub async fn dead_letters(store: &dyn Store) -> Result<Vec<DeadLetter>, leadloop_store::StoreError> {
+    Ok(store
+        .outbox_failed(Channel::Crm)
+        .await?
+        .into_iter()
+        .filter_map(|entry| {
+            let OutboxState::Failed { at, reason } = &entry.state else { return None };
+            let fields = match &entry.effect {
+                Effect::CrmUpdate { fields, .. } => serde_json::Value::Object(fields.clone()),
+                Effect::CrmTask { owner_id, subject, due, .. } => {
+                    serde_json::json!({ "owner_id": owner_id, "subject": subject, "due": due })
+                }
+                Effect::Email { .. } | Effect::CalendarHold { .. } => serde_json::Value::Null,
+            };
+            Some(DeadLetter {
+                key: entry.key.clone(),
+                lead_id: entry.effect.lead_id().cloned(),
+                write: entry.effect.name(),
+                fields,
+                error: reason.clone(),
+                attempts: entry.attempts,
+                queued_at: entry.created_at,
+                failed_at: *at,
+            })
+        })
+        .collect())
+}
+
+/// Which dead letters to put back in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayWhich {
+    Keys(Vec<String>),
+    All,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReplayReport {
+    /// Keys put back in the queue, due now.
+    pub replayed: Vec<String>,
+    /// Keys asked for that are not dead letters of the CRM, with why.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Puts CRM dead letters back in the queue, due at `now`, with their attempts counted afresh;
+/// each lead's history records the replay with `by` (the operator) and the failure it had.
+/// Everything changes in one batch. The CRM relay performs them at its next round (the daemon
+/// wakes it).
+pub async fn replay(
+    store: &dyn Store,
+    now: Timestamp,
+    which: &ReplayWhich,
+    by: &Actor,
+) -> Result<ReplayReport, leadloop_store::StoreError> {
+    let mut report = ReplayReport::default();
+    let entries: Vec<OutboxEntry> = match which {
+        ReplayWhich::All => store.outbox_failed(Channel::Crm).await?,
+        ReplayWhich::Keys(keys) => {
+            let mut entries = Vec::new();
+            for key in keys {
+                let found = match IdempotencyKey::parse(key) {
+                    Ok(parsed) => store.outbox_entry(&parsed).await?,
+                    Err(_) => None,
+                };
+                match found {
+                    None => report.refused.push((key.clone(), "no such outbox entry".into())),
+                    Some(entry) if entry.effect.channel() != Channel::Crm => {
+                        report.refused.push((key.clone(), "not a CRM write".into()))
+                    }
+                    Some(entry) if !matches!(entry.state, OutboxState::Failed { .. }) => {
+                        report.refused.push((key.clone(), "not a dead letter (pending or written)".into()))
+                    }
+                    Some(entry) => entries.push(entry),
+                }
+            }
+            entries
+        }
+    };
+    let mut batch = Batch::new();
+    for mut entry in entries {
+        let OutboxState::Failed { reason, .. } = &entry.state else { continue };
+        let reason = reason.clone();
+        if let Some(lead) = entry.effect.lead_id().cloned() {
+            batch.append_history(
+                lead,
+                HistoryEvent::new(
+                    now,
+                    by.clone(),
+                    EventKind::EffectReplayed {
+                        key: entry.key.clone(),
+                        reason: reason.clone(),
+                        attempts: entry.attempts,
+                    },
+                ),
+            );
+        }
+        tracing::info!(key = %entry.key, by = %by, "crm dead letter put back in the queue");
+        report.replayed.push(entry.key.to_string());
+        entry.state = OutboxState::Pending;
+        entry.attempts = 0;
+        entry.next_attempt_at = now;
+        entry.last_error = Some(format!("replayed by {by} after: {reason}"));
+        batch.update_outbox(entry);
+    }
+    if !batch.is_empty() {
+        store.commit(batch).await?;
+        metrics::counter!("leadloop_crm_writes_replayed_total").increment(report.replayed.len() as u64);
+    }
+    Ok(report)
 }
