@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use leadloop_core::connector::{
-    ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest,
+    ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest, SWEEP_CHUNK,
 };
 use leadloop_core::{
     Actor, Channel, Clock, Effect, EventKind, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OrgChart, OutboxEntry,
@@ -89,6 +89,12 @@ impl Engine {
         let mut summary = leadloop_core::Summary::default();
         let mut report =
             IngestReport { fetched: page.records.len() + page.quarantined.len(), ..IngestReport::default() };
+        if page.sweep && object == CrmObject::Lead {
+            // The CRM lost the deletes since the cursor: a sweep of the ids held is due, from
+            // the first (`CrmSync` runs it); recorded with the page that says so.
+            tracing::warn!(object = %object, "the crm no longer keeps the deletes since the last sync (outage longer than its window); a sweep of the held ids will find them");
+            batch.set_cursor(sweep_name(cursor_name), SWEEP_PENDING);
+        }
         // The quarantine's keys, read from the store once and then kept with each commit (only
         // ingest writes the bucket); dropped on a failed commit, so the next page reads it again.
         let cached = self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -366,6 +372,16 @@ fn quarantine(
     batch.put_item(QUARANTINE, key, value);
 }
 
+/// The cursor under which a delete sweep's progress is kept, beside `cursor_name`'s.
+fn sweep_name(cursor_name: &str) -> String {
+    format!("{cursor_name}.sweep")
+}
+
+/// A sweep is due or under way: the prefix, then the last id checked (empty: none yet).
+const SWEEP_PENDING: &str = "pending:";
+/// No sweep is due.
+const SWEEP_DONE: &str = "done";
+
 /// What one sync pass did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
@@ -378,6 +394,8 @@ pub struct SyncReport {
     /// The shortest `Retry-After` the CRM asked for, if it asked.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// Leads whose existence a delete sweep checked with the CRM this pass.
+    pub swept: usize,
     /// API calls this pass made.
     pub api_calls: u64,
     /// Time spent waiting for the CRM, and storing what it sent.
@@ -467,7 +485,62 @@ impl CrmSync {
                 }
             }
         }
+        if pending.contains(&CrmObject::Lead) {
+            self.sweep(CrmObject::Lead, &mut report).await?;
+        }
         Ok(self.finish(report, calls_before))
+    }
+
+    /// The delete sweep, when one is due (see [`ChangePage::sweep`]): the leads the store
+    /// holds, in id order and [`SWEEP_CHUNK`] at a time, are checked with the CRM
+    /// ([`Crm::existing`], one call a chunk, counted against the API budget like any bulk
+    /// read), and those it no longer has are deleted as a delete from the CRM would be: their
+    /// hand-offs end and their history stays. Each chunk's deletes commit with the sweep's
+    /// progress, so a sweep cut short (a crash, the budget, a failed call) resumes after the
+    /// last chunk done. The object's other reads wait meanwhile, so no lead enters the store
+    /// while the sweep runs; a lead created in the CRM since is not in the store to check.
+    async fn sweep(&self, object: CrmObject, report: &mut SyncReport) -> Result<(), EngineError> {
+        let name = sweep_name(&self.cursor_name(object));
+        let store = self.engine.store().clone();
+        let Some(state) = store.cursor(&name).await? else { return Ok(()) };
+        let Some(after) = state.strip_prefix(SWEEP_PENDING) else { return Ok(()) };
+        let mut after = (!after.is_empty()).then(|| LeadId::new(after));
+        loop {
+            let leads = store.leads(after.as_ref(), SWEEP_CHUNK).await?;
+            let Some(last) = leads.last().map(|l| l.lead.id.clone()) else {
+                let mut batch = Batch::new();
+                batch.set_cursor(name, SWEEP_DONE);
+                store.commit(batch).await?;
+                tracing::info!(object = %object, deleted = report.records.deleted, checked = report.swept, "delete sweep done");
+                return Ok(());
+            };
+            let ids: Vec<String> = leads.iter().map(|l| l.lead.id.as_str().to_owned()).collect();
+            let pulling = std::time::Instant::now();
+            let existing = match self.crm.existing(object, &ids).await {
+                Ok(existing) => existing,
+                Err(error) => {
+                    self.failed(object, error, report);
+                    return Ok(());
+                }
+            };
+            report.pull_seconds += pulling.elapsed().as_secs_f64();
+            let existing: HashSet<&str> = existing.iter().map(String::as_str).collect();
+            let missing: Vec<String> = ids.iter().filter(|id| !existing.contains(id.as_str())).cloned().collect();
+            if !missing.is_empty() {
+                tracing::info!(object = %object, count = missing.len(), "delete sweep: leads the crm no longer has are deleted");
+            }
+            report.swept += ids.len();
+            let page = ChangePage {
+                deleted: missing,
+                next_cursor: Some(format!("{SWEEP_PENDING}{}", last.as_str())),
+                ..ChangePage::default()
+            };
+            let ingesting = std::time::Instant::now();
+            let ingested = self.engine.ingest(object, page, &name).await?;
+            report.ingest_seconds += ingesting.elapsed().as_secs_f64();
+            report.records.add(&ingested);
+            after = Some(last);
+        }
     }
 
     fn finish(&self, mut report: SyncReport, calls_before: u64) -> SyncReport {
