@@ -24,8 +24,8 @@ use leadloop_core::connector::{
     ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest, SWEEP_CHUNK,
 };
 use leadloop_core::{
-    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OrgChart, OutboxEntry,
-    OutboxState, Person, PersonId, Timestamp,
+    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OrgChart,
+    OutboxEntry, OutboxState, Person, PersonId, Timestamp,
 };
 use leadloop_store::{Batch, Op, Store};
 use serde::Serialize;
@@ -525,7 +525,8 @@ impl CrmSync {
             };
             report.pull_seconds += pulling.elapsed().as_secs_f64();
             let existing: HashSet<&str> = existing.iter().map(String::as_str).collect();
-            let missing: Vec<String> = ids.iter().filter(|id| !existing.contains(id.as_str())).cloned().collect();
+            let missing: Vec<String> =
+                ids.iter().filter(|id| !existing.contains(id.as_str())).cloned().collect();
             if !missing.is_empty() {
                 tracing::info!(object = %object, count = missing.len(), "delete sweep: leads the crm no longer has are deleted");
             }

@@ -188,7 +188,10 @@ struct ReplayRequest {
 /// `POST /crm/replay` `{"which": {"keys": [KEY…]} | "all", "by": NAME}`: puts dead letters
 /// back in the queue, records it in each lead's history (`admin NAME via the admin
 /// listener`), and wakes the CRM relay.
-async fn replay(State(state): State<AdminState>, Json(request): Json<ReplayRequest>) -> axum::response::Response {
+async fn replay(
+    State(state): State<AdminState>,
+    Json(request): Json<ReplayRequest>,
+) -> axum::response::Response {
     let Some(store) = &state.store else { return unavailable("no store\n".into()) };
     let by = crate::escape_controls(request.by.trim(), false).chars().take(100).collect::<String>();
     let actor = leadloop_core::Actor::Admin { who: format!("{by} (via the admin listener)") };
@@ -331,7 +334,8 @@ mod tests {
         app.clone().oneshot(request).await.expect("answer").status().as_u16()
     }
 
-    const DATA: [&str; 6] = ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel", "/crm/dead-letters"];
+    const DATA: [&str; 6] =
+        ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel", "/crm/dead-letters"];
 
     #[tokio::test]
     async fn data_views_need_the_token_and_health_does_not() {
@@ -357,8 +361,8 @@ mod tests {
     async fn replay_is_an_action_behind_the_token() {
         let app = app(AdminAuth::new(Some(&Secret::for_tests(TOKEN)), "0.0.0.0:9477".parse().expect("addr")));
         let post = |authorization: Option<String>| {
-            let mut request = axum::http::Request::post("/crm/replay")
-                .header(header::CONTENT_TYPE, "application/json");
+            let mut request =
+                axum::http::Request::post("/crm/replay").header(header::CONTENT_TYPE, "application/json");
             if let Some(value) = authorization {
                 request = request.header(header::AUTHORIZATION, value);
             }

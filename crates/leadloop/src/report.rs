@@ -190,11 +190,17 @@ pub fn main(source: &crate::sla_cmd::Source<'_>, since: Duration, json_out: bool
         speed["touched"].as_u64().unwrap_or(0),
         minutes(speed)
     );
-    for (way, label) in
-        [("status", "by a status change"), ("activity", "by a logged activity"), ("email_link", "from an email link")]
-    {
+    for (way, label) in [
+        ("status", "by a status change"),
+        ("activity", "by a logged activity"),
+        ("email_link", "from an email link"),
+    ] {
         let figures = &speed["by"][way];
-        crate::outln!("  {label:<22} {:>6}  median {}", figures["touched"].as_u64().unwrap_or(0), minutes(figures));
+        crate::outln!(
+            "  {label:<22} {:>6}  median {}",
+            figures["touched"].as_u64().unwrap_or(0),
+            minutes(figures)
+        );
     }
     exit::OK
 }

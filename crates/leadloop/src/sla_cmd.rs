@@ -243,7 +243,10 @@ pub enum Query {
     DeadLetters,
     /// Put CRM dead letters back in the queue (`leadloop crm replay`): the one query that
     /// writes; `by` is the operator.
-    Replay { which: leadloop_engine::crm::ReplayWhich, by: String },
+    Replay {
+        which: leadloop_engine::crm::ReplayWhich,
+        by: String,
+    },
 }
 
 /// Leads in id order (optionally only those in `stage`), with stage, status, owner and score.

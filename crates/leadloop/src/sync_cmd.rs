@@ -233,7 +233,11 @@ fn operator(by: Option<String>) -> String {
 
 /// `leadloop crm replay KEY…|--all`: puts dead letters back in the queue, on the store, or
 /// through the running daemon's admin listener (which wakes its CRM relay).
-pub fn replay(read: &crate::cli::ReadArgs, which: leadloop_engine::crm::ReplayWhich, by: Option<String>) -> u8 {
+pub fn replay(
+    read: &crate::cli::ReadArgs,
+    which: leadloop_engine::crm::ReplayWhich,
+    by: Option<String>,
+) -> u8 {
     let config = match crate::cli::load_for_reading(&read.config.config) {
         Ok(config) => config,
         Err(code) => return code,

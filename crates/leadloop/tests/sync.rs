@@ -169,7 +169,10 @@ async fn the_daemon_syncs_on_start_and_writes_back_owner_changes() {
 
 /// Lines of JSON on stdout.
 fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 fn start_daemon(config: &Path, port: u16) -> std::process::Child {
@@ -255,7 +258,10 @@ async fn writes_refused_for_good_are_listed_and_replayed_once_the_picklist_is_fi
     // The admin adds the value to the picklist, then replays one write through the daemon.
     emu.add_lead_status(STATUS);
     let patches = || {
-        emu.requests().iter().filter(|r| r.method == "PATCH" && r.path.contains("/composite/sobjects")).count()
+        emu.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains("/composite/sobjects"))
+            .count()
     };
     let before = patches();
     let out = cli(&["replay", &first, "--by", "ada"]);
@@ -276,10 +282,18 @@ async fn writes_refused_for_good_are_listed_and_replayed_once_the_picklist_is_fi
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(json_lines(&out)[0]["replayed"].as_array().map(Vec::len), Some(2));
     assert!(dead_letters().is_empty());
-    let out = bin().args(["leads", "show", &lead, "--format", "json", "--config"]).arg(&config).output().expect("run");
+    let out = bin()
+        .args(["leads", "show", &lead, "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let replayed: Vec<&serde_json::Value> =
-        shown["history"].as_array().expect("history").iter().filter(|e| e["kind"] == "effect_replayed").collect();
+    let replayed: Vec<&serde_json::Value> = shown["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["kind"] == "effect_replayed")
+        .collect();
     assert_eq!(replayed.len(), 1, "{shown}");
     assert_eq!(replayed[0]["actor"]["who"], "ada (via the admin listener)");
     assert!(replayed[0]["reason"].as_str().expect("reason").contains("RESTRICTED_PICKLIST"));

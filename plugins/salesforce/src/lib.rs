@@ -454,7 +454,8 @@ impl Salesforce {
                 // the deletes in between are lost. Deletes are followed from now on, and the
                 // engine sweeps the ids it holds to find the ones deleted meanwhile.
                 tracing::warn!(object = %object, "deletes are older than salesforce keeps them (15 days); the ids held will be swept");
-                metrics::counter!("leadloop_crm_delete_sweeps_total", "object" => object.as_str()).increment(1);
+                metrics::counter!("leadloop_crm_delete_sweeps_total", "object" => object.as_str())
+                    .increment(1);
                 cursor.deleted = Some(format_datetime(now));
             }
             if cursor.deleted.is_none() && follows_deletes(*object) {
@@ -744,11 +745,16 @@ impl Crm for Salesforce {
             let soql = format!("SELECT Id FROM {} WHERE Id IN ({list})", sobject(object));
             let mut next = Some(self.query_path(&soql));
             while let Some(path) = next.take() {
-                let body = self.api.call(Method::GET, &path, None, Priority::Bulk, None).await.map_err(|e| e.error)?;
-                let result: QueryResult = serde_json::from_value(body).map_err(|e| ConnectorError::Transient {
-                    message: format!("{object} id check: malformed response: {e}"),
-                    retry_after: None,
-                })?;
+                let body = self
+                    .api
+                    .call(Method::GET, &path, None, Priority::Bulk, None)
+                    .await
+                    .map_err(|e| e.error)?;
+                let result: QueryResult =
+                    serde_json::from_value(body).map_err(|e| ConnectorError::Transient {
+                        message: format!("{object} id check: malformed response: {e}"),
+                        retry_after: None,
+                    })?;
                 found.extend(result.records.iter().filter_map(|r| r.get("Id")?.as_str().map(str::to_owned)));
                 next = if result.done { None } else { result.next_records_url };
             }

@@ -222,7 +222,8 @@ async fn deletes_during_an_outage_longer_than_the_getdeleted_window_are_found_by
 #[tokio::test]
 async fn a_call_the_owner_logs_in_salesforce_stops_the_ladder() {
     let extra = "[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"status\", \"activity\"]\nfirst_touch_activities = [\"call\"]\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\n[[sla.policy.step]]\nname = \"reminder\"\nafter = \"24h\"\nkind = \"sla.reminder\"\ntemplate = \"sla_reminder\"\nto = [\"rep\"]\n";
-    let rig = Rig::start_with_extra(leadloop_sf_emulator::Config::default(), Some(spec(5)), extra.into()).await;
+    let rig =
+        Rig::start_with_extra(leadloop_sf_emulator::Config::default(), Some(spec(5)), extra.into()).await;
     rig.sync().pass().await.expect("pass");
     let rep =
         rig.emu.all("User").iter().find(|u| u["Title"] == json!("Account Executive")).expect("rep")["Id"]

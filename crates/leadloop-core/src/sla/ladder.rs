@@ -968,7 +968,8 @@ mod tests {
             open,
             task(t0 - TimeDelta::hours(1), "Call", "rep"),
         ] {
-            let decision = world.sla.on_activity(&world.record, &activity, &world.people, t0 + TimeDelta::hours(2));
+            let decision =
+                world.sla.on_activity(&world.record, &activity, &world.people, t0 + TimeDelta::hours(2));
             assert!(decision.is_empty(), "{activity:?} ended the hand-off: {decision:?}");
         }
         // The owner logs a call, 3 hours in: the hand-off ends, satisfied, as its own outcome.

@@ -1384,13 +1384,22 @@ role = "manager"
     #[test]
     fn what_satisfies_a_hand_off_is_checked() {
         const STEP: &str = "[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\n";
-        check(&format!("[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"status\", \"activity\"]\nfirst_touch_activities = [\"call\"]\n{STEP}"), &[]);
         check(
-            &format!("[[sla.policy]]\nname = \"p\"\nsatisfied_by = []\n{STEP}"),
-            &["t.toml:3:1: sla.policy[0].satisfied_by: nothing would satisfy a hand-off: list \"status\" and/or \"activity\""],
+            &format!(
+                "[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"status\", \"activity\"]\nfirst_touch_activities = [\"call\"]\n{STEP}"
+            ),
+            &[],
         );
         check(
-            &format!("[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"activity\"]\nfirst_touch_activities = []\n{STEP}"),
+            &format!("[[sla.policy]]\nname = \"p\"\nsatisfied_by = []\n{STEP}"),
+            &[
+                "t.toml:3:1: sla.policy[0].satisfied_by: nothing would satisfy a hand-off: list \"status\" and/or \"activity\"",
+            ],
+        );
+        check(
+            &format!(
+                "[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"activity\"]\nfirst_touch_activities = []\n{STEP}"
+            ),
             &[
                 "t.toml:3:1: sla.policy[0].satisfied_by: warning: without \"status\", a change of the lead's status (even to a closed one) does not end the hand-off; only a logged activity, an email link or a change of owner does",
                 "t.toml:4:1: sla.policy[0].first_touch_activities: satisfied_by has \"activity\" but no activity kind is listed: name the task types that count, e.g. [\"call\", \"email\"]",
@@ -1398,7 +1407,9 @@ role = "manager"
         );
         check(
             &format!("[[sla.policy]]\nname = \"p\"\nfirst_touch_activities = [\"meeting\"]\n{STEP}"),
-            &["t.toml:3:1: sla.policy[0].first_touch_activities: warning: has no effect unless satisfied_by lists \"activity\""],
+            &[
+                "t.toml:3:1: sla.policy[0].first_touch_activities: warning: has no effect unless satisfied_by lists \"activity\"",
+            ],
         );
     }
 
