@@ -631,6 +631,7 @@ impl CrmSync {
                         stored = report.records.stored,
                         quarantined = report.records.quarantined,
                         deleted = report.records.deleted,
+                        swept = report.swept,
                         api_calls = report.api_calls,
                         errors = report.errors.len(),
                         "crm sync pass done"

@@ -185,6 +185,7 @@ pub fn main(source: &crate::sla_cmd::Source<'_>, since: Duration, json_out: bool
     }
     let speed = &report["speed_to_lead"];
     let minutes = |v: &Value| v["median_minutes"].as_f64().map_or("-".to_owned(), |m| format!("{m:.1} min"));
+    crate::outln!();
     crate::outln!(
         "speed to lead: {} hand-offs first touched, median {}",
         speed["touched"].as_u64().unwrap_or(0),
