@@ -19,6 +19,9 @@ _leadloop() {
             leadloop,approve)
                 cmd="leadloop__subcmd__approve"
                 ;;
+            leadloop,crm)
+                cmd="leadloop__subcmd__crm"
+                ;;
             leadloop,demo)
                 cmd="leadloop__subcmd__demo"
                 ;;
@@ -64,6 +67,12 @@ _leadloop() {
             leadloop,validate)
                 cmd="leadloop__subcmd__validate"
                 ;;
+            leadloop__subcmd__crm,dead-letters)
+                cmd="leadloop__subcmd__crm__subcmd__dead__subcmd__letters"
+                ;;
+            leadloop__subcmd__crm,replay)
+                cmd="leadloop__subcmd__crm__subcmd__replay"
+                ;;
             leadloop__subcmd__email,preview)
                 cmd="leadloop__subcmd__email__subcmd__preview"
                 ;;
@@ -98,7 +107,7 @@ _leadloop() {
 
     case "${cmd}" in
         leadloop)
-            opts="-h -V --help --version run demo validate export import simulate leads report sla email nurture quarantine pause resume approve sync"
+            opts="-h -V --help --version run demo validate export import simulate leads report sla email nurture quarantine pause resume approve crm sync"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -140,6 +149,92 @@ _leadloop() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        leadloop__subcmd__crm)
+            opts="-h --help dead-letters replay"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        leadloop__subcmd__crm__subcmd__dead__subcmd__letters)
+            opts="-c -h --config --state-dir --admin-listen --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        leadloop__subcmd__crm__subcmd__replay)
+            opts="-c -h --config --state-dir --admin-listen --format --all --by --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --by)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

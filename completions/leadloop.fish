@@ -41,6 +41,7 @@ complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "quarantine" -d 'R
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "pause" -d 'Blast-radius guard: pause email, nurture email or CRM write-back (kept in the store, so a restart honours it); held work stays in the outbox. Without a scope: what is paused and held'
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "resume" -d 'Lift a pause and release what it held'
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "approve" -d 'Release the nurture email a surge hold keeps back (or drop it with --reject); with --dry-run, show how many and a sample'
+complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "crm" -d 'CRM write-back: the writes the CRM refused for good, and putting them back in the queue'
 complete -c leadloop -n "__fish_leadloop_needs_command" -f -a "sync" -d 'One sync pass against the configured CRM (and one round of write-back), with counts'
 complete -c leadloop -n "__fish_leadloop_using_subcommand run" -s c -l config -d 'The config file' -r -F
 complete -c leadloop -n "__fish_leadloop_using_subcommand run" -l state-dir -d 'Overrides `daemon.state_dir`' -r -F
@@ -165,6 +166,23 @@ json\t''"
 complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l dry-run -d 'Show how many wait and a sample; change nothing'
 complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -l reject -d 'Drop the held nurture email instead of sending it (each entry records who decided)'
 complete -c leadloop -n "__fish_leadloop_using_subcommand approve" -s h -l help -d 'Print help'
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and not __fish_seen_subcommand_from dead-letters replay" -s h -l help -d 'Print help'
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and not __fish_seen_subcommand_from dead-letters replay" -f -a "dead-letters" -d 'The writes the CRM refused for good (dead letters): lead, fields, the CRM\'s error and the attempts made'
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and not __fish_seen_subcommand_from dead-letters replay" -f -a "replay" -d 'Put dead letters back in the queue once their cause is fixed (e.g. a picklist value added); each lead\'s history records the replay and who made it'
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from dead-letters" -s c -l config -d 'The config file' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from dead-letters" -l state-dir -d 'The state directory; overrides the config\'s' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from dead-letters" -l admin-listen -d 'A running daemon\'s admin listener, asked when it holds the state directory' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from dead-letters" -l format -r -f -a "human\t''
+json\t''"
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from dead-letters" -s h -l help -d 'Print help'
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from replay" -s c -l config -d 'The config file' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from replay" -l state-dir -d 'The state directory; overrides the config\'s' -r -F
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from replay" -l admin-listen -d 'A running daemon\'s admin listener, asked when it holds the state directory' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from replay" -l format -r -f -a "human\t''
+json\t''"
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from replay" -l by -d 'Who replays, for the history; default: the login name (`$USER`)' -r
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from replay" -l all -d 'Every dead letter'
+complete -c leadloop -n "__fish_leadloop_using_subcommand crm; and __fish_seen_subcommand_from replay" -s h -l help -d 'Print help'
 complete -c leadloop -n "__fish_leadloop_using_subcommand sync" -s c -l config -d 'The config file' -r -F
 complete -c leadloop -n "__fish_leadloop_using_subcommand sync" -l state-dir -d 'The state directory; overrides the config\'s' -r -F
 complete -c leadloop -n "__fish_leadloop_using_subcommand sync" -l format -r -f -a "human\t''

@@ -143,6 +143,11 @@ pub struct ChangePage {
     /// When the CRM last changed each record of the page (Salesforce's `SystemModstamp`), by
     /// record id, where known: the start of the speed-to-alert measurement.
     pub changed_at: BTreeMap<String, Timestamp>,
+    /// The CRM no longer keeps the deletes since the cursor (an outage longer than its
+    /// window): records deleted meanwhile can only be found by asking which of the ids
+    /// leadloop holds still exist ([`Crm::existing`]). The engine records that a sweep is
+    /// due in the same batch as this page.
+    pub sweep: bool,
 }
 
 /// What a CRM's change events said since a position: the records they name, read as the CRM
@@ -221,6 +226,9 @@ pub struct ApiUsage {
     pub bulk_left: Option<u64>,
 }
 
+/// Ids asked of [`Crm::existing`] in one call.
+pub const SWEEP_CHUNK: usize = 300;
+
 /// The CRM: the system of record for leads, users and activity.
 #[async_trait]
 pub trait Crm: Send + Sync {
@@ -237,6 +245,15 @@ pub trait Crm: Send + Sync {
 
     /// Writes back; one result per write, in order.
     async fn push(&self, writes: &[CrmWrite]) -> Result<Vec<Result<(), ConnectorError>>, ConnectorError>;
+
+    /// Which of `ids` (records of `object`) the CRM still holds; one call for at most
+    /// [`SWEEP_CHUNK`] ids. The delete sweep after a long outage asks it for the ids in the
+    /// store. A connector that cannot answer leaves deletes to [`ChangePage::deleted`].
+    async fn existing(&self, object: CrmObject, _ids: &[String]) -> Result<Vec<String>, ConnectorError> {
+        Err(ConnectorError::Permanent {
+            message: format!("the {} connector cannot check which {object} records exist", self.name()),
+        })
+    }
 
     /// The API allowance, for `sync --once`, metrics and the budget governor's log lines.
     fn usage(&self) -> ApiUsage {

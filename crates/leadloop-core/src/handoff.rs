@@ -77,6 +77,10 @@ pub enum HandoffOutcome {
     StatusChanged { to: Option<String> },
     /// A completed task was logged, under a policy that stops on tasks.
     TaskCompleted,
+    /// The hand-off's owner logged a completed activity of a kind the policy counts as a
+    /// first touch (`satisfied_by = ["activity"]`); `kind` is the activity's, lowercased
+    /// (`call`, `email`).
+    ActivityLogged { kind: String },
     /// The rep answered from an email link (`reason`: a disqualification's).
     Answered { action: SalesAction, reason: Option<String> },
     /// The owner changed in the CRM (or by routing).
@@ -93,6 +97,7 @@ pub enum HandoffOutcome {
 
 const SATISFIED: &str = "satisfied: ";
 const BY_LINK: &str = " by the rep from an email link";
+const LOGGED: &str = " logged by the owner";
 const NO_REASON: &str = "no reason given";
 
 impl HandoffOutcome {
@@ -102,14 +107,33 @@ impl HandoffOutcome {
             self,
             HandoffOutcome::StatusChanged { .. }
                 | HandoffOutcome::TaskCompleted
+                | HandoffOutcome::ActivityLogged { .. }
                 | HandoffOutcome::Answered { .. }
         )
     }
 
-    /// A first touch: a status change or an answer from an email link (a completed task ends
-    /// a hand-off too, but is not a touch of the lead).
+    /// A first touch: a status change, an activity the policy counts as one (a logged call
+    /// or email), or an answer from an email link (a completed task under `stop_on_task`
+    /// ends a hand-off too, but is not a touch of the lead).
     pub fn is_first_touch(&self) -> bool {
-        matches!(self, HandoffOutcome::StatusChanged { .. } | HandoffOutcome::Answered { .. })
+        matches!(
+            self,
+            HandoffOutcome::StatusChanged { .. }
+                | HandoffOutcome::ActivityLogged { .. }
+                | HandoffOutcome::Answered { .. }
+        )
+    }
+
+    /// How the first touch was made, for reports: `status` (the CRM status changed),
+    /// `activity` (a logged call or email the policy counts), `email_link` (a one-click
+    /// answer); `None` when the outcome is not a first touch.
+    pub fn first_touch_by(&self) -> Option<&'static str> {
+        match self {
+            HandoffOutcome::StatusChanged { .. } => Some("status"),
+            HandoffOutcome::ActivityLogged { .. } => Some("activity"),
+            HandoffOutcome::Answered { .. } => Some("email_link"),
+            _ => None,
+        }
     }
 
     /// The metrics label (`leadloop_sla_handoffs_ended_total{outcome}`): the sentence's part
@@ -118,6 +142,7 @@ impl HandoffOutcome {
         match self {
             HandoffOutcome::StatusChanged { .. }
             | HandoffOutcome::TaskCompleted
+            | HandoffOutcome::ActivityLogged { .. }
             | HandoffOutcome::Answered { .. } => "satisfied",
             HandoffOutcome::Reassigned => "reassigned",
             HandoffOutcome::ReassignedByLadder => "reassigned by the SLA ladder",
@@ -147,6 +172,12 @@ impl HandoffOutcome {
                 let to = (status != "(none)").then(|| status.to_owned());
                 return HandoffOutcome::StatusChanged { to };
             }
+            if let Some(kind) = rest.strip_suffix(LOGGED)
+                && !kind.is_empty()
+                && !kind.contains(' ')
+            {
+                return HandoffOutcome::ActivityLogged { kind: kind.to_owned() };
+            }
             if let Some(answer) = rest.strip_suffix(BY_LINK) {
                 match answer {
                     "accepted" => {
@@ -174,6 +205,7 @@ impl fmt::Display for HandoffOutcome {
                 write!(f, "{SATISFIED}status changed to {}", to.as_deref().unwrap_or("(none)"))
             }
             HandoffOutcome::TaskCompleted => write!(f, "{SATISFIED}task completed"),
+            HandoffOutcome::ActivityLogged { kind } => write!(f, "{SATISFIED}{kind}{LOGGED}"),
             HandoffOutcome::Answered { action: SalesAction::Accept, .. } => {
                 write!(f, "{SATISFIED}accepted{BY_LINK}")
             }
@@ -221,6 +253,7 @@ mod tests {
             ),
             ("satisfied: status changed to (none)", HandoffOutcome::StatusChanged { to: None }),
             ("satisfied: task completed", HandoffOutcome::TaskCompleted),
+            ("satisfied: call logged by the owner", HandoffOutcome::ActivityLogged { kind: "call".into() }),
             (
                 "satisfied: accepted by the rep from an email link",
                 HandoffOutcome::Answered { action: SalesAction::Accept, reason: None },
@@ -262,6 +295,12 @@ mod tests {
         assert_eq!((status.label(), status.is_first_touch()), ("satisfied", true));
         let task = HandoffOutcome::TaskCompleted;
         assert_eq!((task.label(), task.is_satisfied(), task.is_first_touch()), ("satisfied", true, false));
+        let call = HandoffOutcome::ActivityLogged { kind: "call".into() };
+        assert_eq!((call.label(), call.is_satisfied(), call.is_first_touch()), ("satisfied", true, true));
+        assert_eq!(
+            (call.first_touch_by(), status.first_touch_by(), task.first_touch_by()),
+            (Some("activity"), Some("status"), None)
+        );
         assert_eq!(HandoffOutcome::LeadDeleted.label(), "lead deleted");
         assert!(!HandoffOutcome::Reassigned.is_satisfied());
         assert_eq!(HandoffOutcome::PolicyRemoved { policy: "p".into() }.label(), "stopped");

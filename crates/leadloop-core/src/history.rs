@@ -77,6 +77,13 @@ pub enum EventKind {
         key: IdempotencyKey,
         reason: String,
     },
+    /// An effect that had failed for good was put back in the queue by an operator (after
+    /// they fixed the cause); `reason` is the failure it had, `attempts` how many it took.
+    EffectReplayed {
+        key: IdempotencyKey,
+        reason: String,
+        attempts: u32,
+    },
 }
 
 impl EventKind {
@@ -96,6 +103,7 @@ impl EventKind {
             EventKind::EffectQueued { .. } => "effect_queued",
             EventKind::EffectDone { .. } => "effect_done",
             EventKind::EffectFailed { .. } => "effect_failed",
+            EventKind::EffectReplayed { .. } => "effect_replayed",
         }
     }
 }

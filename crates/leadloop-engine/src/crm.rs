@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use leadloop_core::connector::{
-    ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest,
+    ApiUsage, ChangePage, ConnectorError, Crm, CrmObject, CrmRecord, CrmWrite, PullRequest, SWEEP_CHUNK,
 };
 use leadloop_core::{
-    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, LeadId, LeadRecord, OrgChart, OutboxEntry,
-    OutboxState, Person, PersonId, Timestamp,
+    Actor, Channel, Clock, Effect, EventKind, HistoryEvent, IdempotencyKey, LeadId, LeadRecord, OrgChart,
+    OutboxEntry, OutboxState, Person, PersonId, Timestamp,
 };
 use leadloop_store::{Batch, Op, Store};
 use serde::Serialize;
@@ -89,6 +89,12 @@ impl Engine {
         let mut summary = leadloop_core::Summary::default();
         let mut report =
             IngestReport { fetched: page.records.len() + page.quarantined.len(), ..IngestReport::default() };
+        if page.sweep && object == CrmObject::Lead {
+            // The CRM lost the deletes since the cursor: a sweep of the ids held is due, from
+            // the first (`CrmSync` runs it); recorded with the page that says so.
+            tracing::warn!(object = %object, "the crm no longer keeps the deletes since the last sync (outage longer than its window); a sweep of the held ids will find them");
+            batch.set_cursor(sweep_name(cursor_name), SWEEP_PENDING);
+        }
         // The quarantine's keys, read from the store once and then kept with each commit (only
         // ingest writes the bucket); dropped on a failed commit, so the next page reads it again.
         let cached = self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -384,6 +390,16 @@ fn quarantine(
     batch.put_item(QUARANTINE, key, value);
 }
 
+/// The cursor under which a delete sweep's progress is kept, beside `cursor_name`'s.
+fn sweep_name(cursor_name: &str) -> String {
+    format!("{cursor_name}.sweep")
+}
+
+/// A sweep is due or under way: the prefix, then the last id checked (empty: none yet).
+const SWEEP_PENDING: &str = "pending:";
+/// No sweep is due.
+const SWEEP_DONE: &str = "done";
+
 /// What one sync pass did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
@@ -396,6 +412,8 @@ pub struct SyncReport {
     /// The shortest `Retry-After` the CRM asked for, if it asked.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// Leads whose existence a delete sweep checked with the CRM this pass.
+    pub swept: usize,
     /// API calls this pass made.
     pub api_calls: u64,
     /// Time spent waiting for the CRM, and storing what it sent.
@@ -494,7 +512,63 @@ impl CrmSync {
                 }
             }
         }
+        if pending.contains(&CrmObject::Lead) {
+            self.sweep(CrmObject::Lead, &mut report).await?;
+        }
         Ok(self.finish(report, calls_before))
+    }
+
+    /// The delete sweep, when one is due (see [`ChangePage::sweep`]): the leads the store
+    /// holds, in id order and [`SWEEP_CHUNK`] at a time, are checked with the CRM
+    /// ([`Crm::existing`], one call a chunk, counted against the API budget like any bulk
+    /// read), and those it no longer has are deleted as a delete from the CRM would be: their
+    /// hand-offs end and their history stays. Each chunk's deletes commit with the sweep's
+    /// progress, so a sweep cut short (a crash, the budget, a failed call) resumes after the
+    /// last chunk done. The object's other reads wait meanwhile, so no lead enters the store
+    /// while the sweep runs; a lead created in the CRM since is not in the store to check.
+    async fn sweep(&self, object: CrmObject, report: &mut SyncReport) -> Result<(), EngineError> {
+        let name = sweep_name(&self.cursor_name(object));
+        let store = self.engine.store().clone();
+        let Some(state) = store.cursor(&name).await? else { return Ok(()) };
+        let Some(after) = state.strip_prefix(SWEEP_PENDING) else { return Ok(()) };
+        let mut after = (!after.is_empty()).then(|| LeadId::new(after));
+        loop {
+            let leads = store.leads(after.as_ref(), SWEEP_CHUNK).await?;
+            let Some(last) = leads.last().map(|l| l.lead.id.clone()) else {
+                let mut batch = Batch::new();
+                batch.set_cursor(name, SWEEP_DONE);
+                store.commit(batch).await?;
+                tracing::info!(object = %object, deleted = report.records.deleted, checked = report.swept, "delete sweep done");
+                return Ok(());
+            };
+            let ids: Vec<String> = leads.iter().map(|l| l.lead.id.as_str().to_owned()).collect();
+            let pulling = std::time::Instant::now();
+            let existing = match self.crm.existing(object, &ids).await {
+                Ok(existing) => existing,
+                Err(error) => {
+                    self.failed(object, error, report);
+                    return Ok(());
+                }
+            };
+            report.pull_seconds += pulling.elapsed().as_secs_f64();
+            let existing: HashSet<&str> = existing.iter().map(String::as_str).collect();
+            let missing: Vec<String> =
+                ids.iter().filter(|id| !existing.contains(id.as_str())).cloned().collect();
+            if !missing.is_empty() {
+                tracing::info!(object = %object, count = missing.len(), "delete sweep: leads the crm no longer has are deleted");
+            }
+            report.swept += ids.len();
+            let page = ChangePage {
+                deleted: missing,
+                next_cursor: Some(format!("{SWEEP_PENDING}{}", last.as_str())),
+                ..ChangePage::default()
+            };
+            let ingesting = std::time::Instant::now();
+            let ingested = self.engine.ingest(object, page, &name).await?;
+            report.ingest_seconds += ingesting.elapsed().as_secs_f64();
+            report.records.add(&ingested);
+            after = Some(last);
+        }
     }
 
     fn finish(&self, mut report: SyncReport, calls_before: u64) -> SyncReport {
@@ -584,6 +658,7 @@ impl CrmSync {
                         stored = report.records.stored,
                         quarantined = report.records.quarantined,
                         deleted = report.records.deleted,
+                        swept = report.swept,
                         api_calls = report.api_calls,
                         errors = report.errors.len(),
                         "crm sync pass done"
@@ -857,4 +932,137 @@ impl CrmRelay {
             })
             .await
     }
+}
+
+/// A CRM write the CRM refused for good (a dead letter): what `leadloop crm dead-letters`
+/// lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The outbox key; `leadloop crm replay KEY` names it.
+    pub key: IdempotencyKey,
+    pub lead_id: Option<LeadId>,
+    /// `crm.update` or `crm.task`.
+    pub write: &'static str,
+    /// What the write carried: the fields of an update, the task's owner, subject and due date.
+    pub fields: serde_json::Value,
+    /// The CRM's refusal, as recorded when the write was given up.
+    pub error: String,
+    pub attempts: u32,
+    pub queued_at: Timestamp,
+    pub failed_at: Timestamp,
+}
+
+/// The CRM writes that failed for good, in key order.
+pub async fn dead_letters(store: &dyn Store) -> Result<Vec<DeadLetter>, leadloop_store::StoreError> {
+    Ok(store
+        .outbox_failed(Channel::Crm)
+        .await?
+        .into_iter()
+        .filter_map(|entry| {
+            let OutboxState::Failed { at, reason } = &entry.state else { return None };
+            let fields = match &entry.effect {
+                Effect::CrmUpdate { fields, .. } => serde_json::Value::Object(fields.clone()),
+                Effect::CrmTask { owner_id, subject, due, .. } => {
+                    serde_json::json!({ "owner_id": owner_id, "subject": subject, "due": due })
+                }
+                Effect::Email { .. } | Effect::CalendarHold { .. } | Effect::Chat { .. } => {
+                    serde_json::Value::Null
+                }
+            };
+            Some(DeadLetter {
+                key: entry.key.clone(),
+                lead_id: entry.effect.lead_id().cloned(),
+                write: entry.effect.name(),
+                fields,
+                error: reason.clone(),
+                attempts: entry.attempts,
+                queued_at: entry.created_at,
+                failed_at: *at,
+            })
+        })
+        .collect())
+}
+
+/// Which dead letters to put back in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayWhich {
+    Keys(Vec<String>),
+    All,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReplayReport {
+    /// Keys put back in the queue, due now.
+    pub replayed: Vec<String>,
+    /// Keys asked for that are not dead letters of the CRM, with why.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Puts CRM dead letters back in the queue, due at `now`, with their attempts counted afresh;
+/// each lead's history records the replay with `by` (the operator) and the failure it had.
+/// Everything changes in one batch. The CRM relay performs them at its next round (the daemon
+/// wakes it).
+pub async fn replay(
+    store: &dyn Store,
+    now: Timestamp,
+    which: &ReplayWhich,
+    by: &Actor,
+) -> Result<ReplayReport, leadloop_store::StoreError> {
+    let mut report = ReplayReport::default();
+    let entries: Vec<OutboxEntry> = match which {
+        ReplayWhich::All => store.outbox_failed(Channel::Crm).await?,
+        ReplayWhich::Keys(keys) => {
+            let mut entries = Vec::new();
+            for key in keys {
+                let found = match IdempotencyKey::parse(key) {
+                    Ok(parsed) => store.outbox_entry(&parsed).await?,
+                    Err(_) => None,
+                };
+                match found {
+                    None => report.refused.push((key.clone(), "no such outbox entry".into())),
+                    Some(entry) if entry.effect.channel() != Channel::Crm => {
+                        report.refused.push((key.clone(), "not a CRM write".into()))
+                    }
+                    Some(entry) if !matches!(entry.state, OutboxState::Failed { .. }) => {
+                        report.refused.push((key.clone(), "not a dead letter (pending or written)".into()))
+                    }
+                    Some(entry) => entries.push(entry),
+                }
+            }
+            entries
+        }
+    };
+    let mut batch = Batch::new();
+    for mut entry in entries {
+        let OutboxState::Failed { reason, .. } = &entry.state else { continue };
+        let reason = reason.clone();
+        if let Some(lead) = entry.effect.lead_id().cloned() {
+            batch.append_history(
+                lead,
+                HistoryEvent::new(
+                    now,
+                    by.clone(),
+                    EventKind::EffectReplayed {
+                        key: entry.key.clone(),
+                        reason: reason.clone(),
+                        attempts: entry.attempts,
+                    },
+                ),
+            );
+        }
+        tracing::info!(key = %entry.key, by = %by, "crm dead letter put back in the queue");
+        report.replayed.push(entry.key.to_string());
+        entry.state = OutboxState::Pending;
+        entry.attempts = 0;
+        entry.next_attempt_at = now;
+        entry.last_error = Some(format!("replayed by {by} after: {reason}"));
+        batch.update_outbox(entry);
+    }
+    if !batch.is_empty() {
+        store.commit(batch).await?;
+        metrics::counter!("leadloop_crm_writes_replayed_total").increment(report.replayed.len() as u64);
+    }
+    Ok(report)
 }

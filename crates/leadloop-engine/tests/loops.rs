@@ -587,6 +587,12 @@ impl Store for FlakyStore {
     ) -> leadloop_store::Result<Vec<OutboxEntry>> {
         self.inner.outbox_ready(channel, now, limit).await
     }
+    async fn outbox_failed(
+        &self,
+        channel: leadloop_core::Channel,
+    ) -> leadloop_store::Result<Vec<leadloop_core::OutboxEntry>> {
+        self.inner.outbox_failed(channel).await
+    }
     async fn outbox_pending(
         &self,
         channel: leadloop_core::Channel,

@@ -158,6 +158,7 @@ struct Sql {
     next_timer_due: String,
     outbox_entry: String,
     outbox_ready: String,
+    outbox_failed: String,
     outbox_pending: String,
     outbox_held: String,
     guard: String,
@@ -244,6 +245,9 @@ impl Sql {
             outbox_ready: format!(
                 "SELECT seq, value FROM {s}.outbox WHERE channel = $1 AND state = 'pending' AND next_attempt <= $2
                  ORDER BY next_attempt, seq, key LIMIT $3"
+            ),
+            outbox_failed: format!(
+                "SELECT seq, value FROM {s}.outbox WHERE channel = $1 AND state = 'failed' ORDER BY key"
             ),
             outbox_pending: format!(
                 "SELECT (SELECT entries FROM {s}.outbox_pending WHERE channel = $1),
@@ -1085,6 +1089,11 @@ impl Store for PgStore {
             .query(&self.inner.sql.outbox_ready, &[&channel.as_str(), &floor_ms(now), &limit])
             .await?;
         self.inner.count_reads(rows.len());
+        rows.iter().map(outbox_from).collect()
+    }
+
+    async fn outbox_failed(&self, channel: Channel) -> Result<Vec<OutboxEntry>> {
+        let rows = self.inner.query(&self.inner.sql.outbox_failed, &[&channel.as_str()]).await?;
         rows.iter().map(outbox_from).collect()
     }
 

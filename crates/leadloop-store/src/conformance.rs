@@ -883,6 +883,22 @@ pub async fn outbox_ready_follows_state(store: Arc<dyn Store>) {
     assert!(
         store.outbox_ready(Channel::Email, t0() + TimeDelta::days(365), 10).await.expect("ready").is_empty()
     );
+    // The dead letters: failed entries of the channel, in key order; none of another channel.
+    let failed = store.outbox_failed(Channel::Email).await.expect("failed");
+    assert_eq!(failed.iter().map(|e| e.key.to_string()).collect::<Vec<_>>(), ["a"]);
+    assert!(matches!(&failed[0].state, OutboxState::Failed { reason, .. } if reason == "550 user unknown"));
+    assert!(store.outbox_failed(Channel::Crm).await.expect("failed").is_empty());
+    // Put back in the queue (a replay): pending and ready again, no longer a dead letter.
+    let mut again = failed[0].clone();
+    again.state = OutboxState::Pending;
+    again.attempts = 0;
+    again.next_attempt_at = t0();
+    let mut batch = Batch::new();
+    batch.update_outbox(again);
+    store.commit(batch).await.expect("commit");
+    assert_eq!(keys(store.outbox_ready(Channel::Email, t0(), 10).await.expect("ready")), ["a"]);
+    assert_eq!(store.outbox_pending(Channel::Email).await.expect("pending").0, 1);
+    assert!(store.outbox_failed(Channel::Email).await.expect("failed").is_empty());
 }
 
 pub async fn cursors_and_people(store: Arc<dyn Store>) {

@@ -488,6 +488,9 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_entry(&self, key: &IdempotencyKey) -> Result<Option<OutboxEntry>>;
     /// Pending entries of `channel` whose next attempt is at or before `now`, earliest first.
     async fn outbox_ready(&self, channel: Channel, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>>;
+    /// The entries of `channel` that failed for good (dead letters), in key order. Costs what
+    /// the channel's outbox holds: an operator's query, never on the hot path.
+    async fn outbox_failed(&self, channel: Channel) -> Result<Vec<OutboxEntry>>;
     /// How many entries of `channel` are pending, and the earliest next attempt among them.
     /// A maintained counter and one index seek, whatever the outbox holds.
     async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)>;

@@ -991,6 +991,19 @@ impl Store for SledStore {
         }
     }
 
+    async fn outbox_failed(&self, channel: Channel) -> Result<Vec<OutboxEntry>> {
+        let mut failed = Vec::new();
+        for item in self.tree.scan_prefix([keys::OUTBOX]) {
+            let (key, raw) = item.map_err(|e| self.err(e))?;
+            let id = std::str::from_utf8(&key[1..]).map_err(|_| corrupt(&key, "outbox key is not text"))?;
+            let entry = self.outbox_from(id, &raw)?;
+            if entry.effect.channel() == channel && matches!(entry.state, OutboxState::Failed { .. }) {
+                failed.push(entry);
+            }
+        }
+        Ok(failed)
+    }
+
     async fn outbox_pending(&self, channel: Channel) -> Result<(u64, Option<Timestamp>)> {
         let count = self.pending[channel_index(channel)].load(Ordering::SeqCst);
         let earliest = match self.tree.scan_prefix([keys::ready(channel)]).next() {

@@ -1,8 +1,9 @@
 //! The admin HTTP listener: `/healthz` (alive), `/readyz` (store open and engine started, not
 //! draining) and `/metrics` (Prometheus text), open to whoever reaches the listener; and the
 //! data views the read-only commands ask a running daemon for (`/sla`, `/sla/LEAD`, `/leads`,
-//! `/quarantine`, `/report/funnel`: lead names, companies, addresses, raw CRM records,
-//! histories), which answer only as [`AdminAuth`] allows. Bound to loopback by default.
+//! `/quarantine`, `/report/funnel`, `/crm/dead-letters`: lead names, companies, addresses,
+//! raw CRM records, histories) and the one action, `POST /crm/replay` (dead letters back in
+//! the queue), which answer only as [`AdminAuth`] allows. Bound to loopback by default.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct AdminState {
     /// The blast-radius guard: `/guard` (what it holds) and its actions (pause, resume,
     /// approve), behind [`AdminAuth`] as the data views are.
     pub guard: Option<Arc<leadloop_engine::Guard>>,
+    /// Wakes the CRM relay after a replay (the daemon's, when it has a CRM).
+    pub crm_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -168,6 +171,46 @@ async fn quarantine_list(State(state): State<AdminState>) -> axum::response::Res
     }
 }
 
+/// `GET /crm/dead-letters`: the CRM writes refused for good, as `leadloop crm dead-letters
+/// --format json`.
+async fn dead_letters(State(state): State<AdminState>) -> axum::response::Response {
+    let Some(store) = &state.store else { return unavailable("no store\n".into()) };
+    match leadloop_engine::crm::dead_letters(store.as_ref()).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(error) => unavailable(format!("{error}\n")),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReplayRequest {
+    which: leadloop_engine::crm::ReplayWhich,
+    /// The operator, as the command line names them.
+    by: String,
+}
+
+/// `POST /crm/replay` `{"which": {"keys": [KEY…]} | "all", "by": NAME}`: puts dead letters
+/// back in the queue, records it in each lead's history (`admin NAME via the admin
+/// listener`), and wakes the CRM relay.
+async fn replay(
+    State(state): State<AdminState>,
+    Json(request): Json<ReplayRequest>,
+) -> axum::response::Response {
+    let Some(store) = &state.store else { return unavailable("no store\n".into()) };
+    let by = crate::escape_controls(request.by.trim(), false).chars().take(100).collect::<String>();
+    let actor = leadloop_core::Actor::Admin { who: format!("{by} (via the admin listener)") };
+    match leadloop_engine::crm::replay(store.as_ref(), chrono::Utc::now(), &request.which, &actor).await {
+        Ok(report) => {
+            if !report.replayed.is_empty()
+                && let Some(wake) = &state.crm_wake
+            {
+                wake.notify_one();
+            }
+            Json(report).into_response()
+        }
+        Err(error) => unavailable(format!("{error}\n")),
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct SlaQuery {
     #[serde(default)]
@@ -186,6 +229,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/report/funnel", get(funnel))
         .route("/guard", get(guard_status))
         .route("/guard/{action}", axum::routing::post(guard_action))
+        .route("/crm/dead-letters", get(dead_letters))
+        .route("/crm/replay", axum::routing::post(replay))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -313,6 +358,7 @@ mod tests {
             scoring: Arc::new(leadloop_core::scoring::ScoringConfig::default()),
             auth: Arc::new(auth),
             guard: None,
+            crm_wake: None,
         })
     }
 
@@ -326,7 +372,8 @@ mod tests {
         app.clone().oneshot(request).await.expect("answer").status().as_u16()
     }
 
-    const DATA: [&str; 6] = ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel", "/guard"];
+    const DATA: [&str; 7] =
+        ["/sla", "/sla/00Q1", "/leads", "/quarantine", "/report/funnel", "/guard", "/crm/dead-letters"];
 
     #[tokio::test]
     async fn data_views_need_the_token_and_health_does_not() {
@@ -367,6 +414,27 @@ mod tests {
         // Let through: this test state has no guard, so the action answers 503.
         let answer = app.clone().oneshot(post(Some(format!("Bearer {TOKEN}")))).await.expect("answer");
         assert_eq!(answer.status().as_u16(), 503);
+    }
+
+    #[tokio::test]
+    async fn replay_is_an_action_behind_the_token() {
+        let app = app(AdminAuth::new(Some(&Secret::for_tests(TOKEN)), "0.0.0.0:9477".parse().expect("addr")));
+        let post = |authorization: Option<String>| {
+            let mut request =
+                axum::http::Request::post("/crm/replay").header(header::CONTENT_TYPE, "application/json");
+            if let Some(value) = authorization {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            request.body(axum::body::Body::from(r#"{"which":"all","by":"ada"}"#)).expect("request")
+        };
+        let status = |request: axum::http::Request<axum::body::Body>| {
+            let app = app.clone();
+            async move { app.oneshot(request).await.expect("answer").status().as_u16() }
+        };
+        assert_eq!(status(post(None)).await, 401);
+        assert_eq!(status(post(Some(format!("Bearer {}", TOKEN.replace('0', "1"))))).await, 401);
+        // Let through: no store in this test state.
+        assert_eq!(status(post(Some(format!("Bearer {TOKEN}")))).await, 503);
     }
 
     #[tokio::test]

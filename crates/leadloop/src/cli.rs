@@ -84,6 +84,11 @@ pub enum Command {
     /// Release the nurture email a surge hold keeps back (or drop it with --reject); with
     /// --dry-run, show how many and a sample.
     Approve(ApproveArgs),
+    /// CRM write-back: the writes the CRM refused for good, and putting them back in the queue.
+    Crm {
+        #[command(subcommand)]
+        command: CrmCommand,
+    },
     /// One sync pass against the configured CRM (and one round of write-back), with counts.
     Sync {
         #[command(flatten)]
@@ -183,6 +188,28 @@ pub struct ApproveArgs {
     pub sample: usize,
     #[command(flatten)]
     pub target: GuardTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CrmCommand {
+    /// The writes the CRM refused for good (dead letters): lead, fields, the CRM's error and
+    /// the attempts made.
+    DeadLetters(ReadArgs),
+    /// Put dead letters back in the queue once their cause is fixed (e.g. a picklist value
+    /// added); each lead's history records the replay and who made it.
+    Replay {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// The dead letters' keys, as `leadloop crm dead-letters` lists them.
+        #[arg(value_name = "KEY", required_unless_present = "all", conflicts_with = "all")]
+        keys: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Who replays, for the history; default: the login name (`$USER`).
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -417,6 +444,15 @@ pub fn main() -> ExitCode {
                 crate::guard_cmd::Action::Approve { who }
             };
             guard(args.target, action)
+        }
+        Command::Crm { command: CrmCommand::DeadLetters(read) } => crate::sync_cmd::dead_letters(&read),
+        Command::Crm { command: CrmCommand::Replay { read, keys, all, by } } => {
+            let which = if all {
+                leadloop_engine::crm::ReplayWhich::All
+            } else {
+                leadloop_engine::crm::ReplayWhich::Keys(keys)
+            };
+            crate::sync_cmd::replay(&read, which, by)
         }
         Command::Sync { config, state_dir, once, format } => {
             crate::sync_cmd::main(&config.config, state_dir, once, format)

@@ -131,6 +131,7 @@ async fn run(args: RunArgs, mut config: Config) -> u8 {
         scoring: Arc::new(config.scoring.clone()),
         auth: Arc::new(admin_auth),
         guard: Some(Arc::clone(&runtime.guard)),
+        crm_wake: runtime.crm.as_ref().map(|crm| crm.relay.waker()),
     });
     // The admin listener, the gauges and the watchdog stop after the runtime has drained.
     let admin_stop = CancellationToken::new();

@@ -42,6 +42,8 @@ struct StageFigures {
 pub async fn funnel(store: &dyn Store, since: Timestamp, now: Timestamp) -> Result<Value, StoreError> {
     let mut figures: BTreeMap<Stage, StageFigures> =
         Stage::ALL.into_iter().map(|s| (s, StageFigures::default())).collect();
+    // Speed to lead: seconds from hand-off to first touch, per way of touching.
+    let mut touches: BTreeMap<&'static str, Vec<i64>> = BTreeMap::new();
     let mut pages = leadloop_store::LeadPages::new(store);
     while let Some(page) = pages.next().await? {
         for record in &page {
@@ -78,6 +80,11 @@ pub async fn funnel(store: &dyn Store, since: Timestamp, now: Timestamp) -> Resu
                         current = (to, Some(event.at));
                     }
                     EventKind::StageChanged { to, .. } => current = (to, Some(event.at)),
+                    EventKind::HandoffEnded { outcome, open_seconds, .. } if event.at >= since => {
+                        if let Some(by) = outcome.first_touch_by() {
+                            touches.entry(by).or_default().push(open_seconds);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -102,7 +109,27 @@ pub async fn funnel(store: &dyn Store, since: Timestamp, now: Timestamp) -> Resu
             })
         })
         .collect();
-    Ok(json!({ "since": since, "until": now, "stages": stages }))
+    Ok(json!({ "since": since, "until": now, "stages": stages, "speed_to_lead": speed_to_lead(touches) }))
+}
+
+/// Hand-offs first touched in the period and the median minutes to the touch, in all and per
+/// way of touching (`status`, `activity`: a logged call or email the policy counts,
+/// `email_link`).
+fn speed_to_lead(touches: BTreeMap<&'static str, Vec<i64>>) -> Value {
+    let figures = |seconds: &mut Vec<i64>| {
+        seconds.sort_unstable();
+        let median = seconds.get(seconds.len() / 2).map(|s| (*s as f64 / 60.0 * 10.0).round() / 10.0);
+        json!({ "touched": seconds.len(), "median_minutes": median })
+    };
+    let mut all: Vec<i64> = touches.values().flatten().copied().collect();
+    let mut by = serde_json::Map::new();
+    for way in ["status", "activity", "email_link"] {
+        let mut seconds = touches.get(way).cloned().unwrap_or_default();
+        by.insert(way.to_owned(), figures(&mut seconds));
+    }
+    let mut out = figures(&mut all);
+    out["by"] = Value::Object(by);
+    out
 }
 
 /// The funnel over the `since` before `now`.
@@ -154,6 +181,26 @@ pub fn main(source: &crate::sla_cmd::Source<'_>, since: Duration, json_out: bool
             count("converted"),
             rate,
             median
+        );
+    }
+    let speed = &report["speed_to_lead"];
+    let minutes = |v: &Value| v["median_minutes"].as_f64().map_or("-".to_owned(), |m| format!("{m:.1} min"));
+    crate::outln!();
+    crate::outln!(
+        "speed to lead: {} hand-offs first touched, median {}",
+        speed["touched"].as_u64().unwrap_or(0),
+        minutes(speed)
+    );
+    for (way, label) in [
+        ("status", "by a status change"),
+        ("activity", "by a logged activity"),
+        ("email_link", "from an email link"),
+    ] {
+        let figures = &speed["by"][way];
+        crate::outln!(
+            "  {label:<22} {:>6}  median {}",
+            figures["touched"].as_u64().unwrap_or(0),
+            minutes(figures)
         );
     }
     exit::OK

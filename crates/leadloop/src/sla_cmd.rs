@@ -121,9 +121,26 @@ pub async fn show(
 ) -> Result<Option<Value>, StoreError> {
     let Some(record) = store.lead(&LeadId::new(id)).await? else { return Ok(None) };
     let chart = OrgChart::new(store.people().await?);
-    let history: Vec<Value> = store
-        .history(&record.lead.id)
-        .await?
+    let events = store.history(&record.lead.id).await?;
+    // How each ended hand-off was first touched (status, a logged activity, an email link).
+    let touches: Vec<Value> = events
+        .iter()
+        .filter_map(|(_, event)| match &event.kind {
+            leadloop_core::EventKind::HandoffEnded { handoff, outcome, open_seconds, .. } => {
+                outcome.first_touch_by().map(|by| {
+                    json!({
+                        "handoff": handoff,
+                        "by": by,
+                        "outcome": outcome,
+                        "at": event.at,
+                        "after_seconds": open_seconds,
+                    })
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let history: Vec<Value> = events
         .into_iter()
         .map(|(seq, event)| {
             let mut value = serde_json::to_value(&event).unwrap_or(Value::Null);
@@ -140,6 +157,7 @@ pub async fn show(
         "owner_id": record.lead.owner_id,
         "handoffs": record.handoffs,
         "open_handoff": describe(&SlaRules::new(sla.clone()), &chart, &record, now),
+        "first_touches": touches,
         "score": score_json(scoring, &record, now),
         "emails": emails,
         "history": history,
@@ -224,6 +242,14 @@ pub enum Query {
     Quarantine,
     /// The funnel over the last `since` (`leadloop report funnel`).
     Funnel(std::time::Duration),
+    /// The CRM writes refused for good (`leadloop crm dead-letters`).
+    DeadLetters,
+    /// Put CRM dead letters back in the queue (`leadloop crm replay`): the one query that
+    /// writes; `by` is the operator.
+    Replay {
+        which: leadloop_engine::crm::ReplayWhich,
+        by: String,
+    },
 }
 
 /// Leads in id order (optionally only those in `stage`), with stage, status, owner and score.
@@ -311,6 +337,15 @@ pub fn fetch(config: &crate::config::Config, source: &Source<'_>, query: &Query)
                     }
                     Query::Quarantine => crate::sync_cmd::quarantined(store.as_ref()).await.map(Value::Array),
                     Query::Funnel(since) => crate::report::funnel_since(store.as_ref(), *since, now).await,
+                    Query::DeadLetters => leadloop_engine::crm::dead_letters(store.as_ref())
+                        .await
+                        .map(|rows| serde_json::to_value(rows).unwrap_or(Value::Null)),
+                    Query::Replay { which, by } => {
+                        let actor = leadloop_core::Actor::Admin { who: format!("{by} (on the store)") };
+                        leadloop_engine::crm::replay(store.as_ref(), now, which, &actor)
+                            .await
+                            .map(|report| serde_json::to_value(report).unwrap_or(Value::Null))
+                    }
                 }
                 .map_err(|e| e.to_string())
             }
@@ -377,6 +412,14 @@ async fn ask_daemon(
             let since = format!("{}s", since.as_secs());
             (url.clone(), client.get(url).query(&[("since", since)]))
         }
+        Query::DeadLetters => {
+            let url = format!("http://{admin}/crm/dead-letters");
+            (url.clone(), client.get(url))
+        }
+        Query::Replay { which, by } => {
+            let url = format!("http://{admin}/crm/replay");
+            (url.clone(), client.post(url).json(&json!({ "which": which, "by": by })))
+        }
         Query::Show(id) => {
             let mut url = reqwest::Url::parse(&format!("http://{admin}/sla/")).map_err(|e| e.to_string())?;
             url.path_segments_mut().map_err(|()| "bad admin address".to_owned())?.pop_if_empty().push(id);
@@ -440,8 +483,8 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
         return exit::OK;
     }
     match query {
-        // `leadloop quarantine` and `report funnel` print their own rows.
-        Query::Quarantine | Query::Funnel(_) => {}
+        // `leadloop quarantine`, `report funnel` and `crm` print their own rows.
+        Query::Quarantine | Query::Funnel(_) | Query::DeadLetters | Query::Replay { .. } => {}
         Query::Leads(_) => {
             let header = ["LEAD", "NAME", "STAGE", "SCORE", "OWNER", "STATUS"];
             crate::outln!(
@@ -551,6 +594,17 @@ pub fn main(source: &Source<'_>, query: Query, json_out: bool) -> u8 {
                     if open["overdue"] == Value::Bool(true) { " (OVERDUE)" } else { "" }
                 ),
                 None => crate::outln!("open      none"),
+            }
+            for touch in value["first_touches"].as_array().into_iter().flatten() {
+                let seconds = touch["after_seconds"].as_i64().unwrap_or(0);
+                crate::outln!(
+                    "touched   #{} by {} after {}h {:02}m: {}",
+                    text(&touch["handoff"]),
+                    text(&touch["by"]),
+                    seconds / 3600,
+                    (seconds % 3600) / 60,
+                    text(&touch["outcome"])
+                );
             }
             crate::outln!("history:");
             for event in value["history"].as_array().into_iter().flatten() {

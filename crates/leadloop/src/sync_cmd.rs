@@ -174,3 +174,99 @@ pub fn quarantine(read: &crate::cli::ReadArgs) -> u8 {
     }
     exit::OK
 }
+
+/// `leadloop crm dead-letters`: the CRM writes refused for good; from the store, or from the
+/// running daemon's admin listener when it holds the state directory.
+pub fn dead_letters(read: &crate::cli::ReadArgs) -> u8 {
+    let config = match crate::cli::load_for_reading(&read.config.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let rows = match crate::sla_cmd::fetch(&config, &read.source(), &crate::sla_cmd::Query::DeadLetters) {
+        Ok(value) => value.as_array().cloned().unwrap_or_default(),
+        Err(code) => return code,
+    };
+    match read.format {
+        Format::Json => {
+            for row in &rows {
+                crate::outln!("{row}");
+            }
+        }
+        Format::Human => {
+            if rows.is_empty() {
+                crate::outln!("no dead letters: every CRM write went through or is still queued");
+            }
+            let text = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            for row in &rows {
+                crate::outln!(
+                    "{}  lead {}  {}  {} attempts, failed {}",
+                    text(&row["key"]),
+                    text(&row["lead_id"]),
+                    text(&row["write"]),
+                    text(&row["attempts"]),
+                    text(&row["failed_at"])
+                );
+                crate::outln!("    fields  {}", text(&row["fields"]));
+                crate::outln!("    error   {}", text(&row["error"]));
+            }
+            if !rows.is_empty() {
+                crate::outln!(
+                    "fix the cause in the CRM, then `leadloop crm replay KEY` (or --all) puts them back in the queue"
+                );
+            }
+        }
+    }
+    exit::OK
+}
+
+/// Who an operator is, for the history: `--by`, else the login name.
+fn operator(by: Option<String>) -> String {
+    by.filter(|b| !b.trim().is_empty())
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown operator".into())
+}
+
+/// `leadloop crm replay KEY…|--all`: puts dead letters back in the queue, on the store, or
+/// through the running daemon's admin listener (which wakes its CRM relay).
+pub fn replay(
+    read: &crate::cli::ReadArgs,
+    which: leadloop_engine::crm::ReplayWhich,
+    by: Option<String>,
+) -> u8 {
+    let config = match crate::cli::load_for_reading(&read.config.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let query = crate::sla_cmd::Query::Replay { which, by: operator(by) };
+    let value = match crate::sla_cmd::fetch(&config, &read.source(), &query) {
+        Ok(value) => value,
+        Err(code) => return code,
+    };
+    let report: leadloop_engine::crm::ReplayReport = match serde_json::from_value(value.clone()) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("replay: the answer is not a replay report ({error}): {value}");
+            return exit::FAILURE;
+        }
+    };
+    match read.format {
+        Format::Json => crate::outln!("{value}"),
+        Format::Human => {
+            for key in &report.replayed {
+                crate::outln!("replayed  {key}");
+            }
+            for (key, why) in &report.refused {
+                crate::outln!("refused   {key}: {why}");
+            }
+            if report.replayed.is_empty() && report.refused.is_empty() {
+                crate::outln!("no dead letters to replay");
+            }
+        }
+    }
+    if report.refused.is_empty() { exit::OK } else { exit::FAILURE }
+}

@@ -724,7 +724,9 @@ async fn the_funnel_report_counts_inventory_flow_conversion_and_time_in_stage() 
             .collect()
     };
     let header = ends(lines[0]);
-    for row in &lines[1..] {
+    // The stage table, then a blank line and the speed to lead.
+    assert!(text.contains("\nspeed to lead: "), "{text}");
+    for row in lines[1..].iter().take_while(|l| !l.is_empty()) {
         let row_ends = ends(row);
         // The numeric columns (after the label) end where the header's do.
         assert_eq!(&row_ends[row_ends.len() - 6..], &header[header.len() - 6..], "{text}");

@@ -146,6 +146,7 @@ async fn slow_clients_of_the_admin_listener_are_cut_off_while_health_answers() {
         scoring: Arc::new(leadloop_core::scoring::ScoringConfig::default()),
         auth: Arc::new(leadloop::admin::AdminAuth::Loopback),
         guard: None,
+        crm_wake: None,
     });
     let limits = Limits { header_read_timeout: Duration::from_secs(1), ..Limits::ADMIN };
     tokio::spawn(leadloop::serve::serve(listener, router, limits, CancellationToken::new()));

@@ -166,3 +166,143 @@ async fn the_daemon_syncs_on_start_and_writes_back_owner_changes() {
     assert!(metrics.contains("leadloop_crm_writes_total"), "{metrics}");
     assert_eq!(status.code(), Some(0));
 }
+
+/// Lines of JSON on stdout.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn start_daemon(config: &Path, port: u16) -> std::process::Child {
+    bin()
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--admin-listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon")
+}
+
+async fn stop_daemon(mut child: std::process::Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Waits (in real time: the daemon runs on the system clock) until `done` holds.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Dead letters, as an admin meets them: the SLA sets a status the org's restricted picklist
+/// lacks, Salesforce refuses it for good, `crm dead-letters` lists it (through the running
+/// daemon's admin listener, and from the store once it stopped), the admin adds the value
+/// to the picklist and `crm replay` puts the write back: Salesforce receives it once, and the
+/// lead's history says who replayed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_for_good_are_listed_and_replayed_once_the_picklist_is_fixed() {
+    const STATUS: &str = "Nurture - Later";
+    let emu = Emulator::start(Config::default()).await.expect("emulator");
+    let ids =
+        seed::populate(&emu, &SeedSpec { seed: 5, managers: 1, reps: 2, accounts: 3, leads: 3, tasks: 0 });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &emu.url(), &Config::default().client_secret);
+    let mut text = std::fs::read_to_string(&config).expect("read");
+    // Every lead qualifies and is routed; the alert step sets a status Salesforce refuses,
+    // and a refused write is given up at once.
+    text = text.replace("[crm]\n", "[crm]\nmax_write_attempts = 1\n");
+    text.push_str(&format!(
+        "\n[scoring]\nthreshold = 10\n[[scoring.fit]]\nname = \"any source\"\nfield = \"lead_source\"\ncontains = [\"\"]\npoints = 20\n\n[routing]\nfallback = \"{}\"\n\n[[sla.policy]]\nname = \"p\"\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\nactions = [{{ type = \"set_status\", status = \"{STATUS}\" }}]\n",
+        ids.reps[0]
+    ));
+    std::fs::write(&config, text).expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let cli = |args: &[&str]| {
+        let mut command = bin();
+        command.args(["crm"]).args(args).arg("--config").arg(&config);
+        command.args(["--admin-listen", &format!("127.0.0.1:{port}")]);
+        command.output().expect("run")
+    };
+    let dead_letters = || {
+        let out = cli(&["dead-letters", "--format", "json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json_lines(&out)
+    };
+
+    let daemon = start_daemon(&config, port);
+    let mut rows = Vec::new();
+    wait_for("three dead letters", || {
+        // The daemon may not answer yet.
+        let out = cli(&["dead-letters", "--format", "json"]);
+        rows = if out.status.success() { json_lines(&out) } else { Vec::new() };
+        rows.len() == 3
+    })
+    .await;
+    for row in &rows {
+        assert_eq!(row["write"], "crm.update", "{row}");
+        assert_eq!(row["fields"]["status"], STATUS, "{row}");
+        assert_eq!(row["attempts"], 1, "{row}");
+        let error = row["error"].as_str().expect("error");
+        assert!(error.contains("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"), "{error}");
+    }
+    let first = rows[0]["key"].as_str().expect("key").to_owned();
+    let lead = rows[0]["lead_id"].as_str().expect("lead").to_owned();
+    assert!(emu.get("Lead", &lead).is_some_and(|l| l["Status"] != STATUS));
+
+    // The admin adds the value to the picklist, then replays one write through the daemon.
+    emu.add_lead_status(STATUS);
+    let patches = || {
+        emu.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains("/composite/sobjects"))
+            .count()
+    };
+    let before = patches();
+    let out = cli(&["replay", &first, "--by", "ada"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("replayed  {first}"));
+    wait_for("the replayed write", || emu.get("Lead", &lead).is_some_and(|l| l["Status"] == STATUS)).await;
+    assert_eq!(dead_letters().len(), 2, "the other two stay dead letters");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(patches() - before, 1, "Salesforce received the replayed write once");
+    stop_daemon(daemon).await;
+
+    // The daemon is stopped: the commands work on the store itself.
+    assert_eq!(dead_letters().len(), 2);
+    let out = cli(&["replay", "no-such-key"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("refused   no-such-key: no such outbox entry"));
+    let out = cli(&["replay", "--all", "--by", "bob", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json_lines(&out)[0]["replayed"].as_array().map(Vec::len), Some(2));
+    assert!(dead_letters().is_empty());
+    let out = bin()
+        .args(["leads", "show", &lead, "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let replayed: Vec<&serde_json::Value> = shown["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["kind"] == "effect_replayed")
+        .collect();
+    assert_eq!(replayed.len(), 1, "{shown}");
+    assert_eq!(replayed[0]["actor"]["who"], "ada (via the admin listener)");
+    assert!(replayed[0]["reason"].as_str().expect("reason").contains("RESTRICTED_PICKLIST"));
+
+    // Started again, the daemon writes the two replayed on the store.
+    let daemon = start_daemon(&config, port);
+    wait_for("every lead's status written", || {
+        emu.all("Lead").iter().filter(|l| l["Status"] == STATUS).count() == 3
+    })
+    .await;
+    stop_daemon(daemon).await;
+}

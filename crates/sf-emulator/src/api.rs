@@ -503,7 +503,7 @@ fn write_record(
     if obj_name == "Lead"
         && let Some(status) = fields.get("Status")
     {
-        let ok = status.as_str().is_some_and(|s| shared.config.lead_statuses.iter().any(|l| l == s));
+        let ok = status.as_str().is_some_and(|s| shared.is_lead_status(s));
         if !ok {
             let shown = status.as_str().map_or_else(|| status.to_string(), str::to_owned);
             return Err(rec_err(

@@ -270,6 +270,9 @@ pub(crate) struct Shared {
     pub streaming_deliveries: AtomicU64,
     /// Set when the emulator stops, so long polls end.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Values an admin added to the restricted `Lead.Status` picklist after the start
+    /// (`Emulator::add_lead_status`), besides `config.lead_statuses`.
+    pub added_lead_statuses: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -279,6 +282,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub fn is_external_id(&self, object: &str, field: &str) -> bool {
         lock(&self.external_ids).iter().any(|(o, f)| o == object && f == field)
+    }
+
+    /// Whether `status` is a value of the restricted `Lead.Status` picklist.
+    pub fn is_lead_status(&self, status: &str) -> bool {
+        self.config.lead_statuses.iter().any(|l| l == status)
+            || lock(&self.added_lead_statuses).iter().any(|l| l == status)
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -381,6 +390,7 @@ impl Emulator {
             streaming: Mutex::new(HashMap::new()),
             streaming_deliveries: AtomicU64::new(0),
             stopping: tokio::sync::watch::channel(false).0,
+            added_lead_statuses: Mutex::new(Vec::new()),
         });
         let (tx, rx) = oneshot::channel();
         let router = http::router(shared.clone());
@@ -506,6 +516,16 @@ impl Emulator {
             ids.push((object.to_owned(), field.to_owned()));
         }
         true
+    }
+
+    /// Adds a value to the restricted `Lead.Status` picklist, as an admin does in Setup
+    /// (Object Manager → Lead → Fields → Lead Status → Values → New): writes naming it are
+    /// accepted from then on.
+    pub fn add_lead_status(&self, status: &str) {
+        let mut added = lock(&self.shared.added_lead_statuses);
+        if !added.iter().any(|s| s == status) {
+            added.push(status.to_owned());
+        }
     }
 
     /// A live record with its system fields and every set field.

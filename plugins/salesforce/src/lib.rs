@@ -35,7 +35,7 @@ use crate::mapping::{Mapping, format_datetime, parse_datetime};
 /// Records per sObject Collections call: Salesforce's limit.
 pub const COLLECTION_LIMIT: usize = 200;
 
-/// Salesforce keeps deleted records for 15 days; an older delete cursor means a full resync.
+/// Salesforce keeps deleted records for 15 days; an older delete cursor means a sweep of ids.
 const DELETE_WINDOW_DAYS: i64 = 15;
 
 /// Queries one Composite request may hold (Salesforce: 5 of its 25 subrequests). Each object's
@@ -467,18 +467,13 @@ impl Salesforce {
                 }
             }
             if resync {
-                tracing::warn!(object = %object, "deletes are older than salesforce keeps them (15 days); reading the whole object again");
-                metrics::counter!("leadloop_crm_full_resyncs_total").increment(1);
-                let restart = Cursor { deleted: Some(format_datetime(now)), ..Cursor::default() };
-                out.push((
-                    *i,
-                    Ok(ChangePage {
-                        more: true,
-                        next_cursor: Some(restart.encode()),
-                        ..ChangePage::default()
-                    }),
-                ));
-                continue;
+                // The watermark still holds (every change since is read by the query); only
+                // the deletes in between are lost. Deletes are followed from now on, and the
+                // engine sweeps the ids it holds to find the ones deleted meanwhile.
+                tracing::warn!(object = %object, "deletes are older than salesforce keeps them (15 days); the ids held will be swept");
+                metrics::counter!("leadloop_crm_delete_sweeps_total", "object" => object.as_str())
+                    .increment(1);
+                cursor.deleted = Some(format_datetime(now));
             }
             if cursor.deleted.is_none() && follows_deletes(*object) {
                 // The first pass: deletes matter from now on.
@@ -503,6 +498,7 @@ impl Salesforce {
                 Ok(result) => {
                     let mut page = self.page(*object, &cursor, result);
                     page.deleted = deleted;
+                    page.sweep = resync;
                     out.push((*i, Ok(page)));
                 }
                 Err(e) => out.push((
@@ -750,6 +746,41 @@ impl Crm for Salesforce {
                     Err(ConnectorError::Transient { message: "not sent".into(), retry_after: None })
                 })
             })
+            .collect())
+    }
+
+    /// `SELECT Id FROM OBJECT WHERE Id IN (…)`: a deleted record (in the recycle bin or
+    /// purged) is not returned. An id that is not a Salesforce id is answered as existing, so
+    /// nothing is deleted on a guess.
+    async fn existing(&self, object: CrmObject, ids: &[String]) -> Result<Vec<String>, ConnectorError> {
+        let (asked, odd): (Vec<&String>, Vec<&String>) = ids
+            .iter()
+            .partition(|id| matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let mut found: Vec<String> = odd.into_iter().cloned().collect();
+        for chunk in asked.chunks(leadloop_core::connector::SWEEP_CHUNK) {
+            let list = chunk.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",");
+            let soql = format!("SELECT Id FROM {} WHERE Id IN ({list})", sobject(object));
+            let mut next = Some(self.query_path(&soql));
+            while let Some(path) = next.take() {
+                let body = self
+                    .api
+                    .call(Method::GET, &path, None, Priority::Bulk, None)
+                    .await
+                    .map_err(|e| e.error)?;
+                let result: QueryResult =
+                    serde_json::from_value(body).map_err(|e| ConnectorError::Transient {
+                        message: format!("{object} id check: malformed response: {e}"),
+                        retry_after: None,
+                    })?;
+                found.extend(result.records.iter().filter_map(|r| r.get("Id")?.as_str().map(str::to_owned)));
+                next = if result.done { None } else { result.next_records_url };
+            }
+        }
+        // Salesforce answers 18-character ids; a 15-character one asked is matched by prefix.
+        Ok(ids
+            .iter()
+            .filter(|id| found.iter().any(|f| f == *id || (id.len() == 15 && f.starts_with(id.as_str()))))
+            .cloned()
             .collect())
     }
 

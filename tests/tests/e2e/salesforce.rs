@@ -25,6 +25,8 @@ struct Rig {
     engine: Engine,
     crm: Arc<leadloop_salesforce::Salesforce>,
     sync: Arc<CrmSync>,
+    /// Config appended to the rig's (an `[sla]` policy).
+    extra: String,
 }
 
 impl Rig {
@@ -33,6 +35,14 @@ impl Rig {
     }
 
     async fn start_with(config: leadloop_sf_emulator::Config, spec: Option<SeedSpec>) -> Rig {
+        Self::start_with_extra(config, spec, String::new()).await
+    }
+
+    async fn start_with_extra(
+        config: leadloop_sf_emulator::Config,
+        spec: Option<SeedSpec>,
+        extra: String,
+    ) -> Rig {
         let emu = Emulator::start(config).await.expect("emulator");
         if let Some(spec) = spec {
             seed::populate(&emu, &spec);
@@ -41,8 +51,8 @@ impl Rig {
         let secret = dir.path().join("client-secret");
         std::fs::write(&secret, &emu.config().client_secret).expect("secret file");
         let clock = Arc::new(VirtualClock::new(emu.now()));
-        let (engine, crm, sync) = Self::open(&emu, &clock, dir.path(), &secret).await;
-        Rig { emu, clock, dir, secret, engine, crm, sync }
+        let (engine, crm, sync) = Self::open(&emu, &clock, dir.path(), &secret, &extra).await;
+        Rig { emu, clock, dir, secret, engine, crm, sync, extra }
     }
 
     /// The daemon's runtime with its default rules and only the CRM part; the connector is
@@ -52,13 +62,15 @@ impl Rig {
         clock: &Arc<VirtualClock>,
         dir: &std::path::Path,
         secret: &std::path::Path,
+        extra: &str,
     ) -> (Engine, Arc<leadloop_salesforce::Salesforce>, Arc<CrmSync>) {
-        let text = format!(
+        let mut text = format!(
             "[crm]\ntype = \"salesforce\"\n[crm.salesforce]\nlogin_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\ndisqualify_reason_field = \"Disqualify_Reason__c\"\n[crm.salesforce.fields.lead]\nInterests__c = \"interests\"\n",
             emu.url(),
             emu.config().consumer_key,
             secret.display()
         );
+        text.push_str(extra);
         let (config, _) =
             leadloop::config::load_str(std::path::Path::new("salesforce.toml"), &text).expect("valid config");
         let cx = leadloop_plugin::BuildContext {
@@ -78,12 +90,12 @@ impl Rig {
 
     /// Closes the store and opens it again, as a restart does.
     async fn restart(self) -> Rig {
-        let Rig { emu, clock, dir, secret, engine, crm, sync } = self;
+        let Rig { emu, clock, dir, secret, engine, crm, sync, extra } = self;
         drop(sync);
         drop(engine);
         drop(crm);
-        let (engine, crm, sync) = Self::open(&emu, &clock, dir.path(), &secret).await;
-        Rig { emu, clock, dir, secret, engine, crm, sync }
+        let (engine, crm, sync) = Self::open(&emu, &clock, dir.path(), &secret, &extra).await;
+        Rig { emu, clock, dir, secret, engine, crm, sync, extra }
     }
 
     fn sync(&self) -> Arc<CrmSync> {
@@ -166,6 +178,100 @@ async fn deletes_remove_the_lead_and_keep_its_history() {
     assert!(rig.engine.store().lead(&LeadId::new(&id)).await.expect("read").is_none());
     let history = rig.engine.store().history(&LeadId::new(&id)).await.expect("history");
     assert!(history.iter().any(|(_, e)| matches!(e.kind, EventKind::Deleted)));
+}
+
+/// Leads deleted while leadloop was down longer than Salesforce keeps deletes (15 days):
+/// getDeleted refuses the old start (`INVALID_REPLICATION_DATE`), so the sync sweeps the ids
+/// it holds, finds the two leads Salesforce no longer has and deletes them (history kept),
+/// in one call for the ids besides the pass's composite; the next pass sweeps nothing.
+#[tokio::test]
+async fn deletes_during_an_outage_longer_than_the_getdeleted_window_are_found_by_a_sweep() {
+    let rig = Rig::start(Some(spec(50))).await;
+    rig.sync().pass().await.expect("pass");
+    assert_eq!(rig.lead_count().await, 50);
+    let ids: Vec<String> =
+        rig.emu.all("Lead").iter().take(3).map(|l| l["Id"].as_str().expect("id").to_owned()).collect();
+    rig.advance(std::time::Duration::from_secs(3600));
+    assert!(rig.emu.delete("Lead", &ids[0]));
+    assert!(rig.emu.delete("Lead", &ids[1]));
+    assert!(rig.emu.update("Lead", &ids[2], fields(json!({"Title": "Head of Data"}))));
+    // Sixteen days down.
+    rig.advance(std::time::Duration::from_secs(16 * 86_400));
+    let report = rig.sync().pass().await.expect("pass");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.records.deleted, 2, "{report:?}");
+    assert_eq!(report.swept, 50);
+    assert_eq!(report.api_calls, 2, "the composite, and one id check for 50 leads");
+    assert_eq!(rig.lead_count().await, 48);
+    for id in &ids[..2] {
+        assert!(rig.engine.store().lead(&LeadId::new(id)).await.expect("read").is_none());
+        let history = rig.engine.store().history(&LeadId::new(id)).await.expect("history");
+        assert!(history.iter().any(|(_, e)| matches!(e.kind, EventKind::Deleted)), "{id}");
+    }
+    let kept = rig.engine.store().lead(&LeadId::new(&ids[2])).await.expect("read").expect("kept");
+    assert_eq!(kept.lead.title.as_deref(), Some("Head of Data"), "changes meanwhile still sync");
+    // Deletes are followed from now on again; no second sweep.
+    rig.advance(std::time::Duration::from_secs(300));
+    let idle = rig.sync().pass().await.expect("pass");
+    assert_eq!((idle.api_calls, idle.swept, idle.records.deleted), (1, 0, 0), "{idle:?}");
+}
+
+/// First touch by a logged activity: under `satisfied_by = ["status", "activity"]`, a call
+/// the owner logs in Salesforce (a completed Task of type Call) ends the hand-off as its own
+/// outcome, and the ladder's reminder never goes.
+#[tokio::test]
+async fn a_call_the_owner_logs_in_salesforce_stops_the_ladder() {
+    let extra = "[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"status\", \"activity\"]\nfirst_touch_activities = [\"call\"]\n[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\n[[sla.policy.step]]\nname = \"reminder\"\nafter = \"24h\"\nkind = \"sla.reminder\"\ntemplate = \"sla_reminder\"\nto = [\"rep\"]\n";
+    let rig =
+        Rig::start_with_extra(leadloop_sf_emulator::Config::default(), Some(spec(5)), extra.into()).await;
+    rig.sync().pass().await.expect("pass");
+    let rep =
+        rig.emu.all("User").iter().find(|u| u["Title"] == json!("Account Executive")).expect("rep")["Id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+    let lead = rig.emu.insert(
+        "Lead",
+        fields(json!({"LastName": "Lovelace", "Company": "Analytical", "OwnerId": rep, "Status": "Open - Not Contacted"})),
+    );
+    rig.advance(std::time::Duration::from_secs(60));
+    rig.sync().pass().await.expect("pass");
+    let id = LeadId::new(&lead);
+    let stored = rig.engine.store().lead(&id).await.expect("read").expect("lead");
+    assert!(stored.handoff.is_some(), "the hand-off started");
+    // Someone else's call and the owner's open call are not touches.
+    rig.advance(std::time::Duration::from_secs(3600));
+    let manager = rig.emu.all("User").iter().find(|u| u["Id"] != json!(rep)).expect("another user")["Id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    rig.emu.insert("Task", fields(json!({"WhoId": lead, "OwnerId": manager, "Type": "Call", "Subject": "Call", "Status": "Completed"})));
+    rig.emu.insert("Task", fields(json!({"WhoId": lead, "OwnerId": rep, "Type": "Call", "Subject": "Call", "Status": "Not Started"})));
+    rig.advance(std::time::Duration::from_secs(60));
+    rig.sync().pass().await.expect("pass");
+    assert!(rig.engine.store().lead(&id).await.expect("read").expect("lead").handoff.is_some());
+    // The owner logs the call.
+    rig.emu.insert("Task", fields(json!({"WhoId": lead, "OwnerId": rep, "Type": "Call", "Subject": "Called Ada", "Status": "Completed"})));
+    rig.advance(std::time::Duration::from_secs(60));
+    rig.sync().pass().await.expect("pass");
+    let stored = rig.engine.store().lead(&id).await.expect("read").expect("lead");
+    assert!(stored.handoff.is_none(), "the call ended the hand-off");
+    let history = rig.engine.store().history(&id).await.expect("history");
+    let outcomes: Vec<String> = history
+        .iter()
+        .filter_map(|(_, e)| match &e.kind {
+            EventKind::HandoffEnded { outcome, .. } => Some(outcome.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, ["satisfied: call logged by the owner"]);
+    // A day later: no reminder was queued.
+    rig.advance(std::time::Duration::from_secs(30 * 3600));
+    rig.engine.tick().await.expect("tick");
+    let reminder = IdempotencyKey::parse(&format!("sla/{lead}/1/reminder")).expect("key");
+    assert!(rig.engine.store().outbox_entry(&reminder).await.expect("read").is_none());
+    let alert = IdempotencyKey::parse(&format!("sla/{lead}/1/alert")).expect("key");
+    assert!(rig.engine.store().outbox_entry(&alert).await.expect("read").is_some());
 }
 
 #[tokio::test]

@@ -186,6 +186,16 @@ pub struct SlaPolicy {
     /// Also stop the ladder when a completed task is logged on the lead.
     #[serde(default)]
     pub stop_on_task: bool,
+    /// What counts as the rep's first touch, ending the hand-off as satisfied: a change of
+    /// the lead's CRM status (`status`, the default) and/or a completed activity of one of
+    /// `first_touch_activities` logged by the hand-off's owner (`activity`).
+    #[serde(default = "status_only")]
+    pub satisfied_by: Vec<SatisfiedBy>,
+    /// The activity kinds that count as a first touch under `satisfied_by = ["activity"]`:
+    /// the CRM task's type (Salesforce's Task `Type`: `call`, `email`, `meeting`, …),
+    /// compared without regard to case.
+    #[serde(default = "call_and_email")]
+    pub first_touch_activities: Vec<String>,
     /// Managers and/or executives get one digest a day instead of a copy per lead.
     pub digest: Option<Digest>,
     /// While the rep's calendar says they are away (all-day busy, out of office).
@@ -195,6 +205,37 @@ pub struct SlaPolicy {
     pub backup: Option<String>,
     #[serde(rename = "step")]
     pub steps: Vec<Step>,
+}
+
+/// What satisfies a hand-off (`satisfied_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SatisfiedBy {
+    /// The lead's CRM status changed away from the hand-off's.
+    Status,
+    /// The hand-off's owner logged a completed activity of a `first_touch_activities` kind.
+    Activity,
+}
+
+pub fn status_only() -> Vec<SatisfiedBy> {
+    vec![SatisfiedBy::Status]
+}
+
+pub fn call_and_email() -> Vec<String> {
+    vec!["call".into(), "email".into()]
+}
+
+impl SlaPolicy {
+    /// Whether a change of the lead's status ends the hand-off.
+    pub fn satisfied_by_status(&self) -> bool {
+        self.satisfied_by.contains(&SatisfiedBy::Status)
+    }
+
+    /// Whether `kind` (a CRM task's type) is a first touch under this policy.
+    pub fn first_touch_kind(&self, kind: &str) -> bool {
+        self.satisfied_by.contains(&SatisfiedBy::Activity)
+            && self.first_touch_activities.iter().any(|k| k.eq_ignore_ascii_case(kind.trim()))
+    }
 }
 
 /// The seed's ladder: 0 h alert, 24 h reminder, 48 h reminder cc manager, 72 h cc executive.
@@ -216,6 +257,8 @@ pub fn default_policy() -> SlaPolicy {
         catch_up: CatchUp::Latest,
         business_hours: None,
         stop_on_task: false,
+        satisfied_by: status_only(),
+        first_touch_activities: call_and_email(),
         digest: None,
         when_away: WhenAway::Pause,
         backup: None,

@@ -692,6 +692,23 @@ impl SlaRules {
     }
 }
 
+/// The first touch `activity` is under `policy`, if it is one: a completed CRM task of a
+/// `first_touch_activities` type, logged by the hand-off's owner at or after the hand-off
+/// started (leadloop's own follow-up tasks carry no type and are never one). The kind,
+/// lowercased, names the outcome.
+fn first_touch(policy: Option<&SlaPolicy>, handoff: &Handoff, activity: &Activity) -> Option<String> {
+    let policy = policy?;
+    if activity.kind != "task_completed" || activity.at < handoff.started_at {
+        return None;
+    }
+    let detail = |key: &str| activity.detail.get(key).and_then(Value::as_str);
+    let kind = detail("type")?;
+    if !policy.first_touch_kind(kind) || detail("owner_id") != Some(handoff.owner.as_str()) {
+        return None;
+    }
+    Some(kind.trim().to_lowercase().replace(char::is_whitespace, "_"))
+}
+
 impl Policy for SlaRules {
     fn on_sales_action(
         &self,
@@ -718,7 +735,9 @@ impl Policy for SlaRules {
         if let Some(current) = after.handoff.clone() {
             if after.lead.owner_id.as_ref() != Some(&current.owner) {
                 self.end(&mut after, HandoffOutcome::Reassigned, people, now, &mut decision);
-            } else if after.lead.status != current.status {
+            } else if after.lead.status != current.status
+                && self.policy_named(&current.policy).is_none_or(SlaPolicy::satisfied_by_status)
+            {
                 let outcome = HandoffOutcome::StatusChanged { to: after.lead.status.clone() };
                 self.end(&mut after, outcome, people, now, &mut decision);
             }
@@ -746,11 +765,17 @@ impl Policy for SlaRules {
     ) -> Decision {
         let mut decision = Decision::default();
         let Some(handoff) = &lead.handoff else { return decision };
-        let stops = activity.kind == "task_completed"
-            && self.policy_named(&handoff.policy).is_some_and(|p| p.stop_on_task);
-        if stops {
+        let policy = self.policy_named(&handoff.policy);
+        let outcome = if let Some(kind) = first_touch(policy, handoff, activity) {
+            Some(HandoffOutcome::ActivityLogged { kind })
+        } else if activity.kind == "task_completed" && policy.is_some_and(|p| p.stop_on_task) {
+            Some(HandoffOutcome::TaskCompleted)
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
             let mut record = lead.clone();
-            self.end(&mut record, HandoffOutcome::TaskCompleted, people, now, &mut decision);
+            self.end(&mut record, outcome, people, now, &mut decision);
             decision.lead = Some(record);
         }
         decision
@@ -944,6 +969,76 @@ mod tests {
         assert_eq!(world.sent, expected);
         assert_eq!(world.timer, None, "nothing after the top of the ladder");
         assert_eq!(world.record.handoff.as_ref().map(|h| h.next_step), Some(4));
+    }
+
+    /// A completed CRM task as the connector reports it.
+    fn task(at: Timestamp, kind: &str, owner: &str) -> Activity {
+        let mut detail = BTreeMap::new();
+        detail.insert("task_id".to_owned(), json!("00T1"));
+        detail.insert("type".to_owned(), json!(kind));
+        detail.insert("owner_id".to_owned(), json!(owner));
+        Activity { lead_id: crate::LeadId::new("00Q1"), at, kind: "task_completed".into(), detail }
+    }
+
+    /// What the hand-off ended with, if it did.
+    fn ended(world: &World) -> Option<HandoffOutcome> {
+        world.events.iter().find_map(|e| match &e.kind {
+            EventKind::HandoffEnded { outcome, .. } => Some(outcome.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_call_logged_by_the_owner_is_the_first_touch_when_the_policy_counts_activities() {
+        use crate::sla::SatisfiedBy;
+        let t0 = at("2026-03-02T14:00:00Z");
+        let policy = SlaPolicy {
+            satisfied_by: vec![SatisfiedBy::Status, SatisfiedBy::Activity],
+            first_touch_activities: vec!["call".into(), "email".into()],
+            ..default_policy()
+        };
+        let mut world = World::handoff(policy.clone(), "UTC", t0);
+        world.run_until(t0 + TimeDelta::hours(3));
+        // Not touches: someone else's call, a meeting (not a listed kind), an open call, a
+        // call logged before the hand-off; none stops the ladder.
+        let mut open = task(t0 + TimeDelta::hours(1), "Call", "rep");
+        open.kind = "task_open".into();
+        for activity in [
+            task(t0 + TimeDelta::hours(1), "Call", "mgr"),
+            task(t0 + TimeDelta::hours(1), "Meeting", "rep"),
+            open,
+            task(t0 - TimeDelta::hours(1), "Call", "rep"),
+        ] {
+            let decision =
+                world.sla.on_activity(&world.record, &activity, &world.people, t0 + TimeDelta::hours(2));
+            assert!(decision.is_empty(), "{activity:?} ended the hand-off: {decision:?}");
+        }
+        // The owner logs a call, 3 hours in: the hand-off ends, satisfied, as its own outcome.
+        let now = t0 + TimeDelta::hours(3);
+        let decision = world.sla.on_activity(&world.record, &task(now, "Call", "rep"), &world.people, now);
+        world.take(decision, now);
+        assert_eq!(ended(&world), Some(HandoffOutcome::ActivityLogged { kind: "call".into() }));
+        assert_eq!(world.record.handoff, None);
+        assert_eq!(world.timer, None, "the ladder's timer is cancelled");
+        world.run_until(t0 + TimeDelta::hours(100));
+        assert_eq!(world.keys(), ["sla/00Q1/1/alert"], "no reminder after the touch");
+
+        // The default policy (status only) lets the same call pass: the ladder goes on.
+        let mut world = World::handoff(default_policy(), "UTC", t0);
+        let decision = world.sla.on_activity(&world.record, &task(now, "Call", "rep"), &world.people, now);
+        assert!(decision.is_empty());
+        world.run_until(t0 + TimeDelta::hours(30));
+        assert_eq!(world.keys(), ["sla/00Q1/1/alert", "sla/00Q1/1/reminder"]);
+
+        // `satisfied_by = ["activity"]` alone: a status change no longer ends the hand-off.
+        let only = SlaPolicy { satisfied_by: vec![SatisfiedBy::Activity], ..policy };
+        let mut world = World::handoff(only, "UTC", t0);
+        let mut after = world.record.clone();
+        after.lead.status = Some("Working - Contacted".into());
+        let decision = world.sla.on_lead(Some(&world.record), after, &world.people, now);
+        world.take(decision, now);
+        assert_eq!(ended(&world), None);
+        assert!(world.record.handoff.is_some());
     }
 
     /// Links that say whom they were made for.

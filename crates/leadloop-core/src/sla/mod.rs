@@ -36,8 +36,8 @@ mod reports;
 pub use crate::handoff::{ActionOutcome, Handoff, HandoffOutcome, SalesAction};
 pub use crate::local_time::{BusinessHours, add_business_time, next_local};
 pub use config::{
-    CatchUp, Digest, DigestRole, Match, Recipient, SlaConfig, SlaPolicy, Step, StepAction, WeeklySummary,
-    WhenAway, default_policy, email_only,
+    CatchUp, Digest, DigestRole, Match, Recipient, SatisfiedBy, SlaConfig, SlaPolicy, Step, StepAction,
+    WeeklySummary, WhenAway, call_and_email, default_policy, email_only, status_only,
 };
 pub use reports::report_item_lead;
 

@@ -672,6 +672,7 @@ fn check_sla(config: &Config, report: &mut impl FnMut(String, String, Severity))
         if policy.steps.is_empty() {
             report(path.clone(), "a policy needs at least one [[sla.policy.step]]".into(), Severity::Error);
         }
+        check_first_touch(&path, policy, report);
         let mut steps = BTreeSet::new();
         let mut previous = std::time::Duration::ZERO;
         for (j, step) in policy.steps.iter().enumerate() {
@@ -1063,6 +1064,45 @@ fn cleartext_message(host: &str) -> String {
     format!(
         "http:// would send credentials and lead data to {host} unencrypted; use https:// (http:// is accepted on loopback only, for tests and the emulator)"
     )
+}
+
+/// What ends a policy's hand-offs as satisfied (`satisfied_by`, `first_touch_activities`).
+fn check_first_touch(
+    path: &str,
+    policy: &leadloop_core::sla::SlaPolicy,
+    report: &mut impl FnMut(String, String, Severity),
+) {
+    use leadloop_core::sla::SatisfiedBy;
+    if policy.satisfied_by.is_empty() {
+        report(
+            format!("{path}.satisfied_by"),
+            "nothing would satisfy a hand-off: list \"status\" and/or \"activity\"".into(),
+            Severity::Error,
+        );
+        return;
+    }
+    let activity = policy.satisfied_by.contains(&SatisfiedBy::Activity);
+    if activity && policy.first_touch_activities.iter().all(|k| k.trim().is_empty()) {
+        report(
+            format!("{path}.first_touch_activities"),
+            "satisfied_by has \"activity\" but no activity kind is listed: name the task types that count, e.g. [\"call\", \"email\"]".into(),
+            Severity::Error,
+        );
+    }
+    if !policy.satisfied_by.contains(&SatisfiedBy::Status) {
+        report(
+            format!("{path}.satisfied_by"),
+            "without \"status\", a change of the lead's status (even to a closed one) does not end the hand-off; only a logged activity, an email link or a change of owner does".into(),
+            Severity::Warning,
+        );
+    }
+    if !activity && policy.first_touch_activities != leadloop_core::sla::call_and_email() {
+        report(
+            format!("{path}.first_touch_activities"),
+            "has no effect unless satisfied_by lists \"activity\"".into(),
+            Severity::Warning,
+        );
+    }
 }
 
 fn check_calendar(config: &Config, report: &mut impl FnMut(String, String, Severity)) {
@@ -1567,6 +1607,38 @@ role = "manager"
                 "t.toml:9:1: sla.policy[0].step[0].to: `boss@x.example` is not a recipient: use \"rep\", \"manager\", \"executive\" or \"address:someone@example.com\"",
                 "t.toml:11:1: sla.policy[0].step[1].name: step `alert` appears twice in this policy",
                 "t.toml:12:1: sla.policy[0].step[1].after: steps must be in order of `after`",
+            ],
+        );
+    }
+
+    #[test]
+    fn what_satisfies_a_hand_off_is_checked() {
+        const STEP: &str = "[[sla.policy.step]]\nname = \"alert\"\nafter = \"0s\"\nkind = \"sla.alert\"\ntemplate = \"sla_alert\"\nto = [\"rep\"]\n";
+        check(
+            &format!(
+                "[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"status\", \"activity\"]\nfirst_touch_activities = [\"call\"]\n{STEP}"
+            ),
+            &[],
+        );
+        check(
+            &format!("[[sla.policy]]\nname = \"p\"\nsatisfied_by = []\n{STEP}"),
+            &[
+                "t.toml:3:1: sla.policy[0].satisfied_by: nothing would satisfy a hand-off: list \"status\" and/or \"activity\"",
+            ],
+        );
+        check(
+            &format!(
+                "[[sla.policy]]\nname = \"p\"\nsatisfied_by = [\"activity\"]\nfirst_touch_activities = []\n{STEP}"
+            ),
+            &[
+                "t.toml:3:1: sla.policy[0].satisfied_by: warning: without \"status\", a change of the lead's status (even to a closed one) does not end the hand-off; only a logged activity, an email link or a change of owner does",
+                "t.toml:4:1: sla.policy[0].first_touch_activities: satisfied_by has \"activity\" but no activity kind is listed: name the task types that count, e.g. [\"call\", \"email\"]",
+            ],
+        );
+        check(
+            &format!("[[sla.policy]]\nname = \"p\"\nfirst_touch_activities = [\"meeting\"]\n{STEP}"),
+            &[
+                "t.toml:3:1: sla.policy[0].first_touch_activities: warning: has no effect unless satisfied_by lists \"activity\"",
             ],
         );
     }
