@@ -76,6 +76,7 @@ pub async fn write_handoffs(
                 next_step: 1,
                 paused_seconds: 0,
                 hold: None,
+                status_written_over: None,
             });
             let id = record.lead.id.clone();
             batch.put_lead(record).set_timer(Timer {

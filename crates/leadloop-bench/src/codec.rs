@@ -120,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         next_step: 1,
         paused_seconds: 0,
         hold: None,
+        status_written_over: None,
     });
     let event = HistoryEvent::new(
         due_at,

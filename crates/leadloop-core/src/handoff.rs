@@ -27,6 +27,17 @@ pub struct Handoff {
     /// The follow-up hold planned in the rep's calendar at hand-off.
     #[serde(default)]
     pub hold: Option<(Timestamp, Timestamp)>,
+    /// Set when a ladder step wrote `status` to the CRM itself: the status it replaced. Until
+    /// the CRM echoes the new status (or when it refused the write), a CRM record still
+    /// showing this one is not the rep's answer.
+    #[serde(default)]
+    pub status_written_over: Option<StatusBefore>,
+}
+
+/// The CRM status a ladder step's own status write replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusBefore {
+    pub status: Option<String>,
 }
 
 /// A rep's answer to a hand-off, from a one-click link in the alert or a reminder.

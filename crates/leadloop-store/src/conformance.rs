@@ -265,6 +265,7 @@ pub fn lead_in_handoff(id: &str, owner: &str) -> LeadRecord {
         next_step: 1,
         paused_seconds: 0,
         hold: None,
+        status_written_over: None,
     });
     record
 }

@@ -273,6 +273,10 @@ impl SlaRules {
             // here too, so its echo from the next sync changes nothing.
             for action in &policy.steps[i].actions {
                 if let StepAction::SetStatus { status } = action {
+                    if handoff.status_written_over.is_none() {
+                        handoff.status_written_over =
+                            Some(crate::handoff::StatusBefore { status: handoff.status.clone() });
+                    }
                     record.lead.status = Some(status.clone());
                     handoff.status = Some(status.clone());
                 }
@@ -648,6 +652,7 @@ impl SlaRules {
             next_step: 0,
             paused_seconds: 0,
             hold: None,
+            status_written_over: None,
         };
         let mut handoff = handoff;
         if let Some(length) = self.hold {
@@ -736,6 +741,8 @@ impl Policy for SlaRules {
             if after.lead.owner_id.as_ref() != Some(&current.owner) {
                 self.end(&mut after, HandoffOutcome::Reassigned, people, now, &mut decision);
             } else if after.lead.status != current.status
+                // The CRM has not taken (or refused) the status a step wrote: not an answer.
+                && current.status_written_over.as_ref().is_none_or(|before| before.status != after.lead.status)
                 && self.policy_named(&current.policy).is_none_or(SlaPolicy::satisfied_by_status)
             {
                 let outcome = HandoffOutcome::StatusChanged { to: after.lead.status.clone() };

@@ -243,6 +243,7 @@ mod tests {
             next_step: 2,
             paused_seconds: 0,
             hold: None,
+            status_written_over: None,
         });
         let items = [("00Q1/1".to_owned(), item, Some(lead))];
         let decision = sla.report(&timer(ReportKind::Digest, now), &items, &exec(), now);
