@@ -30,7 +30,7 @@ pub struct Handoff {
     /// Set when a ladder step wrote `status` to the CRM itself: the status it replaced. Until
     /// the CRM echoes the new status (or when it refused the write), a CRM record still
     /// showing this one is not the rep's answer.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_written_over: Option<StatusBefore>,
 }
 
